@@ -1,0 +1,85 @@
+//! Carrying a Linux errno inside a gRPC status.
+//!
+//! The master answers namespace errors with a status whose metadata holds the
+//! errno under [`ERRNO_KEY`]; clients turn it back into the errno the kernel
+//! expects. A status without it (a transport error, say) maps to `EIO`.
+
+use tonic::{Code, Status};
+
+/// Metadata key of the errno in an error status.
+pub const ERRNO_KEY: &str = "x-alces-errno";
+
+/// Builds an error status carrying `errno`, with a message that says what was wrong.
+pub fn status(errno: i32, message: impl Into<String>) -> Status {
+    let code = match errno {
+        libc::ENOENT => Code::NotFound,
+        libc::EEXIST => Code::AlreadyExists,
+        libc::EACCES | libc::EPERM => Code::PermissionDenied,
+        libc::EINVAL | libc::ENAMETOOLONG | libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY => {
+            Code::InvalidArgument
+        }
+        libc::ENOSPC | libc::EDQUOT => Code::ResourceExhausted,
+        libc::EROFS => Code::FailedPrecondition,
+        libc::EAGAIN => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    let mut s = Status::new(code, message);
+    if let Ok(v) = errno.to_string().parse() {
+        s.metadata_mut().insert(ERRNO_KEY, v);
+    }
+    s
+}
+
+/// The errno carried by `status`, or the closest errno for its gRPC code.
+pub fn of(status: &Status) -> i32 {
+    if let Some(v) = status.metadata().get(ERRNO_KEY) {
+        if let Some(n) = v.to_str().ok().and_then(|s| s.parse::<i32>().ok()) {
+            return n;
+        }
+    }
+    match status.code() {
+        Code::NotFound => libc::ENOENT,
+        Code::AlreadyExists => libc::EEXIST,
+        Code::PermissionDenied | Code::Unauthenticated => libc::EACCES,
+        Code::InvalidArgument | Code::OutOfRange => libc::EINVAL,
+        Code::ResourceExhausted => libc::ENOSPC,
+        Code::Unimplemented => libc::ENOSYS,
+        Code::DeadlineExceeded => libc::ETIMEDOUT,
+        _ => libc::EIO,
+    }
+}
+
+/// True when the status means the peer could not be reached or is not serving
+/// (worth retrying after a reconnect) rather than a definite answer.
+pub fn is_transient(status: &Status) -> bool {
+    status.metadata().get(ERRNO_KEY).is_none()
+        && matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Aborted
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_round_trip() {
+        for e in [
+            libc::ENOENT,
+            libc::EEXIST,
+            libc::ENOTEMPTY,
+            libc::EXDEV,
+            libc::EDQUOT,
+        ] {
+            assert_eq!(of(&status(e, "x")), e);
+        }
+        assert_eq!(of(&Status::unavailable("down")), libc::EIO);
+        assert!(is_transient(&Status::unavailable("down")));
+        assert!(!is_transient(&status(libc::EAGAIN, "busy")));
+    }
+}
