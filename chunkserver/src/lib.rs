@@ -1,1 +1,27 @@
-//! Placeholder, replaced as the part is built.
+//! The Alces chunkserver: chunks on local disks in 64 KiB CRC32C-checked blocks,
+//! served over gRPC and forwarded down replication chains, registered with the
+//! master through heartbeats.
+//!
+//! - [`format`]: the on-disk chunk file format and paths.
+//! - [`store`]: the chunk store (files, chunk list, per-chunk locks, change deltas).
+//! - [`identity`]: server id, cluster id and highest seen master epoch.
+//! - [`service`]: the `Chunkserver` gRPC service with chain forwarding.
+//! - [`peers`]: cached channels to other chunkservers.
+//! - [`master_link`]: registration, heartbeats, delete/replicate commands.
+//! - [`scrubber`]: background CRC verification.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`config`]: command-line flags.
+//! - [`daemon`]: starting and stopping a whole chunkserver.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod daemon;
+pub mod format;
+pub mod identity;
+pub mod master_link;
+pub mod metrics;
+pub mod peers;
+pub mod scrubber;
+pub mod service;
+pub mod store;

@@ -16,7 +16,7 @@ pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024 * 1024 * 1024;
 /// Checks a configured chunk size: a multiple of [`BLOCK_SIZE`] between
 /// [`MIN_CHUNK_SIZE`] and [`MAX_CHUNK_SIZE`].
 pub fn validate_chunk_size(size: u64) -> Result<u64, String> {
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) || size % BLOCK_SIZE != 0 {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) || !size.is_multiple_of(BLOCK_SIZE) {
         return Err(format!(
             "chunk size {size} is invalid: it must be a multiple of {BLOCK_SIZE} between {MIN_CHUNK_SIZE} (1 MiB) and {MAX_CHUNK_SIZE} (64 MiB)"
         ));
