@@ -1,0 +1,939 @@
+//! File I/O: per-inode state shared by every open handle of this client
+//! (write-behind buffer, write sessions, chunk location cache) and the open
+//! [`FileHandle`] with its readahead.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alces_proto::pb;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::{Attr, Caller, Client};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::readahead::ReadaheadWindow;
+use crate::writebuf::{ChunkExtents, WriteBuffer};
+
+/// Largest range read from a chunkserver in one call.
+pub const READ_PIECE: u64 = 4 << 20;
+/// Size of one readahead piece.
+const READAHEAD_PIECE: u64 = 1 << 20;
+/// How long a chunk location answer is reused.
+const LOCATION_TTL: Duration = Duration::from_secs(1);
+/// How long a write waits for the master to have chunkservers to write to.
+const NO_SERVER_WAIT: Duration = Duration::from_secs(20);
+/// Attempts at one chunk write or truncate (new write session each time).
+const WRITE_ATTEMPTS: u32 = 6;
+
+/// A written chunk waiting for fsync: chunk id, version and replication chain.
+type Unsynced = (u64, u64, Vec<pb::ChunkLocation>);
+/// Result slot of a readahead piece.
+type PieceRx = watch::Receiver<Option<Result<Bytes>>>;
+
+/// An open write session on one chunk.
+#[derive(Clone, Debug)]
+struct WriteSession {
+    chunk_id: u64,
+    version: u64,
+    old_version: u64,
+    chain: Vec<pb::ChunkLocation>,
+    copy_from_chunk_id: u64,
+    copy_from_version: u64,
+    /// End of the data written in this chunk during the session.
+    max_end: u64,
+    modified: bool,
+}
+
+/// A chunk write in flight: its range (in the chunk) and completion signal.
+struct InFlight {
+    index: u64,
+    start: u64,
+    end: u64,
+    done: watch::Receiver<bool>,
+}
+
+struct WbState {
+    buf: WriteBuffer,
+    inflight: Vec<InFlight>,
+    handles: Vec<JoinHandle<()>>,
+    /// First error of a background write, reported on the next call.
+    error: Option<Error>,
+    /// Size including this client's writes and truncates.
+    size: u64,
+    /// Bumped on every write or truncate (invalidates readahead).
+    generation: u64,
+}
+
+/// I/O state of one inode, shared by every handle this client has open on it.
+pub(crate) struct FileState {
+    client: Client,
+    inode: u64,
+    chunk_size: u64,
+    wb: Mutex<WbState>,
+    sessions: tokio::sync::Mutex<HashMap<u64, WriteSession>>,
+    /// Chunks written since the last fsync: index -> (chunk id, version, chain).
+    unsynced: Mutex<HashMap<u64, Unsynced>>,
+    locations: Mutex<HashMap<u64, (Instant, pb::ReadChunkReply)>>,
+    write_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl FileState {
+    pub(crate) fn new(client: Client, inode: u64, chunk_size: u64) -> Self {
+        let slots = client.inner.config.max_parallel_writes.max(1);
+        Self {
+            client,
+            inode,
+            chunk_size,
+            wb: Mutex::new(WbState {
+                buf: WriteBuffer::new(chunk_size),
+                inflight: Vec::new(),
+                handles: Vec::new(),
+                error: None,
+                size: 0,
+                generation: 0,
+            }),
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            unsynced: Mutex::new(HashMap::new()),
+            locations: Mutex::new(HashMap::new()),
+            write_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+        }
+    }
+
+    /// Records an open with fresh attributes.
+    pub(crate) fn opened(&self, attr: &Attr) {
+        {
+            let mut wb = self.wb.lock();
+            if wb.buf.is_empty() && wb.handles.is_empty() {
+                wb.size = attr.size;
+            } else {
+                wb.size = wb.size.max(attr.size);
+            }
+        }
+        self.locations.lock().clear();
+    }
+
+    fn dirty(&self) -> bool {
+        let wb = self.wb.lock();
+        !wb.buf.is_empty() || !wb.handles.is_empty()
+    }
+
+    /// The size of the file with unflushed writes, while any are pending.
+    pub(crate) fn pending_size(&self) -> Option<u64> {
+        let wb = self.wb.lock();
+        (!wb.buf.is_empty() || !wb.handles.is_empty()).then_some(wb.size)
+    }
+
+    fn generation(&self) -> u64 {
+        self.wb.lock().generation
+    }
+
+    fn take_error(&self) -> Result<()> {
+        match self.wb.lock().error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Buffers a write; sends full chunks in the background.
+    async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<usize> {
+        self.take_error()?;
+        self.client.check_writable()?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= alces_proto::geometry::MAX_FILE_SIZE)
+            .ok_or_else(|| Error::new(libc::EFBIG, "write past the largest file size (16 TiB)"))?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let threshold = self.client.inner.config.write_flush_bytes.max(64 * 1024);
+        {
+            let mut wb = self.wb.lock();
+            let before = wb.buf.buffered_bytes();
+            wb.buf.insert(offset, data);
+            let after = wb.buf.buffered_bytes();
+            if after >= before {
+                self.client
+                    .inner
+                    .buffered
+                    .fetch_add(after - before, Ordering::Relaxed);
+            } else {
+                self.client
+                    .inner
+                    .buffered
+                    .fetch_sub(before - after, Ordering::Relaxed);
+            }
+            wb.size = wb.size.max(end);
+            wb.generation += 1;
+            for idx in wb.buf.ready_chunks(threshold) {
+                self.spawn_chunk_write(&mut wb, idx);
+            }
+        }
+        if self.client.inner.buffered.load(Ordering::Relaxed)
+            > self.client.inner.config.write_buffer_bytes
+        {
+            // Backpressure: send this file's data and wait for it.
+            self.flush_data().await?;
+        }
+        Ok(data.len())
+    }
+
+    fn spawn_chunk_write(self: &Arc<Self>, wb: &mut WbState, idx: u64) {
+        let extents = wb.buf.take_chunk(idx);
+        if extents.is_empty() {
+            return;
+        }
+        let bytes: u64 = extents.iter().map(|(_, d)| d.len() as u64).sum();
+        let start = extents.first().map(|e| e.0).unwrap_or(0);
+        let end = extents.last().map(|(s, d)| s + d.len() as u64).unwrap_or(0);
+        wb.inflight.retain(|f| !*f.done.borrow());
+        wb.handles.retain(|h| !h.is_finished());
+        let waits: Vec<watch::Receiver<bool>> = wb
+            .inflight
+            .iter()
+            .filter(|f| f.index == idx && f.start < end && start < f.end)
+            .map(|f| f.done.clone())
+            .collect();
+        let (tx, rx) = watch::channel(false);
+        wb.inflight.push(InFlight {
+            index: idx,
+            start,
+            end,
+            done: rx,
+        });
+        let me = self.clone();
+        let h = tokio::spawn(async move {
+            for mut w in waits {
+                let _ = w.wait_for(|d| *d).await;
+            }
+            let r = match me.write_slots.clone().acquire_owned().await {
+                Ok(_permit) => me.write_chunk_extents(idx, &extents).await,
+                Err(_) => Err(Error::io("write slots closed")),
+            };
+            me.client.inner.buffered.fetch_sub(bytes, Ordering::Relaxed);
+            me.locations.lock().remove(&idx);
+            if let Err(e) = r {
+                tracing::warn!(inode = me.inode, chunk = idx, error = %e, "background write failed");
+                me.wb.lock().error.get_or_insert(e);
+            }
+            let _ = tx.send(true);
+        });
+        wb.handles.push(h);
+    }
+
+    /// Opens (or reuses) the write session of chunk `idx`.
+    async fn session(&self, idx: u64) -> Result<WriteSession> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&idx) {
+            return Ok(s.clone());
+        }
+        let inode = self.inode;
+        // Right after a master restart no chunkserver may be registered yet: the
+        // master answers ENOSPC/EAGAIN until they are back, so wait a bounded time.
+        let deadline = Instant::now()
+            + self
+                .client
+                .inner
+                .config
+                .reconnect_timeout
+                .min(NO_SERVER_WAIT);
+        let mut backoff = Duration::from_millis(100);
+        let r = loop {
+            let r = self
+                .client
+                .call("write chunk", |mut m, sid| {
+                    let req = pb::ChunkRequest {
+                        session_id: sid,
+                        inode,
+                        chunk_index: idx,
+                    };
+                    async move { m.write_chunk(req).await }
+                })
+                .await;
+            match r {
+                Err(e)
+                    if matches!(e.errno(), libc::ENOSPC | libc::EAGAIN)
+                        && Instant::now() < deadline =>
+                {
+                    tracing::debug!(inode, chunk = idx, error = %e, "no chunkserver for a write yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                r => break r?,
+            }
+        };
+        if r.chain.is_empty() {
+            return Err(Error::new(
+                libc::ENOSPC,
+                format!("the master gave no chunkserver to write chunk {idx} of inode {inode}"),
+            ));
+        }
+        let s = WriteSession {
+            chunk_id: r.chunk_id,
+            version: r.version,
+            old_version: r.old_version,
+            chain: r.chain,
+            copy_from_chunk_id: r.copy_from_chunk_id,
+            copy_from_version: r.copy_from_version,
+            max_end: 0,
+            modified: false,
+        };
+        sessions.insert(idx, s.clone());
+        Ok(s)
+    }
+
+    /// Forgets session `s` of chunk `idx` (after ESTALE) unless a newer one replaced it.
+    async fn drop_session(&self, idx: u64, s: &WriteSession) {
+        let mut sessions = self.sessions.lock().await;
+        if sessions
+            .get(&idx)
+            .is_some_and(|cur| cur.version == s.version && cur.chunk_id == s.chunk_id)
+        {
+            sessions.remove(&idx);
+        }
+    }
+
+    async fn note_written(&self, idx: u64, s: &WriteSession, end: u64) {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(cur) = sessions.get_mut(&idx) {
+            if cur.chunk_id == s.chunk_id && cur.version == s.version {
+                cur.max_end = cur.max_end.max(end);
+                cur.modified = true;
+            }
+        }
+        self.unsynced
+            .lock()
+            .insert(idx, (s.chunk_id, s.version, s.chain.clone()));
+    }
+
+    /// Writes the extents of one chunk through its replication chain, opening a
+    /// new write session on a stale version or a failed chain.
+    async fn write_chunk_extents(&self, idx: u64, extents: &ChunkExtents) -> Result<()> {
+        let mut last_err = Error::io("no attempt made");
+        for attempt in 0..WRITE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            let s = self.session(idx).await?;
+            let mut failed = None;
+            for (off, data) in extents {
+                // Split very large coalesced extents into pieces of READ_PIECE.
+                for (p_off, p_len) in layout::pieces(*off, data.len() as u64, READ_PIECE) {
+                    let rel = (p_off - off) as usize;
+                    let piece = data.slice(rel..rel + p_len as usize);
+                    if let Err(e) = self.send_write(&s, p_off, piece).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if failed.is_some() {
+                    break;
+                }
+                self.note_written(idx, &s, off + data.len() as u64).await;
+            }
+            match failed {
+                None => return Ok(()),
+                Some(e) => {
+                    tracing::debug!(inode = self.inode, chunk = idx, error = %e, attempt, "chunk write failed; opening a new write session");
+                    self.drop_session(idx, &s).await;
+                    if !retryable_chunk_error(&e) {
+                        return Err(e);
+                    }
+                    self.client
+                        .inner
+                        .write_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    last_err = e;
+                }
+            }
+        }
+        Err(Error::io(format!(
+            "writing chunk {idx} of inode {} failed after {WRITE_ATTEMPTS} attempts: {}",
+            self.inode,
+            last_err.message()
+        )))
+    }
+
+    async fn send_write(&self, s: &WriteSession, offset: u64, data: Bytes) -> Result<()> {
+        let first = &s.chain[0];
+        let mut cs = self.client.chunkserver(&first.address)?;
+        let req = pb::WriteRequest {
+            chunk_id: s.chunk_id,
+            expected_version: s.old_version,
+            version: s.version,
+            create: s.old_version == 0,
+            offset,
+            data,
+            chain: s.chain[1..].to_vec(),
+            copy_from_chunk_id: s.copy_from_chunk_id,
+            copy_from_version: s.copy_from_version,
+        };
+        cs.write(req)
+            .await
+            .map_err(|st| chunk_error("write", s.chunk_id, &first.address, &st))?;
+        Ok(())
+    }
+
+    /// Waits until every buffered write reached the chunkservers.
+    async fn flush_data(self: &Arc<Self>) -> Result<()> {
+        loop {
+            let handles = {
+                let mut wb = self.wb.lock();
+                for idx in wb.buf.chunk_indices() {
+                    self.spawn_chunk_write(&mut wb, idx);
+                }
+                std::mem::take(&mut wb.handles)
+            };
+            if handles.is_empty() {
+                break;
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        }
+        self.wb.lock().inflight.retain(|f| !*f.done.borrow());
+        self.take_error()
+    }
+
+    /// Closes every open write session, telling the master the file size.
+    async fn close_sessions(&self) -> Result<()> {
+        let sessions: Vec<(u64, WriteSession)> = self.sessions.lock().await.drain().collect();
+        let mut first_err = None;
+        for (idx, s) in sessions {
+            if let Err(e) = self.end_session(idx, &s).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn end_session(&self, idx: u64, s: &WriteSession) -> Result<Attr> {
+        let inode = self.inode;
+        let file_size = if s.modified {
+            idx * self.chunk_size + s.max_end
+        } else {
+            0
+        };
+        let chunk_id = s.chunk_id;
+        let modified = s.modified;
+        let r = self
+            .client
+            .call("write chunk end", |mut m, sid| {
+                let req = pb::WriteChunkEndRequest {
+                    session_id: sid,
+                    inode,
+                    chunk_index: idx,
+                    chunk_id,
+                    file_size,
+                    failed_servers: Vec::new(),
+                    modified,
+                };
+                async move { m.write_chunk_end(req).await }
+            })
+            .await?;
+        r.attr
+            .ok_or_else(|| Error::io("the master answered WriteChunkEnd without attributes"))
+    }
+
+    /// Sends buffered writes and closes the write sessions; reports any error of
+    /// a background write since the last call.
+    pub(crate) async fn flush(self: &Arc<Self>) -> Result<()> {
+        let r = self.flush_data().await;
+        let c = self.close_sessions().await;
+        r.and(c)
+    }
+
+    /// [`FileState::flush`] plus a sync of every written chunk on every copy.
+    pub(crate) async fn fsync(self: &Arc<Self>) -> Result<()> {
+        let r = self.flush_data().await;
+        // Sync before closing the sessions, so WriteChunkEnd follows durable data.
+        let chunks: Vec<(u64, Unsynced)> = self.unsynced.lock().drain().collect();
+        let mut sync_err = None;
+        for (_idx, (chunk_id, version, chain)) in chunks {
+            let Some(first) = chain.first() else { continue };
+            let res = async {
+                let mut cs = self.client.chunkserver(&first.address)?;
+                cs.sync(pb::SyncRequest {
+                    chunk_id,
+                    version,
+                    chain: chain[1..].to_vec(),
+                })
+                .await
+                .map_err(|st| chunk_error("sync", chunk_id, &first.address, &st))
+            }
+            .await;
+            match res {
+                Ok(_) => {}
+                // The chunk moved on to a newer version (a later writer owns its
+                // durability) or was freed by a truncate.
+                Err(e) if matches!(e.errno(), libc::ESTALE | libc::ENOENT) => {}
+                Err(e) => {
+                    sync_err.get_or_insert(e);
+                }
+            }
+        }
+        let c = self.close_sessions().await;
+        r.and(c)?;
+        match sync_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Truncates or extends the file to `size`.
+    pub(crate) async fn truncate(self: &Arc<Self>, size: u64, caller: &Caller) -> Result<Attr> {
+        if size > alces_proto::geometry::MAX_FILE_SIZE {
+            return Err(Error::new(
+                libc::EFBIG,
+                "size past the largest file size (16 TiB)",
+            ));
+        }
+        self.flush().await?;
+        let attr = self.client.getattr(self.inode).await?;
+        if attr.kind != pb::FileType::Regular as i32 {
+            return Err(Error::new(
+                libc::EINVAL,
+                "only regular files can be truncated",
+            ));
+        }
+        let cut = size % self.chunk_size;
+        if size < attr.size && cut != 0 {
+            let idx = size / self.chunk_size;
+            let mut done = false;
+            let mut last_err = Error::io("no attempt made");
+            for attempt in 0..WRITE_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                let s = self.session(idx).await?;
+                let first = &s.chain[0];
+                let res = async {
+                    let mut cs = self.client.chunkserver(&first.address)?;
+                    cs.truncate(pb::TruncateRequest {
+                        chunk_id: s.chunk_id,
+                        expected_version: s.old_version,
+                        version: s.version,
+                        create: s.old_version == 0,
+                        length: cut,
+                        chain: s.chain[1..].to_vec(),
+                        copy_from_chunk_id: s.copy_from_chunk_id,
+                        copy_from_version: s.copy_from_version,
+                    })
+                    .await
+                    .map_err(|st| chunk_error("truncate", s.chunk_id, &first.address, &st))
+                }
+                .await;
+                match res {
+                    Ok(_) => {
+                        self.unsynced
+                            .lock()
+                            .insert(idx, (s.chunk_id, s.version, s.chain.clone()));
+                        let mut ended = s.clone();
+                        ended.modified = true;
+                        ended.max_end = 0;
+                        self.sessions.lock().await.remove(&idx);
+                        self.end_session(idx, &ended).await?;
+                        done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        self.drop_session(idx, &s).await;
+                        if !retryable_chunk_error(&e) {
+                            return Err(e);
+                        }
+                        last_err = e;
+                    }
+                }
+            }
+            if !done {
+                return Err(Error::io(format!(
+                    "truncating chunk {idx} of inode {} failed: {}",
+                    self.inode,
+                    last_err.message()
+                )));
+            }
+        }
+        let attr = self
+            .client
+            .setattr_raw(pb::SetAttrRequest {
+                inode: self.inode,
+                valid: pb::SetAttrField::SetAttrSize as u32,
+                size,
+                caller: Some(pb::Caller {
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    groups: caller.groups.clone(),
+                    pid: caller.pid,
+                }),
+                ..Default::default()
+            })
+            .await?;
+        {
+            let mut wb = self.wb.lock();
+            wb.size = size;
+            wb.generation += 1;
+        }
+        // Chunks past the new end are freed by the master: nothing left to sync.
+        let last = size.div_ceil(self.chunk_size);
+        self.unsynced.lock().retain(|idx, _| *idx < last);
+        self.locations.lock().clear();
+        Ok(attr)
+    }
+
+    /// Location of chunk `idx` (cached briefly unless `fresh`).
+    async fn chunk_info(&self, idx: u64, fresh: bool) -> Result<pb::ReadChunkReply> {
+        if !fresh {
+            if let Some((t, r)) = self.locations.lock().get(&idx) {
+                if t.elapsed() < LOCATION_TTL {
+                    return Ok(r.clone());
+                }
+            }
+        }
+        let inode = self.inode;
+        let r = self
+            .client
+            .call("read chunk", |mut m, sid| {
+                let req = pb::ChunkRequest {
+                    session_id: sid,
+                    inode,
+                    chunk_index: idx,
+                };
+                async move { m.read_chunk(req).await }
+            })
+            .await?;
+        self.locations
+            .lock()
+            .insert(idx, (Instant::now(), r.clone()));
+        Ok(r)
+    }
+
+    /// Reads `[offset, offset + len)` straight from the chunkservers (after
+    /// sending this client's buffered writes), short at the end of the file.
+    pub(crate) async fn read_range(self: &Arc<Self>, offset: u64, len: u64) -> Result<Bytes> {
+        if self.dirty() {
+            self.flush().await?;
+        }
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let first = self.chunk_info(offset / self.chunk_size, false).await?;
+        let local = self.wb.lock().size;
+        let size = first.file_size.max(if self.dirty() { local } else { 0 });
+        if offset >= size {
+            return Ok(Bytes::new());
+        }
+        let len = len.min(size - offset);
+        let mut out = BytesMut::zeroed(len as usize);
+        let mut tasks = Vec::new();
+        for span in layout::split(offset, len, self.chunk_size) {
+            for (p_off, p_len) in layout::pieces(span.offset, span.len, READ_PIECE) {
+                let me = self.clone();
+                let at = span.range_offset + (p_off - span.offset);
+                let idx = span.index;
+                tasks.push((
+                    at,
+                    tokio::spawn(async move { me.read_chunk_piece(idx, p_off, p_len).await }),
+                ));
+            }
+        }
+        for (at, t) in tasks {
+            let data = t
+                .await
+                .map_err(|e| Error::io(format!("read task failed: {e}")))??;
+            let at = at as usize;
+            let n = data.len().min(out.len() - at);
+            out[at..at + n].copy_from_slice(&data[..n]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads one piece of a chunk, falling over to the next copy on any error.
+    async fn read_chunk_piece(&self, idx: u64, offset: u64, len: u64) -> Result<Bytes> {
+        let _slot = self
+            .client
+            .inner
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::io("read slots closed"))?;
+        let mut last_err = None;
+        for round in 0..3u32 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(round))).await;
+            }
+            let info = self.chunk_info(idx, round > 0).await?;
+            if info.chunk_id == 0 {
+                return Ok(Bytes::from(vec![0u8; len as usize]));
+            }
+            for loc in &info.locations {
+                let res = async {
+                    let mut cs = self.client.chunkserver(&loc.address)?;
+                    cs.read(pb::ReadRequest {
+                        chunk_id: info.chunk_id,
+                        version: info.version,
+                        offset,
+                        length: len as u32,
+                    })
+                    .await
+                    .map_err(|st| chunk_error("read", info.chunk_id, &loc.address, &st))
+                }
+                .await;
+                match res {
+                    Ok(r) => {
+                        let data = r.into_inner().data;
+                        if data.len() as u64 >= len {
+                            return Ok(data.slice(..len as usize));
+                        }
+                        // Bytes past the chunk's stored length read as zeros.
+                        let mut b = BytesMut::zeroed(len as usize);
+                        b[..data.len()].copy_from_slice(&data);
+                        return Ok(b.freeze());
+                    }
+                    Err(e) => {
+                        tracing::debug!(chunk = info.chunk_id, server = %loc.address, error = %e, "read from copy failed; trying the next");
+                        last_err = Some(e);
+                    }
+                }
+            }
+            if info.locations.is_empty() {
+                last_err = Some(Error::io(format!(
+                    "chunk {} of inode {} has no valid copy",
+                    info.chunk_id, self.inode
+                )));
+            }
+        }
+        let e = last_err.unwrap_or_else(|| Error::io("no copy could be read"));
+        Err(Error::io(format!(
+            "reading chunk {idx} of inode {}: no copy could be read: {}",
+            self.inode,
+            e.message()
+        )))
+    }
+}
+
+/// True for errors worth a new write session and another attempt.
+fn retryable_chunk_error(e: &Error) -> bool {
+    !matches!(
+        e.errno(),
+        libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EINVAL | libc::EFBIG
+    )
+}
+
+fn chunk_error(what: &str, chunk_id: u64, addr: &str, st: &tonic::Status) -> Error {
+    let e = Error::from_status(st);
+    Error::new(
+        e.errno(),
+        format!("{what} of chunk {chunk_id:016x} on {addr}: {}", e.message()),
+    )
+}
+
+/// A readahead piece being fetched or fetched.
+struct Piece {
+    start: u64,
+    len: u64,
+    rx: PieceRx,
+}
+
+struct ReadaheadState {
+    window: ReadaheadWindow,
+    pieces: VecDeque<Piece>,
+    generation: u64,
+    end: u64,
+}
+
+/// An open file: reads (with readahead), buffered writes, flush, fsync, truncate.
+///
+/// Close it with [`FileHandle::release`]; dropping it without releasing leaves
+/// the file marked open in the session until the session ends.
+pub struct FileHandle {
+    state: Arc<FileState>,
+    attr: Attr,
+    flags: i32,
+    keep_cache: bool,
+    ra: Mutex<ReadaheadState>,
+}
+
+impl std::fmt::Debug for FileHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileHandle")
+            .field("inode", &self.state.inode)
+            .field("flags", &self.flags)
+            .finish()
+    }
+}
+
+impl FileHandle {
+    pub(crate) fn new(state: Arc<FileState>, attr: Attr, flags: i32, keep_cache: bool) -> Self {
+        let max = state.client.inner.config.readahead_bytes;
+        Self {
+            state,
+            attr,
+            flags,
+            keep_cache,
+            ra: Mutex::new(ReadaheadState {
+                window: ReadaheadWindow::new(max),
+                pieces: VecDeque::new(),
+                generation: 0,
+                end: 0,
+            }),
+        }
+    }
+
+    /// Inode of the file.
+    pub fn inode(&self) -> u64 {
+        self.state.inode
+    }
+
+    /// Attributes fetched when the file was opened.
+    pub fn attr(&self) -> &Attr {
+        &self.attr
+    }
+
+    /// open(2) flags the file was opened with.
+    pub fn flags(&self) -> i32 {
+        self.flags
+    }
+
+    /// True when size and mtime were unchanged since this client last opened the
+    /// file, so cached pages may be kept (close-to-open consistency).
+    pub fn keep_cache(&self) -> bool {
+        self.keep_cache
+    }
+
+    /// Reads up to `len` bytes at `offset`; shorter only at the end of the file.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        if self.state.dirty() {
+            self.state.flush().await?;
+        }
+        let generation = self.state.generation();
+        let size_hint = self.state.wb.lock().size;
+        let wanted: Vec<(u64, u64, PieceRx)> = {
+            let mut ra = self.ra.lock();
+            let window = ra.window.on_read(offset, len);
+            if ra.generation != generation {
+                ra.pieces.clear();
+                ra.generation = generation;
+            }
+            if window == 0 {
+                ra.pieces.clear();
+                Vec::new()
+            } else {
+                while ra.pieces.front().is_some_and(|p| p.start + p.len <= offset) {
+                    ra.pieces.pop_front();
+                }
+                if ra.pieces.front().is_some_and(|p| p.start > offset) {
+                    ra.pieces.clear();
+                }
+                if ra.pieces.is_empty() {
+                    ra.end = offset;
+                }
+                let target = offset + len + window;
+                // Prefetch to the target, but not far past the known size.
+                let limit = target.min(size_hint.max(offset + len) + READAHEAD_PIECE);
+                while ra.end < limit {
+                    let start = ra.end;
+                    let plen = readahead_piece_len(start);
+                    let (tx, rx) = watch::channel(None);
+                    let st = self.state.clone();
+                    tokio::spawn(async move {
+                        let r = st.read_range(start, plen).await;
+                        let _ = tx.send(Some(r));
+                    });
+                    ra.pieces.push_back(Piece {
+                        start,
+                        len: plen,
+                        rx,
+                    });
+                    ra.end = start + plen;
+                }
+                ra.pieces
+                    .iter()
+                    .filter(|p| p.start < offset + len && offset < p.start + p.len)
+                    .map(|p| (p.start, p.len, p.rx.clone()))
+                    .collect()
+            }
+        };
+        let covered = wanted.first().is_some_and(|p| p.0 <= offset)
+            && wanted.last().is_some_and(|p| p.0 + p.1 >= offset + len);
+        if covered {
+            let mut out = BytesMut::with_capacity(len as usize);
+            let mut ok = true;
+            for (start, plen, mut rx) in wanted {
+                let r = match rx.wait_for(|v| v.is_some()).await {
+                    Ok(v) => v.clone(),
+                    Err(_) => None,
+                };
+                match r {
+                    Some(Ok(data)) => {
+                        let from = offset.max(start) - start;
+                        let to = (offset + len).min(start + plen) - start;
+                        if from as usize >= data.len() {
+                            break;
+                        }
+                        let to = (to as usize).min(data.len());
+                        out.extend_from_slice(&data[from as usize..to]);
+                        if (data.len() as u64) < plen {
+                            break; // end of file
+                        }
+                    }
+                    _ => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                return Ok(out.freeze());
+            }
+            self.ra.lock().pieces.clear();
+        }
+        self.state.read_range(offset, len).await
+    }
+
+    /// Writes `data` at `offset` (buffered; sent in the background). An error of
+    /// an earlier background write of this file is returned here.
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        let n = self.state.write(offset, data).await?;
+        Ok(n)
+    }
+
+    /// Sends buffered writes and closes write sessions (the master learns the size).
+    pub async fn flush(&self) -> Result<()> {
+        self.state.flush().await
+    }
+
+    /// Flushes and makes written data and the file size durable.
+    pub async fn fsync(&self) -> Result<()> {
+        self.state.fsync().await
+    }
+
+    /// Truncates or extends the file.
+    pub async fn truncate(&self, size: u64, caller: &Caller) -> Result<Attr> {
+        self.state.client.check_writable()?;
+        self.state.truncate(size, caller).await
+    }
+
+    /// Flushes and releases the file in the session. Returns a pending write error.
+    pub async fn release(&self) -> Result<()> {
+        let r = self.state.flush().await;
+        let rel = self.state.client.release_inode(self.state.inode).await;
+        r.and(rel)
+    }
+}
+
+/// Length of the readahead piece starting at `start`: up to the next multiple of
+/// the piece size, so pieces stay aligned.
+fn readahead_piece_len(start: u64) -> u64 {
+    READAHEAD_PIECE - start % READAHEAD_PIECE
+}

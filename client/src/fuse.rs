@@ -1,0 +1,1061 @@
+//! The FUSE filesystem served by `alces-mount`: every kernel operation is run as
+//! a task on a tokio runtime that replies when done, so the fuser threads never
+//! block on the network.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+
+use crate::client::{rename_flags, Attr, Caller, Client, FileType, SetAttr, SetTime};
+use crate::dirsnap::DirSnapshot;
+use crate::error::Error;
+use crate::file::FileHandle;
+use crate::metrics::Metrics;
+
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Readahead the kernel is asked to do.
+pub const MAX_READAHEAD: u32 = 1 << 20;
+/// Block size reported by stat and statfs.
+const BLOCK_SIZE: u32 = 65536;
+
+/// Settings of the FUSE filesystem.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// How long the kernel may cache attributes.
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache name lookups.
+    pub entry_ttl: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+struct Shared {
+    client: Client,
+    opts: FsOptions,
+    files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirSnapshot>>>,
+    next_fh: AtomicU64,
+    metrics: Option<Metrics>,
+    /// Extended attributes known to be absent (the kernel asks for
+    /// `security.capability` before every write), kept for the attribute TTL.
+    no_xattr: Mutex<HashMap<(u64, Vec<u8>), Instant>>,
+}
+
+/// The Alces FUSE filesystem.
+pub struct AlcesFs {
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for AlcesFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlcesFs")
+            .field("client", &self.shared.client)
+            .finish()
+    }
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn ns_to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn time_to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn kind_of(k: i32) -> fuser::FileType {
+    match FileType::try_from(k).unwrap_or(FileType::Regular) {
+        FileType::Directory => fuser::FileType::Directory,
+        FileType::Symlink => fuser::FileType::Symlink,
+        FileType::Fifo => fuser::FileType::NamedPipe,
+        FileType::Socket => fuser::FileType::Socket,
+        FileType::CharDevice => fuser::FileType::CharDevice,
+        FileType::BlockDevice => fuser::FileType::BlockDevice,
+        FileType::Regular | FileType::Unspecified => fuser::FileType::RegularFile,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller::new(req.uid(), req.gid(), req.pid())
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(time_to_ns(t)),
+    }
+}
+
+/// Converts FUSE rename flags to the master's; `None` for unsupported ones.
+pub fn rename_flags_of(flags: u32) -> Option<u32> {
+    let mut out = 0;
+    if flags & libc::RENAME_NOREPLACE != 0 {
+        out |= rename_flags::NOREPLACE;
+    }
+    if flags & libc::RENAME_EXCHANGE != 0 {
+        out |= rename_flags::EXCHANGE;
+    }
+    if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+        return None;
+    }
+    Some(out)
+}
+
+/// The node type of a mknod mode, or `None` for an unsupported one.
+pub fn mknod_kind(mode: u32) -> Option<FileType> {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => Some(FileType::Regular),
+        libc::S_IFIFO => Some(FileType::Fifo),
+        libc::S_IFSOCK => Some(FileType::Socket),
+        libc::S_IFCHR => Some(FileType::CharDevice),
+        libc::S_IFBLK => Some(FileType::BlockDevice),
+        _ => None,
+    }
+}
+
+/// Fits `value` into a reply buffer of `size` bytes as getxattr/listxattr must:
+/// `Ok(None)` means "answer with the size", `Err` means `ERANGE`.
+pub fn xattr_fit(value: &[u8], size: u32) -> Result<Option<&[u8]>, Errno> {
+    if size == 0 {
+        Ok(None)
+    } else if value.len() > size as usize {
+        Err(Errno::from_i32(libc::ERANGE))
+    } else {
+        Ok(Some(value))
+    }
+}
+
+impl Shared {
+    fn real(&self, ino: INodeNo) -> u64 {
+        if ino.0 == 1 {
+            self.client.root()
+        } else {
+            ino.0
+        }
+    }
+
+    fn fuse_ino(&self, real: u64) -> u64 {
+        if real == self.client.root() {
+            1
+        } else {
+            real
+        }
+    }
+
+    fn fattr(&self, a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(self.fuse_ino(a.inode)),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: ns_to_time(a.atime_ns),
+            mtime: ns_to_time(a.mtime_ns),
+            ctime: ns_to_time(a.ctime_ns),
+            crtime: ns_to_time(a.ctime_ns),
+            kind: kind_of(a.kind),
+            perm: (a.mode & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev as u32,
+            blksize: BLOCK_SIZE,
+            flags: 0,
+        }
+    }
+
+    fn count(&self, op: &str, failed: bool) {
+        if let Some(m) = &self.metrics {
+            m.op(op, failed);
+        }
+    }
+
+    fn file(&self, fh: Fh) -> Option<Arc<FileHandle>> {
+        self.files.lock().get(&fh.0).cloned()
+    }
+
+    fn add_file(&self, h: FileHandle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn reply_entry(&self, op: &str, r: Result<Attr, Error>, reply: ReplyEntry) {
+        match r {
+            Ok(a) => {
+                self.count(op, false);
+                reply.entry(&self.opts.entry_ttl, &self.fattr(&a), Generation(0));
+            }
+            Err(e) => {
+                self.count(op, true);
+                reply.error(errno(&e));
+            }
+        }
+    }
+
+    fn reply_empty(&self, op: &str, r: Result<(), Error>, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => {
+                self.count(op, false);
+                reply.ok();
+            }
+            Err(e) => {
+                self.count(op, true);
+                if e.errno() == libc::EIO {
+                    tracing::warn!(op, error = %e, "operation failed");
+                }
+                reply.error(errno(&e));
+            }
+        }
+    }
+
+    fn reply_attr(&self, op: &str, r: Result<Attr, Error>, reply: ReplyAttr) {
+        match r {
+            Ok(a) => {
+                self.count(op, false);
+                reply.attr(&self.opts.attr_ttl, &self.fattr(&a));
+            }
+            Err(e) => {
+                self.count(op, true);
+                reply.error(errno(&e));
+            }
+        }
+    }
+
+    fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
+        let key = (ino, name.to_vec());
+        let mut m = self.no_xattr.lock();
+        match m.get(&key) {
+            Some(t) if t.elapsed() < self.opts.attr_ttl => true,
+            Some(_) => {
+                m.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn set_xattr_absent(&self, ino: u64, name: &[u8], absent: bool) {
+        let mut m = self.no_xattr.lock();
+        if absent {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert((ino, name.to_vec()), Instant::now());
+        } else {
+            m.remove(&(ino, name.to_vec()));
+        }
+    }
+
+    async fn snapshot(&self, ino: u64) -> Result<DirSnapshot, Error> {
+        let (entries, parent) = self.client.readdir_all(ino, true).await?;
+        let root = self.client.root();
+        let parent = if ino == root || parent == 0 {
+            root
+        } else {
+            parent
+        };
+        Ok(DirSnapshot::new(ino, parent, entries))
+    }
+}
+
+impl AlcesFs {
+    /// A filesystem over `client`, running its work on `rt`.
+    pub fn new(
+        client: Client,
+        rt: tokio::runtime::Handle,
+        opts: FsOptions,
+        metrics: Option<Metrics>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                opts,
+                files: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                metrics,
+                no_xattr: Mutex::new(HashMap::new()),
+            }),
+            rt,
+        }
+    }
+
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let fut = f(self.shared.clone());
+        self.rt.spawn(fut);
+    }
+}
+
+impl Filesystem for AlcesFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        for cap in [
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_BIG_WRITES,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                tracing::debug!(?cap, "kernel lacks FUSE capability");
+            }
+        }
+        tracing::info!("FUSE session initialised");
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s.client.lookup(s.real(parent), &name, &c).await;
+            s.reply_entry("lookup", r, reply);
+        });
+    }
+
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {}
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
+        self.spawn(move |s| async move {
+            let r = s.client.getattr_local(s.real(ino)).await;
+            s.reply_attr("getattr", r, reply);
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<Fh>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let c = caller(req);
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            ctime: ctime.map(time_to_ns),
+        };
+        self.spawn(move |s| async move {
+            let ino = s.real(ino);
+            let r = s.client.setattr(ino, &set, &c).await;
+            let r = match r {
+                Ok(mut a) => {
+                    if let Some(p) = s.client.pending_size(ino) {
+                        a.size = a.size.max(p);
+                    }
+                    Ok(a)
+                }
+                Err(e) => Err(e),
+            };
+            s.reply_attr("setattr", r, reply);
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |s| async move {
+            match s.client.readlink(s.real(ino)).await {
+                Ok(t) => {
+                    s.count("readlink", false);
+                    reply.data(&t);
+                }
+                Err(e) => {
+                    s.count("readlink", true);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = mknod_kind(mode) else {
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        };
+        let name = name.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s
+                .client
+                .mknod(
+                    s.real(parent),
+                    &name,
+                    kind,
+                    mode & 0o7777,
+                    umask,
+                    u64::from(rdev),
+                    true,
+                    &c,
+                )
+                .await;
+            s.reply_entry("mknod", r, reply);
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s
+                .client
+                .mkdir(s.real(parent), &name, mode & 0o7777, umask, &c)
+                .await;
+            s.reply_entry("mkdir", r, reply);
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s.client.unlink(s.real(parent), &name, &c).await;
+            s.reply_empty("unlink", r, reply);
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s.client.rmdir(s.real(parent), &name, &c).await;
+            s.reply_empty("rmdir", r, reply);
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = link_name.as_bytes().to_vec();
+        let target = target.as_os_str().as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s.client.symlink(s.real(parent), &name, &target, &c).await;
+            s.reply_entry("symlink", r, reply);
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let Some(flags) = rename_flags_of(flags.bits()) else {
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        };
+        let name = name.as_bytes().to_vec();
+        let newname = newname.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s
+                .client
+                .rename(
+                    s.real(parent),
+                    &name,
+                    s.real(newparent),
+                    &newname,
+                    flags,
+                    &c,
+                )
+                .await;
+            s.reply_empty("rename", r, reply);
+        });
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let name = newname.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s
+                .client
+                .link(s.real(ino), s.real(newparent), &name, &c)
+                .await;
+            s.reply_entry("link", r, reply);
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            match s.client.open(s.real(ino), flags.0, &c).await {
+                Ok(h) => {
+                    let fl = if h.keep_cache() {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    let fh = s.add_file(h);
+                    s.count("open", false);
+                    reply.opened(Fh(fh), fl);
+                }
+                Err(e) => {
+                    s.count("open", true);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(move |s| async move {
+            let Some(h) = s.file(fh) else {
+                reply.error(Errno::from_i32(libc::EBADF));
+                return;
+            };
+            match h.read(offset, u64::from(size)).await {
+                Ok(d) => {
+                    s.count("read", false);
+                    if let Some(m) = &s.metrics {
+                        m.read_bytes.inc_by(d.len() as u64);
+                    }
+                    reply.data(&d);
+                }
+                Err(e) => {
+                    s.count("read", true);
+                    tracing::warn!(inode = h.inode(), offset, error = %e, "read failed");
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(move |s| async move {
+            let Some(h) = s.file(fh) else {
+                reply.error(Errno::from_i32(libc::EBADF));
+                return;
+            };
+            match h.write(offset, &data).await {
+                Ok(n) => {
+                    s.count("write", false);
+                    if let Some(m) = &s.metrics {
+                        m.written_bytes.inc_by(n as u64);
+                    }
+                    reply.written(n as u32);
+                }
+                Err(e) => {
+                    s.count("write", true);
+                    tracing::warn!(inode = h.inode(), offset, error = %e, "write failed");
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |s| async move {
+            let r = match s.file(fh) {
+                Some(h) => h.flush().await,
+                None => Err(Error::new(libc::EBADF, "unknown file handle")),
+            };
+            s.reply_empty("flush", r, reply);
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |s| async move {
+            let h = s.files.lock().remove(&fh.0);
+            let r = match h {
+                Some(h) => h.release().await,
+                None => Ok(()),
+            };
+            s.reply_empty("release", r, reply);
+        });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(move |s| async move {
+            let r = match s.file(fh) {
+                Some(h) => h.fsync().await,
+                None => Err(Error::new(libc::EBADF, "unknown file handle")),
+            };
+            s.reply_empty("fsync", r, reply);
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(move |s| async move {
+            match s.snapshot(s.real(ino)).await {
+                Ok(snap) => {
+                    let fh = s.next_fh.fetch_add(1, Ordering::Relaxed);
+                    s.dirs.lock().insert(fh, Arc::new(snap));
+                    s.count("opendir", false);
+                    reply.opened(Fh(fh), FopenFlags::empty());
+                }
+                Err(e) => {
+                    s.count("opendir", true);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(snap) = self.shared.dirs.lock().get(&fh.0).cloned() else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        for (next, e) in snap.from_offset(offset) {
+            let ino = INodeNo(self.shared.fuse_ino(e.inode));
+            if reply.add(
+                ino,
+                next,
+                kind_of(e.kind as i32),
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        self.shared.count("readdir", false);
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: Fh,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(snap) = self.shared.dirs.lock().get(&fh.0).cloned() else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        self.spawn(move |s| async move {
+            let dir_attr = match s.client.getattr(s.real(ino)).await {
+                Ok(a) => a,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            };
+            for (next, e) in snap.from_offset(offset) {
+                let attr = match (&e.attr, e.name.as_slice()) {
+                    (_, b"." | b"..") => dir_attr,
+                    (Some(a), _) => *a,
+                    (None, _) => match s.client.getattr(e.inode).await {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                };
+                let fa = s.fattr(&attr);
+                let ino = INodeNo(s.fuse_ino(e.inode));
+                if reply.add(
+                    ino,
+                    next,
+                    OsStr::from_bytes(&e.name),
+                    &s.opts.entry_ttl,
+                    &fa,
+                    Generation(0),
+                ) {
+                    break;
+                }
+            }
+            s.count("readdirplus", false);
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: Fh,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.shared.dirs.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: Fh, _datasync: bool, reply: ReplyEmpty) {
+        // Namespace mutations are durable in the master's changelog when acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(move |s| async move {
+            match s.client.statfs().await {
+                Ok(st) => {
+                    let b = u64::from(BLOCK_SIZE);
+                    s.count("statfs", false);
+                    reply.statfs(
+                        st.total_bytes / b,
+                        st.free_bytes / b,
+                        st.avail_bytes / b,
+                        st.total_inodes,
+                        st.free_inodes,
+                        BLOCK_SIZE,
+                        crate::names::MAX_NAME_LEN as u32,
+                        BLOCK_SIZE,
+                    );
+                }
+                Err(e) => {
+                    s.count("statfs", true);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        }
+        let name = name.as_bytes().to_vec();
+        let value = value.to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let ino = s.real(ino);
+            s.set_xattr_absent(ino, &name, false);
+            let r = s
+                .client
+                .setxattr(ino, &name, &value, flags as u32, &c)
+                .await;
+            s.reply_empty("setxattr", r, reply);
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let ino = s.real(ino);
+            if s.xattr_known_absent(ino, &name) {
+                s.count("getxattr", true);
+                reply.error(Errno::from_i32(libc::ENODATA));
+                return;
+            }
+            match s.client.getxattr(ino, &name, &c).await {
+                Ok(v) => {
+                    s.count("getxattr", false);
+                    match xattr_fit(&v, size) {
+                        Ok(None) => reply.size(v.len() as u32),
+                        Ok(Some(d)) => reply.data(d),
+                        Err(e) => reply.error(e),
+                    }
+                }
+                Err(e) => {
+                    s.count("getxattr", true);
+                    if e.errno() == libc::ENODATA {
+                        s.set_xattr_absent(ino, &name, true);
+                    }
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            match s.client.listxattr(s.real(ino), &c).await {
+                Ok(names) => {
+                    s.count("listxattr", false);
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    match xattr_fit(&buf, size) {
+                        Ok(None) => reply.size(buf.len() as u32),
+                        Ok(Some(d)) => reply.data(d),
+                        Err(e) => reply.error(e),
+                    }
+                }
+                Err(e) => {
+                    s.count("listxattr", true);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = s.client.removexattr(s.real(ino), &name, &c).await;
+            s.reply_empty("removexattr", r, reply);
+        });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are done by the kernel (default_permissions); this
+        // only confirms the inode exists.
+        self.spawn(move |s| async move {
+            let r = s.client.getattr(s.real(ino)).await.map(|_| ());
+            s.reply_empty("access", r, reply);
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name.as_bytes().to_vec();
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let exclusive = flags & libc::O_EXCL != 0;
+            let r = async {
+                let a = s
+                    .client
+                    .mknod(
+                        s.real(parent),
+                        &name,
+                        FileType::Regular,
+                        mode & 0o7777,
+                        umask,
+                        0,
+                        exclusive,
+                        &c,
+                    )
+                    .await?;
+                if a.kind != FileType::Regular as i32 {
+                    return Err(Error::new(
+                        libc::EISDIR,
+                        "the name exists and is not a regular file",
+                    ));
+                }
+                let h = s.client.open(a.inode, flags, &c).await?;
+                Ok(h)
+            }
+            .await;
+            match r {
+                Ok(h) => {
+                    let attr = *h.attr();
+                    let fh = s.add_file(h);
+                    s.count("create", false);
+                    reply.created(
+                        &s.opts.entry_ttl,
+                        &s.fattr(&attr),
+                        Generation(0),
+                        Fh(fh),
+                        FopenFlags::empty(),
+                    );
+                }
+                Err(e) => {
+                    s.count("create", true);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: Fh,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+            return;
+        }
+        let c = caller(req);
+        self.spawn(move |s| async move {
+            let r = async {
+                let ino = s.real(ino);
+                let end = offset
+                    .checked_add(length)
+                    .ok_or_else(|| Error::new(libc::EFBIG, "fallocate range overflows"))?;
+                let a = s.client.getattr_local(ino).await?;
+                if end > a.size {
+                    s.client.truncate(ino, end, &c).await?;
+                }
+                Ok(())
+            }
+            .await;
+            s.reply_empty("fallocate", r, reply);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        for ns in [0i64, 1, 1_700_000_000_123_456_789, -5_000_000_001] {
+            assert_eq!(time_to_ns(ns_to_time(ns)), ns);
+        }
+    }
+
+    #[test]
+    fn rename_and_mknod_flags() {
+        assert_eq!(rename_flags_of(0), Some(0));
+        assert_eq!(
+            rename_flags_of(libc::RENAME_NOREPLACE),
+            Some(rename_flags::NOREPLACE)
+        );
+        assert_eq!(
+            rename_flags_of(libc::RENAME_EXCHANGE),
+            Some(rename_flags::EXCHANGE)
+        );
+        assert_eq!(rename_flags_of(libc::RENAME_WHITEOUT), None);
+        assert_eq!(mknod_kind(libc::S_IFIFO | 0o644), Some(FileType::Fifo));
+        assert_eq!(mknod_kind(0o644), Some(FileType::Regular));
+        assert_eq!(mknod_kind(libc::S_IFDIR | 0o755), None);
+    }
+
+    #[test]
+    fn xattr_sizes() {
+        assert_eq!(xattr_fit(b"abc", 0), Ok(None));
+        assert_eq!(xattr_fit(b"abc", 3), Ok(Some(&b"abc"[..])));
+        assert_eq!(xattr_fit(b"abc", 2), Err(Errno::from_i32(libc::ERANGE)));
+    }
+}

@@ -1,0 +1,861 @@
+//! End-to-end tests of the client library and `alces-mount` against a real
+//! master and two chunkservers on 127.0.0.1.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alces_client::{Caller, Client, ClientConfig, FileType};
+use alces_proto::pb::admin_client::AdminClient;
+use alces_proto::pb::Empty;
+
+const MIB: u64 = 1 << 20;
+const SECRET: &str = "integration-test-secret-0123456789";
+
+/// Child processes killed (and mounts removed) when the test ends, even on panic.
+struct Procs {
+    children: Vec<(String, Child)>,
+    mounts: Vec<PathBuf>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for m in &self.mounts {
+            if is_mount_point(m) {
+                let _ = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(m)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn bin(name: &str) -> PathBuf {
+    // Tests run from target/<profile>/deps; the binaries live one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build it first with cargo build -p alces-master -p alces-chunkserver",
+        p.display()
+    );
+    p
+}
+
+struct Cluster {
+    procs: Procs,
+    master: String,
+    dir: tempfile::TempDir,
+    secret_file: PathBuf,
+    master_http: String,
+    /// (address, data dir) of each chunkserver.
+    chunkservers: Vec<(String, PathBuf)>,
+}
+
+impl Cluster {
+    fn master_command(&self) -> Command {
+        master_command(
+            &self.master,
+            &self.master_http,
+            &self.dir.path().join("master"),
+            &self.secret_file,
+        )
+    }
+}
+
+fn master_command(listen: &str, http: &str, data: &Path, secret_file: &Path) -> Command {
+    let mut c = Command::new(bin("alces-master"));
+    c.arg("--listen")
+        .arg(listen)
+        .arg("--http-listen")
+        .arg(http)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--secret-file")
+        .arg(secret_file)
+        .arg("--chunk-size")
+        .arg("1MiB")
+        .arg("--default-goal")
+        .arg("2")
+        .arg("--session-timeout")
+        .arg("10");
+    c
+}
+
+fn spawn(procs: &mut Procs, name: &str, cmd: &mut Command, log: &Path) {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file clone");
+    let child = cmd
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    procs.children.push((name.to_string(), child));
+}
+
+async fn start_cluster() -> Cluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET).expect("write secret");
+    let mut procs = Procs {
+        children: Vec::new(),
+        mounts: Vec::new(),
+    };
+    let port = free_port();
+    let master = format!("127.0.0.1:{port}");
+    let mdir = dir.path().join("master");
+    std::fs::create_dir_all(&mdir).expect("master dir");
+    let master_http = format!("127.0.0.1:{}", free_port());
+    spawn(
+        &mut procs,
+        "master",
+        &mut master_command(&master, &master_http, &mdir, &secret_file),
+        &dir.path().join("master.log"),
+    );
+    let mut chunkservers = Vec::new();
+    for i in 1..=2 {
+        let d = dir.path().join(format!("cs{i}"));
+        std::fs::create_dir_all(&d).expect("chunkserver dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        chunkservers.push((addr.clone(), d.clone()));
+        spawn(
+            &mut procs,
+            "chunkserver",
+            Command::new(bin("alces-chunkserver"))
+                .arg("--master")
+                .arg(&master)
+                .arg("--listen")
+                .arg(&addr)
+                .arg("--http-listen")
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg("--data-dir")
+                .arg(&d)
+                .arg("--label")
+                .arg(format!("zone{i}"))
+                .arg("--secret-file")
+                .arg(&secret_file),
+            &dir.path().join(format!("cs{i}.log")),
+        );
+    }
+    // Wait until the master sees both chunkservers.
+    let auth = alces_proto::auth::ClientAuth::new(SECRET).expect("auth");
+    let ch = alces_proto::net::channel(&master, &auth).expect("channel");
+    let mut admin = AdminClient::new(ch);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (name, c) in &mut procs.children {
+            if let Ok(Some(st)) = c.try_wait() {
+                let logs = std::fs::read_dir(dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n");
+                panic!("{name} exited early with {st}; logs:\n{logs}");
+            }
+        }
+        if let Ok(s) = admin.status(Empty {}).await {
+            let s = s.into_inner();
+            if s.chunkservers.iter().filter(|c| c.connected).count() >= 2 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not come up within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Cluster {
+        procs,
+        master,
+        dir,
+        secret_file,
+        master_http,
+        chunkservers,
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn library_write_read_truncate_across_chunks() {
+    let cluster = start_cluster().await;
+    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    cfg.client_name = "library test".into();
+    cfg.reconnect_timeout = Duration::from_secs(20);
+    let client = Client::connect(cfg).await.expect("connect");
+    assert_eq!(client.chunk_size(), MIB);
+    let caller = Caller::current();
+    let root = client.root();
+
+    let dir = client.mkdir_p("/data/set", 0o755).await.expect("mkdir -p");
+    assert_eq!(
+        client.resolve("data/set").await.expect("resolve").inode,
+        dir.inode
+    );
+    let attr = client
+        .mknod(
+            dir.inode,
+            b"big",
+            FileType::Regular,
+            0o644,
+            0o022,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    let err = client
+        .mknod(
+            dir.inode,
+            b"big",
+            FileType::Regular,
+            0o644,
+            0o022,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect_err("O_EXCL on an existing file");
+    assert_eq!(err.errno(), libc::EEXIST);
+    assert_eq!(
+        client
+            .lookup(root, &[b'x'; 256], &caller)
+            .await
+            .expect_err("long name")
+            .errno(),
+        libc::ENAMETOOLONG
+    );
+
+    // 10 MiB in uneven pieces so writes straddle chunk boundaries.
+    let data = pattern(10 * MIB as usize, 7);
+    let h = client
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open");
+    let mut off = 0usize;
+    let mut step = 100_003usize;
+    while off < data.len() {
+        let n = step.min(data.len() - off);
+        assert_eq!(
+            h.write(off as u64, &data[off..off + n])
+                .await
+                .expect("write"),
+            n
+        );
+        off += n;
+        step = if step > 700_000 { 100_003 } else { step * 2 };
+    }
+    h.fsync().await.expect("fsync");
+    h.release().await.expect("release");
+    assert_eq!(
+        client.getattr(attr.inode).await.expect("getattr").size,
+        data.len() as u64
+    );
+
+    // Read back sequentially (readahead) and at offsets around chunk boundaries.
+    let h = client
+        .open(attr.inode, libc::O_RDONLY, &caller)
+        .await
+        .expect("reopen");
+    let mut back = Vec::with_capacity(data.len());
+    let mut off = 0u64;
+    loop {
+        let d = h.read(off, 128 * 1024).await.expect("read");
+        if d.is_empty() {
+            break;
+        }
+        off += d.len() as u64;
+        back.extend_from_slice(&d);
+    }
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "data read back differs from what was written");
+    for at in [MIB - 1, 3 * MIB - 100, 9 * MIB + 5] {
+        let d = h.read(at, 300).await.expect("read at boundary");
+        assert_eq!(&d[..], &data[at as usize..at as usize + 300]);
+    }
+    let tail = h.read(10 * MIB - 10, 100).await.expect("read past end");
+    assert_eq!(tail.len(), 10);
+    h.release().await.expect("release");
+    // Close-to-open: unchanged since the last open -> cached pages may be kept.
+    let again = client
+        .open(attr.inode, libc::O_RDONLY, &caller)
+        .await
+        .expect("open again");
+    assert!(again.keep_cache(), "an unchanged file must keep its cache");
+    again.release().await.expect("release");
+
+    // Shrink into the middle of a chunk, then extend: the gap reads as zeros.
+    let cut = 2 * MIB + MIB / 2;
+    client
+        .truncate(attr.inode, cut, &caller)
+        .await
+        .expect("truncate");
+    client
+        .truncate(attr.inode, 5 * MIB, &caller)
+        .await
+        .expect("extend");
+    let h = client
+        .open(attr.inode, libc::O_RDONLY, &caller)
+        .await
+        .expect("open after truncate");
+    assert!(!h.keep_cache(), "a changed file must drop its cache");
+    let d = h.read(0, 5 * MIB).await.expect("read after truncate");
+    assert_eq!(d.len(), 5 * MIB as usize);
+    assert!(
+        d[..cut as usize] == data[..cut as usize],
+        "kept prefix changed"
+    );
+    assert!(
+        d[cut as usize..].iter().all(|b| *b == 0),
+        "extended part is not zeros"
+    );
+    h.release().await.expect("release");
+
+    // Holes: a write far past the end leaves zeros before it.
+    let h = client
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open rw");
+    h.write(8 * MIB + 10, b"tail")
+        .await
+        .expect("write past end");
+    let d = h.read(7 * MIB, 2 * MIB).await.expect("read hole");
+    assert!(d[..MIB as usize + 10].iter().all(|b| *b == 0));
+    assert_eq!(&d[MIB as usize + 10..MIB as usize + 14], b"tail");
+    h.release().await.expect("release");
+
+    client
+        .unlink(dir.inode, b"big", &caller)
+        .await
+        .expect("unlink");
+    client.close().await.expect("close");
+    drop(cluster.procs);
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    let (Ok(a), Some(parent)) = (std::fs::metadata(p), p.parent()) else {
+        return false;
+    };
+    let Ok(b) = std::fs::metadata(parent) else {
+        return false;
+    };
+    a.dev() != b.dev()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_create_write_rename_unlink() {
+    let mut cluster = start_cluster().await;
+    let mnt = cluster.dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mount dir");
+    let log = cluster.dir.path().join("mount.log");
+    spawn(
+        &mut cluster.procs,
+        "alces-mount",
+        Command::new(env!("CARGO_BIN_EXE_alces-mount"))
+            .arg(&mnt)
+            .arg("--master")
+            .arg(&cluster.master)
+            .arg("--secret-file")
+            .arg(&cluster.secret_file),
+        &log,
+    );
+    cluster.procs.mounts.push(mnt.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_mount_point(&mnt) {
+        if let Some((_, c)) = cluster.procs.children.last_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                panic!(
+                    "alces-mount exited with {st}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mount did not appear within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let m = mnt.clone();
+    tokio::task::spawn_blocking(move || {
+        let data = pattern(3 * MIB as usize + 12345, 3);
+        let a = m.join("a.bin");
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&a)
+                .expect("create");
+            f.write_all(&data).expect("write");
+            f.sync_all().expect("fsync");
+        }
+        assert!(std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&a)
+            .is_err());
+        assert_eq!(
+            std::fs::metadata(&a).expect("stat").len(),
+            data.len() as u64
+        );
+        let back = std::fs::read(&a).expect("read");
+        assert!(back == data, "read through the mount differs");
+        let mut f = std::fs::File::open(&a).expect("open");
+        f.seek(SeekFrom::Start(MIB - 3)).expect("seek");
+        let mut buf = [0u8; 6];
+        f.read_exact(&mut buf)
+            .expect("read across a chunk boundary");
+        assert_eq!(&buf, &data[MIB as usize - 3..MIB as usize + 3]);
+
+        // Extended attributes: absent, then set, read back (size query first).
+        let path = std::ffi::CString::new(a.as_os_str().as_encoded_bytes()).expect("path");
+        let name = c"user.color";
+        let mut buf = [0u8; 64];
+        // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENODATA)
+        );
+        // SAFETY: as above.
+        let r =
+            unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0) };
+        assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+        // SAFETY: a size query with a null buffer.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(n, 4);
+        // SAFETY: as above.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 2) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ERANGE)
+        );
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(&buf[..n as usize], b"blue");
+
+        std::fs::create_dir(m.join("d")).expect("mkdir");
+        std::fs::rename(&a, m.join("d/b.bin")).expect("rename");
+        assert!(!a.exists());
+        assert_eq!(
+            std::fs::read(m.join("d/b.bin"))
+                .expect("read renamed")
+                .len(),
+            data.len()
+        );
+        let names: Vec<String> = std::fs::read_dir(m.join("d"))
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["b.bin".to_string()]);
+        std::os::unix::fs::symlink("b.bin", m.join("d/link")).expect("symlink");
+        assert_eq!(
+            std::fs::read_link(m.join("d/link")).expect("readlink"),
+            PathBuf::from("b.bin")
+        );
+        std::fs::remove_file(m.join("d/link")).expect("unlink link");
+        std::fs::remove_file(m.join("d/b.bin")).expect("unlink");
+        std::fs::remove_dir(m.join("d")).expect("rmdir");
+        let long = "x".repeat(256);
+        let e = std::fs::File::create(m.join(long)).expect_err("too long name");
+        assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+    })
+    .await
+    .expect("file operations");
+
+    // SIGTERM unmounts cleanly and exits 0.
+    let (_, child) = cluster.procs.children.last_mut().expect("mount process");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alces-mount did not exit within 30 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.success(),
+        "alces-mount exited with {status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!is_mount_point(&mnt), "still mounted after exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_survives_master_restart_and_times_out_when_down() {
+    let mut cluster = start_cluster().await;
+    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    cfg.reconnect_timeout = Duration::from_secs(30);
+    let client = Client::connect(cfg).await.expect("connect");
+    let caller = Caller::current();
+    let attr = client
+        .mknod(
+            client.root(),
+            b"f",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    let h = client
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open");
+    let data = pattern(3 * MIB as usize, 11);
+    h.write(0, &data).await.expect("write");
+    h.fsync().await.expect("fsync");
+    let session = client.session_id();
+
+    // kill -9 the master and start it again on the same address and data.
+    let (_, m) = &mut cluster.procs.children[0];
+    m.kill().expect("kill master");
+    m.wait().expect("reap master");
+    let restarted = cluster
+        .master_command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart master");
+    cluster.procs.children[0] = ("master".into(), restarted);
+
+    // The open handle keeps working through the restart with the same session.
+    h.write(3 * MIB, b"after restart")
+        .await
+        .expect("write after restart");
+    h.fsync().await.expect("fsync after restart");
+    let d = h.read(0, 3 * MIB + 13).await.expect("read after restart");
+    assert!(
+        d[..3 * MIB as usize] == data[..],
+        "data changed across a master restart"
+    );
+    assert_eq!(&d[3 * MIB as usize..], b"after restart");
+    assert_eq!(
+        client.session_id(),
+        session,
+        "the session id must be kept on reconnect"
+    );
+    h.release().await.expect("release");
+    client.close().await.expect("close");
+
+    // With the master gone for good, calls fail with EIO after the bounded time.
+    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    cfg.reconnect_timeout = Duration::from_secs(2);
+    let short = Client::connect(cfg).await.expect("connect");
+    let (_, m) = &mut cluster.procs.children[0];
+    m.kill().expect("kill master");
+    m.wait().expect("reap master");
+    let started = Instant::now();
+    let e = short
+        .getattr(short.root())
+        .await
+        .expect_err("master is down");
+    assert_eq!(e.errno(), libc::EIO);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "gave up too late: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_write_session_is_reopened_and_read_only_is_enforced() {
+    let cluster = start_cluster().await;
+    let connect = |read_only: bool| {
+        let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+        cfg.read_only = read_only;
+        cfg.write_flush_bytes = MIB;
+        Client::connect(cfg)
+    };
+    let a = connect(false).await.expect("connect a");
+    let b = connect(false).await.expect("connect b");
+    let caller = Caller::current();
+    let attr = a
+        .mknod(
+            a.root(),
+            b"shared",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+
+    // A fills chunk 0: it is sent in the background and A's write session stays open.
+    let ha = a
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open a");
+    ha.write(0, &pattern(MIB as usize, 1))
+        .await
+        .expect("write a");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.buffered_bytes() > 0 {
+        assert!(Instant::now() < deadline, "background write did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B writes the same chunk: a new version, so A's session is now stale.
+    let hb = b
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open b");
+    hb.write(0, b"from b").await.expect("write b");
+    hb.release().await.expect("release b");
+    // A writes again: the chunkserver answers ESTALE and A opens a new session.
+    let second = pattern(MIB as usize, 2);
+    assert_eq!(a.write_retries(), 0);
+    ha.write(0, &second).await.expect("write a again");
+    ha.flush().await.expect("flush a after a stale session");
+    assert!(
+        a.write_retries() >= 1,
+        "the stale write session was not detected"
+    );
+    let d = ha.read(0, MIB).await.expect("read");
+    assert!(d[..] == second[..], "A's rewrite is not what is read back");
+    ha.release().await.expect("release a");
+
+    let ro = connect(true).await.expect("connect read-only");
+    assert!(ro.is_read_only());
+    let e = ro
+        .mknod(
+            ro.root(),
+            b"nope",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect_err("create in a read-only session");
+    assert_eq!(e.errno(), libc::EROFS);
+    let e = ro
+        .open(attr.inode, libc::O_WRONLY, &caller)
+        .await
+        .expect_err("open for writing in a read-only session");
+    assert_eq!(e.errno(), libc::EROFS);
+    let h = ro
+        .open(attr.inode, libc::O_RDONLY, &caller)
+        .await
+        .expect("open read-only");
+    assert_eq!(h.read(0, 10).await.expect("read-only read").len(), 10);
+    h.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
+    let cluster = start_cluster().await;
+    let client = Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)))
+        .await
+        .expect("connect");
+    let caller = Caller::current();
+    let attr = client
+        .mknod(
+            client.root(),
+            b"c",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    let data = pattern(300_000, 5);
+    let h = client
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open");
+    h.write(0, &data).await.expect("write");
+    h.fsync().await.expect("fsync");
+    h.release().await.expect("release");
+
+    // Corrupt the copy the master lists first, in its data block area.
+    let auth = alces_proto::auth::ClientAuth::new(SECRET).expect("auth");
+    let mut master = alces_proto::pb::master_client::MasterClient::new(
+        alces_proto::net::channel(&cluster.master, &auth).expect("channel"),
+    );
+    let loc = master
+        .read_chunk(alces_proto::pb::ChunkRequest {
+            session_id: client.session_id(),
+            inode: attr.inode,
+            chunk_index: 0,
+        })
+        .await
+        .expect("read chunk")
+        .into_inner();
+    assert_eq!(loc.locations.len(), 2, "goal 2 must give two copies");
+    let first = &loc.locations[0].address;
+    let dir = &cluster
+        .chunkservers
+        .iter()
+        .find(|(a, _)| a == first)
+        .expect("first copy is on a test chunkserver")
+        .1;
+    let file = dir
+        .join("chunks")
+        .join(format!("{:02x}", loc.chunk_id & 0xff))
+        .join(format!("{:016x}.chunk", loc.chunk_id));
+    let mut bytes = std::fs::read(&file).expect("read chunk file");
+    for b in &mut bytes[8192 + 1000..8192 + 1100] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&file, &bytes).expect("corrupt chunk file");
+
+    let fresh = Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)))
+        .await
+        .expect("connect again");
+    let h = fresh
+        .open(attr.inode, libc::O_RDONLY, &caller)
+        .await
+        .expect("open");
+    let d = h
+        .read(0, data.len() as u64)
+        .await
+        .expect("read with one bad copy");
+    assert!(d[..] == data[..], "a corrupt copy leaked into a read");
+    h.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_io_matches_a_model() {
+    let cluster = start_cluster().await;
+    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    cfg.write_flush_bytes = 256 * 1024;
+    let client = Client::connect(cfg).await.expect("connect");
+    let caller = Caller::current();
+    let attr = client
+        .mknod(
+            client.root(),
+            b"model",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    let h = client
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open");
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for step in 0..300u64 {
+        match next(10) {
+            0..=5 => {
+                let off = next(5 * MIB);
+                let len = 1 + next(300_000) as usize;
+                let data = pattern(len, step);
+                h.write(off, &data).await.expect("write");
+                let end = off as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&data);
+            }
+            6..=7 => {
+                let off = next(6 * MIB);
+                let len = 1 + next(2 * MIB);
+                let d = h.read(off, len).await.expect("read");
+                let lo = (off as usize).min(model.len());
+                let hi = (off as usize + len as usize).min(model.len());
+                assert_eq!(d.len(), hi - lo, "read length at step {step}");
+                assert!(
+                    d[..] == model[lo..hi],
+                    "read content at step {step} ({off}+{len})"
+                );
+            }
+            8 => {
+                let size = next(6 * MIB);
+                h.truncate(size, &caller).await.expect("truncate");
+                model.resize(size as usize, 0);
+            }
+            _ => h.flush().await.expect("flush"),
+        }
+    }
+    h.fsync().await.expect("fsync");
+    assert_eq!(
+        client.getattr(attr.inode).await.expect("getattr").size,
+        model.len() as u64
+    );
+    let d = h
+        .read(0, model.len() as u64 + 10)
+        .await
+        .expect("final read");
+    assert!(d[..] == model[..], "final content differs from the model");
+    h.release().await.expect("release");
+}
