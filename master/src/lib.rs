@@ -1,1 +1,30 @@
-//! Placeholder, replaced as the part is built.
+//! The Alces master: the namespace and the chunk map in memory, changelog and
+//! snapshots on disk, chunk placement and repair, and the gRPC services.
+//!
+//! - [`namespace`]: inodes, directory entries, xattrs, the chunk table and queries.
+//! - [`ops`]: changelog operations, decided by `prepare_*` and carried out by [`ops::apply`].
+//! - [`frame`]: length + CRC32C record framing of on-disk files.
+//! - [`changelog`]: changelog files and the group-committing writer.
+//! - [`snapshot`]: snapshot files.
+//! - [`datadir`]: the data directory: lock, epoch, recovery, retention.
+//! - [`sessions`]: client sessions, leases and open files.
+//! - [`chunkmap`]: chunkservers, copies, placement and replication planning.
+//! - [`core`]: the shared state, the commit path, snapshots and maintenance.
+//! - [`grpc`]: the Master, ChunkMaster and Admin services.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`config`]: command-line flags.
+//! - [`server`]: starting, running and stopping a master.
+
+pub mod changelog;
+pub mod chunkmap;
+pub mod config;
+pub mod core;
+pub mod datadir;
+pub mod frame;
+pub mod grpc;
+pub mod metrics;
+pub mod namespace;
+pub mod ops;
+pub mod server;
+pub mod sessions;
+pub mod snapshot;

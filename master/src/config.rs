@@ -1,0 +1,63 @@
+//! Command-line flags of `alces-master`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    alces_proto::geometry::validate_chunk_size(alces_proto::geometry::parse_size(s)?)
+}
+
+/// The Alces master: holds the namespace and the chunk map in memory, persists
+/// them as changelog + snapshots in --data-dir, and serves clients (Master),
+/// chunkservers (ChunkMaster) and administrators (Admin) over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "alces-master", version)]
+pub struct Args {
+    /// gRPC listen address for the Master, ChunkMaster and Admin services.
+    #[arg(long, env = "ALCES_MASTER_LISTEN", default_value = "0.0.0.0:9421")]
+    pub listen: SocketAddr,
+
+    /// HTTP listen address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "ALCES_MASTER_HTTP_LISTEN", default_value = "0.0.0.0:9431")]
+    pub http_listen: SocketAddr,
+
+    /// Directory for changelogs, snapshots, the epoch and the lock file. An empty
+    /// (or new) directory formats a new filesystem.
+    #[arg(long, env = "ALCES_MASTER_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// File holding the cluster secret (else the ALCES_SECRET environment variable).
+    #[arg(long, env = "ALCES_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Chunk size of a new filesystem (1MiB..64MiB, a multiple of 64KiB); an
+    /// existing filesystem keeps the size it was created with.
+    #[arg(long, env = "ALCES_CHUNK_SIZE", default_value = "64MiB", value_parser = parse_chunk_size)]
+    pub chunk_size: u64,
+
+    /// Goal (copies per chunk, 1-9) of the root directory of a new filesystem;
+    /// new entries inherit their parent's goal.
+    #[arg(long, env = "ALCES_DEFAULT_GOAL", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub default_goal: u32,
+
+    /// Client session lease in seconds: a session not renewed for this long is
+    /// closed and its open files released; orphans left after a restart are kept
+    /// this long for clients to reclaim.
+    #[arg(long, env = "ALCES_SESSION_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub session_timeout: u32,
+
+    /// Seconds without a heartbeat after which a chunkserver's copies stop counting.
+    #[arg(long, env = "ALCES_CHUNKSERVER_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub chunkserver_timeout: u64,
+
+    /// Seconds between background snapshots (one is also taken after 1,000,000
+    /// changelog records and on graceful shutdown).
+    #[arg(long, env = "ALCES_SNAPSHOT_INTERVAL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub snapshot_interval: u64,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "ALCES_LOG_JSON")]
+    pub log_json: bool,
+}

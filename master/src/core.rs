@@ -1,0 +1,310 @@
+//! The master's shared state and the commit path: the metadata, sessions and
+//! chunk map behind one lock, the changelog writer, durability waits, background
+//! snapshots and the periodic maintenance (leases, orphans, replication).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use alces_proto::pb::changelog_record::Op;
+use alces_proto::pb::{self, ChangelogRecord};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::changelog::{Durable, Writer};
+use crate::chunkmap::{Adoption, ChunkMap};
+use crate::metrics::Metrics;
+use crate::namespace::{FsError, FsResult, State};
+use crate::ops::apply;
+use crate::sessions::Sessions;
+use crate::{datadir, snapshot};
+
+/// Records after which a snapshot is taken even before the interval.
+pub const SNAPSHOT_RECORDS: u64 = 1_000_000;
+/// Replications planned per maintenance tick.
+pub const REPLICATIONS_PER_TICK: usize = 32;
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Settings the running master needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Client lease.
+    pub session_timeout: Duration,
+    /// Chunkserver heartbeat timeout.
+    pub chunkserver_timeout: Duration,
+    /// Time between periodic snapshots.
+    pub snapshot_interval: Duration,
+}
+
+/// Everything behind the master lock.
+pub struct Inner {
+    /// Replicated metadata.
+    pub state: State,
+    /// Client sessions.
+    pub sessions: Sessions,
+    /// Chunkservers and copies.
+    pub chunks: ChunkMap,
+    /// Version of the newest snapshot on disk.
+    pub snapshot_version: u64,
+    /// Orphans found at startup were purged (after one session timeout).
+    pub startup_orphans_done: bool,
+}
+
+/// The master.
+pub struct Core {
+    /// State behind the lock (never held across an await).
+    pub inner: Mutex<Inner>,
+    writer: Mutex<Option<Writer>>,
+    durable: watch::Receiver<Durable>,
+    snapshot_lock: tokio::sync::Mutex<()>,
+    /// Settings.
+    pub settings: Settings,
+    /// Master epoch.
+    pub epoch: u64,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// When the master started serving.
+    pub started: Instant,
+}
+
+impl Core {
+    /// A master over recovered `state`, appending to the changelog in the data dir.
+    pub fn new(
+        state: State,
+        snapshot_version: u64,
+        epoch: u64,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let writer = Writer::start(
+            &settings.data_dir,
+            state.version + 1,
+            state.version,
+            metrics.fsync_seconds.clone(),
+        )?;
+        let durable = writer.durable();
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                state,
+                sessions: Sessions::default(),
+                chunks: ChunkMap::default(),
+                snapshot_version,
+                startup_orphans_done: false,
+            }),
+            writer: Mutex::new(Some(writer)),
+            durable,
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            settings,
+            epoch,
+            metrics,
+            started: Instant::now(),
+        })
+    }
+
+    /// Decides the record of `op`, applies it and queues it for the changelog.
+    /// Returns its version; the caller waits with [`Core::wait_durable`] before
+    /// answering.
+    pub fn commit(&self, inner: &mut Inner, op: Op) -> FsResult<u64> {
+        if self.durable.borrow().failed {
+            return Err(FsError::new(
+                libc::EIO,
+                "the metadata changelog cannot be written (disk error on the master); no changes are accepted",
+            ));
+        }
+        let rec = ChangelogRecord {
+            version: inner.state.version + 1,
+            time_ns: now_ns(),
+            op: Some(op),
+        };
+        let applied = apply(&mut inner.state, &rec)?;
+        let queued = self
+            .writer
+            .lock()
+            .as_ref()
+            .ok_or_else(|| "the master is shutting down".to_string())
+            .and_then(|w| w.append(&rec));
+        if let Err(e) = queued {
+            tracing::error!(error = %e, version = rec.version, "cannot queue a changelog record");
+            return Err(FsError::new(
+                libc::EIO,
+                format!("metadata change not persisted: {e}"),
+            ));
+        }
+        inner.chunks.free(&applied.freed_chunks);
+        Ok(rec.version)
+    }
+
+    /// Waits until `version` is durable in the changelog.
+    pub async fn wait_durable(&self, version: u64) -> Result<(), Status> {
+        let mut rx = self.durable.clone();
+        let reached = rx
+            .wait_for(|d| d.version >= version || d.failed)
+            .await
+            .map(|d| d.version >= version)
+            .unwrap_or(false);
+        match reached {
+            true => Ok(()),
+            false => Err(alces_proto::errno::status(
+                libc::EIO,
+                "the metadata change could not be made durable: the master's changelog write failed",
+            )),
+        }
+    }
+
+    /// Runs `f` under the lock, then waits for the version it committed (if any).
+    pub async fn mutate<R>(
+        &self,
+        f: impl FnOnce(&Core, &mut Inner) -> FsResult<(Option<u64>, R)>,
+    ) -> Result<R, Status> {
+        let (v, r) = {
+            let mut g = self.inner.lock();
+            f(self, &mut g)?
+        };
+        if let Some(v) = v {
+            self.wait_durable(v).await?;
+        }
+        Ok(r)
+    }
+
+    /// Refuses mutations from read-only sessions.
+    pub fn check_writable(&self, inner: &Inner, session_id: u64) -> FsResult<()> {
+        match inner.sessions.map.get(&session_id) {
+            Some(s) if s.read_only => Err(FsError::new(
+                libc::EROFS,
+                format!("session {session_id} is read-only"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Purges inodes that have no link and are no longer open.
+    pub fn purge_unused(&self, inner: &mut Inner, inodes: &[u64]) -> Option<u64> {
+        let mut last = None;
+        for ino in inodes {
+            if inner.state.orphans.contains(ino) && !inner.sessions.is_open(*ino) {
+                match self.commit(inner, Op::Purge(pb::PurgeOp { inode: *ino })) {
+                    Ok(v) => last = Some(v),
+                    Err(e) => tracing::error!(inode = ino, error = %e, "cannot purge an orphan"),
+                }
+            }
+        }
+        last
+    }
+
+    /// Logs chunk version adoptions.
+    pub fn adopt(&self, inner: &mut Inner, adoptions: &[Adoption]) {
+        for (id, version) in adoptions {
+            let current = inner.state.chunks.get(id).map(|c| c.version);
+            if current.is_some_and(|c| c != *version) {
+                let op = Op::SetChunkVersion(pb::SetChunkVersionOp {
+                    chunk_id: *id,
+                    version: *version,
+                });
+                if let Err(e) = self.commit(inner, op) {
+                    tracing::error!(chunk = id, error = %e, "cannot adopt a chunk version");
+                }
+            }
+        }
+    }
+
+    /// Periodic work: expires sessions, purges orphans, plans replication,
+    /// updates gauges. Returns whether a snapshot is due by record count.
+    pub fn tick(&self) -> bool {
+        let now = Instant::now();
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let (closed, released) = inner.sessions.expire(now, self.settings.session_timeout);
+        for sid in &closed {
+            tracing::info!(session = sid, "session lease expired: closed");
+        }
+        self.purge_unused(inner, &released);
+        if !inner.startup_orphans_done
+            && now.saturating_duration_since(self.started) > self.settings.session_timeout
+        {
+            inner.startup_orphans_done = true;
+            let orphans: Vec<u64> = inner.state.orphans.iter().copied().collect();
+            if !orphans.is_empty() {
+                tracing::info!(count = orphans.len(), "purging orphans no client reclaimed");
+            }
+            self.purge_unused(inner, &orphans);
+        }
+        let adoptions = inner.chunks.tick(
+            &inner.state,
+            now,
+            self.settings.chunkserver_timeout,
+            self.settings.session_timeout * 4,
+            REPLICATIONS_PER_TICK,
+        );
+        self.adopt(inner, &adoptions);
+        self.update_gauges(inner);
+        inner.state.version - inner.snapshot_version >= SNAPSHOT_RECORDS
+    }
+
+    /// Refreshes the state gauges.
+    pub fn update_gauges(&self, inner: &Inner) {
+        self.metrics
+            .metadata_version
+            .set(i64::try_from(inner.state.version).unwrap_or(i64::MAX));
+        self.metrics.inodes.set(inner.state.inodes.len() as i64);
+        self.metrics.chunks.set(inner.state.chunks.len() as i64);
+        self.metrics.chunkservers.set(
+            inner
+                .chunks
+                .servers
+                .values()
+                .filter(|s| s.connected)
+                .count() as i64,
+        );
+        self.metrics.sessions.set(inner.sessions.map.len() as i64);
+    }
+
+    /// Writes a snapshot of the current state in the background (unless nothing
+    /// changed since the last one), rotates the changelog and prunes old files.
+    pub async fn snapshot(&self) -> anyhow::Result<()> {
+        let _one = self.snapshot_lock.lock().await;
+        let state = {
+            let g = self.inner.lock();
+            if g.state.version == g.snapshot_version {
+                return Ok(());
+            }
+            let s = g.state.clone();
+            if let Some(w) = self.writer.lock().as_ref() {
+                w.rotate(s.version + 1).map_err(|e| anyhow::anyhow!(e))?;
+            }
+            s
+        };
+        let version = state.version;
+        let dir = self.settings.data_dir.clone();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            snapshot::write(&dir, &state, now_ns())?;
+            datadir::prune(&dir)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("snapshot task failed: {e}"))??;
+        self.inner.lock().snapshot_version = version;
+        tracing::info!(
+            version,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(())
+    }
+
+    /// Flushes and stops the changelog writer (after the final snapshot).
+    pub fn stop_writer(&self) {
+        let w = self.writer.lock().take();
+        if let Some(mut w) = w {
+            w.stop();
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics of the master (`alces_master_*`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of the per-RPC counter: `rpc` and `result` (ok / error).
+pub type RpcLabels = Vec<(String, String)>;
+
+/// Every metric the master exports.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Calls per RPC and result.
+    pub rpcs: Family<RpcLabels, Counter>,
+    /// Current metadata version.
+    pub metadata_version: Gauge,
+    /// Inodes in the namespace.
+    pub inodes: Gauge,
+    /// Chunks in the chunk table.
+    pub chunks: Gauge,
+    /// Connected chunkservers.
+    pub chunkservers: Gauge,
+    /// Open client sessions.
+    pub sessions: Gauge,
+    /// Latency of each changelog group commit (write + fdatasync).
+    pub fsync_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `reg`.
+    pub fn new(reg: &mut Registry) -> Self {
+        let m = Self {
+            rpcs: Family::default(),
+            metadata_version: Gauge::default(),
+            inodes: Gauge::default(),
+            chunks: Gauge::default(),
+            chunkservers: Gauge::default(),
+            sessions: Gauge::default(),
+            fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        };
+        reg.register(
+            "alces_master_rpc",
+            "gRPC calls by rpc and result",
+            m.rpcs.clone(),
+        );
+        reg.register(
+            "alces_master_metadata_version",
+            "Current metadata version",
+            m.metadata_version.clone(),
+        );
+        reg.register(
+            "alces_master_inodes",
+            "Inodes in the namespace",
+            m.inodes.clone(),
+        );
+        reg.register(
+            "alces_master_chunks",
+            "Chunks in the chunk table",
+            m.chunks.clone(),
+        );
+        reg.register(
+            "alces_master_chunkservers_connected",
+            "Connected chunkservers",
+            m.chunkservers.clone(),
+        );
+        reg.register(
+            "alces_master_sessions",
+            "Open client sessions",
+            m.sessions.clone(),
+        );
+        reg.register(
+            "alces_master_changelog_fsync_seconds",
+            "Latency of a changelog group commit (write and fdatasync)",
+            m.fsync_seconds.clone(),
+        );
+        m
+    }
+
+    /// Counts one call of `rpc`.
+    pub fn count(&self, rpc: &str, ok: bool) {
+        self.rpcs
+            .get_or_create(&vec![
+                ("rpc".to_string(), rpc.to_string()),
+                (
+                    "result".to_string(),
+                    if ok { "ok" } else { "error" }.to_string(),
+                ),
+            ])
+            .inc();
+    }
+}

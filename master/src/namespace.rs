@@ -1,0 +1,454 @@
+//! The namespace held in memory: inodes of every kind, directory entries, xattrs,
+//! the chunk table, and the read-only queries on them.
+//!
+//! Mutations live in [`crate::ops`]; this module only holds the data and answers
+//! questions about it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use alces_proto::geometry::MAX_FILE_SIZE;
+use alces_proto::pb::{self, FileType};
+
+/// Inode number of the filesystem root.
+pub const ROOT_INODE: u64 = 1;
+/// Longest entry name in bytes.
+pub const MAX_NAME: usize = 255;
+/// Longest symlink target in bytes.
+pub const MAX_SYMLINK: usize = 4095;
+/// Longest xattr name in bytes.
+pub const MAX_XATTR_NAME: usize = 255;
+/// Largest xattr value in bytes.
+pub const MAX_XATTR_VALUE: usize = 65536;
+/// Most hard links one inode may have.
+pub const MAX_LINKS: u32 = 65000;
+/// Inode count reported as the filesystem's capacity.
+pub const MAX_INODES: u64 = 1 << 32;
+
+/// A namespace error: a Linux errno and a message saying what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsError {
+    /// Linux errno sent to the client.
+    pub errno: i32,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl FsError {
+    /// An error with `errno` and `message`.
+    pub fn new(errno: i32, message: impl Into<String>) -> Self {
+        Self {
+            errno,
+            message: message.into(),
+        }
+    }
+
+    /// The gRPC status carrying this error.
+    pub fn to_status(&self) -> tonic::Status {
+        alces_proto::errno::status(self.errno, self.message.clone())
+    }
+}
+
+impl std::fmt::Display for FsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (errno {})", self.message, self.errno)
+    }
+}
+
+impl std::error::Error for FsError {}
+
+impl From<FsError> for tonic::Status {
+    fn from(e: FsError) -> Self {
+        e.to_status()
+    }
+}
+
+/// Result of namespace operations.
+pub type FsResult<T> = Result<T, FsError>;
+
+/// Shorthand for building an [`FsError`].
+pub fn err<T>(errno: i32, message: impl Into<String>) -> FsResult<T> {
+    Err(FsError::new(errno, message))
+}
+
+/// Checks an entry name: 1..=255 bytes, no '/', no NUL, not "." or "..".
+pub fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.is_empty() {
+        return err(libc::EINVAL, "empty entry name");
+    }
+    if name.len() > MAX_NAME {
+        return err(
+            libc::ENAMETOOLONG,
+            format!(
+                "entry name is {} bytes, the limit is {MAX_NAME}",
+                name.len()
+            ),
+        );
+    }
+    if name == b"." || name == b".." {
+        return err(libc::EINVAL, "entry name cannot be '.' or '..'");
+    }
+    if name.iter().any(|&c| c == b'/' || c == 0) {
+        return err(libc::EINVAL, "entry name contains '/' or NUL");
+    }
+    Ok(())
+}
+
+/// Printable form of a name for error messages.
+pub fn show(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// A page of directory entries (name, inode) and whether it ends the listing.
+pub type DirPage<'a> = (Vec<(&'a [u8], u64)>, bool);
+
+/// Extended attributes of one inode (boxed so inodes without any stay small).
+pub type Xattrs = BTreeMap<Box<[u8]>, Box<[u8]>>;
+
+/// What an inode holds besides its attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Regular file: chunk id per chunk index (0 = hole).
+    File(Vec<u64>),
+    /// Directory: entries by name.
+    Dir(BTreeMap<Box<[u8]>, u64>),
+    /// Symbolic link target.
+    Symlink(Box<[u8]>),
+    /// Character or block device number.
+    Device(u64),
+    /// Fifo or socket.
+    Special,
+}
+
+/// One inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inode {
+    /// Kind of the inode.
+    pub kind: FileType,
+    /// Permission bits (07777).
+    pub mode: u16,
+    /// Copies per chunk (1-9).
+    pub goal: u8,
+    /// Hard link count (directories: 2 + subdirectories).
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Length in bytes.
+    pub size: u64,
+    /// Access time, ns since the Unix epoch.
+    pub atime: i64,
+    /// Modification time.
+    pub mtime: i64,
+    /// Change time.
+    pub ctime: i64,
+    /// Directory holding the (latest) entry of this inode; the root is its own parent.
+    pub parent: u64,
+    /// Kind-specific contents.
+    pub body: Body,
+    /// Extended attributes, if any.
+    pub xattrs: Option<Box<Xattrs>>,
+}
+
+impl Inode {
+    /// True for directories.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.body, Body::Dir(_))
+    }
+
+    /// Directory entries, if a directory.
+    pub fn entries(&self) -> Option<&BTreeMap<Box<[u8]>, u64>> {
+        match &self.body {
+            Body::Dir(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Chunk ids, if a regular file.
+    pub fn chunks(&self) -> Option<&Vec<u64>> {
+        match &self.body {
+            Body::File(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Device number for device nodes, else 0.
+    pub fn rdev(&self) -> u64 {
+        match self.body {
+            Body::Device(d) => d,
+            _ => 0,
+        }
+    }
+
+    /// Wire attributes of this inode.
+    pub fn attr(&self, ino: u64) -> pb::Attr {
+        pb::Attr {
+            inode: ino,
+            kind: self.kind as i32,
+            mode: u32::from(self.mode),
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            nlink: self.nlink,
+            atime_ns: self.atime,
+            mtime_ns: self.mtime,
+            ctime_ns: self.ctime,
+            rdev: self.rdev(),
+            goal: u32::from(self.goal),
+        }
+    }
+}
+
+/// What the master knows of one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkMeta {
+    /// Current version.
+    pub version: u64,
+    /// File the chunk belongs to.
+    pub inode: u64,
+}
+
+/// The whole replicated metadata state: what snapshots hold and changelog records
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// Metadata version: the version of the last applied changelog record.
+    pub version: u64,
+    /// Cluster id, created with the filesystem.
+    pub cluster_id: String,
+    /// Chunk size the filesystem was created with.
+    pub chunk_size: u64,
+    /// Next inode number to hand out.
+    pub next_inode: u64,
+    /// Next chunk id to hand out.
+    pub next_chunk_id: u64,
+    /// Every inode by number.
+    pub inodes: HashMap<u64, Inode>,
+    /// Every chunk by id.
+    pub chunks: HashMap<u64, ChunkMeta>,
+    /// Inodes without links kept while open (or until reclaimed after a restart).
+    pub orphans: BTreeSet<u64>,
+}
+
+impl State {
+    /// A new filesystem: an empty root directory (0755, uid 0, gid 0).
+    pub fn format(cluster_id: String, chunk_size: u64, goal: u32, now: i64) -> Self {
+        let mut inodes = HashMap::new();
+        inodes.insert(
+            ROOT_INODE,
+            Inode {
+                kind: FileType::Directory,
+                mode: 0o755,
+                goal: goal.clamp(1, alces_proto::geometry::MAX_GOAL) as u8,
+                nlink: 2,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                parent: ROOT_INODE,
+                body: Body::Dir(BTreeMap::new()),
+                xattrs: None,
+            },
+        );
+        Self {
+            version: 0,
+            cluster_id,
+            chunk_size,
+            next_inode: ROOT_INODE + 1,
+            next_chunk_id: 1,
+            inodes,
+            chunks: HashMap::new(),
+            orphans: BTreeSet::new(),
+        }
+    }
+
+    /// The inode `ino`, or ENOENT.
+    pub fn get(&self, ino: u64) -> FsResult<&Inode> {
+        self.inodes
+            .get(&ino)
+            .ok_or_else(|| FsError::new(libc::ENOENT, format!("inode {ino} does not exist")))
+    }
+
+    /// The inode `ino` for changing, or ENOENT.
+    pub fn get_mut(&mut self, ino: u64) -> FsResult<&mut Inode> {
+        self.inodes
+            .get_mut(&ino)
+            .ok_or_else(|| FsError::new(libc::ENOENT, format!("inode {ino} does not exist")))
+    }
+
+    /// The entries of directory `ino` (ENOENT, ENOTDIR).
+    pub fn dir(&self, ino: u64) -> FsResult<&BTreeMap<Box<[u8]>, u64>> {
+        self.get(ino)?
+            .entries()
+            .ok_or_else(|| FsError::new(libc::ENOTDIR, format!("inode {ino} is not a directory")))
+    }
+
+    /// Attributes of `ino`.
+    pub fn attr(&self, ino: u64) -> FsResult<pb::Attr> {
+        Ok(self.get(ino)?.attr(ino))
+    }
+
+    /// Looks `name` up in directory `parent` ("." and ".." included).
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<u64> {
+        let entries = self.dir(parent)?;
+        if name == b"." {
+            return Ok(parent);
+        }
+        if name == b".." {
+            return Ok(self.get(parent)?.parent);
+        }
+        check_name(name)?;
+        entries.get(name).copied().ok_or_else(|| {
+            FsError::new(
+                libc::ENOENT,
+                format!("no entry '{}' in directory {parent}", show(name)),
+            )
+        })
+    }
+
+    /// True when directory `ancestor` is `node` or one of its ancestors.
+    pub fn is_ancestor(&self, ancestor: u64, node: u64) -> bool {
+        let mut cur = node;
+        for _ in 0..=self.inodes.len() {
+            if cur == ancestor {
+                return true;
+            }
+            if cur == ROOT_INODE {
+                return false;
+            }
+            match self.inodes.get(&cur) {
+                Some(i) => cur = i.parent,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Resolves an absolute path from inode `root` ("" and "/" are `root`).
+    pub fn resolve(&self, root: u64, path: &str) -> FsResult<u64> {
+        let mut cur = root;
+        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            if comp == ".." {
+                if cur != root {
+                    cur = self.get(cur)?.parent;
+                }
+                continue;
+            }
+            let ino = self.dir(cur).map_err(|_| {
+                FsError::new(
+                    libc::ENOTDIR,
+                    format!("path '{path}': a component before '{comp}' is not a directory"),
+                )
+            })?;
+            cur = ino.get(comp.as_bytes()).copied().ok_or_else(|| {
+                FsError::new(
+                    libc::ENOENT,
+                    format!("path '{path}': '{comp}' does not exist"),
+                )
+            })?;
+        }
+        Ok(cur)
+    }
+
+    /// Target of symlink `ino` (EINVAL when not a symlink).
+    pub fn readlink(&self, ino: u64) -> FsResult<&[u8]> {
+        match &self.get(ino)?.body {
+            Body::Symlink(t) => Ok(t),
+            _ => err(libc::EINVAL, format!("inode {ino} is not a symbolic link")),
+        }
+    }
+
+    /// Up to `limit` entries of directory `ino` after `after` (name order), and
+    /// whether the listing is complete.
+    pub fn readdir(&self, ino: u64, after: &[u8], limit: usize) -> FsResult<DirPage<'_>> {
+        use std::ops::Bound;
+        let entries = self.dir(ino)?;
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after)
+        };
+        let mut out = Vec::new();
+        let mut it = entries.range::<[u8], _>((start, Bound::Unbounded));
+        for (name, child) in it.by_ref() {
+            out.push((&name[..], *child));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        let eof = it.next().is_none();
+        Ok((out, eof))
+    }
+
+    /// Value of xattr `name` of `ino` (ENODATA when missing).
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<&[u8]> {
+        let inode = self.get(ino)?;
+        inode
+            .xattrs
+            .as_ref()
+            .and_then(|x| x.get(name))
+            .map(|v| &v[..])
+            .ok_or_else(|| {
+                FsError::new(
+                    libc::ENODATA,
+                    format!("inode {ino} has no extended attribute '{}'", show(name)),
+                )
+            })
+    }
+
+    /// Names of the xattrs of `ino`.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        let inode = self.get(ino)?;
+        Ok(inode
+            .xattrs
+            .as_ref()
+            .map(|x| x.keys().map(|k| k.to_vec()).collect())
+            .unwrap_or_default())
+    }
+
+    /// Highest chunk index a file may have with this filesystem's chunk size.
+    pub fn max_chunk_index(&self) -> u64 {
+        MAX_FILE_SIZE.div_ceil(self.chunk_size.max(1))
+    }
+
+    /// Counts of (inodes, regular files, directories).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let mut files = 0;
+        let mut dirs = 0;
+        for i in self.inodes.values() {
+            match i.kind {
+                FileType::Regular => files += 1,
+                FileType::Directory => dirs += 1,
+                _ => {}
+            }
+        }
+        (self.inodes.len() as u64, files, dirs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inodes_stay_small() {
+        // Memory per file is benchmarked: keep the fixed part of an inode compact.
+        let size = std::mem::size_of::<Inode>();
+        assert!(size <= 104, "Inode grew to {size} bytes");
+    }
+
+    #[test]
+    fn paths_resolve() {
+        let st = State::format("c".into(), 1 << 20, 1, 0);
+        assert_eq!(st.resolve(ROOT_INODE, "/").unwrap(), ROOT_INODE);
+        assert_eq!(st.resolve(ROOT_INODE, "").unwrap(), ROOT_INODE);
+        assert_eq!(st.resolve(ROOT_INODE, "/./..").unwrap(), ROOT_INODE);
+        assert_eq!(
+            st.resolve(ROOT_INODE, "/x").unwrap_err().errno,
+            libc::ENOENT
+        );
+        assert!(check_name(b"ok").is_ok());
+    }
+}

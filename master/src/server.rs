@@ -1,0 +1,234 @@
+//! Starting and stopping a master: data directory recovery, the gRPC listener
+//! with authentication and message limits, the HTTP endpoint, the maintenance and
+//! snapshot loops, and the graceful shutdown (final snapshot).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alces_proto::auth::ServerAuth;
+use alces_proto::pb::{
+    admin_server::AdminServer, chunk_master_server::ChunkMasterServer, master_server::MasterServer,
+};
+use alces_proto::telemetry::Health;
+use alces_proto::MAX_MESSAGE_BYTES;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::Args;
+use crate::core::{now_ns, Core, Settings};
+use crate::datadir::{self, DirLock};
+use crate::grpc::Services;
+use crate::metrics::Metrics;
+
+/// How a master is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// HTTP (metrics/health) listen address, if any.
+    pub http_listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Cluster secret.
+    pub secret: Arc<str>,
+    /// Chunk size of a new filesystem.
+    pub chunk_size: u64,
+    /// Goal of the root of a new filesystem.
+    pub default_goal: u32,
+    /// Client lease.
+    pub session_timeout: Duration,
+    /// Chunkserver heartbeat timeout.
+    pub chunkserver_timeout: Duration,
+    /// Time between periodic snapshots.
+    pub snapshot_interval: Duration,
+}
+
+impl Options {
+    /// Options from command-line flags and the loaded secret.
+    pub fn from_args(a: &Args, secret: Arc<str>) -> Self {
+        Self {
+            listen: a.listen,
+            http_listen: Some(a.http_listen),
+            data_dir: a.data_dir.clone(),
+            secret,
+            chunk_size: a.chunk_size,
+            default_goal: a.default_goal,
+            session_timeout: Duration::from_secs(u64::from(a.session_timeout)),
+            chunkserver_timeout: Duration::from_secs(a.chunkserver_timeout),
+            snapshot_interval: Duration::from_secs(a.snapshot_interval),
+        }
+    }
+}
+
+/// A running master.
+pub struct Running {
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP address, if serving one.
+    pub http_addr: Option<SocketAddr>,
+    /// The master's state.
+    pub core: Arc<Core>,
+    health: Health,
+    stop_tx: watch::Sender<bool>,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    loop_task: JoinHandle<()>,
+    _lock: DirLock,
+}
+
+/// Recovers the data directory and starts serving.
+pub async fn start(opts: Options) -> anyhow::Result<Running> {
+    let lock = datadir::lock(&opts.data_dir)?;
+    let dir = opts.data_dir.clone();
+    let (chunk_size, goal) = (opts.chunk_size, opts.default_goal);
+    let rec =
+        tokio::task::spawn_blocking(move || datadir::recover(&dir, chunk_size, goal, now_ns()))
+            .await
+            .map_err(|e| anyhow::anyhow!("recovery task failed: {e}"))??;
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let health = Health::new(registry);
+    let settings = Settings {
+        data_dir: opts.data_dir.clone(),
+        session_timeout: opts.session_timeout,
+        chunkserver_timeout: opts.chunkserver_timeout,
+        snapshot_interval: opts.snapshot_interval,
+    };
+    tracing::info!(
+        version = rec.state.version,
+        inodes = rec.state.inodes.len(),
+        chunks = rec.state.chunks.len(),
+        epoch = rec.epoch,
+        cluster_id = %rec.state.cluster_id,
+        formatted = rec.formatted,
+        "metadata loaded"
+    );
+    let core = Arc::new(Core::new(
+        rec.state,
+        rec.snapshot_version,
+        rec.epoch,
+        settings,
+        metrics,
+    )?);
+    core.update_gauges(&core.inner.lock());
+
+    let http_addr = match opts.http_listen {
+        Some(a) => Some(alces_proto::telemetry::serve_http(a, health.clone()).await?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {}: {e}", opts.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let svc = Services::new(core.clone());
+    let auth = ServerAuth::new(opts.secret.clone());
+    let master = MasterServer::new(svc.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let chunk = ChunkMasterServer::new(svc.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServer::new(svc)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(InterceptedService::new(master, auth.clone()))
+            .add_service(InterceptedService::new(chunk, auth.clone()))
+            .add_service(InterceptedService::new(admin, auth))
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            }),
+    );
+    let loop_task = tokio::spawn(maintenance(core.clone(), stop_rx));
+    health.set_ready(true);
+    tracing::info!(grpc = %grpc_addr, http = ?http_addr, data_dir = %opts.data_dir.display(), "alces-master ready");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        core,
+        health,
+        stop_tx,
+        grpc_task,
+        loop_task,
+        _lock: lock,
+    })
+}
+
+async fn maintenance(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_snapshot = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let due = core.tick();
+        if due || last_snapshot.elapsed() >= core.settings.snapshot_interval {
+            last_snapshot = Instant::now();
+            if let Err(e) = core.snapshot().await {
+                tracing::error!(error = %e, "background snapshot failed");
+            }
+        }
+    }
+}
+
+/// How long in-flight calls may take to finish after a stop; clients keep their
+/// connections open, so the server is stopped after this even if they do.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+async fn drain(mut task: JoinHandle<Result<(), tonic::transport::Error>>) {
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => {
+            tracing::info!("closing client connections still open after the shutdown grace period");
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Running {
+    /// Stops accepting calls, writes a final snapshot and flushes the changelog.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.health.set_ready(false);
+        let _ = self.stop_tx.send(true);
+        drain(self.grpc_task).await;
+        let _ = self.loop_task.await;
+        let res = self.core.snapshot().await;
+        self.core.stop_writer();
+        res?;
+        tracing::info!("alces-master stopped");
+        Ok(())
+    }
+}
+
+impl Running {
+    /// Stops serving and flushes the changelog without the final snapshot, as a
+    /// crash after the last acknowledged mutation would leave the data directory:
+    /// the next start replays the changelog.
+    pub async fn stop_without_snapshot(self) {
+        self.health.set_ready(false);
+        let _ = self.stop_tx.send(true);
+        drain(self.grpc_task).await;
+        let _ = self.loop_task.await;
+        self.core.stop_writer();
+    }
+}
+
+/// Runs the master from command-line flags until SIGTERM/SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
+    let running = start(Options::from_args(&args, secret)).await?;
+    alces_proto::telemetry::shutdown_signal().await;
+    running.stop().await
+}

@@ -1,0 +1,102 @@
+//! Client sessions: leases, the root and mode of each session, and which inodes
+//! each session holds open (an unlinked file lives while it is open).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// One client session.
+#[derive(Debug)]
+pub struct Session {
+    /// Root inode of the session (its subdirectory).
+    pub root: u64,
+    /// Mutations are refused with EROFS.
+    pub read_only: bool,
+    /// Client-chosen name, for status.
+    pub client_name: String,
+    /// Client host name, for status.
+    pub hostname: String,
+    /// Last registration or renewal.
+    pub renewed: Instant,
+    /// Open count per inode.
+    pub open: HashMap<u64, u32>,
+}
+
+/// Every session and the global open counts.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// Sessions by id.
+    pub map: HashMap<u64, Session>,
+    open_count: HashMap<u64, u32>,
+}
+
+impl Sessions {
+    /// True when some session holds `ino` open.
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.open_count.contains_key(&ino)
+    }
+
+    /// Marks `ino` open once more in session `sid`.
+    pub fn open(&mut self, sid: u64, ino: u64) {
+        if let Some(s) = self.map.get_mut(&sid) {
+            *s.open.entry(ino).or_insert(0) += 1;
+            *self.open_count.entry(ino).or_insert(0) += 1;
+        }
+    }
+
+    /// Releases one open of `ino` in `sid`; true when no session holds it anymore.
+    pub fn release(&mut self, sid: u64, ino: u64) -> bool {
+        let Some(s) = self.map.get_mut(&sid) else {
+            return !self.is_open(ino);
+        };
+        match s.open.get_mut(&ino) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                s.open.remove(&ino);
+            }
+            None => return !self.is_open(ino),
+        }
+        self.drop_global(ino, 1)
+    }
+
+    fn drop_global(&mut self, ino: u64, n: u32) -> bool {
+        match self.open_count.get_mut(&ino) {
+            Some(c) if *c > n => {
+                *c -= n;
+                false
+            }
+            _ => {
+                self.open_count.remove(&ino);
+                true
+            }
+        }
+    }
+
+    /// Closes session `sid`; returns the inodes no session holds open anymore.
+    pub fn close(&mut self, sid: u64) -> Vec<u64> {
+        let mut freed = Vec::new();
+        if let Some(s) = self.map.remove(&sid) {
+            for (ino, n) in s.open {
+                if self.drop_global(ino, n) {
+                    freed.push(ino);
+                }
+            }
+        }
+        freed
+    }
+
+    /// Closes sessions not renewed within `lease`; returns (closed session ids,
+    /// inodes no longer open anywhere).
+    pub fn expire(&mut self, now: Instant, lease: Duration) -> (Vec<u64>, Vec<u64>) {
+        let stale: Vec<u64> = self
+            .map
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.renewed) > lease)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut freed = Vec::new();
+        for sid in &stale {
+            freed.extend(self.close(*sid));
+        }
+        (stale, freed)
+    }
+}

@@ -1,0 +1,277 @@
+//! Snapshot files (`snapshot.<version, 20 digits>.alces`): a header record, one
+//! record per inode, and an end record, each framed and checksummed. Written to a
+//! temporary file, fsynced, renamed into place and the directory fsynced.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use alces_proto::pb::{self, snapshot_record::Record, FileType, SnapshotRecord};
+use prost::Message;
+
+use crate::changelog::sync_dir;
+use crate::frame;
+use crate::namespace::{Body, ChunkMeta, Inode, State};
+
+/// Snapshot format version.
+pub const FORMAT: u32 = 1;
+
+/// File name of the snapshot of metadata version `version`.
+pub fn file_name(version: u64) -> String {
+    format!("snapshot.{version:020}.alces")
+}
+
+/// Version encoded in a snapshot file name, if it is one.
+pub fn parse_name(name: &str) -> Option<u64> {
+    name.strip_prefix("snapshot.")?
+        .strip_suffix(".alces")?
+        .parse()
+        .ok()
+}
+
+fn push(rec: Record, out: &mut Vec<u8>) {
+    let payload = SnapshotRecord { record: Some(rec) }.encode_to_vec();
+    frame::encode(&payload, out);
+}
+
+fn inode_record(ino: u64, i: &Inode, st: &State) -> pb::SnapshotInode {
+    let mut r = pb::SnapshotInode {
+        inode: ino,
+        kind: i.kind as i32,
+        mode: u32::from(i.mode),
+        uid: i.uid,
+        gid: i.gid,
+        size: i.size,
+        nlink: i.nlink,
+        atime_ns: i.atime,
+        mtime_ns: i.mtime,
+        ctime_ns: i.ctime,
+        rdev: i.rdev(),
+        goal: u32::from(i.goal),
+        parent: i.parent,
+        ..Default::default()
+    };
+    match &i.body {
+        Body::File(chunks) => {
+            r.chunks = chunks.clone();
+            r.chunk_versions = chunks
+                .iter()
+                .map(|c| st.chunks.get(c).map_or(0, |m| m.version))
+                .collect();
+        }
+        Body::Dir(entries) => {
+            r.entries = entries
+                .iter()
+                .map(|(n, c)| pb::SnapshotDirEntry {
+                    name: n.to_vec(),
+                    inode: *c,
+                })
+                .collect();
+        }
+        Body::Symlink(t) => r.symlink_target = t.to_vec(),
+        Body::Device(_) | Body::Special => {}
+    }
+    if let Some(x) = &i.xattrs {
+        r.xattrs = x
+            .iter()
+            .map(|(n, v)| pb::SnapshotXattr {
+                name: n.to_vec(),
+                value: v.to_vec(),
+            })
+            .collect();
+    }
+    r
+}
+
+/// Serialises `st` into snapshot bytes.
+pub fn encode(st: &State, created_ns: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    push(
+        Record::Header(pb::SnapshotHeader {
+            format: FORMAT,
+            version: st.version,
+            cluster_id: st.cluster_id.clone(),
+            next_inode: st.next_inode,
+            next_chunk_id: st.next_chunk_id,
+            chunk_size: st.chunk_size,
+            inode_count: st.inodes.len() as u64,
+            created_ns,
+        }),
+        &mut out,
+    );
+    let mut inos: Vec<u64> = st.inodes.keys().copied().collect();
+    inos.sort_unstable();
+    for ino in inos {
+        if let Some(i) = st.inodes.get(&ino) {
+            push(Record::Inode(inode_record(ino, i, st)), &mut out);
+        }
+    }
+    push(
+        Record::End(pb::SnapshotEnd {
+            inode_count: st.inodes.len() as u64,
+            version: st.version,
+        }),
+        &mut out,
+    );
+    out
+}
+
+/// Writes the snapshot of `st` into `dir` durably; returns its path.
+pub fn write(dir: &Path, st: &State, created_ns: i64) -> anyhow::Result<PathBuf> {
+    let bytes = encode(st, created_ns);
+    let path = dir.join(file_name(st.version));
+    let tmp = dir.join(format!("{}.tmp", file_name(st.version)));
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    res.map_err(|e| anyhow::anyhow!("cannot write snapshot {}: {e}", path.display()))?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Reads and checks a snapshot file.
+pub fn read(path: &Path) -> anyhow::Result<State> {
+    let data = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read snapshot {}: {e}", path.display()))?;
+    decode(&data).map_err(|e| anyhow::anyhow!("snapshot {} is not valid: {e}", path.display()))
+}
+
+fn kind(k: i32) -> anyhow::Result<FileType> {
+    match FileType::try_from(k) {
+        Ok(FileType::Unspecified) | Err(_) => anyhow::bail!("unknown file type {k}"),
+        Ok(t) => Ok(t),
+    }
+}
+
+/// Rebuilds a state from snapshot bytes.
+pub fn decode(data: &[u8]) -> anyhow::Result<State> {
+    let (frames, bad) = frame::split(data);
+    if let Some(b) = bad {
+        anyhow::bail!("damaged at offset {}: {}", b.offset, b.reason);
+    }
+    let mut it = frames.into_iter();
+    let header = match it.next().map(SnapshotRecord::decode) {
+        Some(Ok(SnapshotRecord {
+            record: Some(Record::Header(h)),
+        })) => h,
+        _ => anyhow::bail!("does not start with a snapshot header"),
+    };
+    if header.format != FORMAT {
+        anyhow::bail!(
+            "format {} is not supported (expected {FORMAT})",
+            header.format
+        );
+    }
+    let mut st = State {
+        version: header.version,
+        cluster_id: header.cluster_id,
+        chunk_size: header.chunk_size,
+        next_inode: header.next_inode,
+        next_chunk_id: header.next_chunk_id,
+        inodes: HashMap::with_capacity(header.inode_count.min(1 << 24) as usize),
+        chunks: HashMap::new(),
+        orphans: BTreeSet::new(),
+    };
+    let mut ended = false;
+    for f in it {
+        if ended {
+            anyhow::bail!("records follow the end record");
+        }
+        let rec = SnapshotRecord::decode(f)
+            .map_err(|e| anyhow::anyhow!("record does not decode: {e}"))?;
+        match rec.record {
+            Some(Record::Inode(r)) => {
+                let k = kind(r.kind)?;
+                let body = match k {
+                    FileType::Regular => {
+                        if r.chunks.len() != r.chunk_versions.len() {
+                            anyhow::bail!(
+                                "inode {}: chunk list and versions differ in length",
+                                r.inode
+                            );
+                        }
+                        for (c, v) in r.chunks.iter().zip(&r.chunk_versions) {
+                            if *c != 0 {
+                                st.chunks.insert(
+                                    *c,
+                                    ChunkMeta {
+                                        version: *v,
+                                        inode: r.inode,
+                                    },
+                                );
+                            }
+                        }
+                        Body::File(r.chunks)
+                    }
+                    FileType::Directory => Body::Dir(
+                        r.entries
+                            .into_iter()
+                            .map(|e| (e.name.into_boxed_slice(), e.inode))
+                            .collect::<BTreeMap<_, _>>(),
+                    ),
+                    FileType::Symlink => Body::Symlink(r.symlink_target.into_boxed_slice()),
+                    FileType::CharDevice | FileType::BlockDevice => Body::Device(r.rdev),
+                    _ => Body::Special,
+                };
+                let xattrs = if r.xattrs.is_empty() {
+                    None
+                } else {
+                    Some(Box::new(
+                        r.xattrs
+                            .into_iter()
+                            .map(|x| (x.name.into_boxed_slice(), x.value.into_boxed_slice()))
+                            .collect(),
+                    ))
+                };
+                if r.nlink == 0 && k != FileType::Directory {
+                    st.orphans.insert(r.inode);
+                }
+                let inode = Inode {
+                    kind: k,
+                    mode: (r.mode & 0o7777) as u16,
+                    goal: r.goal.clamp(1, alces_proto::geometry::MAX_GOAL) as u8,
+                    nlink: r.nlink,
+                    uid: r.uid,
+                    gid: r.gid,
+                    size: r.size,
+                    atime: r.atime_ns,
+                    mtime: r.mtime_ns,
+                    ctime: r.ctime_ns,
+                    parent: r.parent,
+                    body,
+                    xattrs,
+                };
+                if st.inodes.insert(r.inode, inode).is_some() {
+                    anyhow::bail!("inode {} appears twice", r.inode);
+                }
+            }
+            Some(Record::End(e)) => {
+                if e.inode_count != st.inodes.len() as u64 || e.version != st.version {
+                    anyhow::bail!(
+                        "end record says {} inodes at version {}, found {} at version {}",
+                        e.inode_count,
+                        e.version,
+                        st.inodes.len(),
+                        st.version
+                    );
+                }
+                ended = true;
+            }
+            _ => anyhow::bail!("unexpected record"),
+        }
+    }
+    if !ended {
+        anyhow::bail!("incomplete: no end record");
+    }
+    if !st
+        .inodes
+        .get(&crate::namespace::ROOT_INODE)
+        .is_some_and(|r| r.is_dir())
+    {
+        anyhow::bail!("no root directory");
+    }
+    Ok(st)
+}

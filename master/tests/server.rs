@@ -1,0 +1,877 @@
+//! Starts a real master on 127.0.0.1:0 in-process and drives it through real
+//! tonic clients: sessions, the namespace, chunk placement and bookkeeping,
+//! authentication, bad input, metrics, and restarts (snapshot and replay).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alces_master::server::{start, Options, Running};
+use alces_proto::auth::ClientAuth;
+use alces_proto::errno;
+use alces_proto::net::{channel, AuthChannel};
+use alces_proto::pb::{
+    self, admin_client::AdminClient, chunk_command::Command,
+    chunk_master_client::ChunkMasterClient, master_client::MasterClient, FileType,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+const SECRET: &str = "test-secret-0123456789";
+const MIB: u64 = 1 << 20;
+
+fn options(dir: &std::path::Path) -> Options {
+    Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: dir.to_path_buf(),
+        secret: Arc::from(SECRET),
+        chunk_size: MIB,
+        default_goal: 2,
+        session_timeout: Duration::from_secs(30),
+        chunkserver_timeout: Duration::from_secs(60),
+        snapshot_interval: Duration::from_secs(3600),
+    }
+}
+
+fn chan(m: &Running) -> AuthChannel {
+    channel(&m.grpc_addr.to_string(), &ClientAuth::new(SECRET).unwrap()).unwrap()
+}
+
+fn master(m: &Running) -> MasterClient<AuthChannel> {
+    MasterClient::new(chan(m))
+}
+
+fn caller() -> Option<pb::Caller> {
+    Some(pb::Caller {
+        uid: 1000,
+        gid: 100,
+        groups: vec![],
+        pid: 1,
+    })
+}
+
+fn errno_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> i32 {
+    errno::of(&r.expect_err("the call should have failed"))
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn disk(free: u64) -> pb::DiskInfo {
+    pb::DiskInfo {
+        path: "/d".into(),
+        total_bytes: 1 << 40,
+        used_bytes: (1 << 40) - free,
+        free_bytes: free,
+        ..Default::default()
+    }
+}
+
+async fn register_cs(
+    c: &mut ChunkMasterClient<AuthChannel>,
+    id: u64,
+    label: &str,
+    free: u64,
+    chunks: Vec<pb::ChunkInfo>,
+) {
+    let r = c
+        .register_chunkserver(pb::RegisterChunkserverRequest {
+            server_id: id,
+            address: format!("127.0.0.1:{}", 20000 + id),
+            label: label.into(),
+            disks: vec![disk(free)],
+            chunks,
+            seen_epoch: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.epoch, 1);
+}
+
+async fn heartbeat(
+    c: &mut ChunkMasterClient<AuthChannel>,
+    id: u64,
+    changed: Vec<pb::ChunkInfo>,
+) -> pb::ChunkserverHeartbeatReply {
+    c.chunkserver_heartbeat(pb::ChunkserverHeartbeatRequest {
+        server_id: id,
+        changed,
+        seen_epoch: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+fn info(chunk_id: u64, version: u64) -> pb::ChunkInfo {
+    pb::ChunkInfo {
+        chunk_id,
+        version,
+        disk: 0,
+        length: 100,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_serves_clients_chunkservers_and_admins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = start(options(tmp.path())).await.unwrap();
+    let mut c = master(&m);
+
+    // Authentication.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc_addr))
+        .unwrap()
+        .connect_lazy();
+    let err = MasterClient::new(plain)
+        .get_attr(pb::InodeRequest {
+            inode: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let wrong = channel(
+        &m.grpc_addr.to_string(),
+        &ClientAuth::new("wrong-secret").unwrap(),
+    )
+    .unwrap();
+    let err = AdminClient::new(wrong)
+        .status(pb::Empty {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Sessions.
+    let s = c
+        .register_session(pb::RegisterSessionRequest {
+            client_name: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(s.session_id, 0);
+    assert_eq!(
+        (s.root_inode, s.epoch, s.chunk_size, s.lease_secs),
+        (1, 1, MIB, 30)
+    );
+    assert_eq!(s.cluster_id.len(), 32);
+    let sid = s.session_id;
+    c.renew_session(pb::SessionRef { session_id: sid })
+        .await
+        .unwrap();
+    assert_eq!(
+        errno_of(c.renew_session(pb::SessionRef { session_id: 4242 }).await),
+        libc::ENOENT
+    );
+    let e = c
+        .register_session(pb::RegisterSessionRequest {
+            seen_epoch: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // Namespace.
+    let dir = c
+        .mkdir(pb::MkdirRequest {
+            session_id: sid,
+            parent: 1,
+            name: b"dir".to_vec(),
+            mode: 0o755,
+            umask: 0o022,
+            caller: caller(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!(
+        (dir.kind, dir.uid, dir.gid, dir.nlink, dir.goal),
+        (FileType::Directory as i32, 1000, 100, 2, 2)
+    );
+    let file = c
+        .mknod(pb::MknodRequest {
+            session_id: sid,
+            parent: dir.inode,
+            name: b"file".to_vec(),
+            kind: FileType::Regular as i32,
+            mode: 0o644,
+            caller: caller(),
+            exclusive: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    let again = c
+        .mknod(pb::MknodRequest {
+            session_id: sid,
+            parent: dir.inode,
+            name: b"file".to_vec(),
+            kind: FileType::Regular as i32,
+            mode: 0o600,
+            caller: caller(),
+            exclusive: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!(again.inode, file.inode);
+    assert_eq!(
+        errno_of(
+            c.mknod(pb::MknodRequest {
+                session_id: sid,
+                parent: dir.inode,
+                name: b"file".to_vec(),
+                kind: FileType::Regular as i32,
+                exclusive: true,
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::EEXIST
+    );
+    let looked = c
+        .lookup(pb::EntryRequest {
+            session_id: sid,
+            parent: dir.inode,
+            name: b"file".to_vec(),
+            caller: caller(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(looked.attr.unwrap().inode, file.inode);
+    let rd = c
+        .readdir(pb::ReaddirRequest {
+            session_id: sid,
+            inode: 1,
+            limit: u32::MAX,
+            plus: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rd.eof);
+    assert_eq!(rd.entries.len(), 1);
+    assert_eq!(rd.entries[0].name, b"dir");
+    assert_eq!(rd.entries[0].attr.as_ref().unwrap().inode, dir.inode);
+    c.symlink(pb::SymlinkRequest {
+        session_id: sid,
+        parent: 1,
+        name: b"ln".to_vec(),
+        target: b"dir/file".to_vec(),
+        caller: caller(),
+    })
+    .await
+    .unwrap();
+    for i in 0..5 {
+        c.mknod(pb::MknodRequest {
+            session_id: sid,
+            parent: 1,
+            name: format!("f{i}").into_bytes(),
+            kind: FileType::Fifo as i32,
+            mode: 0o644,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let page = c
+        .readdir(pb::ReaddirRequest {
+            session_id: sid,
+            inode: 1,
+            limit: 3,
+            after_name: b"dir".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        page.entries
+            .iter()
+            .map(|e| e.name.clone())
+            .collect::<Vec<_>>(),
+        vec![b"f0".to_vec(), b"f1".to_vec(), b"f2".to_vec()]
+    );
+    assert!(!page.eof);
+    c.set_xattr(pb::SetXattrRequest {
+        session_id: sid,
+        inode: file.inode,
+        name: b"user.x".to_vec(),
+        value: b"v".to_vec(),
+        flags: 0,
+        caller: caller(),
+    })
+    .await
+    .unwrap();
+    let v = c
+        .get_xattr(pb::XattrRequest {
+            session_id: sid,
+            inode: file.inode,
+            name: b"user.x".to_vec(),
+            caller: caller(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.value, b"v");
+    assert_eq!(
+        errno_of(
+            c.get_xattr(pb::XattrRequest {
+                session_id: sid,
+                inode: file.inode,
+                name: b"user.none".to_vec(),
+                caller: caller()
+            })
+            .await
+        ),
+        libc::ENODATA
+    );
+
+    // Bad input.
+    assert_eq!(
+        errno_of(
+            c.get_attr(pb::InodeRequest {
+                session_id: sid,
+                inode: 987_654,
+                caller: None
+            })
+            .await
+        ),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno_of(
+            c.mknod(pb::MknodRequest {
+                session_id: sid,
+                parent: 1,
+                name: b"bad".to_vec(),
+                kind: 99,
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(
+            c.mknod(pb::MknodRequest {
+                session_id: sid,
+                parent: 1,
+                name: b"d".to_vec(),
+                kind: FileType::Directory as i32,
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(
+            c.mkdir(pb::MkdirRequest {
+                session_id: sid,
+                parent: 1,
+                name: vec![b'n'; 10_000],
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno_of(
+            c.rename(pb::RenameRequest {
+                session_id: sid,
+                parent: 1,
+                name: b"dir".to_vec(),
+                new_parent: 1,
+                new_name: b"x".to_vec(),
+                flags: 77,
+                caller: None
+            })
+            .await
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(
+            c.set_attr(pb::SetAttrRequest {
+                session_id: sid,
+                inode: 1,
+                valid: u32::MAX,
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(
+            c.read_chunk(pb::ChunkRequest {
+                session_id: sid,
+                inode: 1,
+                chunk_index: 0
+            })
+            .await
+        ),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno_of(
+            c.write_chunk(pb::ChunkRequest {
+                session_id: sid,
+                inode: file.inode,
+                chunk_index: u64::MAX
+            })
+            .await
+        ),
+        libc::EFBIG
+    );
+    // A request whose bytes are not the message the method expects.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Garbage {
+        #[prost(string, tag = "2")]
+        inode: String,
+        #[prost(bytes = "vec", tag = "3")]
+        blob: Vec<u8>,
+    }
+    let mut raw = tonic::client::Grpc::new(chan(&m));
+    raw.ready().await.unwrap();
+    let r: Result<tonic::Response<pb::AttrReply>, _> = raw
+        .unary(
+            tonic::Request::new(Garbage {
+                inode: "not a number".into(),
+                blob: vec![0xff; 100],
+            }),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/alces.v1.Master/GetAttr"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    assert_ne!(r.unwrap_err().code(), Code::Ok);
+
+    // Chunks: nothing to place them on yet.
+    assert_eq!(
+        errno_of(
+            c.write_chunk(pb::ChunkRequest {
+                session_id: sid,
+                inode: file.inode,
+                chunk_index: 0
+            })
+            .await
+        ),
+        libc::ENOSPC
+    );
+    let mut cm = ChunkMasterClient::new(chan(&m));
+    register_cs(&mut cm, 1, "a", 100 << 30, vec![]).await;
+    register_cs(&mut cm, 2, "b", 50 << 30, vec![]).await;
+    register_cs(&mut cm, 3, "a", 80 << 30, vec![info(777, 1)]).await;
+    let e = cm
+        .register_chunkserver(pb::RegisterChunkserverRequest {
+            server_id: 0,
+            address: "x:1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(errno::of(&e), libc::EINVAL);
+    let e = cm
+        .register_chunkserver(pb::RegisterChunkserverRequest {
+            server_id: 9,
+            address: "no-port".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(errno::of(&e), libc::EINVAL);
+    // An unknown chunk is deleted.
+    let hb = heartbeat(&mut cm, 3, vec![]).await;
+    assert!(hb
+        .commands
+        .iter()
+        .any(|c| matches!(&c.command, Some(Command::Delete(d)) if d.chunk_id == 777)));
+    assert!(heartbeat(&mut cm, 99, vec![]).await.reregister);
+
+    let w = c
+        .write_chunk(pb::ChunkRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((w.version, w.old_version), (1, 0));
+    // Goal 2, most free space first, spread across labels.
+    assert_eq!(
+        w.chain.iter().map(|l| l.server_id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let chunk = w.chunk_id;
+    heartbeat(&mut cm, 1, vec![info(chunk, 1)]).await;
+    heartbeat(&mut cm, 2, vec![info(chunk, 1)]).await;
+    let a = c
+        .write_chunk_end(pb::WriteChunkEndRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+            chunk_id: chunk,
+            file_size: 100,
+            failed_servers: vec![],
+            modified: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!(a.size, 100);
+    let rc = c
+        .read_chunk(pb::ChunkRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (rc.chunk_id, rc.version, rc.file_size, rc.locations.len()),
+        (chunk, 1, 100, 2)
+    );
+    let hole = c
+        .read_chunk(pb::ChunkRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hole.chunk_id, 0);
+
+    let mut admin = AdminClient::new(chan(&m));
+    let st = admin.status(pb::Empty {}).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            st.chunks,
+            st.chunkservers.len(),
+            st.sessions,
+            st.role.as_str()
+        ),
+        (1, 3, 1, "master")
+    );
+    assert_eq!(st.chunk_counts.unwrap().at_goal, 1);
+    assert_eq!(st.free_bytes, 230 << 30);
+    let fi = admin
+        .file_info(pb::FileInfoRequest {
+            path: "/dir/file".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fi.chunks.len(), 1);
+    assert_eq!(fi.chunks[0].copies.len(), 2);
+    assert_eq!(
+        errno::of(
+            &admin
+                .file_info(pb::FileInfoRequest {
+                    path: "/dir/none".into()
+                })
+                .await
+                .unwrap_err()
+        ),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno::of(
+            &admin
+                .file_info(pb::FileInfoRequest { path: "dir".into() })
+                .await
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
+    let sf = c
+        .statfs(pb::InodeRequest {
+            session_id: sid,
+            inode: 1,
+            caller: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sf.free_bytes, 230 << 30);
+
+    // A new write session moves the version on; a server re-registering with the
+    // old version holds a stale copy and is told to delete it.
+    let w2 = c
+        .write_chunk(pb::ChunkRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((w2.chunk_id, w2.version, w2.old_version), (chunk, 2, 1));
+    c.write_chunk_end(pb::WriteChunkEndRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+        chunk_id: chunk,
+        file_size: 100,
+        failed_servers: vec![],
+        modified: true,
+    })
+    .await
+    .unwrap();
+    register_cs(&mut cm, 2, "b", 50 << 30, vec![info(chunk, 1)]).await;
+    let hb = heartbeat(&mut cm, 2, vec![]).await;
+    assert!(hb.commands.iter().any(|c| matches!(&c.command, Some(Command::Delete(d)) if d.chunk_id == chunk && d.version == 1)), "{hb:?}");
+    // The chunk is now under goal: the replication loop asks server 2 or 3 to copy it from server 1.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let repl = loop {
+        let mut found = None;
+        for id in [2, 3] {
+            for cmd in heartbeat(&mut cm, id, vec![]).await.commands {
+                if let Some(Command::Replicate(r)) = cmd.command {
+                    found = Some((id, r));
+                }
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no replication was planned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(repl.1.chunk_id, chunk);
+    assert_eq!(repl.1.version, 2);
+    assert_eq!(
+        repl.1
+            .sources
+            .iter()
+            .map(|s| s.server_id)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    heartbeat(&mut cm, repl.0, vec![info(chunk, 2)]).await;
+    let st = admin.status(pb::Empty {}).await.unwrap().into_inner();
+    assert_eq!(st.chunk_counts.unwrap().at_goal, 1);
+
+    // Read-only and subdirectory sessions.
+    let ro = c
+        .register_session(pb::RegisterSessionRequest {
+            read_only: true,
+            subdir: "/dir".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ro.root_inode, dir.inode);
+    assert!(ro.read_only);
+    let e = c
+        .mkdir(pb::MkdirRequest {
+            session_id: ro.session_id,
+            parent: dir.inode,
+            name: b"no".to_vec(),
+            mode: 0o755,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(errno::of(&e), libc::EROFS);
+    assert_eq!(
+        errno_of(
+            c.open(pb::OpenRequest {
+                session_id: ro.session_id,
+                inode: file.inode,
+                flags: libc::O_RDWR as u32,
+                caller: None
+            })
+            .await
+        ),
+        libc::EROFS
+    );
+    c.open(pb::OpenRequest {
+        session_id: ro.session_id,
+        inode: file.inode,
+        flags: libc::O_RDONLY as u32,
+        caller: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        errno_of(
+            c.register_session(pb::RegisterSessionRequest {
+                subdir: "/nope".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno_of(
+            c.register_session(pb::RegisterSessionRequest {
+                subdir: "/dir/file".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        libc::ENOTDIR
+    );
+    c.release(pb::InodeRequest {
+        session_id: ro.session_id,
+        inode: file.inode,
+        caller: None,
+    })
+    .await
+    .unwrap();
+    c.close_session(pb::SessionRef {
+        session_id: ro.session_id,
+    })
+    .await
+    .unwrap();
+
+    // An open file survives its unlink until released; its chunk is then deleted.
+    c.open(pb::OpenRequest {
+        session_id: sid,
+        inode: file.inode,
+        flags: 0,
+        caller: None,
+    })
+    .await
+    .unwrap();
+    c.unlink(pb::EntryRequest {
+        session_id: sid,
+        parent: dir.inode,
+        name: b"file".to_vec(),
+        caller: None,
+    })
+    .await
+    .unwrap();
+    let orphan = c
+        .get_attr(pb::InodeRequest {
+            session_id: sid,
+            inode: file.inode,
+            caller: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!(orphan.nlink, 0);
+    c.release(pb::InodeRequest {
+        session_id: sid,
+        inode: file.inode,
+        caller: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        errno_of(
+            c.get_attr(pb::InodeRequest {
+                session_id: sid,
+                inode: file.inode,
+                caller: None
+            })
+            .await
+        ),
+        libc::ENOENT
+    );
+    let hb = heartbeat(&mut cm, 1, vec![]).await;
+    assert!(hb
+        .commands
+        .iter()
+        .any(|c| matches!(&c.command, Some(Command::Delete(d)) if d.chunk_id == chunk)));
+    assert_eq!(
+        errno_of(
+            c.rmdir(pb::EntryRequest {
+                session_id: sid,
+                parent: 1,
+                name: b"ln".to_vec(),
+                caller: None
+            })
+            .await
+        ),
+        libc::ENOTDIR
+    );
+
+    // Metrics and health.
+    let http = m.http_addr.unwrap();
+    let metrics = http_get(http, "/metrics").await;
+    assert!(
+        metrics.contains("alces_master_rpc_total{rpc=\"Mkdir\",result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("alces_master_changelog_fsync_seconds_bucket"));
+    assert!(http_get(http, "/readyz").await.starts_with("HTTP/1.1 200"));
+
+    // Restart after a graceful stop (final snapshot), then after a stop without
+    // a snapshot (replay): the metadata is the same.
+    let live = m.core.inner.lock().state.clone();
+    m.stop().await.unwrap();
+    assert!(tmp
+        .path()
+        .join(format!("snapshot.{:020}.alces", live.version))
+        .exists());
+    let m = start(options(tmp.path())).await.unwrap();
+    assert_eq!(m.core.inner.lock().state, live);
+    let mut c = master(&m);
+    let s = c
+        .register_session(pb::RegisterSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    c.mkdir(pb::MkdirRequest {
+        session_id: s.session_id,
+        parent: 1,
+        name: b"after".to_vec(),
+        mode: 0o700,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.rename(pb::RenameRequest {
+        session_id: s.session_id,
+        parent: 1,
+        name: b"after".to_vec(),
+        new_parent: dir.inode,
+        new_name: b"moved".to_vec(),
+        flags: 0,
+        caller: None,
+    })
+    .await
+    .unwrap();
+    let live = m.core.inner.lock().state.clone();
+    m.stop_without_snapshot().await;
+    let m = start(options(tmp.path())).await.unwrap();
+    assert_eq!(m.core.inner.lock().state, live);
+    // Two masters cannot share a data directory.
+    let e = start(options(tmp.path())).await.err().unwrap().to_string();
+    assert!(e.contains("in use by another master"), "{e}");
+    m.stop().await.unwrap();
+}
