@@ -1,1 +1,11 @@
-fn main() {}
+//! `alces`: the Alces admin command line.
+
+use clap::Parser;
+
+fn main() {
+    let cli = alces_cli::args::Cli::parse();
+    if let Err(e) = alces_cli::run(cli) {
+        eprintln!("alces: error: {e:#}");
+        std::process::exit(1);
+    }
+}

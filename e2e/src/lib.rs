@@ -1,1 +1,728 @@
-//! Placeholder.
+//! Building blocks of the Alces end-to-end tests: a [`Cluster`] started with
+//! `alces local up --detach` in a temporary directory (real master, chunkservers
+//! and FUSE mount), with ways to kill and restart each process, extra mounts, and
+//! gRPC clients for the daemons. Everything is torn down when the value is dropped,
+//! also when a test panics (the processes' log tails are printed first).
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use alces_proto::auth::ClientAuth;
+use alces_proto::net::AuthChannel;
+use alces_proto::pb;
+use anyhow::{bail, Context};
+
+/// Polls `cond` every 50 ms until it returns true; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Retries `f` every 100 ms until it succeeds or `timeout` passes; returns the last result.
+pub fn retry<T, E>(timeout: Duration, mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The directory holding the workspace binaries (`alces`, `alces-master`, ...): the
+/// target profile directory the running test executable was built into.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    for d in exe.ancestors().skip(1) {
+        if d.join("alces").is_file() && d.join("alces-master").is_file() {
+            return d.to_path_buf();
+        }
+    }
+    panic!(
+        "cannot find the alces binaries above {}; run `cargo build --workspace --bins` first",
+        exe.display()
+    );
+}
+
+/// Path of the workspace binary `name`.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// True when `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !matches!(
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next()),
+            Some('Z') | Some('X')
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Whether `path` is currently a mount point (listed in `/proc/self/mountinfo`).
+pub fn is_mount_point(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Lazily unmounts `path` (ignores errors: it may not be mounted).
+pub fn force_unmount(path: &Path) {
+    for (prog, arg) in [("fusermount3", "-uz"), ("umount", "-l")] {
+        if !is_mount_point(path) {
+            return;
+        }
+        let _ = Command::new(prog)
+            .arg(arg)
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let t = std::fs::read_to_string(path).unwrap_or_default();
+    let l: Vec<&str> = t.lines().collect();
+    l[l.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs a command and returns its output (panics if it cannot be started).
+pub fn run(prog: &str, args: &[&str], cwd: &Path) -> Output {
+    Command::new(prog)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+}
+
+/// Runs a command and panics with its output unless it succeeds.
+pub fn run_ok(prog: &str, args: &[&str], cwd: &Path) -> String {
+    let o = run(prog, args, cwd);
+    assert!(
+        o.status.success(),
+        "{prog} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Whether `prog` is on PATH.
+pub fn have(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+}
+
+/// The errno of the last failed libc call.
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// What a [`Cluster`] is started with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Number of chunkservers.
+    pub chunkservers: u32,
+    /// Chunk size (small in tests so files span several chunks).
+    pub chunk_size: String,
+    /// Default goal of the filesystem; `None` = the master's default.
+    pub goal: Option<u32>,
+    /// Extra environment for every daemon (e.g. `ALCES_SESSION_TIMEOUT`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            chunkservers: 3,
+            chunk_size: "1MiB".into(),
+            goal: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A process of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proc {
+    /// The master.
+    Master,
+    /// Chunkserver number N (1-based).
+    Chunkserver(u32),
+    /// The main mount.
+    Mount,
+}
+
+impl Proc {
+    /// Its folder name in the cluster directory.
+    pub fn dir_name(&self) -> String {
+        match self {
+            Proc::Master => "master".into(),
+            Proc::Chunkserver(i) => format!("cs{i}"),
+            Proc::Mount => "mount".into(),
+        }
+    }
+}
+
+/// An additional FUSE mount of the cluster, unmounted and stopped on drop.
+pub struct ExtraMount {
+    /// Where it is mounted.
+    pub path: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl ExtraMount {
+    /// Pid of the alces-mount process.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for ExtraMount {
+    fn drop(&mut self) {
+        if is_mount_point(&self.path) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .status();
+        }
+        force_unmount(&self.path);
+        let pid = self.pid();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running local cluster (master, chunkservers, one mount) in a temporary directory.
+pub struct Cluster {
+    /// The cluster directory given to `alces local up`.
+    pub dir: PathBuf,
+    /// The main mount point.
+    pub mnt: PathBuf,
+    /// The master's gRPC address.
+    pub master: String,
+    /// The cluster secret file.
+    pub secret_file: PathBuf,
+    /// How it was started.
+    pub opts: Options,
+    tmp: Option<tempfile::TempDir>,
+    children: Mutex<Vec<Child>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Starts a cluster with default options.
+    pub fn start_default() -> Self {
+        Self::start(Options::default()).expect("start cluster")
+    }
+
+    /// Starts a cluster with `alces local up --detach`.
+    pub fn start(opts: Options) -> anyhow::Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("alces-e2e-").tempdir()?;
+        // Other users (tests that switch uid) must be able to reach the mounts.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+        }
+        let dir = tmp.path().join("cluster");
+        let mnt = tmp.path().join("mnt");
+        let mut cmd = Command::new(bin("alces"));
+        cmd.arg("local")
+            .arg("up")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--mount")
+            .arg(&mnt)
+            .arg("--chunkservers")
+            .arg(opts.chunkservers.to_string())
+            .arg("--chunk-size")
+            .arg(&opts.chunk_size)
+            .arg("--timeout")
+            .arg("60")
+            .arg("--detach");
+        if let Some(g) = opts.goal {
+            cmd.arg("--default-goal").arg(g.to_string());
+        }
+        for k in [
+            "ALCES_MASTER",
+            "ALCES_SECRET_FILE",
+            "ALCES_SECRET",
+            "ALCES_LOCAL_DIR",
+        ] {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().context("cannot run alces local up")?;
+        if !out.status.success() {
+            let _ = Command::new(bin("alces"))
+                .args(["local", "down", "--dir"])
+                .arg(&dir)
+                .output();
+            bail!(
+                "alces local up failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let env = std::fs::read_to_string(dir.join("env")).context("reading DIR/env")?;
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string))
+                .ok_or_else(|| anyhow::anyhow!("DIR/env has no {k}"))
+        };
+        let master = get("ALCES_MASTER")?;
+        let secret_file = PathBuf::from(get("ALCES_SECRET_FILE")?);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let mnt = std::fs::canonicalize(&mnt)?;
+        Ok(Self {
+            dir,
+            mnt,
+            master,
+            secret_file,
+            opts,
+            tmp: Some(tmp),
+            children: Mutex::new(Vec::new()),
+            rt,
+        })
+    }
+
+    /// A path inside the main mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// A scratch directory outside the mount (in the test's temporary directory).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.parent().expect("parent").join(name);
+        std::fs::create_dir_all(&p).expect("mkdir scratch");
+        p
+    }
+
+    /// The cluster secret.
+    pub fn secret(&self) -> String {
+        std::fs::read_to_string(&self.secret_file)
+            .expect("read secret")
+            .trim()
+            .to_string()
+    }
+
+    /// Environment variables pointing the CLI at this cluster.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("ALCES_MASTER".into(), self.master.clone()),
+            (
+                "ALCES_SECRET_FILE".into(),
+                self.secret_file.display().to_string(),
+            ),
+            ("ALCES_LOCAL_DIR".into(), self.dir.display().to_string()),
+        ]
+    }
+
+    /// Runs the async `f` on the cluster's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// The folder of a process.
+    pub fn proc_dir(&self, p: Proc) -> PathBuf {
+        self.dir.join(p.dir_name())
+    }
+
+    /// The log file of a process.
+    pub fn log(&self, p: Proc) -> PathBuf {
+        self.proc_dir(p).join("log")
+    }
+
+    /// The master's data directory.
+    pub fn master_data(&self) -> PathBuf {
+        self.proc_dir(Proc::Master).join("data")
+    }
+
+    /// The data directory of chunkserver `i`.
+    pub fn cs_data(&self, i: u32) -> PathBuf {
+        self.proc_dir(Proc::Chunkserver(i)).join("data")
+    }
+
+    /// The gRPC address of chunkserver `i`.
+    pub fn cs_addr(&self, i: u32) -> String {
+        std::fs::read_to_string(self.proc_dir(Proc::Chunkserver(i)).join("address"))
+            .expect("chunkserver address file")
+            .trim()
+            .to_string()
+    }
+
+    /// The pid of a process, if it is running.
+    pub fn pid(&self, p: Proc) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.proc_dir(p).join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    fn reap(&self) {
+        let mut ch = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        ch.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    }
+
+    /// Sends SIGKILL to a process and waits until it is gone.
+    pub fn kill9(&self, p: Proc) {
+        let pid = self
+            .pid(p)
+            .unwrap_or_else(|| panic!("{p:?} is not running"));
+        // SAFETY: kill(2) on a pid of this cluster.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        wait_until(
+            &format!("{p:?} (pid {pid}) to die"),
+            Duration::from_secs(10),
+            || {
+                self.reap();
+                !alive(pid)
+            },
+        );
+    }
+
+    /// Starts a process again with the command it was first started with, and waits
+    /// until it is ready (master answering, chunkserver registered, mount mounted).
+    pub fn restart(&self, p: Proc) {
+        assert!(self.pid(p).is_none(), "{p:?} is still running");
+        if p == Proc::Mount {
+            force_unmount(&self.mnt);
+        }
+        let pdir = self.proc_dir(p);
+        let cmd: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(pdir.join("command.json")).expect("command.json"),
+        )
+        .expect("command.json is JSON");
+        let program = cmd["program"].as_str().expect("program").to_string();
+        let args: Vec<OsString> = cmd["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|a| OsString::from(a.as_str().unwrap_or_default()))
+            .collect();
+        let child = self.spawn_logged(&program, &args, &pdir.join("log"));
+        std::fs::write(pdir.join("pid"), format!("{}\n", child.id())).expect("pid file");
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
+        match p {
+            Proc::Master => self.wait_master_ready(Duration::from_secs(60)),
+            Proc::Chunkserver(_) => {
+                let addr = self.cs_addr(match p {
+                    Proc::Chunkserver(i) => i,
+                    _ => unreachable!(),
+                });
+                wait_until(
+                    &format!("chunkserver {addr} to register"),
+                    Duration::from_secs(60),
+                    || {
+                        self.status()
+                            .map(|s| {
+                                s.chunkservers
+                                    .iter()
+                                    .any(|c| c.address == addr && c.connected)
+                            })
+                            .unwrap_or(false)
+                    },
+                );
+            }
+            Proc::Mount => wait_until("the mount to come back", Duration::from_secs(60), || {
+                assert!(
+                    self.pid(p).is_some(),
+                    "alces-mount exited: {}",
+                    tail(&self.log(p), 30)
+                );
+                is_mount_point(&self.mnt)
+            }),
+        }
+    }
+
+    fn spawn_logged(&self, program: &str, args: &[OsString], log: &Path) -> Child {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open log");
+        let f2 = f.try_clone().expect("clone log");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .process_group(0);
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+    }
+
+    /// Waits until the master answers Admin.Status; on timeout the panic message
+    /// says whether the process is alive and what it is blocked on.
+    pub fn wait_master_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.status() {
+                Ok(_) => return,
+                Err(e) => format!("{}: {}", e.code(), e.message()),
+            };
+            if Instant::now() >= deadline {
+                let pid = std::fs::read_to_string(self.proc_dir(Proc::Master).join("pid"))
+                    .unwrap_or_default();
+                let pid = pid.trim();
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_else(|_| "gone".into());
+                let wchan =
+                    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+                panic!(
+                    "timed out after {timeout:?} waiting for the master to answer Status (last: {last}); pid {pid} stat: {stat} wchan: {wchan}; log:\n{}",
+                    tail(&self.log(Proc::Master), 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// An authenticated channel to `addr` with the cluster secret.
+    pub fn channel(&self, addr: &str) -> AuthChannel {
+        self.channel_with_secret(addr, &self.secret())
+    }
+
+    /// An authenticated channel to `addr` presenting `secret`.
+    pub fn channel_with_secret(&self, addr: &str, secret: &str) -> AuthChannel {
+        let auth = ClientAuth::new(secret).expect("secret");
+        let _g = self.rt.enter();
+        alces_proto::net::channel(addr, &auth).expect("channel")
+    }
+
+    /// Admin.Status of the master.
+    pub fn status(&self) -> Result<pb::ClusterStatus, tonic::Status> {
+        let ch = self.channel(&self.master);
+        self.rt.block_on(async move {
+            let mut c = pb::admin_client::AdminClient::new(ch);
+            tokio::time::timeout(Duration::from_secs(5), c.status(pb::Empty {}))
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("Status timed out"))?
+                .map(|r| r.into_inner())
+        })
+    }
+
+    /// Admin.FileInfo of a path from the filesystem root.
+    pub fn file_info(&self, fs_path: &str) -> Result<pb::FileInfoReply, tonic::Status> {
+        let ch = self.channel(&self.master);
+        let path = fs_path.to_string();
+        self.rt.block_on(async move {
+            let mut c = pb::admin_client::AdminClient::new(ch);
+            c.file_info(pb::FileInfoRequest { path })
+                .await
+                .map(|r| r.into_inner())
+        })
+    }
+
+    /// Runs the `alces` CLI against this cluster.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("alces"));
+        cmd.args(args).env_remove("ALCES_SECRET");
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run alces")
+    }
+
+    /// Starts `alces-mount` with the cluster's master plus `extra` arguments at `path`
+    /// (created if needed) and returns the child without waiting.
+    pub fn spawn_mount(
+        &self,
+        path: &Path,
+        secret_file: &Path,
+        extra: &[&str],
+        log: &Path,
+    ) -> Child {
+        std::fs::create_dir_all(path).expect("mkdir mount point");
+        let mut args: Vec<OsString> = vec![
+            path.into(),
+            "--master".into(),
+            self.master.clone().into(),
+            "--secret-file".into(),
+            secret_file.into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        self.spawn_logged(&bin("alces-mount").to_string_lossy(), &args, log)
+    }
+
+    /// Mounts the filesystem once more at `<tmp>/<name>` with `extra` mount flags
+    /// (e.g. `--subdir /a`, `--read-only`) and waits until it is mounted.
+    pub fn mount_extra(&self, name: &str, extra: &[&str]) -> ExtraMount {
+        let path = self.dir.parent().expect("parent").join(name);
+        let log = self.dir.join(format!("{name}.log"));
+        let mut child = self.spawn_mount(&path, &self.secret_file, extra, &log);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("alces-mount {extra:?} exited ({st}): {}", tail(&log, 30));
+            }
+            if is_mount_point(&path) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount {name} not mounted in time: {}",
+                tail(&log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ExtraMount { path, log, child }
+    }
+
+    /// Every chunk file on chunkserver `i`'s disk.
+    pub fn chunk_files(&self, i: u32) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.cs_data(i)];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "chunk") {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Chunk files of chunk `id` on every chunkserver.
+    pub fn chunk_copies(&self, id: u64) -> Vec<PathBuf> {
+        let name = format!("{id:016x}.chunk");
+        (1..=self.opts.chunkservers)
+            .flat_map(|i| self.chunk_files(i))
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == name))
+            .collect()
+    }
+
+    /// Prints the tail of every process log (on failure).
+    pub fn dump_logs(&self) {
+        let mut logs = vec![Proc::Master, Proc::Mount];
+        logs.extend((1..=self.opts.chunkservers).map(Proc::Chunkserver));
+        for p in logs {
+            eprintln!("----- {p:?} log (tail) -----\n{}", tail(&self.log(p), 40));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        let _ = Command::new(bin("alces"))
+            .args(["local", "down", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        force_unmount(&self.mnt);
+        let mut ch = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        for c in ch.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::env::var_os("ALCES_E2E_KEEP").is_some() {
+            if let Some(t) = self.tmp.take() {
+                eprintln!("keeping {}", t.keep().display());
+            }
+        }
+    }
+}
+
+/// A C string of a path (panics on an interior NUL, which tests never build).
+pub fn cpath(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// Deterministic pseudo-random bytes for `seed` (xorshift), to write and verify data.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `data` to `path`, fsyncs and closes it.
+pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The SHA-256 of a file via `sha256sum` (hex).
+pub fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(o.status.success(), "sha256sum {} failed", path.display());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
