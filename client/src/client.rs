@@ -205,9 +205,7 @@ fn hostname() -> String {
 /// True when the master no longer knows our session (it restarted or expired it):
 /// re-registering with the same id fixes it.
 fn session_lost(s: &Status) -> bool {
-    let e = errno::of(s);
-    (e == libc::EBADF || e == libc::ESTALE || e == libc::ENOENT || e == libc::EACCES)
-        && s.message().to_ascii_lowercase().contains("session")
+    errno::is_session_unknown(s)
 }
 
 fn name_bytes(name: &[u8]) -> Result<Vec<u8>> {

@@ -175,14 +175,17 @@ impl Core {
         Ok(r)
     }
 
-    /// Refuses mutations from read-only sessions.
+    /// Refuses mutations from read-only sessions and from sessions this master
+    /// does not know (the client re-registers, so its read-only flag is known
+    /// again before anything changes).
     pub fn check_writable(&self, inner: &Inner, session_id: u64) -> FsResult<()> {
         match inner.sessions.map.get(&session_id) {
             Some(s) if s.read_only => Err(FsError::new(
                 libc::EROFS,
                 format!("session {session_id} is read-only"),
             )),
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            None => Err(FsError::session_unknown(session_id)),
         }
     }
 

@@ -205,10 +205,7 @@ impl Master for Services {
                         epoch: self.core.epoch,
                     })
                 }
-                None => Err(alces_proto::errno::status(
-                    libc::ENOENT,
-                    format!("session {sid} is unknown to this master (it restarted or the lease expired): register again with this session_id and the open inodes"),
-                )),
+                None => Err(alces_proto::errno::session_unknown(sid)),
             }
         };
         self.done("RenewSession", res)

@@ -31,6 +31,8 @@ pub struct FsError {
     pub errno: i32,
     /// What was wrong.
     pub message: String,
+    /// Set when the error is "this master does not know session N".
+    pub unknown_session: Option<u64>,
 }
 
 impl FsError {
@@ -39,12 +41,27 @@ impl FsError {
         Self {
             errno,
             message: message.into(),
+            unknown_session: None,
+        }
+    }
+
+    /// The caller's session is unknown to this master (see
+    /// [`alces_proto::errno::session_unknown`]).
+    pub fn session_unknown(session_id: u64) -> Self {
+        let status = alces_proto::errno::session_unknown(session_id);
+        Self {
+            errno: alces_proto::errno::of(&status),
+            message: status.message().to_string(),
+            unknown_session: Some(session_id),
         }
     }
 
     /// The gRPC status carrying this error.
     pub fn to_status(&self) -> tonic::Status {
-        alces_proto::errno::status(self.errno, self.message.clone())
+        match self.unknown_session {
+            Some(sid) => alces_proto::errno::session_unknown(sid),
+            None => alces_proto::errno::status(self.errno, self.message.clone()),
+        }
     }
 }
 

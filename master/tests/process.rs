@@ -130,7 +130,17 @@ fn sigterm_snapshots_and_exits_zero() {
     rt.block_on(async {
         let auth = alces_proto::auth::ClientAuth::new("process-test-secret").unwrap();
         let mut c = MasterClient::new(alces_proto::net::channel(&grpc, &auth).unwrap());
+        let session = c
+            .register_session(pb::RegisterSessionRequest {
+                client_name: "process-test".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session_id;
         c.mkdir(pb::MkdirRequest {
+            session_id: session,
             parent: 1,
             name: b"kept".to_vec(),
             mode: 0o755,

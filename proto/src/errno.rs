@@ -30,6 +30,31 @@ pub fn status(errno: i32, message: impl Into<String>) -> Status {
     s
 }
 
+/// Metadata key marking a status as "this master does not know your session".
+pub const SESSION_UNKNOWN_KEY: &str = "x-alces-session-unknown";
+
+/// The status a master returns for a call naming a session it does not know (it
+/// restarted, or the lease expired): the client re-registers with the same id and
+/// its open inodes, then retries.
+pub fn session_unknown(session_id: u64) -> Status {
+    let mut s = status(
+        libc::ESTALE,
+        format!(
+            "session {session_id} is unknown to this master (it restarted or the lease expired): register again with this session id and the open inodes"
+        ),
+    );
+    s.metadata_mut().insert(
+        SESSION_UNKNOWN_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
+/// True when `status` says the master does not know the caller's session.
+pub fn is_session_unknown(status: &Status) -> bool {
+    status.metadata().get(SESSION_UNKNOWN_KEY).is_some()
+}
+
 /// The errno carried by `status`, or the closest errno for its gRPC code.
 pub fn of(status: &Status) -> i32 {
     if let Some(v) = status.metadata().get(ERRNO_KEY) {
@@ -81,5 +106,11 @@ mod tests {
         assert_eq!(of(&Status::unavailable("down")), libc::EIO);
         assert!(is_transient(&Status::unavailable("down")));
         assert!(!is_transient(&status(libc::EAGAIN, "busy")));
+        let lost = session_unknown(7);
+        assert!(is_session_unknown(&lost));
+        assert!(!is_session_unknown(&status(
+            libc::ENOENT,
+            "no entry 'session.txt'"
+        )));
     }
 }
