@@ -242,7 +242,49 @@ pub struct Cluster {
     pub opts: Options,
     tmp: Option<tempfile::TempDir>,
     children: Mutex<Vec<Child>>,
+    launcher: Mutex<Launcher>,
     rt: tokio::runtime::Runtime,
+}
+
+/// A shell started before any file on the mount is open, which starts restarted
+/// daemons on request. A daemon forked straight from the test process would
+/// inherit the test's open files on the mount; closing them at exec sends FUSE
+/// FLUSH requests, which block while the master is down, so a restarted master
+/// could never finish its exec.
+struct Launcher {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Launcher {
+    fn start(env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("while IFS= read -r line; do eval \"$line\"; echo $!; done")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("cannot start the launcher shell")?;
+        let stdin = child.stdin.take().context("launcher stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("launcher stdout")?);
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Cluster {
@@ -315,6 +357,7 @@ impl Cluster {
             .enable_all()
             .build()?;
         let mnt = std::fs::canonicalize(&mnt)?;
+        let launcher = Launcher::start(&opts.env)?;
         Ok(Self {
             dir,
             mnt,
@@ -323,6 +366,7 @@ impl Cluster {
             opts,
             tmp: Some(tmp),
             children: Mutex::new(Vec::new()),
+            launcher: Mutex::new(launcher),
             rt,
         })
     }
@@ -445,12 +489,8 @@ impl Cluster {
             .iter()
             .map(|a| OsString::from(a.as_str().unwrap_or_default()))
             .collect();
-        let child = self.spawn_logged(&program, &args, &pdir.join("log"));
-        std::fs::write(pdir.join("pid"), format!("{}\n", child.id())).expect("pid file");
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child);
+        let pid = self.launch(&program, &args, &pdir.join("log"));
+        std::fs::write(pdir.join("pid"), format!("{pid}\n")).expect("pid file");
         match p {
             Proc::Master => self.wait_master_ready(Duration::from_secs(60)),
             Proc::Chunkserver(_) => {
@@ -481,6 +521,33 @@ impl Cluster {
                 is_mount_point(&self.mnt)
             }),
         }
+    }
+
+    /// Starts a daemon through the launcher shell (see [`Launcher`]) and returns its pid.
+    fn launch(&self, program: &str, args: &[OsString], log: &Path) -> i32 {
+        use std::io::{BufRead, Write};
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let mut line = quote(program);
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(&a.to_string_lossy()));
+        }
+        line.push_str(&format!(
+            " >>{} 2>&1 </dev/null &\n",
+            quote(&log.to_string_lossy())
+        ));
+        let mut l = self.launcher.lock().unwrap_or_else(|e| e.into_inner());
+        l.stdin
+            .write_all(line.as_bytes())
+            .expect("write to the launcher shell");
+        l.stdin.flush().expect("flush the launcher shell");
+        let mut pid = String::new();
+        l.stdout
+            .read_line(&mut pid)
+            .expect("read a pid from the launcher shell");
+        pid.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("launcher shell printed '{pid}' instead of a pid"))
     }
 
     fn spawn_logged(&self, program: &str, args: &[OsString], log: &Path) -> Child {
