@@ -87,6 +87,12 @@ pub struct ChunkMap {
     copies: HashMap<u64, Vec<Copy>>,
     replicating: HashMap<u64, (u64, Instant)>,
     writing: HashMap<u64, (Instant, Vec<u64>)>,
+    /// Chunks freed by changelog records that are not durable yet, by the
+    /// metadata version that freed them. Their copies are deleted only once that
+    /// version is durable: a master crash before then brings the files back,
+    /// and their data must still be there.
+    deferred: std::collections::VecDeque<(u64, Vec<u64>)>,
+    deferred_ids: HashSet<u64>,
 }
 
 /// A version the master should adopt for a chunk (no copy has its version).
@@ -197,7 +203,7 @@ impl ChunkMap {
         let Some(server) = self.servers.get_mut(&sid) else {
             return;
         };
-        if !st.chunks.contains_key(&chunk_id) {
+        if !st.chunks.contains_key(&chunk_id) && !self.deferred_ids.contains(&chunk_id) {
             server.delete(chunk_id, version);
             return;
         }
@@ -262,6 +268,30 @@ impl ChunkMap {
     }
 
     /// Forgets chunks freed from the namespace and tells their servers to delete them.
+    /// Frees `chunk_ids` once metadata `version` is durable (see
+    /// [`ChunkMap::release_durable`]).
+    pub fn free_after(&mut self, version: u64, chunk_ids: Vec<u64>) {
+        if chunk_ids.is_empty() {
+            return;
+        }
+        self.deferred_ids.extend(chunk_ids.iter().copied());
+        self.deferred.push_back((version, chunk_ids));
+    }
+
+    /// Frees the deferred chunks whose freeing record is durable (version at or
+    /// below `durable`).
+    pub fn release_durable(&mut self, durable: u64) {
+        while self.deferred.front().is_some_and(|(v, _)| *v <= durable) {
+            if let Some((_, ids)) = self.deferred.pop_front() {
+                for id in &ids {
+                    self.deferred_ids.remove(id);
+                }
+                self.free(&ids);
+            }
+        }
+    }
+
+    /// Deletes every copy of `chunk_ids` now.
     pub fn free(&mut self, chunk_ids: &[u64]) {
         for id in chunk_ids {
             self.writing.remove(id);
@@ -610,6 +640,40 @@ mod tests {
             }),
         );
         st
+    }
+
+    fn deletes_for(m: &mut ChunkMap, sid: u64) -> Vec<u64> {
+        let s = m.servers.get_mut(&sid).unwrap();
+        std::mem::take(&mut s.commands)
+            .into_iter()
+            .filter_map(|c| match c.command {
+                Some(Command::Delete(d)) => Some(d.chunk_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn freed_chunks_are_deleted_only_once_the_free_is_durable() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let now = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), now, &st);
+        assert!(deletes_for(&mut m, 1).is_empty());
+        // Version 9 frees chunk 1 (the record is not durable yet).
+        let mut st = st;
+        st.chunks.remove(&1);
+        m.free_after(9, vec![1]);
+        m.release_durable(8);
+        assert!(deletes_for(&mut m, 1).is_empty(), "deleted before durable");
+        // A full report in the meantime does not treat it as unknown.
+        m.register(&reg(1, "a", 100, &[(1, 1)]), now, &st);
+        assert!(
+            deletes_for(&mut m, 1).is_empty(),
+            "unknown-chunk path deleted it"
+        );
+        m.release_durable(9);
+        assert_eq!(deletes_for(&mut m, 1), vec![1]);
     }
 
     #[test]

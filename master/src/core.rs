@@ -139,8 +139,13 @@ impl Core {
                 format!("metadata change not persisted: {e}"),
             ));
         }
-        inner.chunks.free(&applied.freed_chunks);
+        inner.chunks.free_after(rec.version, applied.freed_chunks);
         Ok(rec.version)
+    }
+
+    /// The newest metadata version known to be durable in the changelog.
+    pub fn durable_version(&self) -> u64 {
+        self.durable.borrow().version
     }
 
     /// Waits until `version` is durable in the changelog.
@@ -225,6 +230,7 @@ impl Core {
         let now = Instant::now();
         let mut g = self.inner.lock();
         let inner = &mut *g;
+        inner.chunks.release_durable(self.durable_version());
         let (closed, released) = inner.sessions.expire(now, self.settings.session_timeout);
         for sid in &closed {
             tracing::info!(session = sid, "session lease expired: closed");

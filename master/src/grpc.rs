@@ -797,6 +797,7 @@ impl ChunkMaster for Services {
             self.check_epoch(r.seen_epoch)?;
             let mut g = self.core.inner.lock();
             let inner = &mut *g;
+            inner.chunks.release_durable(self.core.durable_version());
             let reply = match inner.chunks.heartbeat(&r, Instant::now(), &inner.state) {
                 None => pb::ChunkserverHeartbeatReply {
                     commands: Vec::new(),

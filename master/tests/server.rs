@@ -169,10 +169,11 @@ async fn master_serves_clients_chunkservers_and_admins() {
     c.renew_session(pb::SessionRef { session_id: sid })
         .await
         .unwrap();
-    assert_eq!(
-        errno_of(c.renew_session(pb::SessionRef { session_id: 4242 }).await),
-        libc::ENOENT
-    );
+    let lost = c
+        .renew_session(pb::SessionRef { session_id: 4242 })
+        .await
+        .unwrap_err();
+    assert!(alces_proto::errno::is_session_unknown(&lost), "{lost:?}");
     let e = c
         .register_session(pb::RegisterSessionRequest {
             seen_epoch: 9,
