@@ -531,20 +531,37 @@ impl Client {
         attr_of(r)
     }
 
-    /// Attributes of `inode` with the size of data this client wrote but did not
-    /// flush yet taken into account.
+    /// Attributes of `inode` with the size as this client knows it: including
+    /// data it wrote but did not flush yet and its own truncates.
     pub async fn getattr_local(&self, inode: u64) -> Result<Attr> {
+        let st = self.open_state(inode);
+        let ticket = st.as_ref().map(|st| st.ticket());
         let mut a = self.getattr(inode).await?;
-        if let Some(size) = self.pending_size(inode) {
-            a.size = a.size.max(size);
+        if let (Some(st), Some(t)) = (st, ticket) {
+            a.size = st.observe(t, a.size);
         }
         Ok(a)
     }
 
-    /// Size of `inode` as this client knows it while it holds unflushed writes.
-    pub fn pending_size(&self, inode: u64) -> Option<u64> {
-        let st = self.inner.files.lock().get(&inode)?.upgrade()?;
-        st.pending_size()
+    /// Size of `inode` as this client knows it (see [`Client::getattr_local`]),
+    /// while this client has the file open.
+    pub fn local_size(&self, inode: u64) -> Option<u64> {
+        Some(self.open_state(inode)?.known_size())
+    }
+
+    /// `attr` (answered by the master at some point) with the size grown to the
+    /// size this client knows, while it has the file open: the master may not
+    /// have seen all of this client's writes when it answered.
+    pub fn with_local_size(&self, mut attr: Attr) -> Attr {
+        if let Some(size) = self.local_size(attr.inode) {
+            attr.size = attr.size.max(size);
+        }
+        attr
+    }
+
+    /// The I/O state of `inode` if this client has it open.
+    fn open_state(&self, inode: u64) -> Option<Arc<FileState>> {
+        self.inner.files.lock().get(&inode)?.upgrade()
     }
 
     /// Changes attributes. A size change truncates or extends the file (flushing
@@ -556,6 +573,8 @@ impl Client {
             let st = self.file_state(inode);
             attr = Some(st.truncate(size, caller).await?);
         }
+        let st = self.open_state(inode);
+        let ticket = st.as_ref().map(|st| st.ticket());
         let mut req = pb::SetAttrRequest {
             inode,
             caller: Some(caller.to_pb()),
@@ -594,14 +613,19 @@ impl Client {
             valid |= pb::SetAttrField::SetAttrCtime as u32;
             req.ctime_ns = t;
         }
-        if valid == 0 {
-            return match attr {
-                Some(a) => Ok(a),
-                None => self.getattr(inode).await,
-            };
+        let mut a = if valid == 0 {
+            match attr {
+                Some(a) => a,
+                None => self.getattr(inode).await?,
+            }
+        } else {
+            req.valid = valid;
+            self.setattr_raw(req).await?
+        };
+        if let (Some(st), Some(t)) = (st, ticket) {
+            a.size = st.observe(t, a.size);
         }
-        req.valid = valid;
-        self.setattr_raw(req).await
+        Ok(a)
     }
 
     pub(crate) async fn setattr_raw(&self, req: pb::SetAttrRequest) -> Result<Attr> {
@@ -872,6 +896,8 @@ impl Client {
             self.check_writable()?;
         }
         let c = caller.to_pb();
+        let st = self.file_state(inode);
+        let ticket = st.ticket();
         let r = self
             .call("open", |mut m, sid| {
                 let req = pb::OpenRequest {
@@ -885,7 +911,6 @@ impl Client {
             .await?;
         let mut attr = attr_of(r)?;
         *self.inner.open_inodes.lock().entry(inode).or_insert(0) += 1;
-        let st = self.file_state(inode);
         if flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY && attr.size > 0 {
             match st.truncate(0, caller).await {
                 Ok(a) => attr = a,
@@ -895,7 +920,7 @@ impl Client {
                 }
             }
         }
-        st.opened(&attr);
+        attr.size = st.opened(ticket, &attr);
         let keep_cache = {
             let mut m = self.inner.last_open.lock();
             if m.len() > 100_000 {

@@ -11,10 +11,10 @@ use alces_proto::pb;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::client::{Attr, Caller, Client};
 use crate::error::{Error, Result};
+use crate::filesize::{KnownSize, Ticket};
 use crate::layout;
 use crate::readahead::ReadaheadWindow;
 use crate::writebuf::{ChunkExtents, WriteBuffer};
@@ -60,11 +60,10 @@ struct InFlight {
 struct WbState {
     buf: WriteBuffer,
     inflight: Vec<InFlight>,
-    handles: Vec<JoinHandle<()>>,
     /// First error of a background write, reported on the next call.
     error: Option<Error>,
-    /// Size including this client's writes and truncates.
-    size: u64,
+    /// The size with this client's writes and truncates.
+    known: KnownSize,
     /// Bumped on every write or truncate (invalidates readahead).
     generation: u64,
 }
@@ -75,6 +74,9 @@ pub(crate) struct FileState {
     inode: u64,
     chunk_size: u64,
     wb: Mutex<WbState>,
+    /// Held by flush, fsync and truncate, so one of them never returns while
+    /// another still has this file's data or write sessions on the way.
+    flush_lock: tokio::sync::Mutex<()>,
     sessions: tokio::sync::Mutex<HashMap<u64, WriteSession>>,
     /// Chunks written since the last fsync: index -> (chunk id, version, chain).
     unsynced: Mutex<HashMap<u64, Unsynced>>,
@@ -92,11 +94,11 @@ impl FileState {
             wb: Mutex::new(WbState {
                 buf: WriteBuffer::new(chunk_size),
                 inflight: Vec::new(),
-                handles: Vec::new(),
                 error: None,
-                size: 0,
+                known: KnownSize::default(),
                 generation: 0,
             }),
+            flush_lock: tokio::sync::Mutex::new(()),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             unsynced: Mutex::new(HashMap::new()),
             locations: Mutex::new(HashMap::new()),
@@ -104,28 +106,34 @@ impl FileState {
         }
     }
 
-    /// Records an open with fresh attributes.
-    pub(crate) fn opened(&self, attr: &Attr) {
-        {
-            let mut wb = self.wb.lock();
-            if wb.buf.is_empty() && wb.handles.is_empty() {
-                wb.size = attr.size;
-            } else {
-                wb.size = wb.size.max(attr.size);
-            }
-        }
+    /// Records an open whose attributes were asked for with `ticket`; returns
+    /// the size to report.
+    pub(crate) fn opened(&self, ticket: Ticket, attr: &Attr) -> u64 {
+        let size = self.observe(ticket, attr.size);
         self.locations.lock().clear();
+        size
     }
 
+    /// True while written data is buffered or on its way to the chunkservers.
     fn dirty(&self) -> bool {
         let wb = self.wb.lock();
-        !wb.buf.is_empty() || !wb.handles.is_empty()
+        !wb.buf.is_empty() || wb.inflight.iter().any(|f| !*f.done.borrow())
     }
 
-    /// The size of the file with unflushed writes, while any are pending.
-    pub(crate) fn pending_size(&self) -> Option<u64> {
-        let wb = self.wb.lock();
-        (!wb.buf.is_empty() || !wb.handles.is_empty()).then_some(wb.size)
+    /// Taken before asking the master for attributes; see [`FileState::observe`].
+    pub(crate) fn ticket(&self) -> Ticket {
+        self.wb.lock().known.ticket()
+    }
+
+    /// Combines the size the master answered to a request sent with `ticket`
+    /// with this client's writes and truncates; returns the file's size.
+    pub(crate) fn observe(&self, ticket: Ticket, master_size: u64) -> u64 {
+        self.wb.lock().known.observe(ticket, master_size)
+    }
+
+    /// The file's size as this client knows it.
+    pub(crate) fn known_size(&self) -> u64 {
+        self.wb.lock().known.size()
     }
 
     fn generation(&self) -> u64 {
@@ -167,7 +175,7 @@ impl FileState {
                     .buffered
                     .fetch_sub(before - after, Ordering::Relaxed);
             }
-            wb.size = wb.size.max(end);
+            wb.known.wrote(end);
             wb.generation += 1;
             for idx in wb.buf.ready_chunks(threshold) {
                 self.spawn_chunk_write(&mut wb, idx);
@@ -191,7 +199,6 @@ impl FileState {
         let start = extents.first().map(|e| e.0).unwrap_or(0);
         let end = extents.last().map(|(s, d)| s + d.len() as u64).unwrap_or(0);
         wb.inflight.retain(|f| !*f.done.borrow());
-        wb.handles.retain(|h| !h.is_finished());
         let waits: Vec<watch::Receiver<bool>> = wb
             .inflight
             .iter()
@@ -206,7 +213,7 @@ impl FileState {
             done: rx,
         });
         let me = self.clone();
-        let h = tokio::spawn(async move {
+        tokio::spawn(async move {
             for mut w in waits {
                 let _ = w.wait_for(|d| *d).await;
             }
@@ -222,7 +229,6 @@ impl FileState {
             }
             let _ = tx.send(true);
         });
-        wb.handles.push(h);
     }
 
     /// Opens (or reuses) the write session of chunk `idx`.
@@ -297,17 +303,22 @@ impl FileState {
         }
     }
 
-    async fn note_written(&self, idx: u64, s: &WriteSession, end: u64) {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(cur) = sessions.get_mut(&idx) {
-            if cur.chunk_id == s.chunk_id && cur.version == s.version {
-                cur.max_end = cur.max_end.max(end);
-                cur.modified = true;
-            }
-        }
+    /// Records data written up to `end` of chunk `idx` in session `s`. False when
+    /// the session was closed meanwhile (a concurrent flush): the caller must
+    /// then tell the master the size itself.
+    async fn note_written(&self, idx: u64, s: &WriteSession, end: u64) -> bool {
         self.unsynced
             .lock()
             .insert(idx, (s.chunk_id, s.version, s.chain.clone()));
+        let mut sessions = self.sessions.lock().await;
+        match sessions.get_mut(&idx) {
+            Some(cur) if cur.chunk_id == s.chunk_id && cur.version == s.version => {
+                cur.max_end = cur.max_end.max(end);
+                cur.modified = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Writes the extents of one chunk through its replication chain, opening a
@@ -320,6 +331,8 @@ impl FileState {
             }
             let s = self.session(idx).await?;
             let mut failed = None;
+            // End of the data whose session was closed before it was recorded.
+            let mut unrecorded = 0;
             for (off, data) in extents {
                 // Split very large coalesced extents into pieces of READ_PIECE.
                 for (p_off, p_len) in layout::pieces(*off, data.len() as u64, READ_PIECE) {
@@ -333,10 +346,21 @@ impl FileState {
                 if failed.is_some() {
                     break;
                 }
-                self.note_written(idx, &s, off + data.len() as u64).await;
+                let end = off + data.len() as u64;
+                if !self.note_written(idx, &s, end).await {
+                    unrecorded = unrecorded.max(end);
+                }
             }
             match failed {
-                None => return Ok(()),
+                None => {
+                    if unrecorded > 0 {
+                        let mut ended = s.clone();
+                        ended.modified = true;
+                        ended.max_end = unrecorded;
+                        self.end_session(idx, &ended).await?;
+                    }
+                    return Ok(());
+                }
                 Some(e) => {
                     tracing::debug!(inode = self.inode, chunk = idx, error = %e, attempt, "chunk write failed; opening a new write session");
                     self.drop_session(idx, &s).await;
@@ -378,24 +402,26 @@ impl FileState {
         Ok(())
     }
 
-    /// Waits until every buffered write reached the chunkservers.
+    /// Waits until every buffered write reached the chunkservers (also those
+    /// sent by other tasks).
     async fn flush_data(self: &Arc<Self>) -> Result<()> {
         loop {
-            let handles = {
+            let waits: Vec<watch::Receiver<bool>> = {
                 let mut wb = self.wb.lock();
                 for idx in wb.buf.chunk_indices() {
                     self.spawn_chunk_write(&mut wb, idx);
                 }
-                std::mem::take(&mut wb.handles)
+                wb.inflight.retain(|f| !*f.done.borrow());
+                wb.inflight.iter().map(|f| f.done.clone()).collect()
             };
-            if handles.is_empty() {
+            if waits.is_empty() {
                 break;
             }
-            for h in handles {
-                let _ = h.await;
+            for mut w in waits {
+                // An error means the task is gone (it panicked): nothing to wait for.
+                let _ = w.wait_for(|d| *d).await;
             }
         }
-        self.wb.lock().inflight.retain(|f| !*f.done.borrow());
         self.take_error()
     }
 
@@ -445,13 +471,24 @@ impl FileState {
     /// Sends buffered writes and closes the write sessions; reports any error of
     /// a background write since the last call.
     pub(crate) async fn flush(self: &Arc<Self>) -> Result<()> {
+        let _g = self.flush_lock.lock().await;
+        self.flush_locked().await
+    }
+
+    /// [`FileState::flush`] with the flush lock held.
+    async fn flush_locked(self: &Arc<Self>) -> Result<()> {
+        let mark = self.wb.lock().known.mark();
         let r = self.flush_data().await;
         let c = self.close_sessions().await;
-        r.and(c)
+        r.and(c)?;
+        self.wb.lock().known.flushed(mark);
+        Ok(())
     }
 
     /// [`FileState::flush`] plus a sync of every written chunk on every copy.
     pub(crate) async fn fsync(self: &Arc<Self>) -> Result<()> {
+        let _g = self.flush_lock.lock().await;
+        let mark = self.wb.lock().known.mark();
         let r = self.flush_data().await;
         // Sync before closing the sessions, so WriteChunkEnd follows durable data.
         let chunks: Vec<(u64, Unsynced)> = self.unsynced.lock().drain().collect();
@@ -481,6 +518,7 @@ impl FileState {
         }
         let c = self.close_sessions().await;
         r.and(c)?;
+        self.wb.lock().known.flushed(mark);
         match sync_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -495,7 +533,8 @@ impl FileState {
                 "size past the largest file size (16 TiB)",
             ));
         }
-        self.flush().await?;
+        let _g = self.flush_lock.lock().await;
+        self.flush_locked().await?;
         let attr = self.client.getattr(self.inode).await?;
         if attr.kind != pb::FileType::Regular as i32 {
             return Err(Error::new(
@@ -577,7 +616,7 @@ impl FileState {
             .await?;
         {
             let mut wb = self.wb.lock();
-            wb.size = size;
+            wb.known.truncated(size);
             wb.generation += 1;
         }
         // Chunks past the new end are freed by the master: nothing left to sync.
@@ -597,6 +636,7 @@ impl FileState {
             }
         }
         let inode = self.inode;
+        let ticket = self.ticket();
         let r = self
             .client
             .call("read chunk", |mut m, sid| {
@@ -608,6 +648,7 @@ impl FileState {
                 async move { m.read_chunk(req).await }
             })
             .await?;
+        self.observe(ticket, r.file_size);
         self.locations
             .lock()
             .insert(idx, (Instant::now(), r.clone()));
@@ -623,9 +664,12 @@ impl FileState {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let first = self.chunk_info(offset / self.chunk_size, false).await?;
-        let local = self.wb.lock().size;
-        let size = first.file_size.max(if self.dirty() { local } else { 0 });
+        // Refreshes the known size when the cached answer is too old. Reads are
+        // clipped at the size as this client knows it, never at a size the
+        // master sent before this client's own writes (a short read inside the
+        // file makes the kernel shrink it).
+        self.chunk_info(offset / self.chunk_size, false).await?;
+        let size = self.known_size();
         if offset >= size {
             return Ok(Bytes::new());
         }
@@ -817,7 +861,7 @@ impl FileHandle {
             self.state.flush().await?;
         }
         let generation = self.state.generation();
-        let size_hint = self.state.wb.lock().size;
+        let size_hint = self.state.known_size();
         let wanted: Vec<(u64, u64, PieceRx)> = {
             let mut ra = self.ra.lock();
             let window = ra.window.on_read(offset, len);

@@ -214,6 +214,7 @@ impl Shared {
         match r {
             Ok(a) => {
                 self.count(op, false);
+                let a = self.client.with_local_size(a);
                 reply.entry(&self.opts.entry_ttl, &self.fattr(&a), Generation(0));
             }
             Err(e) => {
@@ -392,15 +393,6 @@ impl Filesystem for AlcesFs {
         self.spawn(move |s| async move {
             let ino = s.real(ino);
             let r = s.client.setattr(ino, &set, &c).await;
-            let r = match r {
-                Ok(mut a) => {
-                    if let Some(p) = s.client.pending_size(ino) {
-                        a.size = a.size.max(p);
-                    }
-                    Ok(a)
-                }
-                Err(e) => Err(e),
-            };
             s.reply_attr("setattr", r, reply);
         });
     }
@@ -771,7 +763,7 @@ impl Filesystem for AlcesFs {
                         Err(_) => continue,
                     },
                 };
-                let fa = s.fattr(&attr);
+                let fa = s.fattr(&s.client.with_local_size(attr));
                 let ino = INodeNo(s.fuse_ino(e.inode));
                 if reply.add(
                     ino,

@@ -16,6 +16,7 @@ pub mod client;
 pub mod dirsnap;
 pub mod error;
 pub mod file;
+mod filesize;
 pub mod fuse;
 pub mod layout;
 pub mod metrics;

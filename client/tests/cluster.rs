@@ -859,3 +859,84 @@ async fn random_io_matches_a_model() {
     assert!(d[..] == model[..], "final content differs from the model");
     h.release().await.expect("release");
 }
+
+/// Found by fsx: a read caches the master's answer (with the file size), then a
+/// write extends the file. A read inside the new size right after must not stop
+/// at the size the master sent before the write (a short read inside the file
+/// makes the kernel shrink it, and mmap then faults with SIGBUS); the gap reads
+/// as zeros. Attributes report the size including buffered writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_after_an_extending_write_see_the_new_size() {
+    let cluster = start_cluster().await;
+    let client = Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)))
+        .await
+        .expect("connect");
+    let caller = Caller::current();
+    let attr = client
+        .mknod(
+            client.root(),
+            b"extend",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    let h = client
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open");
+    h.truncate(0x2e42d, &caller).await.expect("truncate");
+    let d = h.read(0x3bb6, 0x23c0d).await.expect("first read");
+    assert_eq!(d.len(), 0x23c0d);
+    let data = pattern(0x3cc95, 5);
+    h.write(0x1a5bea, &data).await.expect("extending write");
+    let end = 0x1a5bea + data.len() as u64;
+    assert_eq!(
+        client
+            .getattr_local(attr.inode)
+            .await
+            .expect("getattr")
+            .size,
+        end,
+        "attributes while the write is buffered"
+    );
+    let d = h.read(0x21716, 0x1e0b5).await.expect("read in the gap");
+    assert_eq!(d.len(), 0x1e0b5, "short read inside the file");
+    assert!(d.iter().all(|b| *b == 0), "the gap is not zeros");
+    let d = h
+        .read(0x1a5bea, data.len() as u64 + 100)
+        .await
+        .expect("tail");
+    assert!(d[..] == data[..], "the written data reads back");
+    assert_eq!(
+        client
+            .getattr_local(attr.inode)
+            .await
+            .expect("getattr")
+            .size,
+        end,
+        "attributes after the flush"
+    );
+    // A truncate by this client sets the size exactly, also right after a read
+    // that cached the larger size.
+    h.truncate(0x1000, &caller).await.expect("shrink");
+    assert_eq!(h.read(0, 0x10000).await.expect("read").len(), 0x1000);
+    assert_eq!(
+        client
+            .getattr_local(attr.inode)
+            .await
+            .expect("getattr")
+            .size,
+        0x1000
+    );
+    h.write(0x3000, b"x").await.expect("write past the end");
+    let d = h.read(0, 0x10000).await.expect("read");
+    assert_eq!(d.len(), 0x3001);
+    assert!(d[0x1000..0x3000].iter().all(|b| *b == 0));
+    h.release().await.expect("release");
+    client.close().await.expect("close");
+}

@@ -210,7 +210,10 @@ impl ChunkMap {
         server.held.insert(chunk_id);
         let list = self.copies.entry(chunk_id).or_default();
         match list.iter_mut().find(|c| c.server == sid) {
-            Some(c) => c.version = version,
+            // A copy's version never goes back: a lower one comes from a heartbeat
+            // gathered before a write session moved the copy on (its change is in
+            // the next heartbeat). Taking it would roll the chunk back.
+            Some(c) => c.version = c.version.max(version),
             None => list.push(Copy {
                 server: sid,
                 version,
@@ -736,6 +739,50 @@ mod tests {
             .is_empty());
         assert_eq!(m.valid(1, 1).len(), 2);
         assert!(m.heartbeat(&hb, later, &st).is_some());
+    }
+
+    #[test]
+    fn a_late_heartbeat_from_before_a_write_does_not_roll_the_chunk_back() {
+        let mut st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t0 = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t0, &st);
+        m.register(&reg(2, "b", 100, &[(1, 1)]), t0, &st);
+        run(
+            &mut st,
+            Op::WriteChunk(pb::WriteChunkOp {
+                inode: 2,
+                chunk_index: 0,
+                chunk_id: 1,
+                version: 2,
+                created: false,
+            }),
+        );
+        m.start_write(1, 2, &[1, 2], t0);
+        m.end_write(1, &[]);
+        // Heartbeats gathered before the write arrive after the session ended.
+        for sid in [1, 2] {
+            let hb = pb::ChunkserverHeartbeatRequest {
+                server_id: sid,
+                changed: vec![pb::ChunkInfo {
+                    chunk_id: 1,
+                    version: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let (_, adopt) = m.heartbeat(&hb, t0, &st).unwrap();
+            assert!(adopt.is_empty(), "adopted an older version: {adopt:?}");
+        }
+        let adopt = m.tick(
+            &st,
+            t0 + Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            10,
+        );
+        assert!(adopt.is_empty(), "adopted an older version: {adopt:?}");
+        assert_eq!(m.valid(1, 2).len(), 2);
     }
 
     #[test]
