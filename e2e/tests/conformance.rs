@@ -88,7 +88,7 @@ fn pjdfstest(c: &Cluster, tool: &Path) -> Result<(), String> {
     let conf = c.scratch("tools").join("pjdfstest.toml");
     std::fs::write(
         &conf,
-        "[features]\nposix_fallocate = {}\nutime_now = {}\nutimensat = {}\n\n[settings]\nnaptime = 0.01\nallow_remount = false\n\n\
+        "[features]\nposix_fallocate = {}\nrename_ctime = {}\nutime_now = {}\nutimensat = {}\n\n[settings]\nnaptime = 0.01\nallow_remount = false\n\n\
          [dummy_auth]\nentries = [\n  [\"nobody\", \"nogroup\"],\n  [\"daemon\", \"daemon\"],\n]\n",
     )
     .unwrap();
