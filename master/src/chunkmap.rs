@@ -9,8 +9,27 @@ use alces_proto::pb::{self, chunk_command::Command, ChunkCommand, ChunkLocation}
 
 use crate::namespace::State;
 
-/// Most replications one chunkserver receives at once.
-const MAX_REPLICATIONS_PER_SERVER: usize = 4;
+/// How fast and how far the replication loop works.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Replications (under-goal, drain and rebalance copies) started per tick.
+    pub per_tick: usize,
+    /// Most replications one chunkserver receives at once.
+    pub per_server: usize,
+    /// Usage difference (percentage points of disk space used) between the
+    /// fullest and the emptiest chunkserver above which chunks are moved.
+    pub rebalance_threshold: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            per_tick: 32,
+            per_server: 4,
+            rebalance_threshold: 10.0,
+        }
+    }
+}
 /// How long a replication may take before it is planned again.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -36,6 +55,9 @@ pub struct Server {
     /// The server must send its full chunk list again (a write session through
     /// it was abandoned, so the versions it holds are unknown).
     pub needs_report: bool,
+    /// Being drained: takes no new copies, and its copies stop counting toward
+    /// goals (they are copied elsewhere, then deleted here).
+    pub draining: bool,
 }
 
 impl Server {
@@ -51,6 +73,16 @@ impl Server {
                     f.saturating_add(d.free_bytes),
                 )
             })
+    }
+
+    /// Fraction of its disk space in use (0 when it reports no space).
+    pub fn usage(&self) -> f64 {
+        let (t, u, _) = self.space();
+        if t == 0 {
+            0.0
+        } else {
+            u as f64 / t as f64
+        }
     }
 
     /// Where this server is, on the wire.
@@ -87,6 +119,10 @@ pub struct ChunkMap {
     copies: HashMap<u64, Vec<Copy>>,
     replicating: HashMap<u64, (u64, Instant)>,
     writing: HashMap<u64, (Instant, Vec<u64>)>,
+    /// Copies that failed during a write session: (chunk, server) -> the session
+    /// version. Such a copy may hold the current version number with only part
+    /// of the data, so it is deleted when reported, never served.
+    failed: HashMap<(u64, u64), u64>,
 }
 
 /// A version the master should adopt for a chunk (no copy has its version).
@@ -115,11 +151,13 @@ impl ChunkMap {
         st: &State,
     ) -> Vec<Adoption> {
         let mut commands = Vec::new();
+        let mut draining = false;
         if let Some(old) = self.servers.remove(&req.server_id) {
             for c in old.held {
                 self.drop_copy(req.server_id, c);
             }
             commands = old.commands;
+            draining = old.draining;
         }
         self.servers.insert(
             req.server_id,
@@ -133,6 +171,7 @@ impl ChunkMap {
                 commands,
                 held: HashSet::with_capacity(req.chunks.len()),
                 needs_report: false,
+                draining,
             },
         );
         for c in &req.chunks {
@@ -201,6 +240,18 @@ impl ChunkMap {
             server.delete(chunk_id, version);
             return;
         }
+        if let Some(v) = self.failed.get(&(chunk_id, sid)) {
+            if version <= *v {
+                tracing::info!(
+                    chunk = chunk_id,
+                    server = sid,
+                    version,
+                    "deleting a copy that failed during a write session"
+                );
+                server.delete(chunk_id, version);
+                return;
+            }
+        }
         server.held.insert(chunk_id);
         let list = self.copies.entry(chunk_id).or_default();
         match list.iter_mut().find(|c| c.server == sid) {
@@ -264,6 +315,7 @@ impl ChunkMap {
     /// Forgets chunks freed from the namespace and tells their servers to delete them.
     pub fn free(&mut self, chunk_ids: &[u64]) {
         for id in chunk_ids {
+            self.failed.retain(|(c, _), _| c != id);
             self.writing.remove(id);
             self.replicating.remove(id);
             if let Some(list) = self.copies.remove(id) {
@@ -314,7 +366,7 @@ impl ChunkMap {
         let mut cands: Vec<&Server> = self
             .servers
             .values()
-            .filter(|s| s.connected && !exclude.contains(&s.id) && s.space().2 > 0)
+            .filter(|s| s.connected && !s.draining && !exclude.contains(&s.id) && s.space().2 > 0)
             .collect();
         cands.sort_by_key(|s| (std::cmp::Reverse(s.space().2), s.id));
         let mut used_labels: HashSet<&str> = exclude
@@ -347,6 +399,8 @@ impl ChunkMap {
     /// servers move to `version`.
     pub fn start_write(&mut self, chunk_id: u64, version: u64, chain: &[u64], now: Instant) {
         self.writing.insert(chunk_id, (now, chain.to_vec()));
+        // Copies that failed an earlier session are now stale by version.
+        self.failed.retain(|(c, _), _| *c != chunk_id);
         let list = self.copies.entry(chunk_id).or_default();
         for sid in chain {
             match list.iter_mut().find(|c| c.server == *sid) {
@@ -362,10 +416,12 @@ impl ChunkMap {
         }
     }
 
-    /// Closes a write session; copies on `failed` servers are dropped and deleted.
-    pub fn end_write(&mut self, chunk_id: u64, failed: &[u64]) {
+    /// Closes a write session at `version`; copies on `failed` servers are
+    /// dropped and deleted (and deleted again if they are ever reported).
+    pub fn end_write(&mut self, chunk_id: u64, version: u64, failed: &[u64]) {
         self.writing.remove(&chunk_id);
         for sid in failed {
+            self.failed.insert((chunk_id, *sid), version);
             if self.copies(chunk_id).iter().any(|c| c.server == *sid) {
                 tracing::warn!(
                     chunk = chunk_id,
@@ -381,7 +437,7 @@ impl ChunkMap {
     }
 
     /// Periodic work: disconnects silent servers, deletes stale and surplus
-    /// copies, plans up to `budget` replications (most endangered first) and
+    /// copies, plans up to `policy.per_tick` replications (most endangered first) and
     /// returns versions to adopt.
     pub fn tick(
         &mut self,
@@ -389,7 +445,7 @@ impl ChunkMap {
         now: Instant,
         server_timeout: Duration,
         write_timeout: Duration,
-        budget: usize,
+        policy: &Policy,
     ) -> Vec<Adoption> {
         for s in self.servers.values_mut() {
             if s.connected && now.saturating_duration_since(s.last_seen) > server_timeout {
@@ -439,24 +495,39 @@ impl ChunkMap {
             }
         }
         // Under- and over-goal chunks.
-        let mut under: Vec<(usize, u64, u64, u32)> = Vec::new();
+        let mut under: Vec<(usize, u64)> = Vec::new();
         for (id, meta) in &st.chunks {
-            let goal = st.inodes.get(&meta.inode).map_or(1, |i| u32::from(i.goal));
-            let n = self.valid_count(*id, meta.version);
-            if n == 0 || n as u32 == goal || self.writing.contains_key(id) {
+            if self.writing.contains_key(id) || self.replicating.contains_key(id) {
                 continue;
             }
-            let valid: Vec<u64> = self.valid(*id, meta.version).iter().map(|s| s.id).collect();
-            if (valid.len() as u32) < goal && !self.replicating.contains_key(id) {
-                under.push((valid.len(), goal as u64 - valid.len() as u64, *id, goal));
-            } else if valid.len() as u32 > goal && !self.replicating.contains_key(id) {
-                // Remove the copy on the fullest server.
-                if let Some(victim) = valid
+            let goal = goal_of(st, meta.inode);
+            let valid = self.valid_ids(*id, meta.version);
+            if valid.is_empty() {
+                continue;
+            }
+            let keep: Vec<u64> = valid
+                .iter()
+                .copied()
+                .filter(|sid| !self.servers.get(sid).is_some_and(|s| s.draining))
+                .collect();
+            if keep.len() < goal {
+                under.push((keep.len(), *id));
+            } else if valid.len() > goal {
+                // Surplus: copies on draining servers go first, then copies on
+                // the fullest servers.
+                let mut victims: Vec<u64> = valid
                     .iter()
-                    .filter_map(|sid| self.servers.get(sid))
-                    .min_by_key(|s| s.space().2)
-                    .map(|s| s.id)
-                {
+                    .copied()
+                    .filter(|v| !keep.contains(v))
+                    .collect();
+                let mut rest = keep.clone();
+                rest.sort_by(|a, b| {
+                    let ua = self.servers.get(a).map_or(0.0, Server::usage);
+                    let ub = self.servers.get(b).map_or(0.0, Server::usage);
+                    ub.total_cmp(&ua).then(a.cmp(b))
+                });
+                victims.extend(rest.iter().take(keep.len() - goal));
+                for victim in victims {
                     tracing::info!(chunk = id, server = victim, "deleting a copy above goal");
                     if let Some(s) = self.servers.get_mut(&victim) {
                         s.delete(*id, meta.version);
@@ -465,60 +536,187 @@ impl ChunkMap {
                 }
             }
         }
-        under.sort_by_key(|(valid, missing, id, _)| (*valid, std::cmp::Reverse(*missing), *id));
+        // Most endangered first: fewest copies left.
+        under.sort_unstable();
         let mut per_dest: HashMap<u64, usize> = HashMap::new();
         for (dest, _) in self.replicating.values() {
             *per_dest.entry(*dest).or_insert(0) += 1;
         }
         let mut planned = 0;
-        for (_, _, id, _) in under {
-            if planned >= budget {
+        let rebalance = under.is_empty();
+        for (_, id) in under {
+            if planned >= policy.per_tick {
                 break;
             }
-            let Some(meta) = st.chunks.get(&id) else {
-                continue;
-            };
-            let holders: Vec<u64> = self.copies(id).iter().map(|c| c.server).collect();
-            let full: Vec<u64> = per_dest
-                .iter()
-                .filter(|(_, n)| **n >= MAX_REPLICATIONS_PER_SERVER)
-                .map(|(s, _)| *s)
-                .collect();
-            let mut exclude = holders.clone();
-            exclude.extend(full);
-            let Some(dest) = self.place(1, &exclude).first().copied() else {
-                continue;
-            };
-            let sources: Vec<ChunkLocation> = self
-                .valid(id, meta.version)
-                .iter()
-                .map(|s| s.location())
-                .collect();
-            if let Some(s) = self.servers.get_mut(&dest) {
-                s.commands.push(ChunkCommand {
-                    command: Some(Command::Replicate(pb::ReplicateChunk {
-                        chunk_id: id,
-                        version: meta.version,
-                        sources,
-                    })),
-                });
+            if self.plan_copy(st, id, None, &mut per_dest, policy, now) {
+                planned += 1;
             }
-            tracing::debug!(chunk = id, dest, "replicating an under-goal chunk");
-            self.replicating.insert(id, (dest, now));
-            *per_dest.entry(dest).or_insert(0) += 1;
-            planned += 1;
+        }
+        if rebalance && planned < policy.per_tick && self.replicating.is_empty() {
+            self.plan_rebalance(st, &mut per_dest, policy, now);
         }
         adoptions
+    }
+
+    /// Valid copies' servers of a chunk.
+    fn valid_ids(&self, chunk_id: u64, version: u64) -> Vec<u64> {
+        self.valid(chunk_id, version).iter().map(|s| s.id).collect()
+    }
+
+    /// Sends one Replicate command for `id` to `dest` (or a placed server);
+    /// false when no destination is possible.
+    fn plan_copy(
+        &mut self,
+        st: &State,
+        id: u64,
+        dest: Option<u64>,
+        per_dest: &mut HashMap<u64, usize>,
+        policy: &Policy,
+        now: Instant,
+    ) -> bool {
+        let Some(meta) = st.chunks.get(&id) else {
+            return false;
+        };
+        let dest = match dest {
+            Some(d) => d,
+            None => {
+                let mut exclude: Vec<u64> = self.copies(id).iter().map(|c| c.server).collect();
+                exclude.extend(
+                    per_dest
+                        .iter()
+                        .filter(|(_, n)| **n >= policy.per_server)
+                        .map(|(s, _)| *s),
+                );
+                match self.place(1, &exclude).first().copied() {
+                    Some(d) => d,
+                    None => return false,
+                }
+            }
+        };
+        let mut sources: Vec<&Server> = self.valid(id, meta.version);
+        // Copies on servers not being drained are read first.
+        sources.sort_by_key(|s| s.draining);
+        let sources: Vec<ChunkLocation> = sources.iter().map(|s| s.location()).collect();
+        if sources.is_empty() {
+            return false;
+        }
+        let Some(s) = self.servers.get_mut(&dest) else {
+            return false;
+        };
+        s.commands.push(ChunkCommand {
+            command: Some(Command::Replicate(pb::ReplicateChunk {
+                chunk_id: id,
+                version: meta.version,
+                sources,
+            })),
+        });
+        tracing::debug!(chunk = id, dest, "replicating a chunk");
+        self.replicating.insert(id, (dest, now));
+        *per_dest.entry(dest).or_insert(0) += 1;
+        true
+    }
+
+    /// Moves a few chunks from the fullest to the emptiest server when their
+    /// usage differs by more than the threshold (the surplus copy on the fullest
+    /// server is deleted once the new one is reported).
+    fn plan_rebalance(
+        &mut self,
+        st: &State,
+        per_dest: &mut HashMap<u64, usize>,
+        policy: &Policy,
+        now: Instant,
+    ) {
+        let live: Vec<&Server> = self
+            .servers
+            .values()
+            .filter(|s| s.connected && !s.draining && s.space().0 > 0)
+            .collect();
+        let (Some(full), Some(empty)) = (
+            live.iter().max_by(|a, b| a.usage().total_cmp(&b.usage())),
+            live.iter().min_by(|a, b| a.usage().total_cmp(&b.usage())),
+        ) else {
+            return;
+        };
+        let diff = (full.usage() - empty.usage()) * 100.0;
+        if full.id == empty.id || diff <= policy.rebalance_threshold {
+            return;
+        }
+        let (from, to) = (full.id, empty.id);
+        let mut picks: Vec<u64> = full
+            .held
+            .iter()
+            .copied()
+            .filter(|id| {
+                !empty.held.contains(id)
+                    && !self.writing.contains_key(id)
+                    && st.chunks.get(id).is_some_and(|m| {
+                        let v = self.valid_ids(*id, m.version);
+                        v.contains(&from) && v.len() == goal_of(st, m.inode)
+                    })
+            })
+            .collect();
+        picks.sort_unstable();
+        let n = policy.per_server.min(policy.per_tick);
+        if !picks.is_empty() {
+            tracing::info!(
+                from,
+                to,
+                usage_difference = diff,
+                "rebalancing: moving chunks to the emptiest chunkserver"
+            );
+        }
+        for id in picks.into_iter().take(n) {
+            self.plan_copy(st, id, Some(to), per_dest, policy, now);
+        }
+    }
+
+    /// Starts (`true`) or ends a drain of a server; false when it is unknown.
+    pub fn set_draining(&mut self, server_id: u64, draining: bool) -> bool {
+        match self.servers.get_mut(&server_id) {
+            Some(s) => {
+                s.draining = draining;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Chunks whose copy on `server_id` is still needed: fewer than their goal
+    /// valid copies exist on servers not being drained.
+    pub fn chunks_to_move(&self, st: &State, server_id: u64) -> u64 {
+        let Some(s) = self.servers.get(&server_id) else {
+            return 0;
+        };
+        s.held
+            .iter()
+            .filter(|id| {
+                st.chunks.get(id).is_some_and(|m| {
+                    self.valid(**id, m.version)
+                        .iter()
+                        .filter(|o| !o.draining)
+                        .count()
+                        < goal_of(st, m.inode)
+                })
+            })
+            .count() as u64
+    }
+
+    /// Replications in flight.
+    pub fn replications_in_flight(&self) -> usize {
+        self.replicating.len()
     }
 
     /// Chunk counts against goal.
     pub fn counts(&self, st: &State) -> Counts {
         let mut c = Counts::default();
         for (id, meta) in &st.chunks {
-            let goal = st.inodes.get(&meta.inode).map_or(1, |i| u32::from(i.goal)) as usize;
-            let n = self.valid_count(*id, meta.version);
+            let goal = goal_of(st, meta.inode);
+            let valid = self.valid(*id, meta.version);
+            // Copies on draining servers do not count toward the goal.
+            let n = valid.iter().filter(|s| !s.draining).count();
             match n {
-                0 => c.missing += 1,
+                0 if valid.is_empty() => c.missing += 1,
+                0 => c.under += 1,
                 n if n < goal => c.under += 1,
                 n if n == goal => c.at += 1,
                 _ => c.over += 1,
@@ -541,6 +739,11 @@ impl ChunkMap {
                 )
             })
     }
+}
+
+/// Goal of the file owning a chunk (1 if unknown).
+fn goal_of(st: &State, inode: u64) -> usize {
+    st.inodes.get(&inode).map_or(1, |i| usize::from(i.goal))
 }
 
 #[cfg(test)]
@@ -650,7 +853,13 @@ mod tests {
         assert_eq!(m.valid(1, 2).len(), 2);
         let timeout = Duration::from_secs(60);
         let later = t0 + Duration::from_secs(61);
-        m.tick(&st, later, Duration::from_secs(3600), timeout, 10);
+        m.tick(
+            &st,
+            later,
+            Duration::from_secs(3600),
+            timeout,
+            &Policy::default(),
+        );
         assert!(m.valid(1, 2).is_empty());
         // Both servers are asked for their chunk lists.
         let hb = pb::ChunkserverHeartbeatRequest {
@@ -706,7 +915,10 @@ mod tests {
             t0 + Duration::from_secs(100),
             Duration::from_secs(60),
             Duration::from_secs(3600),
-            0,
+            &Policy {
+                per_tick: 0,
+                ..Policy::default()
+            },
         );
         assert_eq!(m.counts(&st).missing, 1);
         assert!(m.valid(1, 1).is_empty());
