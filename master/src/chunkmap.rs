@@ -31,7 +31,7 @@ impl Default for Policy {
     }
 }
 /// How long a replication may take before it is planned again.
-const REPLICATION_TIMEOUT: Duration = Duration::from_secs(120);
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One chunkserver.
 #[derive(Debug)]
@@ -58,6 +58,9 @@ pub struct Server {
     /// Being drained: takes no new copies, and its copies stop counting toward
     /// goals (they are copied elsewhere, then deleted here).
     pub draining: bool,
+    /// A client reported it failed during a write and it has not sent a
+    /// heartbeat since: it gets no new copies meanwhile.
+    pub suspect: bool,
 }
 
 impl Server {
@@ -172,6 +175,7 @@ impl ChunkMap {
                 held: HashSet::with_capacity(req.chunks.len()),
                 needs_report: false,
                 draining,
+                suspect: false,
             },
         );
         for c in &req.chunks {
@@ -195,6 +199,7 @@ impl ChunkMap {
             return None;
         }
         s.last_seen = now;
+        s.suspect = false;
         if !req.disks.is_empty() {
             s.disks = req.disks.clone();
         }
@@ -366,7 +371,13 @@ impl ChunkMap {
         let mut cands: Vec<&Server> = self
             .servers
             .values()
-            .filter(|s| s.connected && !s.draining && !exclude.contains(&s.id) && s.space().2 > 0)
+            .filter(|s| {
+                s.connected
+                    && !s.draining
+                    && !s.suspect
+                    && !exclude.contains(&s.id)
+                    && s.space().2 > 0
+            })
             .collect();
         cands.sort_by_key(|s| (std::cmp::Reverse(s.space().2), s.id));
         let mut used_labels: HashSet<&str> = exclude
@@ -422,17 +433,20 @@ impl ChunkMap {
         self.writing.remove(&chunk_id);
         for sid in failed {
             self.failed.insert((chunk_id, *sid), version);
-            if self.copies(chunk_id).iter().any(|c| c.server == *sid) {
-                tracing::warn!(
-                    chunk = chunk_id,
-                    server = sid,
-                    "copy failed during a write: dropping it"
-                );
-                if let Some(s) = self.servers.get_mut(sid) {
-                    s.delete(chunk_id, 0);
-                }
-                self.drop_copy(*sid, chunk_id);
+            tracing::warn!(
+                chunk = chunk_id,
+                server = sid,
+                "copy failed during a write: dropping it"
+            );
+            // The delete is queued even when the master has no copy on record:
+            // the server may hold part of the session's data. It runs before
+            // any later replication of the chunk to that server (commands are
+            // carried out in order).
+            if let Some(s) = self.servers.get_mut(sid) {
+                s.suspect = true;
+                s.delete(chunk_id, 0);
             }
+            self.drop_copy(*sid, chunk_id);
         }
     }
 
@@ -451,8 +465,15 @@ impl ChunkMap {
             if s.connected && now.saturating_duration_since(s.last_seen) > server_timeout {
                 tracing::warn!(server = s.id, address = %s.address, "chunkserver missed its heartbeats: its copies no longer count");
                 s.connected = false;
+                // Replications queued for it would never run.
+                s.commands
+                    .retain(|c| !matches!(c.command, Some(Command::Replicate(_))));
             }
         }
+        // Replications to servers that went away are planned again elsewhere.
+        let servers = &self.servers;
+        self.replicating
+            .retain(|_, (dest, _)| servers.get(dest).is_some_and(|s| s.connected));
         let abandoned: Vec<u64> = self
             .writing
             .iter()
@@ -603,6 +624,9 @@ impl ChunkMap {
         let Some(s) = self.servers.get_mut(&dest) else {
             return false;
         };
+        // A copy that failed a write on `dest` was deleted by a command queued
+        // before this one: the copy made now is good.
+        self.failed.remove(&(id, dest));
         s.commands.push(ChunkCommand {
             command: Some(Command::Replicate(pb::ReplicateChunk {
                 chunk_id: id,
