@@ -947,4 +947,148 @@ mod tests {
         assert_eq!(m.counts(&st).missing, 1);
         assert!(m.valid(1, 1).is_empty());
     }
+
+    fn hb(
+        m: &mut ChunkMap,
+        st: &State,
+        id: u64,
+        changed: &[(u64, u64)],
+        now: Instant,
+    ) -> Vec<Command> {
+        let req = pb::ChunkserverHeartbeatRequest {
+            server_id: id,
+            changed: changed
+                .iter()
+                .map(|(c, v)| pb::ChunkInfo {
+                    chunk_id: *c,
+                    version: *v,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        m.heartbeat(&req, now, st)
+            .expect("heartbeat accepted")
+            .0
+            .into_iter()
+            .filter_map(|c| c.command)
+            .collect()
+    }
+
+    fn tick(m: &mut ChunkMap, st: &State, now: Instant) {
+        let long = Duration::from_secs(3600);
+        m.tick(st, now, long, long, &Policy::default());
+    }
+
+    fn with_usage(id: u64, used_pct: u64, chunks: &[(u64, u64)]) -> pb::RegisterChunkserverRequest {
+        let mut r = reg(id, &format!("l{id}"), 100 - used_pct, chunks);
+        r.disks[0].total_bytes = 100;
+        r.disks[0].used_bytes = used_pct;
+        r
+    }
+
+    #[test]
+    fn drain_copies_off_then_deletes_and_is_safe() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&with_usage(1, 10, &[(1, 1)]), t, &st);
+        m.register(&with_usage(2, 50, &[(1, 1)]), t, &st);
+        m.register(&with_usage(3, 50, &[]), t, &st);
+        tick(&mut m, &st, t);
+        assert_eq!(m.counts(&st).at, 1);
+        assert!(m.set_draining(1, true));
+        assert!(!m.set_draining(99, true));
+        assert_eq!(m.counts(&st).under, 1);
+        assert_eq!(m.chunks_to_move(&st, 1), 1);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 3, &[], t);
+        match cmds.as_slice() {
+            [Command::Replicate(r)] => {
+                assert_eq!(r.chunk_id, 1);
+                // The copy on the server not being drained is read first.
+                assert_eq!(r.sources[0].server_id, 2);
+            }
+            other => panic!("expected one replication to server 3, got {other:?}"),
+        }
+        // New chunks never go to a draining server.
+        assert!(!m.place(3, &[]).contains(&1));
+        hb(&mut m, &st, 3, &[(1, 1)], t);
+        assert_eq!(m.chunks_to_move(&st, 1), 0);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 1, &[], t);
+        assert!(
+            matches!(cmds.as_slice(), [Command::Delete(d)] if d.chunk_id == 1),
+            "{cmds:?}"
+        );
+        assert_eq!(m.counts(&st).at, 1);
+        assert!(m.servers[&1].held.is_empty());
+    }
+
+    #[test]
+    fn a_copy_that_failed_a_write_is_never_counted_again() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t, &st);
+        m.register(&reg(2, "b", 100, &[(1, 1)]), t, &st);
+        m.register(&reg(3, "c", 50, &[]), t, &st);
+        // Server 2 failed during a session at the master's version 1.
+        m.end_write(1, 1, &[2]);
+        assert_eq!(m.valid_count(1, 1), 1);
+        assert!(m.servers[&2].suspect);
+        assert!(!m.place(3, &[]).contains(&2));
+        // It comes back claiming version 1: deleted, not counted.
+        m.register(&reg(2, "b", 100, &[(1, 1)]), t, &st);
+        assert_eq!(m.valid_count(1, 1), 1);
+        let cmds = hb(&mut m, &st, 2, &[], t);
+        assert!(cmds
+            .iter()
+            .all(|c| matches!(c, Command::Delete(d) if d.chunk_id == 1)));
+        assert!(!cmds.is_empty());
+        // A heartbeat clears the suspicion; a replication to it is trusted.
+        tick(&mut m, &st, t);
+        let mut to = None;
+        for sid in [2, 3] {
+            if hb(&mut m, &st, sid, &[], t)
+                .iter()
+                .any(|c| matches!(c, Command::Replicate(_)))
+            {
+                to = Some(sid);
+            }
+        }
+        let to = to.expect("a replication was planned");
+        hb(&mut m, &st, to, &[(1, 1)], t);
+        assert_eq!(m.valid_count(1, 1), 2);
+    }
+
+    #[test]
+    fn rebalancing_moves_a_copy_from_the_fullest_server() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&with_usage(1, 90, &[(1, 1)]), t, &st);
+        m.register(&with_usage(2, 50, &[(1, 1)]), t, &st);
+        m.register(&with_usage(3, 10, &[]), t, &st);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 3, &[], t);
+        assert!(
+            matches!(cmds.as_slice(), [Command::Replicate(r)] if r.chunk_id == 1),
+            "{cmds:?}"
+        );
+        hb(&mut m, &st, 3, &[(1, 1)], t);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 1, &[], t);
+        assert!(
+            matches!(cmds.as_slice(), [Command::Delete(d)] if d.chunk_id == 1),
+            "the surplus copy goes from the fullest server: {cmds:?}"
+        );
+        // Below the threshold nothing moves.
+        let mut m = ChunkMap::default();
+        m.register(&with_usage(1, 55, &[(1, 1)]), t, &st);
+        m.register(&with_usage(2, 50, &[(1, 1)]), t, &st);
+        m.register(&with_usage(3, 50, &[]), t, &st);
+        tick(&mut m, &st, t);
+        assert!(hb(&mut m, &st, 3, &[], t).is_empty());
+    }
 }
