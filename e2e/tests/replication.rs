@@ -397,3 +397,51 @@ fn drain_moves_copies_then_says_safe_to_remove() {
     let o = c.cli(&["chunkserver", "undrain", &other.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn a_short_chunkserver_restart_causes_no_copies() {
+    let c = Cluster::start(Options {
+        chunkservers: 3,
+        goal: Some(2),
+        env: vec![("ALCES_CHUNKSERVER_TIMEOUT".into(), "30".into())],
+        ..Options::default()
+    })
+    .expect("cluster");
+    write_synced(&c.path("f"), &pattern(46, 8 * MIB)).unwrap();
+    c.wait_at_goal(Duration::from_secs(60));
+    let per_server = |c: &Cluster| -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = c
+            .status()
+            .unwrap()
+            .chunkservers
+            .iter()
+            .map(|s| (s.server_id, s.chunks))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let before = per_server(&c);
+    let port = c.cs_addr(1).rsplit_once(':').unwrap().1.to_string();
+    c.kill9(Proc::Chunkserver(1));
+    wait_until("the port to be free", Duration::from_secs(30), || {
+        std::net::TcpListener::bind(format!("127.0.0.1:{port}")).is_ok()
+    });
+    c.restart(Proc::Chunkserver(1));
+    // Watch for a while: nothing is re-replicated, nothing moves.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        let st = c.status().unwrap();
+        assert_eq!(
+            st.replications_in_flight, 0,
+            "a short restart started copies"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.wait_at_goal(Duration::from_secs(10));
+    assert_eq!(per_server(&c), before);
+    assert!(
+        c.grep_log(Proc::Master, "chunkserver missed its heartbeats")
+            .is_empty(),
+        "the restarted chunkserver was declared lost"
+    );
+}

@@ -260,7 +260,11 @@ impl ChunkMap {
         server.held.insert(chunk_id);
         let list = self.copies.entry(chunk_id).or_default();
         match list.iter_mut().find(|c| c.server == sid) {
-            Some(c) => c.version = version,
+            // A copy is only ever moved back by a full re-registration (which
+            // forgets the server's copies first): a lower version in a
+            // heartbeat is a delayed report from before a write session moved
+            // the copy on, and must not make the master adopt an old version.
+            Some(c) => c.version = c.version.max(version),
             None => list.push(Copy {
                 server: sid,
                 version,
@@ -1090,5 +1094,32 @@ mod tests {
         m.register(&with_usage(3, 50, &[]), t, &st);
         tick(&mut m, &st, t);
         assert!(hb(&mut m, &st, 3, &[], t).is_empty());
+    }
+
+    #[test]
+    fn a_delayed_report_of_an_older_version_is_not_adopted() {
+        let mut st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t, &st);
+        m.register(&reg(2, "b", 100, &[(1, 1)]), t, &st);
+        run(
+            &mut st,
+            Op::WriteChunk(pb::WriteChunkOp {
+                inode: 2,
+                chunk_index: 0,
+                chunk_id: 1,
+                version: 2,
+                created: false,
+            }),
+        );
+        m.start_write(1, 2, &[1, 2], t);
+        // A heartbeat carrying the version from before the session arrives late.
+        hb(&mut m, &st, 1, &[(1, 1)], t);
+        m.end_write(1, 2, &[]);
+        let long = Duration::from_secs(3600);
+        let adopt = m.tick(&st, t, long, long, &Policy::default());
+        assert!(adopt.is_empty(), "adopted {adopt:?}");
+        assert_eq!(m.valid_count(1, 2), 2);
     }
 }
