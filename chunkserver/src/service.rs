@@ -25,7 +25,7 @@ use crate::peers::Peers;
 use crate::store::{ChunkStore, StoreError, VersionSpec};
 
 /// How long a forward down the chain may take before it counts as failed.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest `length` of one Read.
 pub const MAX_READ_BYTES: u32 = 8 * 1024 * 1024;
 /// Metadata key naming (decimal id) the chain server that failed.

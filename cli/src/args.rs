@@ -41,6 +41,63 @@ pub enum Command {
     Status,
     /// Show a file's chunks, their versions and where each copy lives.
     Fileinfo(FileinfoArgs),
+    /// Set or show goals (copies of each chunk, 1-9) of files and directories.
+    #[command(subcommand)]
+    Goal(GoalCommand),
+    /// Drain a chunkserver before removing it, or end a drain.
+    #[command(subcommand)]
+    Chunkserver(ChunkserverCommand),
+}
+
+/// `alces goal ...`.
+#[derive(Debug, Subcommand)]
+pub enum GoalCommand {
+    /// Set the goal of PATH (and with -r of everything below it); new entries
+    /// inherit their directory's goal.
+    Set(GoalSetArgs),
+    /// Show the goal of PATH.
+    Get(GoalPathArgs),
+}
+
+/// Options of `alces goal set`.
+#[derive(Debug, Clone, Args)]
+pub struct GoalSetArgs {
+    /// Copies to keep of each chunk, 1 to 9.
+    pub goal: u32,
+    /// The file or directory (see `alces goal get --help` for path forms).
+    #[command(flatten)]
+    pub path: GoalPathArgs,
+    /// Also set it on every file and directory below PATH.
+    #[arg(short, long)]
+    pub recursive: bool,
+}
+
+/// A path for `alces goal`.
+#[derive(Debug, Clone, Args)]
+pub struct GoalPathArgs {
+    /// A path inside an Alces mount, or (with --fs-path) an absolute path from the
+    /// filesystem's root.
+    pub path: PathBuf,
+    /// Treat PATH as a path from the filesystem root instead of a local path.
+    #[arg(long)]
+    pub fs_path: bool,
+}
+
+/// `alces chunkserver ...`.
+#[derive(Debug, Subcommand)]
+pub enum ChunkserverCommand {
+    /// Move every chunk off chunkserver ID; `alces status` says when it is safe
+    /// to remove.
+    Drain(ServerIdArgs),
+    /// End the drain of chunkserver ID (it takes new chunks again).
+    Undrain(ServerIdArgs),
+}
+
+/// A chunkserver id as shown by `alces status`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerIdArgs {
+    /// The chunkserver's id (first column of `alces status`).
+    pub id: u64,
 }
 
 /// `alces local ...`.

@@ -4,6 +4,8 @@
 //! - [`args`]: the command line (clap).
 //! - [`connect`]: reaching the master's admin service with the cluster secret.
 //! - [`status`]: `alces status`.
+//! - [`goal`]: `alces goal set|get`.
+//! - [`drain`]: `alces chunkserver drain|undrain`.
 //! - [`fileinfo`]: `alces fileinfo` and translating mount paths to filesystem paths.
 //! - [`mountinfo`]: reading Alces mounts from `/proc/self/mountinfo`.
 //! - [`local`]: `alces local up` / `alces local down`.
@@ -11,13 +13,15 @@
 
 pub mod args;
 pub mod connect;
+pub mod drain;
 pub mod fileinfo;
+pub mod goal;
 pub mod local;
 pub mod mountinfo;
 pub mod procs;
 pub mod status;
 
-use args::{Cli, Command, LocalCommand};
+use args::{ChunkserverCommand, Cli, Command, GoalCommand, LocalCommand};
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -32,6 +36,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Local(LocalCommand::Down(down)) => local::down(&down.dir),
             Command::Status => status::run(&cli.global).await,
             Command::Fileinfo(f) => fileinfo::run(&cli.global, f).await,
+            Command::Goal(GoalCommand::Set(a)) => goal::set(&cli.global, a).await,
+            Command::Goal(GoalCommand::Get(a)) => goal::get(&cli.global, a).await,
+            Command::Chunkserver(ChunkserverCommand::Drain(a)) => {
+                drain::run(&cli.global, a.id, true).await
+            }
+            Command::Chunkserver(ChunkserverCommand::Undrain(a)) => {
+                drain::run(&cli.global, a.id, false).await
+            }
         }
     })
 }

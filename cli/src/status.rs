@@ -53,6 +53,7 @@ pub fn to_json(st: &ClusterStatus, dir: Option<&Path>) -> serde_json::Value {
         "sessions": st.sessions,
         "chunk_size": st.chunk_size,
         "default_goal": st.default_goal,
+        "replications_in_flight": st.replications_in_flight,
         "total_bytes": st.total_bytes,
         "used_bytes": st.used_bytes,
         "free_bytes": st.free_bytes,
@@ -73,6 +74,9 @@ pub fn to_json(st: &ClusterStatus, dir: Option<&Path>) -> serde_json::Value {
                 "used_bytes": c.used_bytes,
                 "free_bytes": c.free_bytes,
                 "last_seen_ms": c.last_seen_ms,
+                "draining": c.draining,
+                "safe_to_remove": c.safe_to_remove,
+                "chunks_to_move": c.chunks_to_move,
                 "disks": c.disks.iter().map(|d| json!({
                     "path": d.path,
                     "total_bytes": d.total_bytes,
@@ -122,19 +126,33 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
         human_bytes(st.free_bytes)
     );
     out += &format!(
-        "chunks {}: missing {}  under goal {}  at goal {}  over goal {}\n\n",
-        st.chunks, counts.missing, counts.under_goal, counts.at_goal, counts.over_goal
+        "chunks {}: missing {}  under goal {}  at goal {}  over goal {}  replicating {}\n\n",
+        st.chunks,
+        counts.missing,
+        counts.under_goal,
+        counts.at_goal,
+        counts.over_goal,
+        st.replications_in_flight
     );
     out += &format!(
-        "{:<20} {:<22} {:>7} {:<8} {:>5} {:>10} {:>10} {:>8} {:<9}\n",
-        "CHUNKSERVER", "ADDRESS", "PID", "LABEL", "DISKS", "USED", "TOTAL", "CHUNKS", "CONNECTED"
+        "{:<20} {:<22} {:>7} {:<8} {:>5} {:>10} {:>10} {:>8} {:<9} {}\n",
+        "CHUNKSERVER",
+        "ADDRESS",
+        "PID",
+        "LABEL",
+        "DISKS",
+        "USED",
+        "TOTAL",
+        "CHUNKS",
+        "CONNECTED",
+        "DRAIN"
     );
     for c in &st.chunkservers {
         let pid = local_pid(dir, &c.address)
             .map(|p| p.to_string())
             .unwrap_or_else(|| "-".into());
         out += &format!(
-            "{:<20} {:<22} {:>7} {:<8} {:>5} {:>10} {:>10} {:>8} {:<9}\n",
+            "{:<20} {:<22} {:>7} {:<8} {:>5} {:>10} {:>10} {:>8} {:<9} {}\n",
             c.server_id,
             c.address,
             pid,
@@ -143,7 +161,12 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
             human_bytes(c.used_bytes),
             human_bytes(c.total_bytes),
             c.chunks,
-            if c.connected { "yes" } else { "NO" }
+            if c.connected { "yes" } else { "NO" },
+            match (c.draining, c.safe_to_remove) {
+                (false, _) => "-".to_string(),
+                (true, true) => "drained: safe to remove".to_string(),
+                (true, false) => format!("draining: {} chunks to move", c.chunks_to_move),
+            }
         );
     }
     if st.metaloggers.is_empty() {

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::chain;
 use crate::client::{Attr, Caller, Client};
 use crate::error::{Error, Result};
 use crate::filesize::{KnownSize, Ticket};
@@ -329,17 +330,36 @@ impl FileState {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
-            let s = self.session(idx).await?;
+            let mut s = self.session(idx).await?;
             let mut failed = None;
             // End of the data whose session was closed before it was recorded.
             let mut unrecorded = 0;
+            let mut dropped: Vec<u64> = Vec::new();
             for (off, data) in extents {
                 // Split very large coalesced extents into pieces of READ_PIECE.
                 for (p_off, p_len) in layout::pieces(*off, data.len() as u64, READ_PIECE) {
                     let rel = (p_off - off) as usize;
                     let piece = data.slice(rel..rel + p_len as usize);
-                    if let Err(e) = self.send_write(&s, p_off, piece).await {
-                        failed = Some(e);
+                    loop {
+                        match self.send_write(&s, p_off, piece.clone()).await {
+                            Ok(()) => break,
+                            // A server of the chain failed: finish this piece on
+                            // the others (same versions, so servers that missed
+                            // it catch up); the session is then closed naming
+                            // the failed server, and the master moves the
+                            // version on without it.
+                            Err((e, Some(bad))) if s.chain.len() > 1 => {
+                                tracing::warn!(inode = self.inode, chunk = idx, server = bad, error = %e, "chunkserver failed during a write: continuing without it");
+                                s.chain.retain(|l| l.server_id != bad);
+                                dropped.push(bad);
+                            }
+                            Err((e, _)) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if failed.is_some() {
                         break;
                     }
                 }
@@ -350,6 +370,9 @@ impl FileState {
                 if !self.note_written(idx, &s, end).await {
                     unrecorded = unrecorded.max(end);
                 }
+            }
+            if !dropped.is_empty() {
+                self.end_failed_session(idx, &s, &dropped).await;
             }
             match failed {
                 None => {
@@ -382,9 +405,48 @@ impl FileState {
         )))
     }
 
-    async fn send_write(&self, s: &WriteSession, offset: u64, data: Bytes) -> Result<()> {
+    /// Closes session `s` of chunk `idx` after chain servers failed, telling the
+    /// master which (it drops their copies and the next session gets a new
+    /// version without them).
+    async fn end_failed_session(&self, idx: u64, s: &WriteSession, failed: &[u64]) {
+        let mut current = {
+            let mut sessions = self.sessions.lock().await;
+            match sessions.get(&idx) {
+                Some(cur) if cur.chunk_id == s.chunk_id && cur.version == s.version => {
+                    sessions.remove(&idx)
+                }
+                _ => None,
+            }
+        }
+        .unwrap_or_else(|| WriteSession {
+            modified: false,
+            max_end: 0,
+            ..s.clone()
+        });
+        current.chain = s.chain.clone();
+        if let Some(u) = self.unsynced.lock().get_mut(&idx) {
+            if u.0 == s.chunk_id && u.1 == s.version {
+                u.2.retain(|l| !failed.contains(&l.server_id));
+            }
+        }
+        if let Err(e) = self.end_session_with(idx, &current, failed).await {
+            tracing::warn!(inode = self.inode, chunk = idx, error = %e, "cannot report failed chunkservers to the master");
+        }
+    }
+
+    /// Sends one write through the chain of `s`; on failure also names the
+    /// chain server that failed, if one did.
+    async fn send_write(
+        &self,
+        s: &WriteSession,
+        offset: u64,
+        data: Bytes,
+    ) -> std::result::Result<(), (Error, Option<u64>)> {
         let first = &s.chain[0];
-        let mut cs = self.client.chunkserver(&first.address)?;
+        let mut cs = self
+            .client
+            .chunkserver(&first.address)
+            .map_err(|e| (e, None))?;
         let req = pb::WriteRequest {
             chunk_id: s.chunk_id,
             expected_version: s.old_version,
@@ -396,10 +458,18 @@ impl FileState {
             copy_from_chunk_id: s.copy_from_chunk_id,
             copy_from_version: s.copy_from_version,
         };
-        cs.write(req)
-            .await
-            .map_err(|st| chunk_error("write", s.chunk_id, &first.address, &st))?;
-        Ok(())
+        let st = match tokio::time::timeout(chain::WRITE_TIMEOUT, cs.write(req)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(st)) => st,
+            Err(_) => tonic::Status::deadline_exceeded(format!(
+                "no answer within {} s",
+                chain::WRITE_TIMEOUT.as_secs()
+            )),
+        };
+        Err((
+            chunk_error("write", s.chunk_id, &first.address, &st),
+            chain::failed_server(&st, &s.chain),
+        ))
     }
 
     /// Waits until every buffered write reached the chunkservers (also those
@@ -441,7 +511,12 @@ impl FileState {
     }
 
     async fn end_session(&self, idx: u64, s: &WriteSession) -> Result<Attr> {
+        self.end_session_with(idx, s, &[]).await
+    }
+
+    async fn end_session_with(&self, idx: u64, s: &WriteSession, failed: &[u64]) -> Result<Attr> {
         let inode = self.inode;
+        let failed = failed.to_vec();
         let file_size = if s.modified {
             idx * self.chunk_size + s.max_end
         } else {
@@ -458,7 +533,7 @@ impl FileState {
                     chunk_index: idx,
                     chunk_id,
                     file_size,
-                    failed_servers: Vec::new(),
+                    failed_servers: failed.clone(),
                     modified,
                 };
                 async move { m.write_chunk_end(req).await }
@@ -493,19 +568,39 @@ impl FileState {
         // Sync before closing the sessions, so WriteChunkEnd follows durable data.
         let chunks: Vec<(u64, Unsynced)> = self.unsynced.lock().drain().collect();
         let mut sync_err = None;
-        for (_idx, (chunk_id, version, chain)) in chunks {
-            let Some(first) = chain.first() else { continue };
-            let res = async {
-                let mut cs = self.client.chunkserver(&first.address)?;
-                cs.sync(pb::SyncRequest {
+        for (_idx, (chunk_id, version, mut chain)) in chunks {
+            let res = loop {
+                let Some(first) = chain.first().cloned() else {
+                    break Ok(());
+                };
+                let mut cs = match self.client.chunkserver(&first.address) {
+                    Ok(cs) => cs,
+                    Err(e) => break Err(e),
+                };
+                let call = cs.sync(pb::SyncRequest {
                     chunk_id,
                     version,
                     chain: chain[1..].to_vec(),
-                })
-                .await
-                .map_err(|st| chunk_error("sync", chunk_id, &first.address, &st))
-            }
-            .await;
+                });
+                let st = match tokio::time::timeout(chain::WRITE_TIMEOUT, call).await {
+                    Ok(Ok(_)) => break Ok(()),
+                    Ok(Err(st)) => st,
+                    Err(_) => tonic::Status::deadline_exceeded("sync not answered"),
+                };
+                match chain::failed_server(&st, &chain) {
+                    // A failed server's copy is dropped by the master; the
+                    // others must still be durable.
+                    Some(bad) if chain.len() > 1 => {
+                        tracing::warn!(
+                            chunk = chunk_id,
+                            server = bad,
+                            "chunkserver failed during a sync: syncing the others"
+                        );
+                        chain.retain(|l| l.server_id != bad);
+                    }
+                    _ => break Err(chunk_error("sync", chunk_id, &first.address, &st)),
+                }
+            };
             match res {
                 Ok(_) => {}
                 // The chunk moved on to a newer version (a later writer owns its
@@ -720,14 +815,23 @@ impl FileState {
             for loc in &info.locations {
                 let res = async {
                     let mut cs = self.client.chunkserver(&loc.address)?;
-                    cs.read(pb::ReadRequest {
+                    let call = cs.read(pb::ReadRequest {
                         chunk_id: info.chunk_id,
                         version: info.version,
                         offset,
                         length: len as u32,
-                    })
-                    .await
-                    .map_err(|st| chunk_error("read", info.chunk_id, &loc.address, &st))
+                    });
+                    match tokio::time::timeout(chain::READ_TIMEOUT, call).await {
+                        Ok(r) => {
+                            r.map_err(|st| chunk_error("read", info.chunk_id, &loc.address, &st))
+                        }
+                        Err(_) => Err(Error::io(format!(
+                            "read of chunk {:016x} on {}: no answer within {} s",
+                            info.chunk_id,
+                            loc.address,
+                            chain::READ_TIMEOUT.as_secs()
+                        ))),
+                    }
                 }
                 .await;
                 match res {

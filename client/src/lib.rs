@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chain;
 pub mod client;
 pub mod dirsnap;
 pub mod error;

@@ -3,6 +3,7 @@
 //! and FUSE mount), with ways to kill and restart each process, extra mounts, and
 //! gRPC clients for the daemons. Everything is torn down when the value is dropped,
 //! also when a test panics (the processes' log tails are printed first).
+//! [`replication`] adds goal polling, extra chunkservers and network namespaces.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -16,6 +17,8 @@ use alces_proto::auth::ClientAuth;
 use alces_proto::net::AuthChannel;
 use alces_proto::pb;
 use anyhow::{bail, Context};
+
+pub mod replication;
 
 /// Polls `cond` every 50 ms until it returns true; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

@@ -9,10 +9,29 @@ use alces_proto::pb::{self, chunk_command::Command, ChunkCommand, ChunkLocation}
 
 use crate::namespace::State;
 
-/// Most replications one chunkserver receives at once.
-const MAX_REPLICATIONS_PER_SERVER: usize = 4;
+/// How fast and how far the replication loop works.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Replications (under-goal, drain and rebalance copies) started per tick.
+    pub per_tick: usize,
+    /// Most replications one chunkserver receives at once.
+    pub per_server: usize,
+    /// Usage difference (percentage points of disk space used) between the
+    /// fullest and the emptiest chunkserver above which chunks are moved.
+    pub rebalance_threshold: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            per_tick: 32,
+            per_server: 4,
+            rebalance_threshold: 10.0,
+        }
+    }
+}
 /// How long a replication may take before it is planned again.
-const REPLICATION_TIMEOUT: Duration = Duration::from_secs(120);
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One chunkserver.
 #[derive(Debug)]
@@ -36,6 +55,12 @@ pub struct Server {
     /// The server must send its full chunk list again (a write session through
     /// it was abandoned, so the versions it holds are unknown).
     pub needs_report: bool,
+    /// Being drained: takes no new copies, and its copies stop counting toward
+    /// goals (they are copied elsewhere, then deleted here).
+    pub draining: bool,
+    /// A client reported it failed during a write and it has not sent a
+    /// heartbeat since: it gets no new copies meanwhile.
+    pub suspect: bool,
 }
 
 impl Server {
@@ -51,6 +76,16 @@ impl Server {
                     f.saturating_add(d.free_bytes),
                 )
             })
+    }
+
+    /// Fraction of its disk space in use (0 when it reports no space).
+    pub fn usage(&self) -> f64 {
+        let (t, u, _) = self.space();
+        if t == 0 {
+            0.0
+        } else {
+            u as f64 / t as f64
+        }
     }
 
     /// Where this server is, on the wire.
@@ -93,6 +128,10 @@ pub struct ChunkMap {
     /// and their data must still be there.
     deferred: std::collections::VecDeque<(u64, Vec<u64>)>,
     deferred_ids: HashSet<u64>,
+    /// Copies that failed during a write session: (chunk, server) -> the session
+    /// version. Such a copy may hold the current version number with only part
+    /// of the data, so it is deleted when reported, never served.
+    failed: HashMap<(u64, u64), u64>,
 }
 
 /// A version the master should adopt for a chunk (no copy has its version).
@@ -121,11 +160,13 @@ impl ChunkMap {
         st: &State,
     ) -> Vec<Adoption> {
         let mut commands = Vec::new();
+        let mut draining = false;
         if let Some(old) = self.servers.remove(&req.server_id) {
             for c in old.held {
                 self.drop_copy(req.server_id, c);
             }
             commands = old.commands;
+            draining = old.draining;
         }
         self.servers.insert(
             req.server_id,
@@ -139,6 +180,8 @@ impl ChunkMap {
                 commands,
                 held: HashSet::with_capacity(req.chunks.len()),
                 needs_report: false,
+                draining,
+                suspect: false,
             },
         );
         for c in &req.chunks {
@@ -162,6 +205,7 @@ impl ChunkMap {
             return None;
         }
         s.last_seen = now;
+        s.suspect = false;
         if !req.disks.is_empty() {
             s.disks = req.disks.clone();
         }
@@ -207,12 +251,25 @@ impl ChunkMap {
             server.delete(chunk_id, version);
             return;
         }
+        if let Some(v) = self.failed.get(&(chunk_id, sid)) {
+            if version <= *v {
+                tracing::info!(
+                    chunk = chunk_id,
+                    server = sid,
+                    version,
+                    "deleting a copy that failed during a write session"
+                );
+                server.delete(chunk_id, version);
+                return;
+            }
+        }
         server.held.insert(chunk_id);
         let list = self.copies.entry(chunk_id).or_default();
         match list.iter_mut().find(|c| c.server == sid) {
-            // A copy's version never goes back: a lower one comes from a heartbeat
-            // gathered before a write session moved the copy on (its change is in
-            // the next heartbeat). Taking it would roll the chunk back.
+            // A copy is only ever moved back by a full re-registration (which
+            // forgets the server's copies first): a lower version in a
+            // heartbeat is a delayed report from before a write session moved
+            // the copy on, and must not make the master adopt an old version.
             Some(c) => c.version = c.version.max(version),
             None => list.push(Copy {
                 server: sid,
@@ -270,7 +327,6 @@ impl ChunkMap {
         Some((chunk_id, best))
     }
 
-    /// Forgets chunks freed from the namespace and tells their servers to delete them.
     /// Frees `chunk_ids` once metadata `version` is durable (see
     /// [`ChunkMap::release_durable`]).
     pub fn free_after(&mut self, version: u64, chunk_ids: Vec<u64>) {
@@ -294,9 +350,11 @@ impl ChunkMap {
         }
     }
 
-    /// Deletes every copy of `chunk_ids` now.
+    /// Forgets chunks freed from the namespace and tells their servers to delete
+    /// them now.
     pub fn free(&mut self, chunk_ids: &[u64]) {
         for id in chunk_ids {
+            self.failed.retain(|(c, _), _| c != id);
             self.writing.remove(id);
             self.replicating.remove(id);
             if let Some(list) = self.copies.remove(id) {
@@ -347,7 +405,13 @@ impl ChunkMap {
         let mut cands: Vec<&Server> = self
             .servers
             .values()
-            .filter(|s| s.connected && !exclude.contains(&s.id) && s.space().2 > 0)
+            .filter(|s| {
+                s.connected
+                    && !s.draining
+                    && !s.suspect
+                    && !exclude.contains(&s.id)
+                    && s.space().2 > 0
+            })
             .collect();
         cands.sort_by_key(|s| (std::cmp::Reverse(s.space().2), s.id));
         let mut used_labels: HashSet<&str> = exclude
@@ -380,6 +444,8 @@ impl ChunkMap {
     /// servers move to `version`.
     pub fn start_write(&mut self, chunk_id: u64, version: u64, chain: &[u64], now: Instant) {
         self.writing.insert(chunk_id, (now, chain.to_vec()));
+        // Copies that failed an earlier session are now stale by version.
+        self.failed.retain(|(c, _), _| *c != chunk_id);
         let list = self.copies.entry(chunk_id).or_default();
         for sid in chain {
             match list.iter_mut().find(|c| c.server == *sid) {
@@ -395,26 +461,31 @@ impl ChunkMap {
         }
     }
 
-    /// Closes a write session; copies on `failed` servers are dropped and deleted.
-    pub fn end_write(&mut self, chunk_id: u64, failed: &[u64]) {
+    /// Closes a write session at `version`; copies on `failed` servers are
+    /// dropped and deleted (and deleted again if they are ever reported).
+    pub fn end_write(&mut self, chunk_id: u64, version: u64, failed: &[u64]) {
         self.writing.remove(&chunk_id);
         for sid in failed {
-            if self.copies(chunk_id).iter().any(|c| c.server == *sid) {
-                tracing::warn!(
-                    chunk = chunk_id,
-                    server = sid,
-                    "copy failed during a write: dropping it"
-                );
-                if let Some(s) = self.servers.get_mut(sid) {
-                    s.delete(chunk_id, 0);
-                }
-                self.drop_copy(*sid, chunk_id);
+            self.failed.insert((chunk_id, *sid), version);
+            tracing::warn!(
+                chunk = chunk_id,
+                server = sid,
+                "copy failed during a write: dropping it"
+            );
+            // The delete is queued even when the master has no copy on record:
+            // the server may hold part of the session's data. It runs before
+            // any later replication of the chunk to that server (commands are
+            // carried out in order).
+            if let Some(s) = self.servers.get_mut(sid) {
+                s.suspect = true;
+                s.delete(chunk_id, 0);
             }
+            self.drop_copy(*sid, chunk_id);
         }
     }
 
     /// Periodic work: disconnects silent servers, deletes stale and surplus
-    /// copies, plans up to `budget` replications (most endangered first) and
+    /// copies, plans up to `policy.per_tick` replications (most endangered first) and
     /// returns versions to adopt.
     pub fn tick(
         &mut self,
@@ -422,14 +493,21 @@ impl ChunkMap {
         now: Instant,
         server_timeout: Duration,
         write_timeout: Duration,
-        budget: usize,
+        policy: &Policy,
     ) -> Vec<Adoption> {
         for s in self.servers.values_mut() {
             if s.connected && now.saturating_duration_since(s.last_seen) > server_timeout {
                 tracing::warn!(server = s.id, address = %s.address, "chunkserver missed its heartbeats: its copies no longer count");
                 s.connected = false;
+                // Replications queued for it would never run.
+                s.commands
+                    .retain(|c| !matches!(c.command, Some(Command::Replicate(_))));
             }
         }
+        // Replications to servers that went away are planned again elsewhere.
+        let servers = &self.servers;
+        self.replicating
+            .retain(|_, (dest, _)| servers.get(dest).is_some_and(|s| s.connected));
         let abandoned: Vec<u64> = self
             .writing
             .iter()
@@ -472,24 +550,39 @@ impl ChunkMap {
             }
         }
         // Under- and over-goal chunks.
-        let mut under: Vec<(usize, u64, u64, u32)> = Vec::new();
+        let mut under: Vec<(usize, u64)> = Vec::new();
         for (id, meta) in &st.chunks {
-            let goal = st.inodes.get(&meta.inode).map_or(1, |i| u32::from(i.goal));
-            let n = self.valid_count(*id, meta.version);
-            if n == 0 || n as u32 == goal || self.writing.contains_key(id) {
+            if self.writing.contains_key(id) || self.replicating.contains_key(id) {
                 continue;
             }
-            let valid: Vec<u64> = self.valid(*id, meta.version).iter().map(|s| s.id).collect();
-            if (valid.len() as u32) < goal && !self.replicating.contains_key(id) {
-                under.push((valid.len(), goal as u64 - valid.len() as u64, *id, goal));
-            } else if valid.len() as u32 > goal && !self.replicating.contains_key(id) {
-                // Remove the copy on the fullest server.
-                if let Some(victim) = valid
+            let goal = goal_of(st, meta.inode);
+            let valid = self.valid_ids(*id, meta.version);
+            if valid.is_empty() {
+                continue;
+            }
+            let keep: Vec<u64> = valid
+                .iter()
+                .copied()
+                .filter(|sid| !self.servers.get(sid).is_some_and(|s| s.draining))
+                .collect();
+            if keep.len() < goal {
+                under.push((keep.len(), *id));
+            } else if valid.len() > goal {
+                // Surplus: copies on draining servers go first, then copies on
+                // the fullest servers.
+                let mut victims: Vec<u64> = valid
                     .iter()
-                    .filter_map(|sid| self.servers.get(sid))
-                    .min_by_key(|s| s.space().2)
-                    .map(|s| s.id)
-                {
+                    .copied()
+                    .filter(|v| !keep.contains(v))
+                    .collect();
+                let mut rest = keep.clone();
+                rest.sort_by(|a, b| {
+                    let ua = self.servers.get(a).map_or(0.0, Server::usage);
+                    let ub = self.servers.get(b).map_or(0.0, Server::usage);
+                    ub.total_cmp(&ua).then(a.cmp(b))
+                });
+                victims.extend(rest.iter().take(keep.len() - goal));
+                for victim in victims {
                     tracing::info!(chunk = id, server = victim, "deleting a copy above goal");
                     if let Some(s) = self.servers.get_mut(&victim) {
                         s.delete(*id, meta.version);
@@ -498,60 +591,190 @@ impl ChunkMap {
                 }
             }
         }
-        under.sort_by_key(|(valid, missing, id, _)| (*valid, std::cmp::Reverse(*missing), *id));
+        // Most endangered first: fewest copies left.
+        under.sort_unstable();
         let mut per_dest: HashMap<u64, usize> = HashMap::new();
         for (dest, _) in self.replicating.values() {
             *per_dest.entry(*dest).or_insert(0) += 1;
         }
         let mut planned = 0;
-        for (_, _, id, _) in under {
-            if planned >= budget {
+        let rebalance = under.is_empty();
+        for (_, id) in under {
+            if planned >= policy.per_tick {
                 break;
             }
-            let Some(meta) = st.chunks.get(&id) else {
-                continue;
-            };
-            let holders: Vec<u64> = self.copies(id).iter().map(|c| c.server).collect();
-            let full: Vec<u64> = per_dest
-                .iter()
-                .filter(|(_, n)| **n >= MAX_REPLICATIONS_PER_SERVER)
-                .map(|(s, _)| *s)
-                .collect();
-            let mut exclude = holders.clone();
-            exclude.extend(full);
-            let Some(dest) = self.place(1, &exclude).first().copied() else {
-                continue;
-            };
-            let sources: Vec<ChunkLocation> = self
-                .valid(id, meta.version)
-                .iter()
-                .map(|s| s.location())
-                .collect();
-            if let Some(s) = self.servers.get_mut(&dest) {
-                s.commands.push(ChunkCommand {
-                    command: Some(Command::Replicate(pb::ReplicateChunk {
-                        chunk_id: id,
-                        version: meta.version,
-                        sources,
-                    })),
-                });
+            if self.plan_copy(st, id, None, &mut per_dest, policy, now) {
+                planned += 1;
             }
-            tracing::debug!(chunk = id, dest, "replicating an under-goal chunk");
-            self.replicating.insert(id, (dest, now));
-            *per_dest.entry(dest).or_insert(0) += 1;
-            planned += 1;
+        }
+        if rebalance && planned < policy.per_tick && self.replicating.is_empty() {
+            self.plan_rebalance(st, &mut per_dest, policy, now);
         }
         adoptions
+    }
+
+    /// Valid copies' servers of a chunk.
+    fn valid_ids(&self, chunk_id: u64, version: u64) -> Vec<u64> {
+        self.valid(chunk_id, version).iter().map(|s| s.id).collect()
+    }
+
+    /// Sends one Replicate command for `id` to `dest` (or a placed server);
+    /// false when no destination is possible.
+    fn plan_copy(
+        &mut self,
+        st: &State,
+        id: u64,
+        dest: Option<u64>,
+        per_dest: &mut HashMap<u64, usize>,
+        policy: &Policy,
+        now: Instant,
+    ) -> bool {
+        let Some(meta) = st.chunks.get(&id) else {
+            return false;
+        };
+        let dest = match dest {
+            Some(d) => d,
+            None => {
+                let mut exclude: Vec<u64> = self.copies(id).iter().map(|c| c.server).collect();
+                exclude.extend(
+                    per_dest
+                        .iter()
+                        .filter(|(_, n)| **n >= policy.per_server)
+                        .map(|(s, _)| *s),
+                );
+                match self.place(1, &exclude).first().copied() {
+                    Some(d) => d,
+                    None => return false,
+                }
+            }
+        };
+        let mut sources: Vec<&Server> = self.valid(id, meta.version);
+        // Copies on servers not being drained are read first.
+        sources.sort_by_key(|s| s.draining);
+        let sources: Vec<ChunkLocation> = sources.iter().map(|s| s.location()).collect();
+        if sources.is_empty() {
+            return false;
+        }
+        let Some(s) = self.servers.get_mut(&dest) else {
+            return false;
+        };
+        // A copy that failed a write on `dest` was deleted by a command queued
+        // before this one: the copy made now is good.
+        self.failed.remove(&(id, dest));
+        s.commands.push(ChunkCommand {
+            command: Some(Command::Replicate(pb::ReplicateChunk {
+                chunk_id: id,
+                version: meta.version,
+                sources,
+            })),
+        });
+        tracing::debug!(chunk = id, dest, "replicating a chunk");
+        self.replicating.insert(id, (dest, now));
+        *per_dest.entry(dest).or_insert(0) += 1;
+        true
+    }
+
+    /// Moves a few chunks from the fullest to the emptiest server when their
+    /// usage differs by more than the threshold (the surplus copy on the fullest
+    /// server is deleted once the new one is reported).
+    fn plan_rebalance(
+        &mut self,
+        st: &State,
+        per_dest: &mut HashMap<u64, usize>,
+        policy: &Policy,
+        now: Instant,
+    ) {
+        let live: Vec<&Server> = self
+            .servers
+            .values()
+            .filter(|s| s.connected && !s.draining && s.space().0 > 0)
+            .collect();
+        let (Some(full), Some(empty)) = (
+            live.iter().max_by(|a, b| a.usage().total_cmp(&b.usage())),
+            live.iter().min_by(|a, b| a.usage().total_cmp(&b.usage())),
+        ) else {
+            return;
+        };
+        let diff = (full.usage() - empty.usage()) * 100.0;
+        if full.id == empty.id || diff <= policy.rebalance_threshold {
+            return;
+        }
+        let (from, to) = (full.id, empty.id);
+        let mut picks: Vec<u64> = full
+            .held
+            .iter()
+            .copied()
+            .filter(|id| {
+                !empty.held.contains(id)
+                    && !self.writing.contains_key(id)
+                    && st.chunks.get(id).is_some_and(|m| {
+                        let v = self.valid_ids(*id, m.version);
+                        v.contains(&from) && v.len() == goal_of(st, m.inode)
+                    })
+            })
+            .collect();
+        picks.sort_unstable();
+        let n = policy.per_server.min(policy.per_tick);
+        if !picks.is_empty() {
+            tracing::info!(
+                from,
+                to,
+                usage_difference = diff,
+                "rebalancing: moving chunks to the emptiest chunkserver"
+            );
+        }
+        for id in picks.into_iter().take(n) {
+            self.plan_copy(st, id, Some(to), per_dest, policy, now);
+        }
+    }
+
+    /// Starts (`true`) or ends a drain of a server; false when it is unknown.
+    pub fn set_draining(&mut self, server_id: u64, draining: bool) -> bool {
+        match self.servers.get_mut(&server_id) {
+            Some(s) => {
+                s.draining = draining;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Chunks whose copy on `server_id` is still needed: fewer than their goal
+    /// valid copies exist on servers not being drained.
+    pub fn chunks_to_move(&self, st: &State, server_id: u64) -> u64 {
+        let Some(s) = self.servers.get(&server_id) else {
+            return 0;
+        };
+        s.held
+            .iter()
+            .filter(|id| {
+                st.chunks.get(id).is_some_and(|m| {
+                    self.valid(**id, m.version)
+                        .iter()
+                        .filter(|o| !o.draining)
+                        .count()
+                        < goal_of(st, m.inode)
+                })
+            })
+            .count() as u64
+    }
+
+    /// Replications in flight.
+    pub fn replications_in_flight(&self) -> usize {
+        self.replicating.len()
     }
 
     /// Chunk counts against goal.
     pub fn counts(&self, st: &State) -> Counts {
         let mut c = Counts::default();
         for (id, meta) in &st.chunks {
-            let goal = st.inodes.get(&meta.inode).map_or(1, |i| u32::from(i.goal)) as usize;
-            let n = self.valid_count(*id, meta.version);
+            let goal = goal_of(st, meta.inode);
+            let valid = self.valid(*id, meta.version);
+            // Copies on draining servers do not count toward the goal.
+            let n = valid.iter().filter(|s| !s.draining).count();
             match n {
-                0 => c.missing += 1,
+                0 if valid.is_empty() => c.missing += 1,
+                0 => c.under += 1,
                 n if n < goal => c.under += 1,
                 n if n == goal => c.at += 1,
                 _ => c.over += 1,
@@ -574,6 +797,11 @@ impl ChunkMap {
                 )
             })
     }
+}
+
+/// Goal of the file owning a chunk (1 if unknown).
+fn goal_of(st: &State, inode: u64) -> usize {
+    st.inodes.get(&inode).map_or(1, |i| usize::from(i.goal))
 }
 
 #[cfg(test)]
@@ -717,7 +945,13 @@ mod tests {
         assert_eq!(m.valid(1, 2).len(), 2);
         let timeout = Duration::from_secs(60);
         let later = t0 + Duration::from_secs(61);
-        m.tick(&st, later, Duration::from_secs(3600), timeout, 10);
+        m.tick(
+            &st,
+            later,
+            Duration::from_secs(3600),
+            timeout,
+            &Policy::default(),
+        );
         assert!(m.valid(1, 2).is_empty());
         // Both servers are asked for their chunk lists.
         let hb = pb::ChunkserverHeartbeatRequest {
@@ -817,9 +1051,183 @@ mod tests {
             t0 + Duration::from_secs(100),
             Duration::from_secs(60),
             Duration::from_secs(3600),
-            0,
+            &Policy {
+                per_tick: 0,
+                ..Policy::default()
+            },
         );
         assert_eq!(m.counts(&st).missing, 1);
         assert!(m.valid(1, 1).is_empty());
+    }
+
+    fn hb(
+        m: &mut ChunkMap,
+        st: &State,
+        id: u64,
+        changed: &[(u64, u64)],
+        now: Instant,
+    ) -> Vec<Command> {
+        let req = pb::ChunkserverHeartbeatRequest {
+            server_id: id,
+            changed: changed
+                .iter()
+                .map(|(c, v)| pb::ChunkInfo {
+                    chunk_id: *c,
+                    version: *v,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        m.heartbeat(&req, now, st)
+            .expect("heartbeat accepted")
+            .0
+            .into_iter()
+            .filter_map(|c| c.command)
+            .collect()
+    }
+
+    fn tick(m: &mut ChunkMap, st: &State, now: Instant) {
+        let long = Duration::from_secs(3600);
+        m.tick(st, now, long, long, &Policy::default());
+    }
+
+    fn with_usage(id: u64, used_pct: u64, chunks: &[(u64, u64)]) -> pb::RegisterChunkserverRequest {
+        let mut r = reg(id, &format!("l{id}"), 100 - used_pct, chunks);
+        r.disks[0].total_bytes = 100;
+        r.disks[0].used_bytes = used_pct;
+        r
+    }
+
+    #[test]
+    fn drain_copies_off_then_deletes_and_is_safe() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&with_usage(1, 10, &[(1, 1)]), t, &st);
+        m.register(&with_usage(2, 50, &[(1, 1)]), t, &st);
+        m.register(&with_usage(3, 50, &[]), t, &st);
+        tick(&mut m, &st, t);
+        assert_eq!(m.counts(&st).at, 1);
+        assert!(m.set_draining(1, true));
+        assert!(!m.set_draining(99, true));
+        assert_eq!(m.counts(&st).under, 1);
+        assert_eq!(m.chunks_to_move(&st, 1), 1);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 3, &[], t);
+        match cmds.as_slice() {
+            [Command::Replicate(r)] => {
+                assert_eq!(r.chunk_id, 1);
+                // The copy on the server not being drained is read first.
+                assert_eq!(r.sources[0].server_id, 2);
+            }
+            other => panic!("expected one replication to server 3, got {other:?}"),
+        }
+        // New chunks never go to a draining server.
+        assert!(!m.place(3, &[]).contains(&1));
+        hb(&mut m, &st, 3, &[(1, 1)], t);
+        assert_eq!(m.chunks_to_move(&st, 1), 0);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 1, &[], t);
+        assert!(
+            matches!(cmds.as_slice(), [Command::Delete(d)] if d.chunk_id == 1),
+            "{cmds:?}"
+        );
+        assert_eq!(m.counts(&st).at, 1);
+        assert!(m.servers[&1].held.is_empty());
+    }
+
+    #[test]
+    fn a_copy_that_failed_a_write_is_never_counted_again() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t, &st);
+        m.register(&reg(2, "b", 100, &[(1, 1)]), t, &st);
+        m.register(&reg(3, "c", 50, &[]), t, &st);
+        // Server 2 failed during a session at the master's version 1.
+        m.end_write(1, 1, &[2]);
+        assert_eq!(m.valid_count(1, 1), 1);
+        assert!(m.servers[&2].suspect);
+        assert!(!m.place(3, &[]).contains(&2));
+        // It comes back claiming version 1: deleted, not counted.
+        m.register(&reg(2, "b", 100, &[(1, 1)]), t, &st);
+        assert_eq!(m.valid_count(1, 1), 1);
+        let cmds = hb(&mut m, &st, 2, &[], t);
+        assert!(cmds
+            .iter()
+            .all(|c| matches!(c, Command::Delete(d) if d.chunk_id == 1)));
+        assert!(!cmds.is_empty());
+        // A heartbeat clears the suspicion; a replication to it is trusted.
+        tick(&mut m, &st, t);
+        let mut to = None;
+        for sid in [2, 3] {
+            if hb(&mut m, &st, sid, &[], t)
+                .iter()
+                .any(|c| matches!(c, Command::Replicate(_)))
+            {
+                to = Some(sid);
+            }
+        }
+        let to = to.expect("a replication was planned");
+        hb(&mut m, &st, to, &[(1, 1)], t);
+        assert_eq!(m.valid_count(1, 1), 2);
+    }
+
+    #[test]
+    fn rebalancing_moves_a_copy_from_the_fullest_server() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&with_usage(1, 90, &[(1, 1)]), t, &st);
+        m.register(&with_usage(2, 50, &[(1, 1)]), t, &st);
+        m.register(&with_usage(3, 10, &[]), t, &st);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 3, &[], t);
+        assert!(
+            matches!(cmds.as_slice(), [Command::Replicate(r)] if r.chunk_id == 1),
+            "{cmds:?}"
+        );
+        hb(&mut m, &st, 3, &[(1, 1)], t);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 1, &[], t);
+        assert!(
+            matches!(cmds.as_slice(), [Command::Delete(d)] if d.chunk_id == 1),
+            "the surplus copy goes from the fullest server: {cmds:?}"
+        );
+        // Below the threshold nothing moves.
+        let mut m = ChunkMap::default();
+        m.register(&with_usage(1, 55, &[(1, 1)]), t, &st);
+        m.register(&with_usage(2, 50, &[(1, 1)]), t, &st);
+        m.register(&with_usage(3, 50, &[]), t, &st);
+        tick(&mut m, &st, t);
+        assert!(hb(&mut m, &st, 3, &[], t).is_empty());
+    }
+
+    #[test]
+    fn a_delayed_report_of_an_older_version_is_not_adopted() {
+        let mut st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t, &st);
+        m.register(&reg(2, "b", 100, &[(1, 1)]), t, &st);
+        run(
+            &mut st,
+            Op::WriteChunk(pb::WriteChunkOp {
+                inode: 2,
+                chunk_index: 0,
+                chunk_id: 1,
+                version: 2,
+                created: false,
+            }),
+        );
+        m.start_write(1, 2, &[1, 2], t);
+        // A heartbeat carrying the version from before the session arrives late.
+        hb(&mut m, &st, 1, &[(1, 1)], t);
+        m.end_write(1, 2, &[]);
+        let long = Duration::from_secs(3600);
+        let adopt = m.tick(&st, t, long, long, &Policy::default());
+        assert!(adopt.is_empty(), "adopted {adopt:?}");
+        assert_eq!(m.valid_count(1, 2), 2);
     }
 }

@@ -5,6 +5,15 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "rebalance threshold '{s}' is not a number of percentage points from 0 to 100"
+        )),
+    }
+}
+
 fn parse_chunk_size(s: &str) -> Result<u64, String> {
     alces_proto::geometry::validate_chunk_size(alces_proto::geometry::parse_size(s)?)
 }
@@ -56,6 +65,21 @@ pub struct Args {
     /// changelog records and on graceful shutdown).
     #[arg(long, env = "ALCES_SNAPSHOT_INTERVAL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub snapshot_interval: u64,
+
+    /// Replications (copies of under-goal, drained or rebalanced chunks) the
+    /// master starts per second. Lower keeps more bandwidth for clients; higher
+    /// heals faster.
+    #[arg(long, env = "ALCES_REPLICATION_RATE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub replication_rate: u32,
+
+    /// Replications one chunkserver receives at once.
+    #[arg(long, env = "ALCES_REPLICATIONS_PER_SERVER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub replications_per_server: u32,
+
+    /// Rebalance when the disk usage of the fullest and the emptiest chunkserver
+    /// differ by more than this many percentage points (0-100).
+    #[arg(long, env = "ALCES_REBALANCE_THRESHOLD", default_value_t = 10.0, value_parser = parse_threshold)]
+    pub rebalance_threshold: f64,
 
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ALCES_LOG_JSON")]

@@ -21,8 +21,6 @@ use crate::{datadir, snapshot};
 
 /// Records after which a snapshot is taken even before the interval.
 pub const SNAPSHOT_RECORDS: u64 = 1_000_000;
-/// Replications planned per maintenance tick.
-pub const REPLICATIONS_PER_TICK: usize = 32;
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i64 {
@@ -43,6 +41,8 @@ pub struct Settings {
     pub chunkserver_timeout: Duration,
     /// Time between periodic snapshots.
     pub snapshot_interval: Duration,
+    /// Pace of replication, drain and rebalancing.
+    pub replication: crate::chunkmap::Policy,
 }
 
 /// Everything behind the master lock.
@@ -251,7 +251,7 @@ impl Core {
             now,
             self.settings.chunkserver_timeout,
             self.settings.session_timeout * 4,
-            REPLICATIONS_PER_TICK,
+            &self.settings.replication,
         );
         self.adopt(inner, &adoptions);
         self.update_gauges(inner);

@@ -713,7 +713,8 @@ impl Master for Services {
                     .unwrap_or(0);
                 let grows = r.file_size > f.size;
                 if slot != 0 && slot == r.chunk_id {
-                    inner.chunks.end_write(slot, &r.failed_servers);
+                    let version = inner.state.chunks.get(&slot).map_or(0, |c| c.version);
+                    inner.chunks.end_write(slot, version, &r.failed_servers);
                 }
                 let v = if grows || r.modified {
                     Some(core.commit(
@@ -844,6 +845,7 @@ impl Admin for Services {
                         used_bytes: u,
                         free_bytes: f,
                         last_seen_ms: now.saturating_duration_since(s.last_seen).as_millis() as u64,
+                        ..crate::admin::drain_status(i, s.id)
                     }
                 })
                 .collect();
@@ -875,6 +877,7 @@ impl Admin for Services {
                 role: "master".to_string(),
                 chunk_size: i.state.chunk_size,
                 default_goal: i.state.get(ROOT_INODE).map_or(0, |r| u32::from(r.goal)),
+                replications_in_flight: i.chunks.replications_in_flight() as u64,
             })
         });
         self.done("Status", res)
@@ -919,5 +922,24 @@ impl Admin for Services {
             })
         });
         self.done("FileInfo", res)
+    }
+
+    async fn set_goal(&self, req: Request<pb::SetGoalRequest>) -> Reply<pb::SetGoalReply> {
+        let res = crate::admin::set_goal(&self.core, req.into_inner()).await;
+        self.done("SetGoal", res)
+    }
+
+    async fn get_goal(&self, req: Request<pb::GetGoalRequest>) -> Reply<pb::GetGoalReply> {
+        let r = req.into_inner();
+        let res = self.read(|i| crate::admin::get_goal(i, &r.path));
+        self.done("GetGoal", res)
+    }
+
+    async fn drain_chunkserver(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Reply<pb::ChunkserverStatus> {
+        let res = crate::admin::drain(&self.core, req.into_inner());
+        self.done("DrainChunkserver", res)
     }
 }

@@ -1,8 +1,10 @@
 //! The Alces master: the namespace and the chunk map in memory, changelog and
 //! snapshots on disk, chunk placement and repair, and the gRPC services.
 //!
+//! - [`admin`]: goal and drain administration.
 //! - [`namespace`]: inodes, directory entries, xattrs, the chunk table and queries.
 //! - [`ops`]: changelog operations, decided by `prepare_*` and carried out by [`ops::apply`].
+//! - [`goals`]: goals (copies per chunk) set by administrators.
 //! - [`frame`]: length + CRC32C record framing of on-disk files.
 //! - [`changelog`]: changelog files and the group-committing writer.
 //! - [`snapshot`]: snapshot files.
@@ -15,12 +17,14 @@
 //! - [`config`]: command-line flags.
 //! - [`server`]: starting, running and stopping a master.
 
+pub mod admin;
 pub mod changelog;
 pub mod chunkmap;
 pub mod config;
 pub mod core;
 pub mod datadir;
 pub mod frame;
+pub mod goals;
 pub mod grpc;
 pub mod metrics;
 pub mod namespace;

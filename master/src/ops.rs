@@ -128,6 +128,7 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
             })?;
             c.version = o.version;
         }
+        Op::SetGoal(o) => crate::goals::apply_set_goal(st, o)?,
     }
     st.version = rec.version;
     Ok(applied)

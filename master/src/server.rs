@@ -46,6 +46,8 @@ pub struct Options {
     pub chunkserver_timeout: Duration,
     /// Time between periodic snapshots.
     pub snapshot_interval: Duration,
+    /// Pace of replication, drain and rebalancing.
+    pub replication: crate::chunkmap::Policy,
 }
 
 impl Options {
@@ -61,6 +63,11 @@ impl Options {
             session_timeout: Duration::from_secs(u64::from(a.session_timeout)),
             chunkserver_timeout: Duration::from_secs(a.chunkserver_timeout),
             snapshot_interval: Duration::from_secs(a.snapshot_interval),
+            replication: crate::chunkmap::Policy {
+                per_tick: a.replication_rate as usize,
+                per_server: a.replications_per_server as usize,
+                rebalance_threshold: a.rebalance_threshold,
+            },
         }
     }
 }
@@ -97,6 +104,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         session_timeout: opts.session_timeout,
         chunkserver_timeout: opts.chunkserver_timeout,
         snapshot_interval: opts.snapshot_interval,
+        replication: opts.replication,
     };
     tracing::info!(
         version = rec.state.version,

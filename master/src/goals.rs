@@ -1,0 +1,165 @@
+//! Goals (copies per chunk): the `SetGoal` changelog op, deciding it from a path
+//! (optionally a whole tree) and applying it.
+
+use alces_proto::geometry::MAX_GOAL;
+use alces_proto::pb::{self, changelog_record::Op};
+
+use crate::namespace::{err, FsError, FsResult, State, ROOT_INODE};
+
+/// Resolves an absolute admin path to an inode, with errors naming the path.
+pub fn resolve_path(st: &State, path: &str) -> FsResult<u64> {
+    if !path.starts_with('/') {
+        return err(
+            libc::EINVAL,
+            format!("path '{path}' is not absolute: give it from the filesystem root"),
+        );
+    }
+    if path.contains('\0') {
+        return err(libc::EINVAL, format!("path '{path}' contains NUL"));
+    }
+    st.resolve(ROOT_INODE, path).map_err(|e| {
+        FsError::new(
+            e.errno,
+            format!("no such file or directory '{path}': {}", e.message),
+        )
+    })
+}
+
+/// Checks a goal given by an administrator.
+pub fn check_goal(goal: u32) -> FsResult<()> {
+    if goal == 0 || goal > MAX_GOAL {
+        return err(
+            libc::EINVAL,
+            format!("goal {goal} is out of range: a goal is the number of copies, 1 to {MAX_GOAL}"),
+        );
+    }
+    Ok(())
+}
+
+/// Decides the op setting `goal` on `path` (and, when `recursive`, on every
+/// inode below it). Returns the op (None when nothing changes) and the number
+/// of inodes visited.
+pub fn prepare_set_goal(
+    st: &State,
+    path: &str,
+    goal: u32,
+    recursive: bool,
+) -> FsResult<(Option<Op>, u64)> {
+    check_goal(goal)?;
+    let ino = resolve_path(st, path)?;
+    let mut todo = vec![ino];
+    let mut inodes = Vec::new();
+    let mut visited = 0u64;
+    while let Some(i) = todo.pop() {
+        let node = st.get(i)?;
+        visited += 1;
+        if u32::from(node.goal) != goal {
+            inodes.push(i);
+        }
+        if recursive {
+            if let Some(entries) = node.entries() {
+                todo.extend(entries.values().copied());
+            }
+        }
+    }
+    // A hard-linked file reached twice is listed once.
+    inodes.sort_unstable();
+    inodes.dedup();
+    if inodes.is_empty() {
+        return Ok((None, visited));
+    }
+    Ok((Some(Op::SetGoal(pb::SetGoalOp { inodes, goal })), visited))
+}
+
+/// Applies a `SetGoal` op (validated fully before anything changes).
+pub fn apply_set_goal(st: &mut State, o: &pb::SetGoalOp) -> FsResult<()> {
+    check_goal(o.goal)?;
+    for i in &o.inodes {
+        st.get(*i)?;
+    }
+    for i in &o.inodes {
+        st.get_mut(*i)?.goal = o.goal as u8;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::apply;
+    use pb::ChangelogRecord;
+
+    fn run(st: &mut State, op: Op) -> FsResult<()> {
+        let rec = ChangelogRecord {
+            version: st.version + 1,
+            time_ns: 1,
+            op: Some(op),
+        };
+        apply(st, &rec).map(|_| ())
+    }
+
+    fn create(st: &mut State, parent: u64, name: &[u8], inode: u64, dir: bool) {
+        let kind = if dir {
+            pb::FileType::Directory
+        } else {
+            pb::FileType::Regular
+        };
+        run(
+            st,
+            Op::Create(pb::CreateOp {
+                parent,
+                name: name.to_vec(),
+                inode,
+                kind: kind as i32,
+                mode: 0o755,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn set_goal_on_a_tree_and_bad_goals() {
+        let mut st = State::format("c".into(), 1 << 20, 2, 0);
+        create(&mut st, 1, b"d", 2, true);
+        create(&mut st, 2, b"f", 3, false);
+        create(&mut st, 1, b"g", 4, false);
+        assert_eq!(
+            prepare_set_goal(&st, "/d", 0, true).unwrap_err().errno,
+            libc::EINVAL
+        );
+        assert_eq!(
+            prepare_set_goal(&st, "/d", 10, true).unwrap_err().errno,
+            libc::EINVAL
+        );
+        assert_eq!(
+            prepare_set_goal(&st, "/nope", 3, false).unwrap_err().errno,
+            libc::ENOENT
+        );
+        assert_eq!(
+            prepare_set_goal(&st, "d", 3, false).unwrap_err().errno,
+            libc::EINVAL
+        );
+        let (op, visited) = prepare_set_goal(&st, "/d", 3, true).unwrap();
+        assert_eq!(visited, 2);
+        run(&mut st, op.unwrap()).unwrap();
+        assert_eq!(st.get(2).unwrap().goal, 3);
+        assert_eq!(st.get(3).unwrap().goal, 3);
+        assert_eq!(st.get(4).unwrap().goal, 2);
+        // Nothing to change.
+        assert!(prepare_set_goal(&st, "/d", 3, true).unwrap().0.is_none());
+        // New entries inherit the directory's goal.
+        create(&mut st, 2, b"h", 5, false);
+        assert_eq!(st.get(5).unwrap().goal, 3);
+        // A replayed op with a bad goal or inode is refused without change.
+        assert!(run(
+            &mut st,
+            Op::SetGoal(pb::SetGoalOp {
+                inodes: vec![4, 99],
+                goal: 5
+            })
+        )
+        .is_err());
+        assert_eq!(st.get(4).unwrap().goal, 2);
+    }
+}
