@@ -1,0 +1,144 @@
+//! Command-line flags of `alces-bench`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Benchmark Alces side by side with MooseFS 3.0, a local directory and a no-op FUSE
+/// filesystem, on this machine, in one run.
+#[derive(Debug, Parser)]
+#[command(name = "alces-bench", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the workloads on every system and print one markdown table.
+    All(RunArgs),
+    /// Remove what a previous (crashed) run left behind: mounts, processes, the network
+    /// namespace and the work directory.
+    Cleanup(CleanupArgs),
+}
+
+/// Options of `alces-bench all`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Tiny sizes and one repetition (about three minutes): proves that every workload
+    /// completes and verifies its data; timings are printed but never asserted.
+    #[arg(long, env = "ALCES_BENCH_QUICK")]
+    pub quick: bool,
+    /// Run only this workload (repeatable). Default: every workload.
+    #[arg(long, value_enum)]
+    pub only: Vec<Workload>,
+    /// Run only on these systems (repeatable). Default: every system.
+    #[arg(long, value_enum)]
+    pub system: Vec<SystemKind>,
+    /// Repetitions of each timed figure (median and min-max are reported).
+    /// Default: 3, or 1 with --quick.
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Directory for every file the run creates (data dirs, mount points, configs, logs).
+    /// Wiped at start and at the end.
+    #[arg(long, env = "ALCES_BENCH_DIR", default_value = "/tmp/alces-bench")]
+    pub work_dir: PathBuf,
+    /// Directory where a full run writes its results as `<date>-<host>.md`.
+    /// Quick runs write nothing.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    pub results_dir: PathBuf,
+    /// Fail (exit status 1) when Alces cannot be measured, instead of reporting it as
+    /// "not available" and measuring the other systems.
+    #[arg(long)]
+    pub require_alces: bool,
+    /// Do not run `cargo build --release` for the Alces binaries before starting;
+    /// use whatever is in the target directory.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Directory holding the Alces binaries (alces, alces-master, alces-chunkserver,
+    /// alces-mount). Default: the directory of this executable.
+    #[arg(long, env = "ALCES_BIN_DIR")]
+    pub alces_bin_dir: Option<PathBuf>,
+    /// Files created for the master-memory workload. Default: 1,000,000 (2,000 with --quick).
+    #[arg(long)]
+    pub rss_files: Option<u64>,
+    /// Seconds each fio job runs. Default: 30 (3 with --quick).
+    #[arg(long)]
+    pub fio_seconds: Option<u64>,
+    /// Size of the sequential and random-I/O file in MiB. Default: 1024 (16 with --quick).
+    #[arg(long)]
+    pub file_mib: Option<u64>,
+}
+
+/// Options of `alces-bench cleanup`.
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// The work directory of the run to clean up.
+    #[arg(long, env = "ALCES_BENCH_DIR", default_value = "/tmp/alces-bench")]
+    pub work_dir: PathBuf,
+}
+
+/// The workloads (issue 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Sequential write (1 MiB blocks, fsync at the end) at goal 1 and 2, then cold
+    /// and warm sequential reads of the goal-2 file.
+    Seq,
+    /// Random 4 KiB reads and writes with fio, 1 and 16 requests in flight.
+    Fio,
+    /// Create, stat, list, rename, unlink of empty files in one directory; mkdir of a tree.
+    Meta,
+    /// Write then read many 16 KiB files.
+    Small,
+    /// Master resident memory per file after creating many files.
+    Rss,
+    /// The small-file and metadata workloads from 4 mounts at once.
+    Multi,
+}
+
+/// The systems measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SystemKind {
+    /// Alces, started with `alces local up`.
+    Alces,
+    /// MooseFS 3.0 from Debian, inside a network namespace.
+    Moosefs,
+    /// A plain directory on the local disk.
+    Local,
+    /// A FUSE filesystem that accepts writes and returns zeros.
+    Noop,
+}
+
+impl SystemKind {
+    /// Every system, in table order.
+    pub const ALL: [SystemKind; 4] = [
+        SystemKind::Alces,
+        SystemKind::Moosefs,
+        SystemKind::Local,
+        SystemKind::Noop,
+    ];
+
+    /// Column title in the table.
+    pub fn title(self) -> &'static str {
+        match self {
+            SystemKind::Alces => "Alces",
+            SystemKind::Moosefs => "MooseFS",
+            SystemKind::Local => "local dir",
+            SystemKind::Noop => "no-op FUSE",
+        }
+    }
+}
+
+impl Workload {
+    /// Every workload, in run order.
+    pub const ALL: [Workload; 6] = [
+        Workload::Seq,
+        Workload::Fio,
+        Workload::Meta,
+        Workload::Small,
+        Workload::Multi,
+        Workload::Rss,
+    ];
+}

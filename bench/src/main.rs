@@ -1,0 +1,30 @@
+//! `alces-bench`: see `alces-bench --help`.
+
+use alces_bench::cli::{Cli, Command};
+use clap::Parser;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::All(args) => match alces_bench::runner::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                alces_bench::cleanup::run_all();
+                eprintln!("alces-bench: {e:#}");
+                2
+            }
+        },
+        Command::Cleanup(args) => {
+            alces_bench::runner::cleanup(&args.work_dir);
+            0
+        }
+    };
+    alces_bench::cleanup::run_all();
+    if alces_bench::cleanup::interrupted() {
+        // The signal watcher is cleaning up and exits with status 130 when done.
+        loop {
+            std::thread::park();
+        }
+    }
+    std::process::exit(code);
+}

@@ -1,0 +1,263 @@
+//! Alces, started with `alces local up` (three chunkservers) in the private network
+//! namespace. Alces has no per-directory goal yet, so each goal gets its own cluster
+//! started with `--default-goal`; the goal-2 cluster is the main one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::{mkdirs, System};
+use crate::cleanup::Guard;
+use crate::cli::SystemKind;
+use crate::exec::{in_netns, is_mounted, run, spawn_logged, stop_child, unmount, wait_for};
+use crate::netns;
+
+/// Goal of the main cluster (the default goal of the other workloads).
+pub const MAIN_GOAL: u32 = 2;
+
+/// Binaries the harness needs, all in one directory.
+pub const BINARIES: [&str; 4] = ["alces", "alces-master", "alces-chunkserver", "alces-mount"];
+
+/// The packages that build [`BINARIES`].
+pub const PACKAGES: [&str; 4] = [
+    "alces-cli",
+    "alces-master",
+    "alces-chunkserver",
+    "alces-client",
+];
+
+/// The cargo workspace this crate lives in.
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Builds the Alces binaries in release mode; the error holds cargo's last lines.
+pub fn build() -> Result<()> {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_dir())
+        .args(["build", "--release", "--bins"]);
+    for p in PACKAGES {
+        c.args(["-p", p]);
+    }
+    let out = c.output().context("cannot run cargo build")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .take(3)
+            .collect();
+        bail!("cargo build --release failed: {}", tail.join(" | "));
+    }
+    Ok(())
+}
+
+/// Checks that every binary is in `bin_dir`.
+pub fn check_binaries(bin_dir: &Path) -> Result<()> {
+    for b in BINARIES {
+        if !bin_dir.join(b).is_file() {
+            bail!(
+                "{} is missing (build with `cargo build --release {}`)",
+                bin_dir.join(b).display(),
+                PACKAGES.map(|p| format!("-p {p}")).join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One `alces local` cluster.
+struct Cluster {
+    root: PathBuf,
+    master: String,
+    secret_file: PathBuf,
+    master_pid: Option<i32>,
+    _guard: Guard,
+}
+
+fn read_env(dir: &Path) -> Result<(String, PathBuf)> {
+    let text = std::fs::read_to_string(dir.join("env"))
+        .with_context(|| format!("`alces local up` wrote no {}", dir.join("env").display()))?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_owned)
+    };
+    let master = get("ALCES_MASTER").context("no ALCES_MASTER in the env file")?;
+    let secret = get("ALCES_SECRET_FILE").context("no ALCES_SECRET_FILE in the env file")?;
+    Ok((master, PathBuf::from(secret)))
+}
+
+impl Cluster {
+    fn start(bin_dir: &Path, base: &Path, goal: u32) -> Result<Cluster> {
+        let dir = base.join(format!("cluster-g{goal}"));
+        let mnt = base.join(format!("mnt-g{goal}"));
+        mkdirs(base)?;
+        let alces = bin_dir.join("alces");
+        let down = {
+            let (alces, dir) = (alces.clone(), dir.clone());
+            move || {
+                let _ = Command::new(&alces)
+                    .args(["local", "down", "--dir"])
+                    .arg(&dir)
+                    .output();
+            }
+        };
+        let guard = Guard::new(format!("Alces cluster {}", dir.display()), down);
+        let mut c = Command::new(&alces);
+        in_netns(&mut c, netns::NAME)?;
+        c.args(["local", "up", "--dir"])
+            .arg(&dir)
+            .arg("--mount")
+            .arg(&mnt)
+            .args(["--chunkservers", "3", "--detach", "--default-goal"])
+            .arg(goal.to_string());
+        run(&mut c).context("`alces local up` failed")?;
+        let (master, secret_file) = read_env(&dir)?;
+        let master_pid = std::fs::read_to_string(dir.join("master").join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        Ok(Cluster {
+            root: mnt,
+            master,
+            secret_file,
+            master_pid,
+            _guard: guard,
+        })
+    }
+}
+
+/// Running Alces clusters, by goal.
+pub struct Alces {
+    bin_dir: PathBuf,
+    base: PathBuf,
+    clusters: BTreeMap<u32, Cluster>,
+    extra: Vec<Guard>,
+}
+
+impl Drop for Alces {
+    fn drop(&mut self) {
+        self.extra.clear();
+        self.clusters.clear();
+    }
+}
+
+impl Alces {
+    /// Starts the main (goal 2) cluster under `base` with the binaries of `bin_dir`.
+    pub fn start(bin_dir: PathBuf, base: PathBuf) -> Result<Alces> {
+        check_binaries(&bin_dir)?;
+        let main = Cluster::start(&bin_dir, &base, MAIN_GOAL)?;
+        let mut clusters = BTreeMap::new();
+        clusters.insert(MAIN_GOAL, main);
+        Ok(Alces {
+            bin_dir,
+            base,
+            clusters,
+            extra: Vec::new(),
+        })
+    }
+
+    fn main(&self) -> Result<&Cluster> {
+        self.clusters
+            .get(&MAIN_GOAL)
+            .context("the main Alces cluster is not running")
+    }
+}
+
+impl System for Alces {
+    fn kind(&self) -> SystemKind {
+        SystemKind::Alces
+    }
+
+    fn version(&self) -> String {
+        let ws = workspace_dir();
+        let rev =
+            run(Command::new("git")
+                .arg("-C")
+                .arg(&ws)
+                .args(["rev-parse", "--short", "HEAD"]))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let dirty = run(Command::new("git").arg("-C").arg(&ws).args([
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ]))
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false);
+        format!(
+            "Alces git {rev}{}",
+            if dirty { " + uncommitted changes" } else { "" }
+        )
+    }
+
+    fn make_dir(&mut self, rel: &str, goal: u32) -> Result<PathBuf> {
+        if !self.clusters.contains_key(&goal) {
+            let c = Cluster::start(&self.bin_dir, &self.base, goal)
+                .with_context(|| format!("cannot start an Alces cluster with goal {goal}"))?;
+            self.clusters.insert(goal, c);
+        }
+        let c = self.clusters.get(&goal).context("cluster vanished")?;
+        let p = c.root.join(rel);
+        mkdirs(&p)?;
+        Ok(p)
+    }
+
+    fn open_mounts(&mut self, n: usize) -> Result<Vec<PathBuf>> {
+        let (master, secret) = {
+            let m = self.main()?;
+            (m.master.clone(), m.secret_file.clone())
+        };
+        let mut roots = Vec::new();
+        for i in 0..n {
+            let at = self.base.join(format!("mnt-extra{i}"));
+            mkdirs(&at)?;
+            let log = self.base.join(format!("mount-extra{i}.log"));
+            let mut c = Command::new(self.bin_dir.join("alces-mount"));
+            in_netns(&mut c, netns::NAME)?;
+            c.arg(&at)
+                .arg("--master")
+                .arg(&master)
+                .arg("--secret-file")
+                .arg(&secret);
+            let mut child = spawn_logged(&mut c, &log)?;
+            let ok = wait_for(
+                &format!("alces-mount on {}", at.display()),
+                Duration::from_secs(30),
+                || is_mounted(&at) || matches!(child.try_wait(), Ok(Some(_))),
+            );
+            if ok.is_err() || !is_mounted(&at) {
+                stop_child(&mut child, Duration::from_secs(5));
+                bail!(
+                    "alces-mount did not mount {}; see {}",
+                    at.display(),
+                    log.display()
+                );
+            }
+            let p = at.clone();
+            self.extra.push(Guard::new(
+                format!("alces-mount {}", at.display()),
+                move || {
+                    unmount(&p);
+                    stop_child(&mut child, Duration::from_secs(10));
+                },
+            ));
+            roots.push(at);
+        }
+        Ok(roots)
+    }
+
+    fn close_mounts(&mut self) {
+        self.extra.clear();
+    }
+
+    fn master_pid(&self) -> Option<i32> {
+        self.main().ok().and_then(|c| c.master_pid)
+    }
+}
