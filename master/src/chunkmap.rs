@@ -441,7 +441,10 @@ impl ChunkMap {
         // Under- and over-goal chunks.
         let mut under: Vec<(usize, u64, u64, u32)> = Vec::new();
         for (id, meta) in &st.chunks {
-            let goal = st.inodes.get(&meta.inode).map_or(1, |i| u32::from(i.goal));
+            let goal = st
+                .inodes
+                .get(&meta.inode)
+                .map_or(u32::from(meta.goal.max(1)), |i| u32::from(i.goal));
             let n = self.valid_count(*id, meta.version);
             if n == 0 || n as u32 == goal || self.writing.contains_key(id) {
                 continue;
@@ -515,7 +518,11 @@ impl ChunkMap {
     pub fn counts(&self, st: &State) -> Counts {
         let mut c = Counts::default();
         for (id, meta) in &st.chunks {
-            let goal = st.inodes.get(&meta.inode).map_or(1, |i| u32::from(i.goal)) as usize;
+            let goal = st
+                .inodes
+                .get(&meta.inode)
+                .map_or(u32::from(meta.goal.max(1)), |i| u32::from(i.goal))
+                as usize;
             let n = self.valid_count(*id, meta.version);
             match n {
                 0 => c.missing += 1,
@@ -607,6 +614,7 @@ mod tests {
                 chunk_id: 1,
                 version: 1,
                 created: true,
+                copy_from_chunk_id: 0,
             }),
         );
         st
@@ -644,6 +652,7 @@ mod tests {
                 chunk_id: 1,
                 version: 2,
                 created: false,
+                copy_from_chunk_id: 0,
             }),
         );
         m.start_write(1, 2, &[1, 2], t0);
