@@ -8,6 +8,7 @@
 //! - [`mountinfo`]: reading Alces mounts from `/proc/self/mountinfo`.
 //! - [`local`]: `alces local up` / `alces local down`.
 //! - [`procs`]: pid files, liveness checks and signals for local processes.
+//! - [`volumes`]: `alces quota`, `snapshot`, `trash`, `du`, `fsck`.
 
 pub mod args;
 pub mod connect;
@@ -16,6 +17,7 @@ pub mod local;
 pub mod mountinfo;
 pub mod procs;
 pub mod status;
+pub mod volumes;
 
 use args::{Cli, Command, LocalCommand};
 
@@ -32,6 +34,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Local(LocalCommand::Down(down)) => local::down(&down.dir),
             Command::Status => status::run(&cli.global).await,
             Command::Fileinfo(f) => fileinfo::run(&cli.global, f).await,
+            Command::Quota(q) => volumes::quota(&cli.global, q).await,
+            Command::Snapshot(a) => volumes::snapshot(&cli.global, a).await,
+            Command::Trash(t) => volumes::trash(&cli.global, t).await,
+            Command::Du(p) => volumes::du(&cli.global, p).await,
+            Command::Fsck => volumes::fsck(&cli.global).await,
         }
     })
 }
