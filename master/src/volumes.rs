@@ -695,3 +695,7 @@ pub fn absolute(path: &str) -> FsResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "volumes_tests.rs"]
+mod tests;
