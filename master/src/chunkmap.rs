@@ -293,6 +293,11 @@ impl ChunkMap {
         v
     }
 
+    /// True while a write session is open on the chunk.
+    pub fn is_writing(&self, chunk_id: u64) -> bool {
+        self.writing.contains_key(&chunk_id)
+    }
+
     /// Number of valid (connected, current version) copies.
     pub fn valid_count(&self, chunk_id: u64, version: u64) -> usize {
         self.copies.get(&chunk_id).map_or(0, |l| {

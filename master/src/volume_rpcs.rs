@@ -157,8 +157,47 @@ pub async fn remove_quota(core: &Core, r: pb::PathRequest) -> Result<pb::Empty, 
     .await
 }
 
-/// `Snapshot`.
+/// How long a snapshot waits for write sessions open on the source's chunks.
+pub const SNAPSHOT_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// True when a write session is open on a chunk of the tree at `ino`: data of
+/// that session could still land in a chunk the snapshot would share.
+fn tree_busy(inner: &Inner, ino: u64) -> bool {
+    let st = &inner.state;
+    let mut stack = vec![ino];
+    while let Some(i) = stack.pop() {
+        match st.inodes.get(&i).map(|n| &n.body) {
+            Some(crate::namespace::Body::Dir(e)) => stack.extend(e.values().copied()),
+            Some(crate::namespace::Body::File(c)) => {
+                if c.iter().any(|c| *c != 0 && inner.chunks.is_writing(*c)) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `Snapshot`: applied once no write session is open on the source's chunks
+/// (checked and applied under one lock, so no session can open in between);
+/// waits up to [`SNAPSHOT_BUSY_WAIT`] for that.
 pub async fn snapshot(core: &Core, r: pb::SnapshotRequest) -> Result<pb::SnapshotReply, Status> {
+    let deadline = std::time::Instant::now() + SNAPSHOT_BUSY_WAIT;
+    loop {
+        match snapshot_once(core, &r).await {
+            Err(s)
+                if alces_proto::errno::of(&s) == libc::EBUSY
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn snapshot_once(core: &Core, r: &pb::SnapshotRequest) -> Result<pb::SnapshotReply, Status> {
     core.mutate(|core, inner| {
         let st = &inner.state;
         let src = resolve(st, &r.source).map_err(|e| {
@@ -193,6 +232,16 @@ pub async fn snapshot(core: &Core, r: pb::SnapshotRequest) -> Result<pb::Snapsho
         }
         let u = volumes::subtree(st, src);
         volumes::check_quota(st, 0, parent, u, now_ns())?;
+        if tree_busy(inner, src) {
+            return err(
+                libc::EBUSY,
+                format!(
+                    "'{}' has chunks with write sessions open for {} s (a writer that never closed them?); retry later",
+                    r.source,
+                    SNAPSHOT_BUSY_WAIT.as_secs()
+                ),
+            );
+        }
         let first = st.next_inode;
         let v = core.commit(
             inner,
