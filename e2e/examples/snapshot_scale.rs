@@ -83,7 +83,9 @@ fn main() {
     let pid = c.pid(Proc::Master).expect("master pid");
     let before = rss_kib(pid);
     let t = Instant::now();
-    let r = c.block_on(cl.snapshot("/tree", "/tree.snap")).expect("snapshot");
+    let r = c
+        .block_on(cl.snapshot("/tree", "/tree.snap"))
+        .expect("snapshot");
     let elapsed = t.elapsed();
     let after = rss_kib(pid);
     println!(

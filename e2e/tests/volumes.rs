@@ -327,7 +327,6 @@ fn snapshot_of_a_tree_under_writes_is_consistent_to_one_moment() {
     drop(other);
 }
 
-
 fn trash_ids(c: &Cluster) -> HashMap<String, u64> {
     c.cli_json(&["trash", "list"])
         .unwrap()

@@ -193,13 +193,16 @@ pub fn check_quota(st: &State, from: u64, to: u64, add: Usage, now: i64) -> FsRe
             inodes: u.inodes.saturating_add(add.inodes),
         };
         let over = |limit: u64, used: u64, adds: u64| limit > 0 && adds > 0 && used > limit;
-        let path = path_of(st, d);
+        let path = || path_of(st, d);
         if over(q.hard_bytes, after.bytes, add.bytes) {
             return err(
                 libc::EDQUOT,
                 format!(
-                    "quota of '{path}' exceeded: {} of {} bytes used, {} more asked",
-                    u.bytes, q.hard_bytes, add.bytes
+                    "quota of '{}' exceeded: {} of {} bytes used, {} more asked",
+                    path(),
+                    u.bytes,
+                    q.hard_bytes,
+                    add.bytes
                 ),
             );
         }
@@ -207,8 +210,10 @@ pub fn check_quota(st: &State, from: u64, to: u64, add: Usage, now: i64) -> FsRe
             return err(
                 libc::EDQUOT,
                 format!(
-                    "quota of '{path}' exceeded: {} of {} inodes used",
-                    u.inodes, q.hard_inodes
+                    "quota of '{}' exceeded: {} of {} inodes used",
+                    path(),
+                    u.inodes,
+                    q.hard_inodes
                 ),
             );
         }
@@ -222,7 +227,8 @@ pub fn check_quota(st: &State, from: u64, to: u64, add: Usage, now: i64) -> FsRe
             return err(
                 libc::EDQUOT,
                 format!(
-                    "soft quota of '{path}' exceeded for longer than its grace period of {} s",
+                    "soft quota of '{}' exceeded for longer than its grace period of {} s",
+                    path(),
                     q.grace_secs
                 ),
             );
