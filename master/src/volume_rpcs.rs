@@ -168,10 +168,10 @@ fn tree_busy(inner: &Inner, ino: u64) -> bool {
     while let Some(i) = stack.pop() {
         match st.inodes.get(&i).map(|n| &n.body) {
             Some(crate::namespace::Body::Dir(e)) => stack.extend(e.values().copied()),
-            Some(crate::namespace::Body::File(c)) => {
-                if c.iter().any(|c| *c != 0 && inner.chunks.is_writing(*c)) {
-                    return true;
-                }
+            Some(crate::namespace::Body::File(c))
+                if c.iter().any(|c| *c != 0 && inner.chunks.is_writing(*c)) =>
+            {
+                return true;
             }
             _ => {}
         }
