@@ -204,7 +204,10 @@ impl ChunkMap {
         server.held.insert(chunk_id);
         let list = self.copies.entry(chunk_id).or_default();
         match list.iter_mut().find(|c| c.server == sid) {
-            Some(c) => c.version = version,
+            // A copy's version only moves up: a heartbeat built before a write
+            // session moved this copy on reports the older version and is stale
+            // (a failed or abandoned session drops the copy instead).
+            Some(c) => c.version = c.version.max(version),
             None => list.push(Copy {
                 server: sid,
                 version,

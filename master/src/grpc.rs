@@ -822,6 +822,9 @@ impl Master for Services {
                     .and_then(|idx| f.chunks().and_then(|c| c.get(idx)).copied())
                     .unwrap_or(0);
                 let grows = r.file_size > f.size;
+                if slot != 0 && slot == r.chunk_id {
+                    inner.chunks.end_write(slot, &r.failed_servers);
+                }
                 if grows && f.nlink > 0 {
                     volumes::check_quota(
                         &inner.state,
@@ -833,9 +836,6 @@ impl Master for Services {
                         },
                         crate::core::now_ns(),
                     )?;
-                }
-                if slot != 0 && slot == r.chunk_id {
-                    inner.chunks.end_write(slot, &r.failed_servers);
                 }
                 let v = if grows || r.modified {
                     Some(core.commit(
