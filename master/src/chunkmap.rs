@@ -358,7 +358,7 @@ impl ChunkMap {
         let list = self.copies.entry(chunk_id).or_default();
         for sid in chain {
             match list.iter_mut().find(|c| c.server == *sid) {
-                Some(c) => c.version = c.version.max(version),
+                Some(c) => c.version = version,
                 None => list.push(Copy {
                     server: *sid,
                     version,
