@@ -47,6 +47,19 @@ pub enum Command {
     /// Drain a chunkserver before removing it, or end a drain.
     #[command(subcommand)]
     Chunkserver(ChunkserverCommand),
+    /// Directory quotas: set, show, remove.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Copy-on-write snapshot of a file or a whole tree (instant, shares chunks).
+    Snapshot(SnapshotArgs),
+    /// Deleted files kept for the trash time: list, restore, purge, trash time.
+    #[command(subcommand)]
+    Trash(TrashCommand),
+    /// Size and inode count of a tree, from the master's counters (no walk).
+    Du(PathArgs),
+    /// Recompute usage and chunk reference counts on the master and compare them
+    /// with the incremental ones; exits non-zero on a mismatch.
+    Fsck,
 }
 
 /// `alces goal ...`.
@@ -83,6 +96,16 @@ pub struct GoalPathArgs {
     pub fs_path: bool,
 }
 
+/// A path inside an Alces mount, or (with --fs-path) from the filesystem root.
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    /// The path: inside an Alces mount, or from the filesystem root with --fs-path.
+    pub path: PathBuf,
+    /// Treat paths as paths from the filesystem root instead of local paths.
+    #[arg(long)]
+    pub fs_path: bool,
+}
+
 /// `alces chunkserver ...`.
 #[derive(Debug, Subcommand)]
 pub enum ChunkserverCommand {
@@ -98,6 +121,106 @@ pub enum ChunkserverCommand {
 pub struct ServerIdArgs {
     /// The chunkserver's id (first column of `alces status`).
     pub id: u64,
+}
+
+/// `alces quota ...`.
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set (or replace) the quota of a directory.
+    Set(QuotaSetArgs),
+    /// Show the quota of a directory and its usage.
+    Get(PathArgs),
+    /// Remove the quota of a directory.
+    Rm(PathArgs),
+}
+
+/// Options of `alces quota set`.
+#[derive(Debug, Clone, Args)]
+pub struct QuotaSetArgs {
+    /// The directory.
+    #[command(flatten)]
+    pub path: PathArgs,
+    /// Hard byte limit (e.g. 10GiB): writes beyond it fail with EDQUOT.
+    #[arg(long, allow_hyphen_values = true)]
+    pub bytes: Option<String>,
+    /// Hard inode limit: creates beyond it fail with EDQUOT.
+    #[arg(long, allow_hyphen_values = true)]
+    pub inodes: Option<String>,
+    /// Soft byte limit: may be exceeded for the grace period.
+    #[arg(long, allow_hyphen_values = true)]
+    pub soft_bytes: Option<String>,
+    /// Soft inode limit: may be exceeded for the grace period.
+    #[arg(long, allow_hyphen_values = true)]
+    pub soft_inodes: Option<String>,
+    /// Grace period of the soft limits, in seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub grace: u64,
+}
+
+/// Options of `alces snapshot`.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotArgs {
+    /// File or directory to snapshot.
+    pub source: PathBuf,
+    /// Path of the snapshot; must not exist and must not be inside SOURCE.
+    pub destination: PathBuf,
+    /// Treat paths as paths from the filesystem root instead of local paths.
+    #[arg(long)]
+    pub fs_path: bool,
+}
+
+/// `alces trash ...`.
+#[derive(Debug, Subcommand)]
+pub enum TrashCommand {
+    /// List trashed files: id, original path, size, expiry.
+    List,
+    /// Restore a trashed file to its original path (or --to PATH). A path that
+    /// exists now is refused; restore under another name with --to.
+    Restore(TrashRestoreArgs),
+    /// Free trashed files now: one id, or every one.
+    Purge(TrashPurgeArgs),
+    /// Trash time of a directory (inherited by its subtree; default 24 h).
+    #[command(subcommand)]
+    Time(TrashTimeCommand),
+}
+
+/// Options of `alces trash restore`.
+#[derive(Debug, Clone, Args)]
+pub struct TrashRestoreArgs {
+    /// Trash id (from `alces trash list`) or the original path from the filesystem root.
+    pub what: String,
+    /// Restore here instead (a path inside a mount, or from the root with --fs-path).
+    #[arg(long)]
+    pub to: Option<PathBuf>,
+    /// --to is a path from the filesystem root.
+    #[arg(long)]
+    pub fs_path: bool,
+}
+
+/// Options of `alces trash purge`.
+#[derive(Debug, Clone, Args)]
+pub struct TrashPurgeArgs {
+    /// Trash id to free; every trashed file when omitted.
+    pub id: Option<u64>,
+}
+
+/// `alces trash time ...`.
+#[derive(Debug, Subcommand)]
+pub enum TrashTimeCommand {
+    /// Set the trash time of a directory (0 disables the trash there).
+    Set(TrashTimeSetArgs),
+    /// Show the trash time in force at a path.
+    Get(PathArgs),
+}
+
+/// Options of `alces trash time set`.
+#[derive(Debug, Clone, Args)]
+pub struct TrashTimeSetArgs {
+    /// The directory.
+    #[command(flatten)]
+    pub path: PathArgs,
+    /// Seconds a deleted file stays in the trash.
+    pub seconds: u64,
 }
 
 /// `alces local ...`.

@@ -10,6 +10,7 @@
 //! - [`mountinfo`]: reading Alces mounts from `/proc/self/mountinfo`.
 //! - [`local`]: `alces local up` / `alces local down`.
 //! - [`procs`]: pid files, liveness checks and signals for local processes.
+//! - [`volumes`]: `alces quota`, `snapshot`, `trash`, `du`, `fsck`.
 
 pub mod args;
 pub mod connect;
@@ -20,6 +21,7 @@ pub mod local;
 pub mod mountinfo;
 pub mod procs;
 pub mod status;
+pub mod volumes;
 
 use args::{ChunkserverCommand, Cli, Command, GoalCommand, LocalCommand};
 
@@ -44,6 +46,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Chunkserver(ChunkserverCommand::Undrain(a)) => {
                 drain::run(&cli.global, a.id, false).await
             }
+            Command::Quota(q) => volumes::quota(&cli.global, q).await,
+            Command::Snapshot(a) => volumes::snapshot(&cli.global, a).await,
+            Command::Trash(t) => volumes::trash(&cli.global, t).await,
+            Command::Du(p) => volumes::du(&cli.global, p).await,
+            Command::Fsck => volumes::fsck(&cli.global).await,
         }
     })
 }

@@ -961,7 +961,12 @@ impl Client {
 
     /// Space and inode counts of the filesystem.
     pub async fn statfs(&self) -> Result<StatfsReply> {
-        let inode = self.root();
+        self.statfs_at(self.root()).await
+    }
+
+    /// Space and inode counts seen from `inode`: the nearest directory quota at
+    /// or above it when there is one (size = limit, usage = the tree's usage).
+    pub async fn statfs_at(&self, inode: u64) -> Result<StatfsReply> {
         self.call("statfs", |mut m, sid| {
             let req = pb::InodeRequest {
                 session_id: sid,

@@ -798,9 +798,9 @@ impl Filesystem for AlcesFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         self.spawn(move |s| async move {
-            match s.client.statfs().await {
+            match s.client.statfs_at(s.real(ino)).await {
                 Ok(st) => {
                     let b = u64::from(BLOCK_SIZE);
                     s.count("statfs", false);

@@ -9,6 +9,7 @@
 //!   truncate.
 //! - [`Error`]: an errno plus a message.
 //! - [`fuse`]: the FUSE filesystem served by `alces-mount`.
+//! - [`volumes`]: quotas, snapshots, trash, `du` and the consistency check.
 
 #![warn(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod layout;
 pub mod metrics;
 pub mod names;
 pub mod readahead;
+pub mod volumes;
 pub mod writebuf;
 
 pub use client::{
@@ -31,3 +33,4 @@ pub use client::{
 };
 pub use error::{Error, Result};
 pub use file::FileHandle;
+pub use volumes::QuotaLimits;

@@ -635,6 +635,34 @@ impl Cluster {
         })
     }
 
+    /// A client-library session on the whole filesystem (for the library's
+    /// volume calls: quotas, snapshots, trash, du, consistency check).
+    pub fn client(&self) -> alces_client::Client {
+        let secret: std::sync::Arc<str> = self.secret().into();
+        let mut cfg = alces_client::ClientConfig::new(self.master.clone(), secret);
+        cfg.client_name = "alces-e2e".into();
+        cfg.reconnect_timeout = Duration::from_secs(60);
+        self.block_on(alces_client::Client::connect(cfg))
+            .expect("client library session")
+    }
+
+    /// Runs the `alces` CLI with `--json` and parses its output; Err(stderr)
+    /// when it fails.
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let o = self.cli(&all);
+        if !o.status.success() {
+            return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+        }
+        serde_json::from_slice(&o.stdout).map_err(|e| {
+            format!(
+                "alces {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+    }
+
     /// Runs the `alces` CLI against this cluster.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(bin("alces"));

@@ -384,6 +384,11 @@ impl ChunkMap {
         v
     }
 
+    /// True while a write session is open on the chunk.
+    pub fn is_writing(&self, chunk_id: u64) -> bool {
+        self.writing.contains_key(&chunk_id)
+    }
+
     /// Number of valid (connected, current version) copies.
     pub fn valid_count(&self, chunk_id: u64, version: u64) -> usize {
         self.copies.get(&chunk_id).map_or(0, |l| {
@@ -555,7 +560,7 @@ impl ChunkMap {
             if self.writing.contains_key(id) || self.replicating.contains_key(id) {
                 continue;
             }
-            let goal = goal_of(st, meta.inode);
+            let goal = goal_of(st, meta);
             let valid = self.valid_ids(*id, meta.version);
             if valid.is_empty() {
                 continue;
@@ -709,7 +714,7 @@ impl ChunkMap {
                     && !self.writing.contains_key(id)
                     && st.chunks.get(id).is_some_and(|m| {
                         let v = self.valid_ids(*id, m.version);
-                        v.contains(&from) && v.len() == goal_of(st, m.inode)
+                        v.contains(&from) && v.len() == goal_of(st, m)
                     })
             })
             .collect();
@@ -753,7 +758,7 @@ impl ChunkMap {
                         .iter()
                         .filter(|o| !o.draining)
                         .count()
-                        < goal_of(st, m.inode)
+                        < goal_of(st, m)
                 })
             })
             .count() as u64
@@ -768,7 +773,7 @@ impl ChunkMap {
     pub fn counts(&self, st: &State) -> Counts {
         let mut c = Counts::default();
         for (id, meta) in &st.chunks {
-            let goal = goal_of(st, meta.inode);
+            let goal = goal_of(st, meta);
             let valid = self.valid(*id, meta.version);
             // Copies on draining servers do not count toward the goal.
             let n = valid.iter().filter(|s| !s.draining).count();
@@ -800,8 +805,12 @@ impl ChunkMap {
 }
 
 /// Goal of the file owning a chunk (1 if unknown).
-fn goal_of(st: &State, inode: u64) -> usize {
-    st.inodes.get(&inode).map_or(1, |i| usize::from(i.goal))
+/// The goal of a chunk: its file's, or (for a chunk only a snapshot or the trash
+/// still references) the goal recorded with the chunk.
+fn goal_of(st: &State, meta: &crate::namespace::ChunkMeta) -> usize {
+    st.inodes
+        .get(&meta.inode)
+        .map_or(usize::from(meta.goal.max(1)), |i| usize::from(i.goal))
 }
 
 #[cfg(test)]
@@ -868,6 +877,7 @@ mod tests {
                 chunk_id: 1,
                 version: 1,
                 created: true,
+                copy_from_chunk_id: 0,
             }),
         );
         st
@@ -939,6 +949,7 @@ mod tests {
                 chunk_id: 1,
                 version: 2,
                 created: false,
+                copy_from_chunk_id: 0,
             }),
         );
         m.start_write(1, 2, &[1, 2], t0);

@@ -236,6 +236,7 @@ impl Core {
             tracing::info!(session = sid, "session lease expired: closed");
         }
         self.purge_unused(inner, &released);
+        crate::volume_rpcs::purge_expired(self, inner);
         if !inner.startup_orphans_done
             && now.saturating_duration_since(self.started) > self.settings.session_timeout
         {

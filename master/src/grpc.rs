@@ -14,6 +14,8 @@ use crate::core::{Core, Inner};
 use crate::namespace::{err, FsError, FsResult, MAX_INODES, ROOT_INODE};
 use crate::ops::{check_regular, prepare_create, Owner};
 use crate::sessions::Session;
+use crate::volume_rpcs;
+use crate::volumes::{self, Usage};
 
 /// Default and largest readdir batch.
 pub const READDIR_DEFAULT: usize = 1000;
@@ -82,6 +84,16 @@ impl Services {
                         return Ok((None, attr_reply(inner, ino)?));
                     }
                 }
+                volumes::check_quota(
+                    &inner.state,
+                    0,
+                    parent,
+                    Usage {
+                        bytes: target.len() as u64,
+                        inodes: 1,
+                    },
+                    crate::core::now_ns(),
+                )?;
                 let op = prepare_create(
                     &inner.state,
                     parent,
@@ -251,6 +263,21 @@ impl Master for Services {
                 if r.valid == SetAttrField::SetAttrNone as u32 {
                     return Ok((None, attr_reply(inner, r.inode)?));
                 }
+                if r.valid & SetAttrField::SetAttrSize as u32 != 0 {
+                    let i = inner.state.get(r.inode)?;
+                    if i.nlink > 0 && r.size > i.size && !i.is_dir() {
+                        volumes::check_quota(
+                            &inner.state,
+                            0,
+                            i.parent,
+                            Usage {
+                                bytes: r.size - i.size,
+                                inodes: 0,
+                            },
+                            crate::core::now_ns(),
+                        )?;
+                    }
+                }
                 let op = Op::SetAttr(pb::SetAttrOp {
                     inode: r.inode,
                     valid: r.valid,
@@ -354,6 +381,15 @@ impl Master for Services {
             .core
             .mutate(|core, inner| {
                 core.check_writable(inner, r.session_id)?;
+                if let Ok(i) = inner.state.get(r.inode) {
+                    volumes::check_quota(
+                        &inner.state,
+                        i.parent,
+                        r.new_parent,
+                        volumes::subtree(&inner.state, r.inode),
+                        crate::core::now_ns(),
+                    )?;
+                }
                 let v = core.commit(
                     inner,
                     Op::Link(pb::LinkOp {
@@ -390,6 +426,23 @@ impl Master for Services {
                     .ok()
                     .and_then(|d| d.get(&r.new_name[..]).copied());
                 let keep_orphan = victim.is_some_and(|v| inner.sessions.is_open(v));
+                let now = crate::core::now_ns();
+                if let Some(src) = inner
+                    .state
+                    .dir(r.parent)
+                    .ok()
+                    .and_then(|d| d.get(&r.name[..]).copied())
+                {
+                    let st = &inner.state;
+                    let from = st.get(src)?.parent;
+                    volumes::check_quota(st, from, r.new_parent, volumes::subtree(st, src), now)?;
+                    if let Some(v) =
+                        victim.filter(|_| r.flags & pb::RenameFlag::RenameExchange as u32 != 0)
+                    {
+                        let from = st.get(v)?.parent;
+                        volumes::check_quota(st, from, r.parent, volumes::subtree(st, v), now)?;
+                    }
+                }
                 let v = core.commit(
                     inner,
                     Op::Rename(pb::RenameOp {
@@ -478,17 +531,21 @@ impl Master for Services {
     }
 
     async fn statfs(&self, req: Request<pb::InodeRequest>) -> Reply<pb::StatfsReply> {
-        let _ = req.into_inner();
+        let r = req.into_inner();
         let res = self.read(|i| {
             let (total, _used, free) = i.chunks.space();
             let inodes = i.state.inodes.len() as u64;
-            Ok(pb::StatfsReply {
+            let mut reply = pb::StatfsReply {
                 total_bytes: total,
                 free_bytes: free,
                 avail_bytes: free,
                 total_inodes: MAX_INODES,
                 free_inodes: MAX_INODES.saturating_sub(inodes),
-            })
+            };
+            if let Some((dir, q)) = volumes::quota_above(&i.state, r.inode) {
+                volume_rpcs::quota_statfs(&i.state, dir, &q, &mut reply);
+            }
+            Ok(reply)
         });
         self.done("Statfs", res)
     }
@@ -605,6 +662,20 @@ impl Master for Services {
                     .copied()
                     .unwrap_or(0);
                 let now = Instant::now();
+                if f.nlink > 0 && r.chunk_index.saturating_mul(inner.state.chunk_size) >= file_size
+                {
+                    // Writing past the end: refuse when the quota is already full.
+                    volumes::check_quota(
+                        &inner.state,
+                        0,
+                        f.parent,
+                        Usage {
+                            bytes: 1,
+                            inodes: 0,
+                        },
+                        crate::core::now_ns(),
+                    )?;
+                }
                 if current == 0 {
                     let chain = inner.chunks.place(goal, &[]);
                     if chain.is_empty() {
@@ -622,6 +693,7 @@ impl Master for Services {
                             chunk_id: id,
                             version: 1,
                             created: true,
+                            copy_from_chunk_id: 0,
                         }),
                     )?;
                     inner.chunks.start_write(id, 1, &chain, now);
@@ -665,6 +737,40 @@ impl Master for Services {
                         format!("chunk {current} has no valid copy on a connected chunkserver"),
                     );
                 }
+                if inner.state.chunks.get(&current).is_some_and(|c| c.refs > 1) {
+                    // Shared with a snapshot: write to a private copy made by the
+                    // chunkservers holding the shared one.
+                    let id = inner.state.next_chunk_id;
+                    let v = core.commit(
+                        inner,
+                        Op::WriteChunk(pb::WriteChunkOp {
+                            inode: r.inode,
+                            chunk_index: r.chunk_index,
+                            chunk_id: id,
+                            version: 1,
+                            created: true,
+                            copy_from_chunk_id: current,
+                        }),
+                    )?;
+                    inner.chunks.start_write(id, 1, &holders, now);
+                    let chain = holders
+                        .iter()
+                        .filter_map(|s| inner.chunks.servers.get(s))
+                        .map(|s| s.location())
+                        .collect();
+                    return Ok((
+                        Some(v),
+                        pb::WriteChunkReply {
+                            chunk_id: id,
+                            version: 1,
+                            old_version: 0,
+                            chain,
+                            file_size,
+                            copy_from_chunk_id: current,
+                            copy_from_version: old,
+                        },
+                    ));
+                }
                 let v = core.commit(
                     inner,
                     Op::WriteChunk(pb::WriteChunkOp {
@@ -673,6 +779,7 @@ impl Master for Services {
                         chunk_id: current,
                         version: old + 1,
                         created: false,
+                        copy_from_chunk_id: 0,
                     }),
                 )?;
                 inner.chunks.start_write(current, old + 1, &holders, now);
@@ -716,6 +823,18 @@ impl Master for Services {
                     let version = inner.state.chunks.get(&slot).map_or(0, |c| c.version);
                     inner.chunks.end_write(slot, version, &r.failed_servers);
                 }
+                if grows && f.nlink > 0 {
+                    volumes::check_quota(
+                        &inner.state,
+                        0,
+                        f.parent,
+                        Usage {
+                            bytes: r.file_size - f.size,
+                            inodes: 0,
+                        },
+                        crate::core::now_ns(),
+                    )?;
+                }
                 let v = if grows || r.modified {
                     Some(core.commit(
                         inner,
@@ -742,6 +861,12 @@ impl Services {
                 core.check_writable(inner, r.session_id)?;
                 let child = inner.state.lookup(r.parent, &r.name).ok();
                 let keep_orphan = child.is_some_and(|c| inner.sessions.is_open(c));
+                let trash_secs = match child.and_then(|c| inner.state.inodes.get(&c)) {
+                    Some(i) if !directory && i.kind == FileType::Regular && i.nlink == 1 => {
+                        volumes::trash_secs(&inner.state, r.parent).0
+                    }
+                    _ => 0,
+                };
                 let v = core.commit(
                     inner,
                     Op::Unlink(pb::UnlinkOp {
@@ -749,6 +874,7 @@ impl Services {
                         name: r.name.clone(),
                         directory,
                         keep_orphan,
+                        trash_secs,
                     }),
                 )?;
                 Ok((Some(v), pb::Empty {}))
@@ -941,5 +1067,63 @@ impl Admin for Services {
     ) -> Reply<pb::ChunkserverStatus> {
         let res = crate::admin::drain(&self.core, req.into_inner());
         self.done("DrainChunkserver", res)
+    }
+
+    async fn set_quota(&self, req: Request<pb::SetQuotaRequest>) -> Reply<pb::QuotaInfo> {
+        let res = volume_rpcs::set_quota(&self.core, req.into_inner()).await;
+        self.done("SetQuota", res)
+    }
+
+    async fn get_quota(&self, req: Request<pb::PathRequest>) -> Reply<pb::QuotaInfo> {
+        let res = volume_rpcs::get_quota(&self.core, req.into_inner());
+        self.done("GetQuota", res)
+    }
+
+    async fn remove_quota(&self, req: Request<pb::PathRequest>) -> Reply<pb::Empty> {
+        let res = volume_rpcs::remove_quota(&self.core, req.into_inner()).await;
+        self.done("RemoveQuota", res)
+    }
+
+    async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Reply<pb::SnapshotReply> {
+        let res = volume_rpcs::snapshot(&self.core, req.into_inner()).await;
+        self.done("Snapshot", res)
+    }
+
+    async fn set_trash_time(
+        &self,
+        req: Request<pb::SetTrashTimeRequest>,
+    ) -> Reply<pb::TrashTimeReply> {
+        let res = volume_rpcs::set_trash_time(&self.core, req.into_inner()).await;
+        self.done("SetTrashTime", res)
+    }
+
+    async fn get_trash_time(&self, req: Request<pb::PathRequest>) -> Reply<pb::TrashTimeReply> {
+        let res = volume_rpcs::get_trash_time(&self.core, req.into_inner());
+        self.done("GetTrashTime", res)
+    }
+
+    async fn list_trash(&self, _req: Request<pb::Empty>) -> Reply<pb::TrashList> {
+        let res = volume_rpcs::list_trash(&self.core);
+        self.done("ListTrash", res)
+    }
+
+    async fn restore_trash(&self, req: Request<pb::RestoreTrashRequest>) -> Reply<pb::TrashEntry> {
+        let res = volume_rpcs::restore_trash(&self.core, req.into_inner()).await;
+        self.done("RestoreTrash", res)
+    }
+
+    async fn purge_trash(&self, req: Request<pb::PurgeTrashRequest>) -> Reply<pb::PurgeTrashReply> {
+        let res = volume_rpcs::purge_trash(&self.core, req.into_inner()).await;
+        self.done("PurgeTrash", res)
+    }
+
+    async fn disk_usage(&self, req: Request<pb::PathRequest>) -> Reply<pb::DiskUsageReply> {
+        let res = volume_rpcs::disk_usage(&self.core, req.into_inner());
+        self.done("DiskUsage", res)
+    }
+
+    async fn check_consistency(&self, _req: Request<pb::Empty>) -> Reply<pb::ConsistencyReport> {
+        let res = volume_rpcs::check_consistency(&self.core);
+        self.done("CheckConsistency", res)
     }
 }

@@ -16,6 +16,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`config`]: command-line flags.
 //! - [`server`]: starting, running and stopping a master.
+//! - [`volume_rpcs`]: the Admin rpcs of quotas, snapshots, trash, du and the consistency check.
+//! - [`volumes`]: quotas and usage accounting, the trash, copy-on-write snapshots.
 
 pub mod admin;
 pub mod changelog;
@@ -32,3 +34,5 @@ pub mod ops;
 pub mod server;
 pub mod sessions;
 pub mod snapshot;
+pub mod volume_rpcs;
+pub mod volumes;

@@ -221,8 +221,13 @@ impl Inode {
 pub struct ChunkMeta {
     /// Current version.
     pub version: u64,
-    /// File the chunk belongs to.
+    /// File the chunk was created for (its goal applies while it exists).
     pub inode: u64,
+    /// File slots referencing the chunk (more than one after a snapshot:
+    /// shared copy-on-write).
+    pub refs: u32,
+    /// Goal of the chunk when its creating file is gone (highest of its files).
+    pub goal: u8,
 }
 
 /// The whole replicated metadata state: what snapshots hold and changelog records
@@ -245,6 +250,15 @@ pub struct State {
     pub chunks: HashMap<u64, ChunkMeta>,
     /// Inodes without links kept while open (or until reclaimed after a restart).
     pub orphans: BTreeSet<u64>,
+    /// Directory quotas by directory inode.
+    pub quotas: BTreeMap<u64, crate::volumes::Quota>,
+    /// Trashed files by inode (the trash id).
+    pub trash: BTreeMap<u64, crate::volumes::Trashed>,
+    /// Trash times (seconds) set on directories; subtrees inherit them.
+    pub trash_times: BTreeMap<u64, u64>,
+    /// Recursive usage of every directory's subtree (kept incrementally, not
+    /// persisted: rebuilt when a snapshot is loaded).
+    pub usage: HashMap<u64, crate::volumes::Usage>,
 }
 
 impl State {
@@ -278,6 +292,10 @@ impl State {
             inodes,
             chunks: HashMap::new(),
             orphans: BTreeSet::new(),
+            quotas: BTreeMap::new(),
+            trash: BTreeMap::new(),
+            trash_times: BTreeMap::new(),
+            usage: HashMap::new(),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::namespace::{
     check_name, err, show, Body, ChunkMeta, FsError, FsResult, Inode, State, MAX_LINKS,
     MAX_SYMLINK, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
+use crate::volumes::{self, Usage};
 
 /// Linux XATTR_CREATE.
 pub const XATTR_CREATE: u32 = 1;
@@ -129,6 +130,11 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
             c.version = o.version;
         }
         Op::SetGoal(o) => crate::goals::apply_set_goal(st, o)?,
+        Op::SetQuota(o) => volumes::set_quota(st, t, o)?,
+        Op::RemoveQuota(o) => volumes::remove_quota(st, o)?,
+        Op::Snapshot(o) => volumes::snapshot(st, t, o)?,
+        Op::SetTrashTime(o) => volumes::set_trash_time(st, o)?,
+        Op::Restore(o) => volumes::restore(st, t, o)?,
     }
     st.version = rec.version;
     Ok(applied)
@@ -229,7 +235,17 @@ fn create(st: &mut State, t: i64, o: &pb::CreateOp) -> FsResult<()> {
     dir_entries_mut(st, o.parent)?.insert(o.name.clone().into_boxed_slice(), o.inode);
     if is_dir {
         st.get_mut(o.parent)?.nlink += 1;
+        st.usage.insert(o.inode, Usage::default());
     }
+    volumes::add(
+        st,
+        o.parent,
+        Usage {
+            bytes: size,
+            inodes: 1,
+        },
+        t,
+    );
     touch_dir(st, o.parent, t);
     Ok(())
 }
@@ -258,7 +274,16 @@ fn link(st: &mut State, t: i64, o: &pb::LinkOp) -> FsResult<()> {
     let i = st.get_mut(o.inode)?;
     i.nlink += 1;
     i.ctime = t;
+    let (old_parent, u) = (
+        i.parent,
+        Usage {
+            bytes: volumes::charged_bytes(i),
+            inodes: 1,
+        },
+    );
     i.parent = o.parent;
+    volumes::sub(st, old_parent, u, t);
+    volumes::add(st, o.parent, u, t);
     dir_entries_mut(st, o.parent)?.insert(o.name.clone().into_boxed_slice(), o.inode);
     touch_dir(st, o.parent, t);
     Ok(())
@@ -266,18 +291,53 @@ fn link(st: &mut State, t: i64, o: &pb::LinkOp) -> FsResult<()> {
 
 /// Removes one link of `ino` (a removed directory loses all); frees it or keeps it
 /// as an orphan when no link is left.
-fn drop_link(st: &mut State, ino: u64, t: i64, keep_orphan: bool, applied: &mut Applied) {
+fn drop_link(
+    st: &mut State,
+    ino: u64,
+    from: u64,
+    t: i64,
+    keep_orphan: bool,
+    applied: &mut Applied,
+) {
     let Some(i) = st.inodes.get_mut(&ino) else {
         return;
     };
+    let charged_to = i.parent;
+    let u = Usage {
+        bytes: volumes::charged_bytes(i),
+        inodes: 1,
+    };
     if i.is_dir() {
         i.nlink = 0;
+        volumes::sub(st, charged_to, u, t);
         free_inode(st, ino, applied);
         return;
     }
     i.nlink = i.nlink.saturating_sub(1);
     i.ctime = t;
-    if i.nlink == 0 {
+    if i.nlink > 0
+        && charged_to == from
+        && !st.dir(from).is_ok_and(|e| e.values().any(|&c| c == ino))
+    {
+        // The link the file was charged to is gone: charge the directory of
+        // another link (found by a scan; only multiply-linked files need it).
+        let other = st
+            .inodes
+            .iter()
+            .filter_map(|(d, i)| i.entries().map(|e| (*d, e)))
+            .filter(|(_, e)| e.values().any(|&c| c == ino))
+            .map(|(d, _)| d)
+            .min();
+        if let Some(other) = other {
+            volumes::sub(st, from, u, t);
+            volumes::add(st, other, u, t);
+            if let Some(i) = st.inodes.get_mut(&ino) {
+                i.parent = other;
+            }
+        }
+    }
+    if st.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
+        volumes::sub(st, charged_to, u, t);
         if keep_orphan {
             st.orphans.insert(ino);
         } else {
@@ -288,11 +348,11 @@ fn drop_link(st: &mut State, ino: u64, t: i64, keep_orphan: bool, applied: &mut 
 
 fn free_inode(st: &mut State, ino: u64, applied: &mut Applied) {
     st.orphans.remove(&ino);
+    volumes::forget(st, ino);
     if let Some(i) = st.inodes.remove(&ino) {
         if let Body::File(chunks) = i.body {
             for c in chunks.into_iter().filter(|&c| c != 0) {
-                st.chunks.remove(&c);
-                applied.freed_chunks.push(c);
+                volumes::release_chunk(st, c, applied);
             }
         }
     }
@@ -325,13 +385,29 @@ fn unlink(st: &mut State, t: i64, o: &pb::UnlinkOp, applied: &mut Applied) -> Fs
         );
     }
     let is_dir = c.is_dir();
+    let to_trash = o.trash_secs > 0 && c.kind == FileType::Regular && c.nlink == 1;
     dir_entries_mut(st, o.parent)?.remove(&o.name[..]);
     if is_dir {
         let p = st.get_mut(o.parent)?;
         p.nlink = p.nlink.saturating_sub(1);
     }
     touch_dir(st, o.parent, t);
-    drop_link(st, child, t, o.keep_orphan, applied);
+    if to_trash {
+        let i = st.get_mut(child)?;
+        i.nlink = 0;
+        i.ctime = t;
+        let (charged_to, u) = (
+            i.parent,
+            Usage {
+                bytes: volumes::charged_bytes(i),
+                inodes: 1,
+            },
+        );
+        volumes::sub(st, charged_to, u, t);
+        volumes::trash(st, child, o.parent, &o.name, t, o.trash_secs);
+        return Ok(());
+    }
+    drop_link(st, child, o.parent, t, o.keep_orphan, applied);
     Ok(())
 }
 
@@ -394,6 +470,10 @@ fn rename(st: &mut State, t: i64, o: &pb::RenameOp, applied: &mut Applied) -> Fs
         if src == dst {
             return Ok(());
         }
+        let (src_from, src_u) = (st.get(src)?.parent, volumes::subtree(st, src));
+        let (dst_from, dst_u) = (st.get(dst)?.parent, volumes::subtree(st, dst));
+        volumes::sub(st, src_from, src_u, t);
+        volumes::sub(st, dst_from, dst_u, t);
         dir_entries_mut(st, o.parent)?.insert(o.name.clone().into_boxed_slice(), dst);
         dir_entries_mut(st, o.new_parent)?.insert(o.new_name.clone().into_boxed_slice(), src);
         if o.parent != o.new_parent && src_dir != dst_dir {
@@ -410,6 +490,8 @@ fn rename(st: &mut State, t: i64, o: &pb::RenameOp, applied: &mut Applied) -> Fs
             i.parent = o.parent;
             i.ctime = t;
         }
+        volumes::add(st, o.new_parent, src_u, t);
+        volumes::add(st, o.parent, dst_u, t);
         touch_dir(st, o.parent, t);
         touch_dir(st, o.new_parent, t);
         return Ok(());
@@ -445,8 +527,10 @@ fn rename(st: &mut State, t: i64, o: &pb::RenameOp, applied: &mut Applied) -> Fs
         if src_dir {
             adjust_nlink(st, o.new_parent, -1);
         }
-        drop_link(st, dst, t, o.keep_orphan, applied);
+        drop_link(st, dst, o.new_parent, t, o.keep_orphan, applied);
     }
+    let (src_from, src_u) = (st.get(src)?.parent, volumes::subtree(st, src));
+    volumes::sub(st, src_from, src_u, t);
     dir_entries_mut(st, o.parent)?.remove(&o.name[..]);
     dir_entries_mut(st, o.new_parent)?.insert(o.new_name.clone().into_boxed_slice(), src);
     if src_dir {
@@ -457,6 +541,7 @@ fn rename(st: &mut State, t: i64, o: &pb::RenameOp, applied: &mut Applied) -> Fs
         i.parent = o.new_parent;
         i.ctime = t;
     }
+    volumes::add(st, o.new_parent, src_u, t);
     touch_dir(st, o.parent, t);
     touch_dir(st, o.new_parent, t);
     Ok(())
@@ -500,6 +585,7 @@ fn set_attr(st: &mut State, t: i64, o: &pb::SetAttrOp, applied: &mut Applied) ->
     }
     let mut freed = Vec::new();
     let i = st.get_mut(o.inode)?;
+    let (old_size, linked, charged_to) = (i.size, i.nlink > 0, i.parent);
     if has(SetAttrField::SetAttrMode) {
         i.mode = (o.mode & 0o7777) as u16;
     }
@@ -537,10 +623,15 @@ fn set_attr(st: &mut State, t: i64, o: &pb::SetAttrOp, applied: &mut Applied) ->
     } else {
         t
     };
-    for c in &freed {
-        st.chunks.remove(c);
+    let new_size = i.size;
+    for c in freed {
+        volumes::release_chunk(st, c, applied);
     }
-    applied.freed_chunks.extend(freed);
+    if linked && new_size != old_size {
+        let d = i64::try_from(new_size).unwrap_or(i64::MAX)
+            - i64::try_from(old_size).unwrap_or(i64::MAX);
+        volumes::charge(st, charged_to, d, 0, t);
+    }
     Ok(())
 }
 
@@ -648,7 +739,17 @@ fn write_chunk(st: &mut State, o: &pb::WriteChunkOp) -> FsResult<()> {
         .and_then(|c| c.get(idx).copied())
         .unwrap_or(0);
     if o.created {
-        if current != 0 {
+        if o.copy_from_chunk_id != 0 {
+            if current != o.copy_from_chunk_id {
+                return err(
+                    libc::EINVAL,
+                    format!(
+                        "chunk {} of inode {} is not chunk {}",
+                        o.chunk_index, o.inode, o.copy_from_chunk_id
+                    ),
+                );
+            }
+        } else if current != 0 {
             return err(
                 libc::EINVAL,
                 format!(
@@ -663,12 +764,19 @@ fn write_chunk(st: &mut State, o: &pb::WriteChunkOp) -> FsResult<()> {
                 format!("chunk id {} is already used", o.chunk_id),
             );
         }
+        let goal = st.get(o.inode)?.goal;
+        if o.copy_from_chunk_id != 0 {
+            let mut unused = Applied::default();
+            volumes::release_chunk(st, o.copy_from_chunk_id, &mut unused);
+        }
         st.next_chunk_id = o.chunk_id + 1;
         st.chunks.insert(
             o.chunk_id,
             ChunkMeta {
                 version: o.version,
                 inode: o.inode,
+                refs: 1,
+                goal,
             },
         );
         if let Body::File(chunks) = &mut st.get_mut(o.inode)?.body {
@@ -707,7 +815,19 @@ fn write_chunk_end(st: &mut State, t: i64, o: &pb::WriteChunkEndOp) -> FsResult<
         );
     }
     let i = st.get_mut(o.inode)?;
+    let grown = o.file_size.saturating_sub(i.size);
+    let (linked, charged_to) = (i.nlink > 0, i.parent);
     i.size = i.size.max(o.file_size);
+    if linked && grown > 0 {
+        volumes::charge(
+            st,
+            charged_to,
+            i64::try_from(grown).unwrap_or(i64::MAX),
+            0,
+            t,
+        );
+    }
+    let i = st.get_mut(o.inode)?;
     if o.modified {
         i.mtime = t;
         i.ctime = t;

@@ -110,6 +110,7 @@ impl Fs {
             name: n.into(),
             directory: dir,
             keep_orphan: false,
+            trash_secs: 0,
         }))
     }
 
@@ -121,6 +122,7 @@ impl Fs {
             chunk_id: id,
             version: 1,
             created: true,
+            copy_from_chunk_id: 0,
         }))
         .unwrap();
         id
@@ -380,6 +382,7 @@ fn orphans_live_until_purged_and_free_their_chunks() {
         name: b"f".to_vec(),
         directory: false,
         keep_orphan: true,
+        trash_secs: 0,
     }))
     .unwrap();
     assert_eq!(fs.nlink(f), 0);
@@ -521,6 +524,7 @@ fn rename_matrix() {
         name: b"f2".to_vec(),
         directory: false,
         keep_orphan: false,
+        trash_secs: 0,
     }))
     .unwrap();
     let applied = fs.rename(ROOT_INODE, "f", ROOT_INODE, "g", 0).unwrap();
@@ -722,6 +726,7 @@ fn chunk_versions_and_limits() {
         chunk_id: c,
         version: 2,
         created: false,
+        copy_from_chunk_id: 0,
     }))
     .unwrap();
     assert_eq!(fs.st.chunks[&c].version, 2);
@@ -732,7 +737,8 @@ fn chunk_versions_and_limits() {
             chunk_index: 2,
             chunk_id: 99,
             version: 1,
-            created: true
+            created: true,
+            copy_from_chunk_id: 0
         })),
         libc::EINVAL
     );
@@ -742,7 +748,8 @@ fn chunk_versions_and_limits() {
             chunk_index: 0,
             chunk_id: c,
             version: 1,
-            created: true
+            created: true,
+            copy_from_chunk_id: 0
         })),
         libc::EINVAL
     );
@@ -752,7 +759,8 @@ fn chunk_versions_and_limits() {
             chunk_index: 0,
             chunk_id: c,
             version: 3,
-            created: false
+            created: false,
+            copy_from_chunk_id: 0
         })),
         libc::EINVAL
     );
@@ -763,7 +771,8 @@ fn chunk_versions_and_limits() {
             chunk_index: max,
             chunk_id: 50,
             version: 1,
-            created: true
+            created: true,
+            copy_from_chunk_id: 0
         })),
         libc::EFBIG
     );
@@ -774,7 +783,8 @@ fn chunk_versions_and_limits() {
             chunk_index: 0,
             chunk_id: 50,
             version: 1,
-            created: true
+            created: true,
+            copy_from_chunk_id: 0
         })),
         libc::EISDIR
     );
@@ -841,6 +851,7 @@ fn replay_and_snapshot_reproduce_the_live_state() {
         name: b"orphan".to_vec(),
         directory: false,
         keep_orphan: true,
+        trash_secs: 0,
     }))
     .unwrap();
     // Replay.

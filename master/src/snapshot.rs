@@ -106,6 +106,40 @@ pub fn encode(st: &State, created_ns: i64) -> Vec<u8> {
             push(Record::Inode(inode_record(ino, i, st)), &mut out);
         }
     }
+    for (ino, q) in &st.quotas {
+        push(
+            Record::Quota(pb::SnapshotQuota {
+                inode: *ino,
+                soft_bytes: q.soft_bytes,
+                hard_bytes: q.hard_bytes,
+                soft_inodes: q.soft_inodes,
+                hard_inodes: q.hard_inodes,
+                grace_secs: q.grace_secs,
+                soft_since_ns: q.soft_since,
+            }),
+            &mut out,
+        );
+    }
+    for (ino, e) in &st.trash {
+        push(
+            Record::Trash(pb::SnapshotTrash {
+                inode: *ino,
+                path: e.path.to_string(),
+                deleted_ns: e.deleted,
+                expires_ns: e.expires,
+            }),
+            &mut out,
+        );
+    }
+    for (ino, secs) in &st.trash_times {
+        push(
+            Record::TrashTime(pb::SnapshotTrashTime {
+                inode: *ino,
+                seconds: *secs,
+            }),
+            &mut out,
+        );
+    }
     push(
         Record::End(pb::SnapshotEnd {
             inode_count: st.inodes.len() as u64,
@@ -174,6 +208,10 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
         inodes: HashMap::with_capacity(header.inode_count.min(1 << 24) as usize),
         chunks: HashMap::new(),
         orphans: BTreeSet::new(),
+        quotas: BTreeMap::new(),
+        trash: BTreeMap::new(),
+        trash_times: BTreeMap::new(),
+        usage: HashMap::new(),
     };
     let mut ended = false;
     for f in it {
@@ -195,13 +233,15 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
                         }
                         for (c, v) in r.chunks.iter().zip(&r.chunk_versions) {
                             if *c != 0 {
-                                st.chunks.insert(
-                                    *c,
-                                    ChunkMeta {
-                                        version: *v,
-                                        inode: r.inode,
-                                    },
-                                );
+                                let goal = r.goal.clamp(1, alces_proto::geometry::MAX_GOAL) as u8;
+                                let m = st.chunks.entry(*c).or_insert(ChunkMeta {
+                                    version: *v,
+                                    inode: r.inode,
+                                    refs: 0,
+                                    goal,
+                                });
+                                m.refs += 1;
+                                m.goal = m.goal.max(goal);
                             }
                         }
                         Body::File(r.chunks)
@@ -248,6 +288,32 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
                     anyhow::bail!("inode {} appears twice", r.inode);
                 }
             }
+            Some(Record::Quota(q)) => {
+                st.quotas.insert(
+                    q.inode,
+                    crate::volumes::Quota {
+                        soft_bytes: q.soft_bytes,
+                        hard_bytes: q.hard_bytes,
+                        soft_inodes: q.soft_inodes,
+                        hard_inodes: q.hard_inodes,
+                        grace_secs: q.grace_secs,
+                        soft_since: q.soft_since_ns,
+                    },
+                );
+            }
+            Some(Record::Trash(e)) => {
+                st.trash.insert(
+                    e.inode,
+                    crate::volumes::Trashed {
+                        path: e.path.into_boxed_str(),
+                        deleted: e.deleted_ns,
+                        expires: e.expires_ns,
+                    },
+                );
+            }
+            Some(Record::TrashTime(e)) => {
+                st.trash_times.insert(e.inode, e.seconds);
+            }
             Some(Record::End(e)) => {
                 if e.inode_count != st.inodes.len() as u64 || e.version != st.version {
                     anyhow::bail!(
@@ -273,5 +339,6 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
     {
         anyhow::bail!("no root directory");
     }
+    crate::volumes::rebuild(&mut st);
     Ok(st)
 }

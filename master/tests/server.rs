@@ -757,7 +757,15 @@ async fn master_serves_clients_chunkservers_and_admins() {
     .await
     .unwrap();
 
-    // An open file survives its unlink until released; its chunk is then deleted.
+    // An open file survives its unlink until released; its chunk is then deleted
+    // (with the trash disabled: trash time 0).
+    admin
+        .set_trash_time(pb::SetTrashTimeRequest {
+            path: "/".into(),
+            seconds: 0,
+        })
+        .await
+        .unwrap();
     c.open(pb::OpenRequest {
         session_id: sid,
         inode: file.inode,
