@@ -1001,10 +1001,11 @@ mod tests {
                 chunk_id: 1,
                 version: 2,
                 created: false,
+                ..Default::default()
             }),
         );
         m.start_write(1, 2, &[1, 2], t0);
-        m.end_write(1, &[]);
+        m.end_write(1, 2, &[]);
         // Heartbeats gathered before the write arrive after the session ended.
         for sid in [1, 2] {
             let hb = pb::ChunkserverHeartbeatRequest {
@@ -1024,7 +1025,7 @@ mod tests {
             t0 + Duration::from_secs(1),
             Duration::from_secs(60),
             Duration::from_secs(60),
-            10,
+            &Policy::default(),
         );
         assert!(adopt.is_empty(), "adopted an older version: {adopt:?}");
         assert_eq!(m.valid(1, 2).len(), 2);
@@ -1230,6 +1231,7 @@ mod tests {
                 chunk_id: 1,
                 version: 2,
                 created: false,
+                ..Default::default()
             }),
         );
         m.start_write(1, 2, &[1, 2], t);
