@@ -41,6 +41,25 @@ pub enum Command {
     Status,
     /// Show a file's chunks, their versions and where each copy lives.
     Fileinfo(FileinfoArgs),
+    /// Make a metalogger the master (after the master died, or --switchover).
+    Promote(PromoteArgs),
+}
+
+/// Options of `alces promote`.
+#[derive(Debug, Clone, Args)]
+pub struct PromoteArgs {
+    /// The metalogger: its gRPC address (host:port), or with ALCES_LOCAL_DIR set,
+    /// its name in the local cluster (e.g. ml1).
+    pub metalogger: String,
+    /// Planned handover while the master is alive: the master stops accepting
+    /// mutations, the metalogger catches up, becomes master, the old one rejoins
+    /// as a metalogger.
+    #[arg(long)]
+    pub switchover: bool,
+    /// Promote even if another reachable metalogger holds a newer version (the
+    /// difference is lost).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `alces local ...`.
@@ -64,8 +83,8 @@ pub struct UpArgs {
     /// Number of chunkservers to start.
     #[arg(long, default_value_t = 3)]
     pub chunkservers: u32,
-    /// Number of metaloggers to start.
-    #[arg(long, default_value_t = 0)]
+    /// Number of metaloggers to start (each can be promoted with `alces promote mlN`).
+    #[arg(long, default_value_t = 1)]
     pub metaloggers: u32,
     /// Chunk size of a new filesystem (e.g. 1MiB, 64MiB); default: the master's default.
     #[arg(long)]

@@ -7,6 +7,7 @@
 //! - [`fileinfo`]: `alces fileinfo` and translating mount paths to filesystem paths.
 //! - [`mountinfo`]: reading Alces mounts from `/proc/self/mountinfo`.
 //! - [`local`]: `alces local up` / `alces local down`.
+//! - [`promote`]: `alces promote`.
 //! - [`procs`]: pid files, liveness checks and signals for local processes.
 
 pub mod args;
@@ -15,6 +16,7 @@ pub mod fileinfo;
 pub mod local;
 pub mod mountinfo;
 pub mod procs;
+pub mod promote;
 pub mod status;
 
 use args::{Cli, Command, LocalCommand};
@@ -32,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Local(LocalCommand::Down(down)) => local::down(&down.dir),
             Command::Status => status::run(&cli.global).await,
             Command::Fileinfo(f) => fileinfo::run(&cli.global, f).await,
+            Command::Promote(p) => promote::run(&cli.global, p).await,
         }
     })
 }

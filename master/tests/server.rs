@@ -30,6 +30,8 @@ fn options(dir: &std::path::Path) -> Options {
         session_timeout: Duration::from_secs(30),
         chunkserver_timeout: Duration::from_secs(60),
         snapshot_interval: Duration::from_secs(3600),
+        sync_metaloggers: 0,
+        sync_timeout: Duration::from_secs(5),
     }
 }
 
