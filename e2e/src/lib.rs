@@ -155,6 +155,8 @@ pub struct Options {
     pub goal: Option<u32>,
     /// Extra environment for every daemon (e.g. `ALCES_SESSION_TIMEOUT`).
     pub env: Vec<(String, String)>,
+    /// Number of metaloggers.
+    pub metaloggers: u32,
 }
 
 impl Default for Options {
@@ -164,6 +166,7 @@ impl Default for Options {
             chunk_size: "1MiB".into(),
             goal: None,
             env: Vec::new(),
+            metaloggers: 1,
         }
     }
 }
@@ -177,6 +180,8 @@ pub enum Proc {
     Chunkserver(u32),
     /// The main mount.
     Mount,
+    /// Metalogger number N (1-based).
+    Metalogger(u32),
 }
 
 impl Proc {
@@ -186,6 +191,7 @@ impl Proc {
             Proc::Master => "master".into(),
             Proc::Chunkserver(i) => format!("cs{i}"),
             Proc::Mount => "mount".into(),
+            Proc::Metalogger(i) => format!("ml{i}"),
         }
     }
 }
@@ -270,6 +276,8 @@ impl Cluster {
             .arg(&mnt)
             .arg("--chunkservers")
             .arg(opts.chunkservers.to_string())
+            .arg("--metaloggers")
+            .arg(opts.metaloggers.to_string())
             .arg("--chunk-size")
             .arg(&opts.chunk_size)
             .arg("--timeout")
@@ -472,6 +480,18 @@ impl Cluster {
                     },
                 );
             }
+            Proc::Metalogger(i) => {
+                let id = self.ml_id(i);
+                wait_until(
+                    &format!("metalogger {id} to stream from the master"),
+                    Duration::from_secs(60),
+                    || {
+                        self.status()
+                            .map(|s| s.metaloggers.iter().any(|m| m.id == id && m.connected))
+                            .unwrap_or(false)
+                    },
+                );
+            }
             Proc::Mount => wait_until("the mount to come back", Duration::from_secs(60), || {
                 assert!(
                     self.pid(p).is_some(),
@@ -649,10 +669,66 @@ impl Cluster {
             .collect()
     }
 
+    /// The data directory of metalogger `i`.
+    pub fn ml_data(&self, i: u32) -> PathBuf {
+        self.proc_dir(Proc::Metalogger(i)).join("data")
+    }
+
+    /// The id of metalogger `i` (from its data directory).
+    pub fn ml_id(&self, i: u32) -> String {
+        std::fs::read_to_string(self.ml_data(i).join("metalogger_id"))
+            .expect("metalogger_id file")
+            .trim()
+            .to_string()
+    }
+
+    /// The gRPC address of metalogger `i`'s own service.
+    pub fn ml_addr(&self, i: u32) -> String {
+        std::fs::read_to_string(self.proc_dir(Proc::Metalogger(i)).join("address"))
+            .expect("metalogger address file")
+            .trim()
+            .to_string()
+    }
+
+    /// Metalogger.Status of metalogger `i`.
+    pub fn ml_status(&self, i: u32) -> Result<pb::MetaloggerInfo, tonic::Status> {
+        let ch = self.channel(&self.ml_addr(i));
+        self.rt.block_on(async move {
+            let mut c = pb::metalogger_client::MetaloggerClient::new(ch);
+            tokio::time::timeout(Duration::from_secs(5), c.status(pb::Empty {}))
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("Status timed out"))?
+                .map(|r| r.into_inner())
+        })
+    }
+
+    /// Waits until metalogger `i` holds at least the master's current version.
+    pub fn wait_ml_caught_up(&self, i: u32, timeout: Duration) {
+        let want = self.status().expect("master status").metadata_version;
+        wait_until(
+            &format!("metalogger {i} to reach version {want}"),
+            timeout,
+            || {
+                self.ml_status(i)
+                    .map(|s| s.durable_version >= want)
+                    .unwrap_or(false)
+            },
+        );
+    }
+
+    /// Runs `alces promote mlI` with `flags`; returns the CLI output.
+    pub fn promote(&self, i: u32, flags: &[&str]) -> Output {
+        let name = format!("ml{i}");
+        let mut args = vec!["promote", name.as_str()];
+        args.extend_from_slice(flags);
+        self.cli(&args)
+    }
+
     /// Prints the tail of every process log (on failure).
     pub fn dump_logs(&self) {
         let mut logs = vec![Proc::Master, Proc::Mount];
         logs.extend((1..=self.opts.chunkservers).map(Proc::Chunkserver));
+        logs.extend((1..=self.opts.metaloggers).map(Proc::Metalogger));
         for p in logs {
             eprintln!("----- {p:?} log (tail) -----\n{}", tail(&self.log(p), 40));
         }

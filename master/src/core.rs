@@ -163,6 +163,11 @@ impl Core {
         Ok(rec.version)
     }
 
+    /// Receiver of the version durable in the master's own changelog.
+    pub fn durable_rx(&self) -> watch::Receiver<Durable> {
+        self.durable.clone()
+    }
+
     /// Waits until `version` is durable in the changelog.
     pub async fn wait_durable(&self, version: u64) -> Result<(), Status> {
         let mut rx = self.durable.clone();

@@ -102,14 +102,21 @@ impl Hub {
         self.window.lock().first
     }
 
-    /// Up to `max` records from `from` on (empty when none yet).
-    pub fn records_from(&self, from: u64, max: usize) -> Result<Vec<ChangelogRecord>, u64> {
+    /// Up to `max` records from `from` to `upto` (empty when none yet); `Err`
+    /// with the oldest version held when `from` is older.
+    pub fn records_from(
+        &self,
+        from: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<ChangelogRecord>, u64> {
         let w = self.window.lock();
         if from < w.first {
             return Err(w.first);
         }
         let skip = (from - w.first) as usize;
-        Ok(w.recs.iter().skip(skip).take(max).cloned().collect())
+        let n = (upto + 1).saturating_sub(from).min(max as u64) as usize;
+        Ok(w.recs.iter().skip(skip).take(n).cloned().collect())
     }
 
     /// The current fence.

@@ -146,9 +146,12 @@ impl Replication for ReplicationService {
         let mut next = r.from_version;
         tokio::spawn(async move {
             let _guard = guard;
-            let mut committed = core.hub.committed_rx();
+            // Only records durable on the master are sent, so a metalogger's
+            // history is always a prefix of what the master can recover.
+            let mut durable = core.durable_rx();
             loop {
-                let recs = match core.hub.records_from(next, BATCH_RECORDS) {
+                let upto = durable.borrow().version;
+                let recs = match core.hub.records_from(next, upto, BATCH_RECORDS) {
                     Ok(v) => v,
                     Err(first) => {
                         let _ = tx
@@ -162,7 +165,8 @@ impl Replication for ReplicationService {
                 if recs.is_empty() {
                     // Wait for a new record, or send a keepalive.
                     let woke =
-                        tokio::time::timeout(KEEPALIVE, committed.wait_for(|v| *v >= next)).await;
+                        tokio::time::timeout(KEEPALIVE, durable.wait_for(|d| d.version >= next))
+                            .await;
                     match woke {
                         Ok(Ok(_)) => continue,
                         Ok(Err(_)) => return,
