@@ -17,6 +17,8 @@ use alces_proto::net::AuthChannel;
 use alces_proto::pb;
 use anyhow::{bail, Context};
 
+pub mod storm;
+
 /// Polls `cond` every 50 ms until it returns true; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -437,6 +439,13 @@ impl Cluster {
     /// Starts a process again with the command it was first started with, and waits
     /// until it is ready (master answering, chunkserver registered, mount mounted).
     pub fn restart(&self, p: Proc) {
+        self.restart_nowait(p);
+        self.wait_ready(p);
+    }
+
+    /// Starts a process again with the command it was first started with,
+    /// without waiting for it to be ready.
+    pub fn restart_nowait(&self, p: Proc) {
         assert!(self.pid(p).is_none(), "{p:?} is still running");
         if p == Proc::Mount {
             force_unmount(&self.mnt);
@@ -459,6 +468,10 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(child);
+    }
+
+    /// Waits until a (re)started process is ready.
+    pub fn wait_ready(&self, p: Proc) {
         match p {
             Proc::Master => self.wait_master_ready(Duration::from_secs(60)),
             Proc::Chunkserver(_) => {
