@@ -156,9 +156,13 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
             .add_service(InterceptedService::new(chunk, auth.clone()))
             .add_service(InterceptedService::new(replication, auth.clone()))
             .add_service(InterceptedService::new(admin, auth))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            }),
+            // No Nagle delay: replication replies and streams are small and latency-bound.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                },
+            ),
     );
     let loop_task = tokio::spawn(maintenance(core.clone(), stop_rx));
     health.set_ready(true);
