@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "alces/v1/chunk.proto",
         "alces/v1/admin.proto",
         "alces/v1/metadata.proto",
+        "alces/v1/replication.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
@@ -19,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".alces.v1.WriteRequest.data")
         .bytes(".alces.v1.ReadReply.data")
+        .bytes(".alces.v1.SnapshotPiece.data")
         .compile_protos(&protos, &["."])?;
     Ok(())
 }

@@ -176,9 +176,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-                let _ = stop_rx.await;
-            }),
+            // No Nagle delay: small reads and acknowledgements are latency-bound.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
     );
 
     let link = MasterLink::new(

@@ -60,6 +60,8 @@ pub enum Command {
     /// Recompute usage and chunk reference counts on the master and compare them
     /// with the incremental ones; exits non-zero on a mismatch.
     Fsck,
+    /// Make a metalogger the master (after the master died, or --switchover).
+    Promote(PromoteArgs),
 }
 
 /// `alces goal ...`.
@@ -223,6 +225,23 @@ pub struct TrashTimeSetArgs {
     pub seconds: u64,
 }
 
+/// Options of `alces promote`.
+#[derive(Debug, Clone, Args)]
+pub struct PromoteArgs {
+    /// The metalogger: its gRPC address (host:port), or with ALCES_LOCAL_DIR set,
+    /// its name in the local cluster (e.g. ml1).
+    pub metalogger: String,
+    /// Planned handover while the master is alive: the master stops accepting
+    /// mutations, the metalogger catches up, becomes master, the old one rejoins
+    /// as a metalogger.
+    #[arg(long)]
+    pub switchover: bool,
+    /// Promote even if another reachable metalogger holds a newer version (the
+    /// difference is lost).
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// `alces local ...`.
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
@@ -244,8 +263,8 @@ pub struct UpArgs {
     /// Number of chunkservers to start.
     #[arg(long, default_value_t = 3)]
     pub chunkservers: u32,
-    /// Number of metaloggers to start.
-    #[arg(long, default_value_t = 0)]
+    /// Number of metaloggers to start (each can be promoted with `alces promote mlN`).
+    #[arg(long, default_value_t = 1)]
     pub metaloggers: u32,
     /// Chunk size of a new filesystem (e.g. 1MiB, 64MiB); default: the master's default.
     #[arg(long)]

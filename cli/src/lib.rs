@@ -9,6 +9,7 @@
 //! - [`fileinfo`]: `alces fileinfo` and translating mount paths to filesystem paths.
 //! - [`mountinfo`]: reading Alces mounts from `/proc/self/mountinfo`.
 //! - [`local`]: `alces local up` / `alces local down`.
+//! - [`promote`]: `alces promote`.
 //! - [`procs`]: pid files, liveness checks and signals for local processes.
 //! - [`volumes`]: `alces quota`, `snapshot`, `trash`, `du`, `fsck`.
 
@@ -20,6 +21,7 @@ pub mod goal;
 pub mod local;
 pub mod mountinfo;
 pub mod procs;
+pub mod promote;
 pub mod status;
 pub mod volumes;
 
@@ -51,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Trash(t) => volumes::trash(&cli.global, t).await,
             Command::Du(p) => volumes::du(&cli.global, p).await,
             Command::Fsck => volumes::fsck(&cli.global).await,
+            Command::Promote(p) => promote::run(&cli.global, p).await,
         }
     })
 }

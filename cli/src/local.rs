@@ -311,10 +311,13 @@ async fn start_all(
     let master = format!("127.0.0.1:{mport}");
     let mdata = dir.join("master").join("data");
     std::fs::create_dir_all(&mdata)?;
+    let master_http = format!("127.0.0.1:{}", free_port()?);
     let mut args = vec![
         os("--listen"),
         os(&master),
         os("--http-listen"),
+        os(&master_http),
+        os("--rejoin-listen"),
         os(format!("127.0.0.1:{}", free_port()?)),
         os("--data-dir"),
         os(&mdata),
@@ -391,9 +394,21 @@ async fn start_all(
             let name = format!("ml{i}");
             let data = dir.join(&name).join("data");
             std::fs::create_dir_all(&data)?;
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            // A promoted metalogger serves the master on the master's address
+            // (free once the old master is dead or has stepped down), so mounts
+            // and chunkservers keep their ALCES_MASTER.
             let args = vec![
                 os("--master"),
                 os(&master),
+                os("--listen"),
+                os(&addr),
+                os("--advertise"),
+                os(&addr),
+                os("--promote-listen"),
+                os(&master),
+                os("--promote-http-listen"),
+                os(&master_http),
                 os("--data-dir"),
                 os(&data),
                 os("--http-listen"),
@@ -403,6 +418,7 @@ async fn start_all(
             ];
             eprintln!("alces: starting metalogger {name}");
             let (child, log) = spawn_process(dir, &name, ml_bin, &args)?;
+            std::fs::write(dir.join(&name).join("address"), format!("{addr}\n"))?;
             started.push(Started { name, child, log });
         }
         let n = a.metaloggers as usize;

@@ -92,6 +92,8 @@ pub fn to_json(st: &ClusterStatus, dir: Option<&Path>) -> serde_json::Value {
             }
             v
         }).collect::<Vec<_>>(),
+        "conditions": st.conditions,
+        "sync_metaloggers": st.sync_metaloggers,
         "metaloggers": st.metaloggers.iter().map(|m| json!({
             "id": m.id,
             "address": m.address,
@@ -169,12 +171,15 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
             }
         );
     }
+    for c in &st.conditions {
+        out += &format!("CONDITION: {c}\n");
+    }
     if st.metaloggers.is_empty() {
         out += "\nmetaloggers: none\n";
     } else {
         out += &format!(
-            "\n{:<20} {:<22} {:>12} {:>8} {:<9}\n",
-            "METALOGGER", "ADDRESS", "APPLIED", "LAG", "CONNECTED"
+            "\nsync_metaloggers {}\n{:<20} {:<22} {:>12} {:>8} {:<9}\n",
+            st.sync_metaloggers, "METALOGGER", "ADDRESS", "APPLIED", "LAG", "CONNECTED"
         );
         for m in &st.metaloggers {
             out += &format!(

@@ -19,6 +19,7 @@ use alces_proto::pb;
 use anyhow::{bail, Context};
 
 pub mod replication;
+pub mod storm;
 
 /// Polls `cond` every 50 ms until it returns true; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -158,6 +159,8 @@ pub struct Options {
     pub goal: Option<u32>,
     /// Extra environment for every daemon (e.g. `ALCES_SESSION_TIMEOUT`).
     pub env: Vec<(String, String)>,
+    /// Number of metaloggers.
+    pub metaloggers: u32,
 }
 
 impl Default for Options {
@@ -167,6 +170,7 @@ impl Default for Options {
             chunk_size: "1MiB".into(),
             goal: None,
             env: Vec::new(),
+            metaloggers: 1,
         }
     }
 }
@@ -180,6 +184,8 @@ pub enum Proc {
     Chunkserver(u32),
     /// The main mount.
     Mount,
+    /// Metalogger number N (1-based).
+    Metalogger(u32),
 }
 
 impl Proc {
@@ -189,6 +195,7 @@ impl Proc {
             Proc::Master => "master".into(),
             Proc::Chunkserver(i) => format!("cs{i}"),
             Proc::Mount => "mount".into(),
+            Proc::Metalogger(i) => format!("ml{i}"),
         }
     }
 }
@@ -315,6 +322,8 @@ impl Cluster {
             .arg(&mnt)
             .arg("--chunkservers")
             .arg(opts.chunkservers.to_string())
+            .arg("--metaloggers")
+            .arg(opts.metaloggers.to_string())
             .arg("--chunk-size")
             .arg(&opts.chunk_size)
             .arg("--timeout")
@@ -476,6 +485,13 @@ impl Cluster {
     /// Starts a process again with the command it was first started with, and waits
     /// until it is ready (master answering, chunkserver registered, mount mounted).
     pub fn restart(&self, p: Proc) {
+        self.restart_nowait(p);
+        self.wait_ready(p);
+    }
+
+    /// Starts a process again with the command it was first started with,
+    /// without waiting for it to be ready.
+    pub fn restart_nowait(&self, p: Proc) {
         assert!(self.pid(p).is_none(), "{p:?} is still running");
         if p == Proc::Mount {
             force_unmount(&self.mnt);
@@ -494,6 +510,10 @@ impl Cluster {
             .collect();
         let pid = self.launch(&program, &args, &pdir.join("log"));
         std::fs::write(pdir.join("pid"), format!("{pid}\n")).expect("pid file");
+    }
+
+    /// Waits until a (re)started process is ready.
+    pub fn wait_ready(&self, p: Proc) {
         match p {
             Proc::Master => self.wait_master_ready(Duration::from_secs(60)),
             Proc::Chunkserver(_) => {
@@ -511,6 +531,18 @@ impl Cluster {
                                     .iter()
                                     .any(|c| c.address == addr && c.connected)
                             })
+                            .unwrap_or(false)
+                    },
+                );
+            }
+            Proc::Metalogger(i) => {
+                let id = self.ml_id(i);
+                wait_until(
+                    &format!("metalogger {id} to stream from the master"),
+                    Duration::from_secs(60),
+                    || {
+                        self.status()
+                            .map(|s| s.metaloggers.iter().any(|m| m.id == id && m.connected))
                             .unwrap_or(false)
                     },
                 );
@@ -747,10 +779,66 @@ impl Cluster {
             .collect()
     }
 
+    /// The data directory of metalogger `i`.
+    pub fn ml_data(&self, i: u32) -> PathBuf {
+        self.proc_dir(Proc::Metalogger(i)).join("data")
+    }
+
+    /// The id of metalogger `i` (from its data directory).
+    pub fn ml_id(&self, i: u32) -> String {
+        std::fs::read_to_string(self.ml_data(i).join("metalogger_id"))
+            .expect("metalogger_id file")
+            .trim()
+            .to_string()
+    }
+
+    /// The gRPC address of metalogger `i`'s own service.
+    pub fn ml_addr(&self, i: u32) -> String {
+        std::fs::read_to_string(self.proc_dir(Proc::Metalogger(i)).join("address"))
+            .expect("metalogger address file")
+            .trim()
+            .to_string()
+    }
+
+    /// Metalogger.Status of metalogger `i`.
+    pub fn ml_status(&self, i: u32) -> Result<pb::MetaloggerInfo, tonic::Status> {
+        let ch = self.channel(&self.ml_addr(i));
+        self.rt.block_on(async move {
+            let mut c = pb::metalogger_client::MetaloggerClient::new(ch);
+            tokio::time::timeout(Duration::from_secs(5), c.status(pb::Empty {}))
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("Status timed out"))?
+                .map(|r| r.into_inner())
+        })
+    }
+
+    /// Waits until metalogger `i` holds at least the master's current version.
+    pub fn wait_ml_caught_up(&self, i: u32, timeout: Duration) {
+        let want = self.status().expect("master status").metadata_version;
+        wait_until(
+            &format!("metalogger {i} to reach version {want}"),
+            timeout,
+            || {
+                self.ml_status(i)
+                    .map(|s| s.durable_version >= want)
+                    .unwrap_or(false)
+            },
+        );
+    }
+
+    /// Runs `alces promote mlI` with `flags`; returns the CLI output.
+    pub fn promote(&self, i: u32, flags: &[&str]) -> Output {
+        let name = format!("ml{i}");
+        let mut args = vec!["promote", name.as_str()];
+        args.extend_from_slice(flags);
+        self.cli(&args)
+    }
+
     /// Prints the tail of every process log (on failure).
     pub fn dump_logs(&self) {
         let mut logs = vec![Proc::Master, Proc::Mount];
         logs.extend((1..=self.opts.chunkservers).map(Proc::Chunkserver));
+        logs.extend((1..=self.opts.metaloggers).map(Proc::Metalogger));
         for p in logs {
             eprintln!("----- {p:?} log (tail) -----\n{}", tail(&self.log(p), 40));
         }

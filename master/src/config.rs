@@ -81,6 +81,109 @@ pub struct Args {
     #[arg(long, env = "ALCES_REBALANCE_THRESHOLD", default_value_t = 10.0, value_parser = parse_threshold)]
     pub rebalance_threshold: f64,
 
+    /// Metaloggers that must hold a mutation durably before it is acknowledged
+    /// (0: acknowledge after the master's own fsync).
+    #[arg(long, env = "ALCES_SYNC_METALOGGERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub sync_metaloggers: u32,
+
+    /// Milliseconds a mutation waits for --sync-metaloggers metaloggers; then the
+    /// master degrades (loud error, status condition) and acknowledges after its
+    /// own fsync until enough metaloggers are back.
+    #[arg(long, env = "ALCES_SYNC_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub sync_timeout_ms: u64,
+
+    /// Master address to follow as a metalogger after being deposed (a newer
+    /// master took over); default: this master's --listen address (the address
+    /// a promoted metalogger takes over), with 127.0.0.1 for an unspecified IP.
+    #[arg(long, env = "ALCES_REJOIN_MASTER")]
+    pub rejoin_master: Option<String>,
+
+    /// Listen address of the metalogger service after being deposed.
+    #[arg(long, env = "ALCES_REJOIN_LISTEN", default_value = "0.0.0.0:9423")]
+    pub rejoin_listen: SocketAddr,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "ALCES_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Flags of `alces-metalogger`.
+///
+/// A metalogger follows the master's changelog into an in-memory replica and
+/// its own data directory, and becomes the master when promoted
+/// (`alces promote`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "alces-metalogger", version)]
+pub struct MetaloggerArgs {
+    /// Address of the master to follow (host:port, re-resolved on every reconnect).
+    #[arg(long, env = "ALCES_MASTER")]
+    pub master: String,
+
+    /// gRPC listen address of this metalogger's own service (status, promote).
+    #[arg(long, env = "ALCES_METALOGGER_LISTEN", default_value = "0.0.0.0:9423")]
+    pub listen: SocketAddr,
+
+    /// Address the master and other metaloggers use to reach this one; default:
+    /// the listen address if its IP is not unspecified, else <hostname>:<port>.
+    #[arg(long, env = "ALCES_METALOGGER_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Optional HTTP listen address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "ALCES_METALOGGER_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Directory for this metalogger's snapshots, changelogs, epoch and id; after
+    /// a promotion it is the master's data directory.
+    #[arg(long, env = "ALCES_METALOGGER_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// File holding the cluster secret (else the ALCES_SECRET environment variable).
+    #[arg(long, env = "ALCES_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Write a local snapshot after this many changelog records.
+    #[arg(long, env = "ALCES_METALOGGER_SNAPSHOT_RECORDS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_records: u64,
+
+    /// Drop the local metadata (moved to <data-dir>/dropped.<time>/) and fetch a
+    /// fresh snapshot: used by a deposed master rejoining, so a tail it never
+    /// had acknowledged is not kept.
+    #[arg(long, env = "ALCES_METALOGGER_RESYNC")]
+    pub resync: bool,
+
+    /// gRPC listen address of the master this metalogger becomes when promoted
+    /// (the address clients and chunkservers use for the master).
+    #[arg(
+        long,
+        env = "ALCES_METALOGGER_PROMOTE_LISTEN",
+        default_value = "0.0.0.0:9421"
+    )]
+    pub promote_listen: SocketAddr,
+
+    /// HTTP listen address of the master after promotion.
+    #[arg(long, env = "ALCES_METALOGGER_PROMOTE_HTTP_LISTEN")]
+    pub promote_http_listen: Option<SocketAddr>,
+
+    /// After promotion: client lease in seconds (as alces-master --session-timeout).
+    #[arg(long, env = "ALCES_SESSION_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub session_timeout: u32,
+
+    /// After promotion: chunkserver heartbeat timeout in seconds.
+    #[arg(long, env = "ALCES_CHUNKSERVER_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub chunkserver_timeout: u64,
+
+    /// After promotion: seconds between background snapshots.
+    #[arg(long, env = "ALCES_SNAPSHOT_INTERVAL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub snapshot_interval: u64,
+
+    /// After promotion: metaloggers that must hold a mutation before it is acknowledged.
+    #[arg(long, env = "ALCES_SYNC_METALOGGERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub sync_metaloggers: u32,
+
+    /// After promotion: milliseconds a mutation waits for sync metaloggers before degrading.
+    #[arg(long, env = "ALCES_SYNC_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub sync_timeout_ms: u64,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ALCES_LOG_JSON")]
     pub log_json: bool,

@@ -16,6 +16,7 @@ use crate::chunkmap::{Adoption, ChunkMap};
 use crate::metrics::Metrics;
 use crate::namespace::{FsError, FsResult, State};
 use crate::ops::apply;
+use crate::replication::Hub;
 use crate::sessions::Sessions;
 use crate::{datadir, snapshot};
 
@@ -43,6 +44,10 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// Pace of replication, drain and rebalancing.
     pub replication: crate::chunkmap::Policy,
+    /// Metaloggers that must hold a mutation before it is acknowledged.
+    pub sync_metaloggers: usize,
+    /// How long a mutation waits for them before the master degrades.
+    pub sync_timeout: Duration,
 }
 
 /// Everything behind the master lock.
@@ -74,6 +79,8 @@ pub struct Core {
     pub metrics: Metrics,
     /// When the master started serving.
     pub started: Instant,
+    /// Replication to metaloggers and fencing.
+    pub hub: Hub,
 }
 
 impl Core {
@@ -92,6 +99,11 @@ impl Core {
             metrics.fsync_seconds.clone(),
         )?;
         let durable = writer.durable();
+        let hub = Hub::new(
+            state.version + 1,
+            settings.sync_metaloggers,
+            settings.sync_timeout,
+        );
         Ok(Self {
             inner: Mutex::new(Inner {
                 state,
@@ -107,6 +119,7 @@ impl Core {
             epoch,
             metrics,
             started: Instant::now(),
+            hub,
         })
     }
 
@@ -114,6 +127,12 @@ impl Core {
     /// Returns its version; the caller waits with [`Core::wait_durable`] before
     /// answering.
     pub fn commit(&self, inner: &mut Inner, op: Op) -> FsResult<u64> {
+        if self.hub.is_fenced() {
+            return Err(FsError::new(
+                libc::EROFS,
+                "this master has been replaced by a newer one (higher epoch) and accepts no changes",
+            ));
+        }
         if self.durable.borrow().failed {
             return Err(FsError::new(
                 libc::EIO,
@@ -139,6 +158,7 @@ impl Core {
                 format!("metadata change not persisted: {e}"),
             ));
         }
+        self.hub.push(&rec);
         inner.chunks.free_after(rec.version, applied.freed_chunks);
         Ok(rec.version)
     }
@@ -146,6 +166,11 @@ impl Core {
     /// The newest metadata version known to be durable in the changelog.
     pub fn durable_version(&self) -> u64 {
         self.durable.borrow().version
+    }
+
+    /// Receiver of the version durable in the master's own changelog.
+    pub fn durable_rx(&self) -> watch::Receiver<Durable> {
+        self.durable.clone()
     }
 
     /// Waits until `version` is durable in the changelog.
@@ -157,7 +182,7 @@ impl Core {
             .map(|d| d.version >= version)
             .unwrap_or(false);
         match reached {
-            true => Ok(()),
+            true => self.hub.wait_sync(version).await,
             false => Err(alces_proto::errno::status(
                 libc::EIO,
                 "the metadata change could not be made durable: the master's changelog write failed",
@@ -170,6 +195,11 @@ impl Core {
         &self,
         f: impl FnOnce(&Core, &mut Inner) -> FsResult<(Option<u64>, R)>,
     ) -> Result<R, Status> {
+        if self.hub.is_fenced() {
+            return Err(Status::unavailable(
+                "this master is stepping down or was replaced by a newer one; retry against the current master",
+            ));
+        }
         let (v, r) = {
             let mut g = self.inner.lock();
             f(self, &mut g)?

@@ -48,6 +48,14 @@ impl Services {
 
     fn check_epoch(&self, seen: u64) -> Result<(), Status> {
         if seen > self.core.epoch {
+            if !self.core.hub.is_fenced() {
+                tracing::error!(
+                    epoch = self.core.epoch,
+                    newer = seen,
+                    "a peer has seen a newer master epoch: this master is deposed and stops accepting mutations"
+                );
+            }
+            self.core.hub.set_fence(seen);
             return Err(Status::failed_precondition(format!(
                 "this master's epoch {} is older than epoch {seen} already seen: it has been replaced by a newer master",
                 self.core.epoch
@@ -995,7 +1003,7 @@ impl Admin for Services {
                     at_goal: c.at,
                     over_goal: c.over,
                 }),
-                metaloggers: Vec::new(),
+                metaloggers: self.core.hub.status(i.state.version),
                 sessions: i.sessions.map.len() as u64,
                 total_bytes: total,
                 used_bytes: used,
@@ -1004,6 +1012,8 @@ impl Admin for Services {
                 chunk_size: i.state.chunk_size,
                 default_goal: i.state.get(ROOT_INODE).map_or(0, |r| u32::from(r.goal)),
                 replications_in_flight: i.chunks.replications_in_flight() as u64,
+                conditions: self.core.hub.conditions(),
+                sync_metaloggers: self.core.hub.sync as u32,
             })
         });
         self.done("Status", res)

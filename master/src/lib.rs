@@ -13,6 +13,9 @@
 //! - [`chunkmap`]: chunkservers, copies, placement and replication planning.
 //! - [`core`]: the shared state, the commit path, snapshots and maintenance.
 //! - [`grpc`]: the Master, ChunkMaster and Admin services.
+//! - [`replication`]: the changelog window, metalogger table, sync acknowledgements and fencing.
+//! - [`replication_grpc`]: the Replication service metaloggers call.
+//! - [`metalogger`]: the metalogger role: a warm replica that can be promoted.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`config`]: command-line flags.
 //! - [`server`]: starting, running and stopping a master.
@@ -28,9 +31,12 @@ pub mod datadir;
 pub mod frame;
 pub mod goals;
 pub mod grpc;
+pub mod metalogger;
 pub mod metrics;
 pub mod namespace;
 pub mod ops;
+pub mod replication;
+pub mod replication_grpc;
 pub mod server;
 pub mod sessions;
 pub mod snapshot;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use alces_proto::auth::ServerAuth;
 use alces_proto::pb::{
     admin_server::AdminServer, chunk_master_server::ChunkMasterServer, master_server::MasterServer,
+    replication_server::ReplicationServer,
 };
 use alces_proto::telemetry::Health;
 use alces_proto::MAX_MESSAGE_BYTES;
@@ -24,6 +25,7 @@ use crate::core::{now_ns, Core, Settings};
 use crate::datadir::{self, DirLock};
 use crate::grpc::Services;
 use crate::metrics::Metrics;
+use crate::replication_grpc::ReplicationService;
 
 /// How a master is started.
 #[derive(Debug, Clone)]
@@ -48,6 +50,10 @@ pub struct Options {
     pub snapshot_interval: Duration,
     /// Pace of replication, drain and rebalancing.
     pub replication: crate::chunkmap::Policy,
+    /// Metaloggers that must hold a mutation before it is acknowledged.
+    pub sync_metaloggers: usize,
+    /// How long a mutation waits for them before the master degrades.
+    pub sync_timeout: Duration,
 }
 
 impl Options {
@@ -68,6 +74,8 @@ impl Options {
                 per_server: a.replications_per_server as usize,
                 rebalance_threshold: a.rebalance_threshold,
             },
+            sync_metaloggers: a.sync_metaloggers as usize,
+            sync_timeout: Duration::from_millis(a.sync_timeout_ms),
         }
     }
 }
@@ -105,6 +113,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         chunkserver_timeout: opts.chunkserver_timeout,
         snapshot_interval: opts.snapshot_interval,
         replication: opts.replication,
+        sync_metaloggers: opts.sync_metaloggers,
+        sync_timeout: opts.sync_timeout,
     };
     tracing::info!(
         version = rec.state.version,
@@ -140,6 +150,9 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let chunk = ChunkMasterServer::new(svc.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let replication = ReplicationServer::new(ReplicationService::new(core.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -149,14 +162,19 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         tonic::transport::Server::builder()
             .add_service(InterceptedService::new(master, auth.clone()))
             .add_service(InterceptedService::new(chunk, auth.clone()))
+            .add_service(InterceptedService::new(replication, auth.clone()))
             .add_service(InterceptedService::new(admin, auth))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            }),
+            // No Nagle delay: replication replies and streams are small and latency-bound.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                },
+            ),
     );
     let loop_task = tokio::spawn(maintenance(core.clone(), stop_rx));
     health.set_ready(true);
-    tracing::info!(grpc = %grpc_addr, http = ?http_addr, data_dir = %opts.data_dir.display(), "alces-master ready");
+    tracing::info!(grpc = %grpc_addr, http = ?http_addr, data_dir = %opts.data_dir.display(), epoch = core.epoch, sync_metaloggers = opts.sync_metaloggers, "alces-master ready");
     Ok(Running {
         grpc_addr,
         http_addr,
@@ -233,10 +251,97 @@ impl Running {
     }
 }
 
-/// Runs the master from command-line flags until SIGTERM/SIGINT.
+/// How a serving master ended.
+pub enum Ended {
+    /// Stopped by SIGTERM/SIGINT (final snapshot written).
+    Stopped,
+    /// A newer master replaced this one: it must rejoin as a metalogger.
+    Deposed {
+        /// The newer epoch.
+        newer_epoch: u64,
+    },
+}
+
+/// Serves until SIGTERM/SIGINT or until the master is deposed (a newer epoch
+/// was seen, or it stepped down for a switchover).
+pub async fn serve(running: Running) -> anyhow::Result<Ended> {
+    let mut fence = running.core.hub.fence_rx();
+    tokio::select! {
+        _ = alces_proto::telemetry::shutdown_signal() => {
+            running.stop().await?;
+            Ok(Ended::Stopped)
+        }
+        f = fence.wait_for(|f| f.newer_epoch > 0) => {
+            let newer_epoch = f.map(|f| f.newer_epoch).unwrap_or(0);
+            // Let the step-down reply reach the new master before the sockets close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tracing::warn!(
+                epoch = running.core.epoch,
+                newer_epoch,
+                "DEPOSED: a master with a higher epoch exists; rejoining as a metalogger and dropping local metadata that may hold unacknowledged changes"
+            );
+            running.core.stop_writer();
+            Ok(Ended::Deposed { newer_epoch })
+        }
+    }
+}
+
+/// Replaces this process with `alces-metalogger` (found next to the running
+/// executable, else on PATH) run with `args`. Returns only on failure.
+pub fn exec_metalogger(args: &[std::ffi::OsString]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("alces-metalogger")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("alces-metalogger"));
+    let e = std::process::Command::new(&bin).args(args).exec();
+    anyhow::anyhow!(
+        "cannot start {} to rejoin as a metalogger: {e}",
+        bin.display()
+    )
+}
+
+/// Runs the master from command-line flags until SIGTERM/SIGINT; a deposed
+/// master turns into a metalogger of the new one.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
     let running = start(Options::from_args(&args, secret)).await?;
-    alces_proto::telemetry::shutdown_signal().await;
-    running.stop().await
+    match serve(running).await? {
+        Ended::Stopped => Ok(()),
+        Ended::Deposed { .. } => {
+            let master = args.rejoin_master.clone().unwrap_or_else(|| {
+                let mut a = args.listen;
+                if a.ip().is_unspecified() {
+                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                a.to_string()
+            });
+            let mut argv: Vec<std::ffi::OsString> = vec![
+                "--master".into(),
+                master.into(),
+                "--listen".into(),
+                args.rejoin_listen.to_string().into(),
+                "--data-dir".into(),
+                args.data_dir.clone().into(),
+                "--resync".into(),
+                "--promote-listen".into(),
+                args.listen.to_string().into(),
+                "--promote-http-listen".into(),
+                args.http_listen.to_string().into(),
+                "--sync-metaloggers".into(),
+                args.sync_metaloggers.to_string().into(),
+                "--sync-timeout-ms".into(),
+                args.sync_timeout_ms.to_string().into(),
+            ];
+            if let Some(f) = &args.secret_file {
+                argv.push("--secret-file".into());
+                argv.push(f.clone().into());
+            }
+            if args.log_json {
+                argv.push("--log-json".into());
+            }
+            Err(exec_metalogger(&argv))
+        }
+    }
 }

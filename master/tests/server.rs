@@ -31,6 +31,8 @@ fn options(dir: &std::path::Path) -> Options {
         session_timeout: Duration::from_secs(30),
         chunkserver_timeout: Duration::from_secs(60),
         snapshot_interval: Duration::from_secs(3600),
+        sync_metaloggers: 0,
+        sync_timeout: Duration::from_secs(5),
     }
 }
 
@@ -175,14 +177,6 @@ async fn master_serves_clients_chunkservers_and_admins() {
         .await
         .unwrap_err();
     assert!(alces_proto::errno::is_session_unknown(&lost), "{lost:?}");
-    let e = c
-        .register_session(pb::RegisterSessionRequest {
-            seen_epoch: 9,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
 
     // Namespace.
     let dir = c
@@ -884,4 +878,51 @@ async fn master_serves_clients_chunkservers_and_admins() {
     let e = start(options(tmp.path())).await.err().unwrap().to_string();
     assert!(e.contains("in use by another master"), "{e}");
     m.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_saw_a_higher_epoch_fences_the_master() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = start(options(tmp.path())).await.unwrap();
+    let mut c = master(&m);
+    let sid = c
+        .register_session(pb::RegisterSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let mkdir = |name: &str| pb::MkdirRequest {
+        session_id: sid,
+        parent: 1,
+        name: name.as_bytes().to_vec(),
+        mode: 0o755,
+        umask: 0o022,
+        caller: caller(),
+    };
+    c.mkdir(mkdir("before")).await.unwrap();
+    let e = c
+        .register_session(pb::RegisterSessionRequest {
+            seen_epoch: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    // Deposed: no more mutations, retried by clients elsewhere (no errno).
+    let e = c.mkdir(mkdir("after")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let fence = m.core.hub.fence();
+    assert!(fence.fenced);
+    assert_eq!(fence.newer_epoch, 9);
+    let st = AdminClient::new(chan(&m))
+        .status(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        st.conditions.iter().any(|c| c.starts_with("Fenced")),
+        "{:?}",
+        st.conditions
+    );
+    m.stop_without_snapshot().await;
 }

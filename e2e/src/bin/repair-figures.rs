@@ -74,6 +74,7 @@ fn main() {
         .map(|a| a.parse().expect("DATA_MIB must be a number of MiB"))
         .unwrap_or(1024);
     let c = Cluster::start(Options {
+        metaloggers: 0,
         chunkservers: 3,
         goal: Some(2),
         chunk_size: "64MiB".into(),

@@ -1,0 +1,306 @@
+//! The master side of metadata replication: the window of recent changelog
+//! records metaloggers stream from, the table of metaloggers and the versions
+//! they hold durably, the `sync_metaloggers` acknowledgement rule, and fencing
+//! (a master that stepped down or saw a higher epoch accepts no mutation).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use alces_proto::pb::{self, ChangelogRecord};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tonic::Status;
+
+/// Records kept in memory for metaloggers to resume from.
+pub const WINDOW_RECORDS: usize = 500_000;
+
+/// Why a master stopped accepting mutations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fence {
+    /// True once the master accepts no more mutations.
+    pub fenced: bool,
+    /// The higher epoch that replaced this master (0 if unknown).
+    pub newer_epoch: u64,
+}
+
+/// One metalogger as the master knows it.
+#[derive(Debug, Clone)]
+pub struct Metalogger {
+    /// gRPC address of its Metalogger service.
+    pub address: String,
+    /// Highest version it holds durably.
+    pub durable: u64,
+    /// Changelog streams open from it.
+    pub streams: usize,
+    /// Last stream open or report.
+    pub last_seen: Instant,
+}
+
+struct Window {
+    /// Version of the first record in `recs` (or the next version when empty).
+    first: u64,
+    recs: VecDeque<ChangelogRecord>,
+}
+
+/// Replication state shared by the commit path and the Replication service.
+pub struct Hub {
+    window: Mutex<Window>,
+    committed: watch::Sender<u64>,
+    metaloggers: Mutex<BTreeMap<String, Metalogger>>,
+    acks: watch::Sender<u64>,
+    /// Metaloggers that must hold a mutation before it is acknowledged.
+    pub sync: usize,
+    /// How long a mutation waits for them before the master degrades.
+    pub sync_timeout: Duration,
+    degraded: AtomicBool,
+    fence: watch::Sender<Fence>,
+}
+
+impl Hub {
+    /// A hub whose next record has version `next_version`.
+    pub fn new(next_version: u64, sync: usize, sync_timeout: Duration) -> Self {
+        Self {
+            window: Mutex::new(Window {
+                first: next_version,
+                recs: VecDeque::new(),
+            }),
+            committed: watch::Sender::new(next_version.saturating_sub(1)),
+            metaloggers: Mutex::new(BTreeMap::new()),
+            acks: watch::Sender::new(0),
+            sync,
+            sync_timeout,
+            degraded: AtomicBool::new(false),
+            fence: watch::Sender::new(Fence::default()),
+        }
+    }
+
+    /// Adds a committed record (called in version order under the master lock).
+    pub fn push(&self, rec: &ChangelogRecord) {
+        let mut w = self.window.lock();
+        w.recs.push_back(rec.clone());
+        while w.recs.len() > WINDOW_RECORDS {
+            w.recs.pop_front();
+            w.first += 1;
+        }
+        drop(w);
+        self.committed.send_replace(rec.version);
+    }
+
+    /// Highest committed version.
+    pub fn committed(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Receiver of the highest committed version.
+    pub fn committed_rx(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// Oldest version still held in memory.
+    pub fn first(&self) -> u64 {
+        self.window.lock().first
+    }
+
+    /// Up to `max` records from `from` to `upto` (empty when none yet); `Err`
+    /// with the oldest version held when `from` is older.
+    pub fn records_from(
+        &self,
+        from: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Vec<ChangelogRecord>, u64> {
+        let w = self.window.lock();
+        if from < w.first {
+            return Err(w.first);
+        }
+        let skip = (from - w.first) as usize;
+        let n = (upto + 1).saturating_sub(from).min(max as u64) as usize;
+        Ok(w.recs.iter().skip(skip).take(n).cloned().collect())
+    }
+
+    /// The current fence.
+    pub fn fence(&self) -> Fence {
+        *self.fence.borrow()
+    }
+
+    /// True when mutations are refused.
+    pub fn is_fenced(&self) -> bool {
+        self.fence.borrow().fenced
+    }
+
+    /// Receiver of the fence (to react to deposition).
+    pub fn fence_rx(&self) -> watch::Receiver<Fence> {
+        self.fence.subscribe()
+    }
+
+    /// Stops mutations; `newer_epoch` is the epoch that replaces this master.
+    pub fn set_fence(&self, newer_epoch: u64) {
+        self.fence.send_modify(|f| {
+            f.fenced = true;
+            f.newer_epoch = f.newer_epoch.max(newer_epoch);
+        });
+    }
+
+    /// Accepts mutations again (a step-down that did not complete).
+    pub fn unfence(&self) {
+        self.fence.send_modify(|f| {
+            if f.newer_epoch == 0 {
+                f.fenced = false;
+            }
+        });
+    }
+
+    /// True while acknowledgements do not wait for `sync` metaloggers.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
+    }
+
+    /// Records that metalogger `id` opened (`+1`) or closed (`-1`) a stream.
+    pub fn stream_open(&self, id: &str, open: bool) {
+        let mut m = self.metaloggers.lock();
+        let e = m.entry(id.to_string()).or_insert_with(|| Metalogger {
+            address: String::new(),
+            durable: 0,
+            streams: 0,
+            last_seen: Instant::now(),
+        });
+        if open {
+            e.streams += 1;
+        } else {
+            e.streams = e.streams.saturating_sub(1);
+        }
+        e.last_seen = Instant::now();
+        drop(m);
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// Records a metalogger's durable version.
+    pub fn report(&self, id: &str, address: &str, durable: u64) {
+        let mut m = self.metaloggers.lock();
+        let e = m.entry(id.to_string()).or_insert_with(|| Metalogger {
+            address: String::new(),
+            durable: 0,
+            streams: 0,
+            last_seen: Instant::now(),
+        });
+        e.address = address.to_string();
+        e.durable = durable;
+        e.last_seen = Instant::now();
+        drop(m);
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// Metaloggers known, by id.
+    pub fn metaloggers(&self) -> BTreeMap<String, Metalogger> {
+        self.metaloggers.lock().clone()
+    }
+
+    /// Waits until `version` is durable on metalogger `id`, up to `timeout`.
+    pub async fn wait_metalogger(&self, id: &str, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.acks.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self
+                .metaloggers
+                .lock()
+                .get(id)
+                .is_some_and(|m| m.durable >= version)
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    fn count(&self, version: u64) -> (usize, usize) {
+        let m = self.metaloggers.lock();
+        let held = m
+            .values()
+            .filter(|x| x.streams > 0 && x.durable >= version)
+            .count();
+        let connected = m.values().filter(|x| x.streams > 0).count();
+        (held, connected)
+    }
+
+    /// Waits until `sync` metaloggers hold `version` durably. Fewer than `sync`
+    /// connected, or no acknowledgement within `sync_timeout`: the master
+    /// degrades (loud error log, status condition) and acknowledges after its own
+    /// fsync until enough metaloggers are connected again.
+    pub async fn wait_sync(&self, version: u64) -> Result<(), Status> {
+        if self.sync == 0 {
+            return Ok(());
+        }
+        let mut rx = self.acks.subscribe();
+        let deadline = tokio::time::Instant::now() + self.sync_timeout;
+        loop {
+            let (held, connected) = self.count(version);
+            if held >= self.sync {
+                if self.degraded.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(
+                        sync_metaloggers = self.sync,
+                        "enough metaloggers hold the changelog again: acknowledgements wait for them again"
+                    );
+                }
+                return Ok(());
+            }
+            if connected < self.sync && self.degraded() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                if !self.degraded.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        sync_metaloggers = self.sync,
+                        holding = held,
+                        connected,
+                        timeout_ms = self.sync_timeout.as_millis() as u64,
+                        "SYNC METALOGGERS DEGRADED: fewer metaloggers than sync_metaloggers hold new mutations; acknowledging after the master's own fsync only (a failover now may lose acknowledged mutations)"
+                    );
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Status rows of the metaloggers, lag against `version`.
+    pub fn status(&self, version: u64) -> Vec<pb::MetaloggerStatus> {
+        self.metaloggers
+            .lock()
+            .iter()
+            .map(|(id, m)| pb::MetaloggerStatus {
+                id: id.clone(),
+                address: m.address.clone(),
+                applied_version: m.durable,
+                lag: version.saturating_sub(m.durable),
+                connected: m.streams > 0,
+            })
+            .collect()
+    }
+
+    /// Conditions for `alces status`.
+    pub fn conditions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.degraded() {
+            out.push(format!(
+                "SyncMetaloggersDegraded: fewer than {} metaloggers hold new mutations; acknowledgements do not wait for them",
+                self.sync
+            ));
+        }
+        let f = self.fence();
+        if f.fenced {
+            out.push(format!(
+                "Fenced: this master accepts no mutations (replaced by epoch {})",
+                f.newer_epoch
+            ));
+        }
+        out
+    }
+}
