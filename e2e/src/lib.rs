@@ -261,6 +261,9 @@ pub struct Cluster {
 /// inherit the test's open files on the mount; closing them at exec sends FUSE
 /// FLUSH requests, which block while the master is down, so a restarted master
 /// could never finish its exec.
+/// Numbers the CLI runs of a test process (their output files).
+static CLI_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 struct Launcher {
     child: Child,
     stdin: std::process::ChildStdin,
@@ -696,13 +699,68 @@ impl Cluster {
     }
 
     /// Runs the `alces` CLI against this cluster.
+    ///
+    /// It is started by the launcher shell (forked before the test opened any
+    /// file), not forked from the test: a child forked from the test would close
+    /// the test's open files on the mount at exec, and each close is a FUSE flush
+    /// that waits for the master — which a failover test has just killed.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(bin("alces"));
-        cmd.args(args).env_remove("ALCES_SECRET");
+        use std::os::unix::process::ExitStatusExt;
+        let n = CLI_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.dir.join("cli-runs");
+        std::fs::create_dir_all(&dir).expect("cli-runs dir");
+        let (out, err, code) = (
+            dir.join(format!("{n}.out")),
+            dir.join(format!("{n}.err")),
+            dir.join(format!("{n}.status")),
+        );
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let mut line = String::from("env -u ALCES_SECRET");
         for (k, v) in self.env() {
-            cmd.env(k, v);
+            line.push(' ');
+            line.push_str(&quote(&format!("{k}={v}")));
         }
-        cmd.output().expect("run alces")
+        line.push(' ');
+        line.push_str(&quote(&bin("alces").to_string_lossy()));
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        let tmp = code.with_extension("tmp");
+        line = format!(
+            "({line} >{} 2>{} </dev/null; echo $? >{}; mv {} {}) &\n",
+            quote(&out.to_string_lossy()),
+            quote(&err.to_string_lossy()),
+            quote(&tmp.to_string_lossy()),
+            quote(&tmp.to_string_lossy()),
+            quote(&code.to_string_lossy()),
+        );
+        {
+            use std::io::{BufRead, Write};
+            let mut l = self.launcher.lock().unwrap_or_else(|e| e.into_inner());
+            l.stdin
+                .write_all(line.as_bytes())
+                .expect("write to the launcher shell");
+            l.stdin.flush().expect("flush the launcher shell");
+            let mut pid = String::new();
+            l.stdout
+                .read_line(&mut pid)
+                .expect("read a pid from the launcher shell");
+        }
+        wait_until(
+            &format!("alces {args:?} to finish"),
+            Duration::from_secs(300),
+            || code.exists(),
+        );
+        let status: i32 = std::fs::read_to_string(&code)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(255);
+        Output {
+            status: std::process::ExitStatus::from_raw(status << 8),
+            stdout: std::fs::read(&out).unwrap_or_default(),
+            stderr: std::fs::read(&err).unwrap_or_default(),
+        }
     }
 
     /// Starts `alces-mount` with the cluster's master plus `extra` arguments at `path`
