@@ -94,12 +94,20 @@ fn metalogger_survives_kills_and_a_corrupt_tail_without_a_gap() {
     f.write_all(b"\xde\xad\xbe\xef garbage").unwrap();
     drop(f);
     c.restart(ML);
-    let ml_log = fs::read_to_string(c.log(ML)).unwrap();
-    assert!(
-        ml_log.contains("torn or corrupt tail"),
-        "the corrupt changelog tail was not detected:\n{}",
-        alces_e2e::tail(&c.log(ML), 30)
-    );
+    // The master may still list the killed process as connected, so `restart`
+    // can return before the new one has read its changelog: poll its log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(c.log(ML))
+        .unwrap_or_default()
+        .contains("torn or corrupt tail")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the corrupt changelog tail was not detected within 60 s:\n{}",
+            alces_e2e::tail(&c.log(ML), 30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c.wait_ml_caught_up(1, Duration::from_secs(60));
 
     // The replica is complete: stop the storm, let it catch up, promote it.
