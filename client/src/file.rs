@@ -637,9 +637,27 @@ impl FileState {
                 "only regular files can be truncated",
             ));
         }
-        let cut = size % self.chunk_size;
-        if size < attr.size && cut != 0 {
-            let idx = size / self.chunk_size;
+        // Shrinking cuts the chunk holding the new end. Growing cuts the chunk
+        // holding the old end at the old end: bytes stored past a file's end (a
+        // write the master refused with EDQUOT, or a client that died before
+        // recording the new size) must read as zeros once the file grows over
+        // them. A hole needs no cut.
+        let cs = self.chunk_size;
+        let edge = match size.cmp(&attr.size) {
+            std::cmp::Ordering::Less => Some(size),
+            std::cmp::Ordering::Greater => Some(attr.size),
+            std::cmp::Ordering::Equal => None,
+        }
+        .filter(|e| e % cs != 0);
+        let edge = match edge {
+            Some(e) if size > attr.size && self.chunk_info(e / cs, true).await?.chunk_id == 0 => {
+                None
+            }
+            other => other,
+        };
+        if let Some(edge) = edge {
+            let idx = edge / cs;
+            let cut = edge % cs;
             let mut done = false;
             let mut last_err = Error::io("no attempt made");
             for attempt in 0..WRITE_ATTEMPTS {

@@ -940,3 +940,74 @@ async fn reads_after_an_extending_write_see_the_new_size() {
     h.release().await.expect("release");
     client.close().await.expect("close");
 }
+
+/// Bytes a chunkserver holds past a file's end (here: a write the master refused
+/// with EDQUOT) must read as zeros when the file is later extended over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bytes_past_the_end_read_as_zeros_when_the_file_grows() {
+    let cluster = start_cluster().await;
+    let connect = || Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)));
+    let client = connect().await.expect("connect");
+    let caller = Caller::current();
+    let dir = client.mkdir_p("/q", 0o755).await.expect("mkdir");
+    client
+        .quota_set(
+            "/q",
+            alces_client::QuotaLimits {
+                hard_bytes: 8192,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("quota");
+    let attr = client
+        .mknod(
+            dir.inode,
+            b"f",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    let h = client
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open");
+    let head = pattern(4096, 1);
+    h.write(0, &head).await.expect("write within the quota");
+    h.flush().await.expect("flush within the quota");
+    // The chunkservers store this, but the master refuses the new size.
+    let w = h.write(4096, &pattern(65536, 2)).await;
+    let f = h.flush().await;
+    let err = w
+        .err()
+        .or(f.err())
+        .expect("a write past the hard limit fails");
+    assert_eq!(err.errno(), libc::EDQUOT, "{err}");
+    let _ = h.release().await;
+    client.quota_remove("/q").await.expect("remove quota");
+
+    // Another client grows the file over the refused bytes.
+    let other = connect().await.expect("connect");
+    let h2 = other
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open");
+    assert_eq!(
+        h2.attr().size,
+        4096,
+        "the refused write did not grow the file"
+    );
+    h2.truncate(4096 + 65536, &caller).await.expect("extend");
+    let d = h2.read(0, 4096 + 65536).await.expect("read");
+    assert_eq!(d.len(), 4096 + 65536);
+    assert!(d[..4096] == head[..], "the acknowledged head is intact");
+    assert!(
+        d[4096..].iter().all(|b| *b == 0),
+        "bytes the master refused reappeared after extending the file"
+    );
+}
