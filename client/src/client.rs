@@ -17,6 +17,7 @@ use tonic::Status;
 
 use crate::error::{Error, Result};
 use crate::file::{FileHandle, FileState};
+use crate::filesize::Ticket;
 use crate::names::{validate_name, validate_symlink_target};
 
 pub use alces_proto::pb::{Attr, DirEntry, FileType, StatfsReply};
@@ -47,6 +48,11 @@ pub struct ClientConfig {
     pub max_parallel_reads: usize,
     /// Chunk writes in flight at once per file.
     pub max_parallel_writes: usize,
+    /// How long the attributes of a directory that the master returned with this
+    /// client's own change of it (create, unlink, rename...) may answer a GETATTR
+    /// instead of asking the master again. Use the mount's attribute timeout: it
+    /// is the same staleness the kernel's attribute cache already allows.
+    pub dir_attr_ttl: Duration,
 }
 
 impl ClientConfig {
@@ -64,6 +70,7 @@ impl ClientConfig {
             readahead_bytes: 16 << 20,
             max_parallel_reads: 16,
             max_parallel_writes: 4,
+            dir_attr_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -168,6 +175,9 @@ pub(crate) struct Inner {
     files: Mutex<HashMap<u64, Weak<FileState>>>,
     /// Size and mtime of each file at its last open (close-to-open cache check).
     last_open: Mutex<HashMap<u64, (u64, i64)>>,
+    /// Directory attributes returned with this client's own entry changes, kept
+    /// for one GETATTR (see [`ClientConfig::dir_attr_ttl`]).
+    fresh_dirs: Mutex<HashMap<u64, (Attr, Instant)>>,
     reconnect: tokio::sync::Mutex<()>,
     /// Write-behind bytes buffered over all files.
     pub(crate) buffered: AtomicU64,
@@ -246,6 +256,7 @@ impl Client {
             chunkservers: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             last_open: Mutex::new(HashMap::new()),
+            fresh_dirs: Mutex::new(HashMap::new()),
             reconnect: tokio::sync::Mutex::new(()),
             buffered: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -534,6 +545,9 @@ impl Client {
     /// Attributes of `inode` with the size as this client knows it: including
     /// data it wrote but did not flush yet and its own truncates.
     pub async fn getattr_local(&self, inode: u64) -> Result<Attr> {
+        if let Some(a) = self.take_fresh_dir(inode) {
+            return Ok(a);
+        }
         let st = self.open_state(inode);
         let ticket = st.as_ref().map(|st| st.ticket());
         let mut a = self.getattr(inode).await?;
@@ -541,6 +555,40 @@ impl Client {
             a.size = st.observe(t, a.size);
         }
         Ok(a)
+    }
+
+    /// Remembers directory attributes the master returned with an entry change.
+    /// Of two answers for one directory the later change wins (higher ctime, then
+    /// more links), whatever order the replies arrive in.
+    fn note_dirs(&self, attrs: impl IntoIterator<Item = Option<Attr>>) {
+        let ttl = self.inner.config.dir_attr_ttl;
+        if ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut m = self.inner.fresh_dirs.lock();
+        if m.len() > 10_000 {
+            m.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+        }
+        for a in attrs.into_iter().flatten() {
+            match m.get(&a.inode) {
+                Some((old, _)) if (old.ctime_ns, old.nlink) > (a.ctime_ns, a.nlink) => {}
+                _ => {
+                    m.insert(a.inode, (a, now));
+                }
+            }
+        }
+    }
+
+    /// The fresh attributes of directory `inode`, once, if recorded within the TTL.
+    fn take_fresh_dir(&self, inode: u64) -> Option<Attr> {
+        let (a, at) = self.inner.fresh_dirs.lock().remove(&inode)?;
+        (at.elapsed() < self.inner.config.dir_attr_ttl).then_some(a)
+    }
+
+    /// Forgets recorded attributes of `inode` (it was changed some other way).
+    fn forget_fresh_dir(&self, inode: u64) {
+        self.inner.fresh_dirs.lock().remove(&inode);
     }
 
     /// Size of `inode` as this client knows it (see [`Client::getattr_local`]),
@@ -568,6 +616,7 @@ impl Client {
     /// this client's buffered writes first).
     pub async fn setattr(&self, inode: u64, set: &SetAttr, caller: &Caller) -> Result<Attr> {
         self.check_writable()?;
+        self.forget_fresh_dir(inode);
         let mut attr = None;
         if let Some(size) = set.size {
             let st = self.file_state(inode);
@@ -652,6 +701,83 @@ impl Client {
         exclusive: bool,
         caller: &Caller,
     ) -> Result<Attr> {
+        let r = self
+            .mknod_call(
+                parent, name, kind, mode, umask, rdev, exclusive, false, caller,
+            )
+            .await?;
+        attr_of(r)
+    }
+
+    /// Creates (or, unless `exclusive`, finds) the regular file `name` in `parent`
+    /// and opens it with open(2) `flags`, in one round trip to the master.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_open(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        exclusive: bool,
+        caller: &Caller,
+    ) -> Result<FileHandle> {
+        let r = self
+            .mknod_call(
+                parent,
+                name,
+                FileType::Regular,
+                mode,
+                umask,
+                0,
+                exclusive,
+                true,
+                caller,
+            )
+            .await?;
+        let mut attr = attr_of(r)?;
+        if attr.kind != FileType::Regular as i32 {
+            let what = if attr.kind == FileType::Directory as i32 {
+                libc::EISDIR
+            } else {
+                libc::EEXIST
+            };
+            return Err(Error::new(
+                what,
+                "the name exists and is not a regular file",
+            ));
+        }
+        // The size the master answered can be combined with this client's own
+        // writes only if no handle of this client had the file open while the
+        // call was in flight; otherwise ask again with a ticket taken now.
+        let had_state = self.open_state(attr.inode).is_some();
+        let st = self.file_state(attr.inode);
+        let ticket = st.ticket();
+        if had_state {
+            match self.getattr(attr.inode).await {
+                Ok(a) => attr = a,
+                Err(e) => {
+                    let _ = self.release_inode(attr.inode).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.opened(&st, ticket, attr, flags, caller).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn mknod_call(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: FileType,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+        exclusive: bool,
+        open: bool,
+        caller: &Caller,
+    ) -> Result<pb::AttrReply> {
         let name = name_bytes(name)?;
         self.check_writable()?;
         let c = caller.to_pb();
@@ -667,11 +793,13 @@ impl Client {
                     rdev,
                     caller: Some(c.clone()),
                     exclusive,
+                    open,
                 };
                 async move { m.mknod(req).await }
             })
             .await?;
-        attr_of(r)
+        self.note_dirs([r.parent]);
+        Ok(r)
     }
 
     /// Creates a directory.
@@ -699,6 +827,7 @@ impl Client {
                 async move { m.mkdir(req).await }
             })
             .await?;
+        self.note_dirs([r.parent]);
         attr_of(r)
     }
 
@@ -727,6 +856,7 @@ impl Client {
                 async move { m.symlink(req).await }
             })
             .await?;
+        self.note_dirs([r.parent]);
         attr_of(r)
     }
 
@@ -753,6 +883,7 @@ impl Client {
                 async move { m.link(req).await }
             })
             .await?;
+        self.note_dirs([r.parent]);
         attr_of(r)
     }
 
@@ -761,16 +892,18 @@ impl Client {
         let name = name_bytes(name)?;
         self.check_writable()?;
         let c = caller.to_pb();
-        self.call("unlink", |mut m, sid| {
-            let req = pb::EntryRequest {
-                session_id: sid,
-                parent,
-                name: name.clone(),
-                caller: Some(c.clone()),
-            };
-            async move { m.unlink(req).await }
-        })
-        .await?;
+        let r = self
+            .call("unlink", |mut m, sid| {
+                let req = pb::EntryRequest {
+                    session_id: sid,
+                    parent,
+                    name: name.clone(),
+                    caller: Some(c.clone()),
+                };
+                async move { m.unlink(req).await }
+            })
+            .await?;
+        self.note_dirs([r.parent]);
         Ok(())
     }
 
@@ -779,16 +912,18 @@ impl Client {
         let name = name_bytes(name)?;
         self.check_writable()?;
         let c = caller.to_pb();
-        self.call("rmdir", |mut m, sid| {
-            let req = pb::EntryRequest {
-                session_id: sid,
-                parent,
-                name: name.clone(),
-                caller: Some(c.clone()),
-            };
-            async move { m.rmdir(req).await }
-        })
-        .await?;
+        let r = self
+            .call("rmdir", |mut m, sid| {
+                let req = pb::EntryRequest {
+                    session_id: sid,
+                    parent,
+                    name: name.clone(),
+                    caller: Some(c.clone()),
+                };
+                async move { m.rmdir(req).await }
+            })
+            .await?;
+        self.note_dirs([r.parent]);
         Ok(())
     }
 
@@ -814,19 +949,21 @@ impl Client {
         }
         self.check_writable()?;
         let c = caller.to_pb();
-        self.call("rename", |mut m, sid| {
-            let req = pb::RenameRequest {
-                session_id: sid,
-                parent,
-                name: name.clone(),
-                new_parent,
-                new_name: new_name.clone(),
-                flags,
-                caller: Some(c.clone()),
-            };
-            async move { m.rename(req).await }
-        })
-        .await?;
+        let r = self
+            .call("rename", |mut m, sid| {
+                let req = pb::RenameRequest {
+                    session_id: sid,
+                    parent,
+                    name: name.clone(),
+                    new_parent,
+                    new_name: new_name.clone(),
+                    flags,
+                    caller: Some(c.clone()),
+                };
+                async move { m.rename(req).await }
+            })
+            .await?;
+        self.note_dirs([r.parent, r.new_parent]);
         Ok(())
     }
 
@@ -909,7 +1046,22 @@ impl Client {
                 async move { m.open(req).await }
             })
             .await?;
-        let mut attr = attr_of(r)?;
+        self.opened(&st, ticket, attr_of(r)?, flags, caller).await
+    }
+
+    /// The local half of an open, after the master marked `attr.inode` open in
+    /// this session: counts the handle, truncates for `O_TRUNC`, and decides
+    /// whether the kernel may keep its page cache.
+    async fn opened(
+        &self,
+        st: &Arc<FileState>,
+        ticket: Ticket,
+        mut attr: Attr,
+        flags: i32,
+        caller: &Caller,
+    ) -> Result<FileHandle> {
+        let inode = attr.inode;
+        let acc = flags & libc::O_ACCMODE;
         *self.inner.open_inodes.lock().entry(inode).or_insert(0) += 1;
         if flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY && attr.size > 0 {
             match st.truncate(0, caller).await {
@@ -928,7 +1080,7 @@ impl Client {
             }
             m.insert(inode, (attr.size, attr.mtime_ns)) == Some((attr.size, attr.mtime_ns))
         };
-        Ok(FileHandle::new(st, attr, flags, keep_cache))
+        Ok(FileHandle::new(st.clone(), attr, flags, keep_cache))
     }
 
     pub(crate) async fn release_inode(&self, inode: u64) -> Result<()> {

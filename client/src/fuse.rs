@@ -938,30 +938,18 @@ impl Filesystem for AlcesFs {
         let c = caller(req);
         self.spawn(move |s| async move {
             let exclusive = flags & libc::O_EXCL != 0;
-            let r = async {
-                let a = s
-                    .client
-                    .mknod(
-                        s.real(parent),
-                        &name,
-                        FileType::Regular,
-                        mode & 0o7777,
-                        umask,
-                        0,
-                        exclusive,
-                        &c,
-                    )
-                    .await?;
-                if a.kind != FileType::Regular as i32 {
-                    return Err(Error::new(
-                        libc::EISDIR,
-                        "the name exists and is not a regular file",
-                    ));
-                }
-                let h = s.client.open(a.inode, flags, &c).await?;
-                Ok(h)
-            }
-            .await;
+            let r = s
+                .client
+                .create_open(
+                    s.real(parent),
+                    &name,
+                    mode & 0o7777,
+                    umask,
+                    flags,
+                    exclusive,
+                    &c,
+                )
+                .await;
             match r {
                 Ok(h) => {
                     let attr = *h.attr();

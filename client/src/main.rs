@@ -162,6 +162,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.subdir = subdir.clone();
     config.read_only = args.read_only;
     config.client_name = format!("alces-mount {}", args.mountpoint.display());
+    config.dir_attr_ttl = Duration::from_secs_f64(args.attr_timeout);
     let client = rt
         .block_on(Client::connect(config))
         .map_err(|e| anyhow::anyhow!("cannot open a session with master {}: {e}", args.master))?;

@@ -929,6 +929,23 @@ impl Drop for Cluster {
 }
 
 /// A C string of a path (panics on an interior NUL, which tests never build).
+/// Where the records of a changelog file end. The master writes records into
+/// zero-filled space it allocates ahead (`[u32 length][u32 crc][payload]`
+/// frames, never empty), so after a SIGKILL the file is longer than its
+/// records; tests that tear or corrupt "the tail" work from here.
+pub fn changelog_records_end(path: &Path) -> u64 {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut pos = 0usize;
+    while pos + 8 <= data.len() {
+        let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
+        if len == 0 || pos + 8 + len as usize > data.len() {
+            break;
+        }
+        pos += 8 + len as usize;
+    }
+    pos as u64
+}
+
 pub fn cpath(p: &Path) -> std::ffi::CString {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path without NUL")

@@ -6,7 +6,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alces_e2e::{pattern, wait_until, write_synced, Cluster, Options, Proc};
+use alces_e2e::{changelog_records_end, pattern, wait_until, write_synced, Cluster, Options, Proc};
 
 /// Reads `p`; Ok(bytes) or the errno.
 fn read(p: &Path) -> Result<Vec<u8>, i32> {
@@ -134,7 +134,7 @@ fn corruption() {
             listing(&mdata)
         )
     });
-    let len = fs::metadata(newest).unwrap().len();
+    let len = changelog_records_end(newest);
     if len > 3 {
         let f = fs::OpenOptions::new().write(true).open(newest).unwrap();
         f.set_len(len - 3).unwrap();

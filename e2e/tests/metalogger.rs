@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use alces_e2e::storm::{verify, Storm};
-use alces_e2e::{wait_until, Cluster, Proc};
+use alces_e2e::{changelog_records_end, wait_until, Cluster, Proc};
 
 const ML: Proc = Proc::Metalogger(1);
 
@@ -87,7 +87,7 @@ fn metalogger_survives_kills_and_a_corrupt_tail_without_a_gap() {
     c.wait_ml_caught_up(1, Duration::from_secs(60));
     c.kill9(ML);
     let victim = newest_changelog(&data);
-    let len = fs::metadata(&victim).unwrap().len();
+    let len = changelog_records_end(&victim);
     let f = fs::OpenOptions::new().write(true).open(&victim).unwrap();
     f.set_len(len - 5).unwrap();
     let mut f = fs::OpenOptions::new().append(true).open(&victim).unwrap();

@@ -82,14 +82,26 @@ impl Services {
         caller: &Option<pb::Caller>,
         target: &[u8],
         exclusive: bool,
+        open: bool,
     ) -> Result<pb::AttrReply, Status> {
         let owner = owner(caller);
+        // Create + open in one call: the file is marked open in the session under
+        // the same lock, exactly as a following Open would.
+        let mark_open = |inner: &mut Inner, reply: &pb::AttrReply| {
+            if let Some(a) = reply.attr.as_ref() {
+                if open && a.kind == FileType::Regular as i32 {
+                    inner.sessions.open(session_id, a.inode);
+                }
+            }
+        };
         self.core
             .mutate(|core, inner| {
                 core.check_writable(inner, session_id)?;
                 if !exclusive {
                     if let Some(ino) = inner.state.dir(parent)?.get(name).copied() {
-                        return Ok((None, attr_reply(inner, ino)?));
+                        let reply = attr_reply(inner, ino)?;
+                        mark_open(inner, &reply);
+                        return Ok((None, reply));
                     }
                 }
                 volumes::check_quota(
@@ -118,7 +130,10 @@ impl Services {
                     _ => 0,
                 };
                 let v = core.commit(inner, op)?;
-                Ok((Some(v), attr_reply(inner, ino)?))
+                let mut reply = attr_reply(inner, ino)?;
+                reply.parent = inner.state.attr(parent).ok();
+                mark_open(inner, &reply);
+                Ok((Some(v), reply))
             })
             .await
     }
@@ -136,7 +151,18 @@ fn owner(c: &Option<pb::Caller>) -> Owner {
 fn attr_reply(inner: &Inner, ino: u64) -> FsResult<pb::AttrReply> {
     Ok(pb::AttrReply {
         attr: Some(inner.state.attr(ino)?),
+        parent: None,
     })
+}
+
+/// The directories' attributes after an entry was removed or moved.
+fn entry_change(inner: &Inner, parent: u64, new_parent: u64) -> pb::EntryChangeReply {
+    pb::EntryChangeReply {
+        parent: inner.state.attr(parent).ok(),
+        new_parent: (new_parent != parent)
+            .then(|| inner.state.attr(new_parent).ok())
+            .flatten(),
+    }
 }
 
 /// Normalises a session subdirectory and resolves it to a directory inode.
@@ -338,6 +364,7 @@ impl Master for Services {
                 &r.caller,
                 b"",
                 r.exclusive,
+                r.open,
             )
             .await
         }
@@ -359,6 +386,7 @@ impl Master for Services {
                 &r.caller,
                 b"",
                 true,
+                false,
             )
             .await;
         self.done("Mkdir", res)
@@ -378,6 +406,7 @@ impl Master for Services {
                 &r.caller,
                 &r.target,
                 true,
+                false,
             )
             .await;
         self.done("Symlink", res)
@@ -406,23 +435,25 @@ impl Master for Services {
                         name: r.new_name.clone(),
                     }),
                 )?;
-                Ok((Some(v), attr_reply(inner, r.inode)?))
+                let mut reply = attr_reply(inner, r.inode)?;
+                reply.parent = inner.state.attr(r.new_parent).ok();
+                Ok((Some(v), reply))
             })
             .await;
         self.done("Link", res)
     }
 
-    async fn unlink(&self, req: Request<pb::EntryRequest>) -> Reply<pb::Empty> {
+    async fn unlink(&self, req: Request<pb::EntryRequest>) -> Reply<pb::EntryChangeReply> {
         let res = self.remove(req.into_inner(), false).await;
         self.done("Unlink", res)
     }
 
-    async fn rmdir(&self, req: Request<pb::EntryRequest>) -> Reply<pb::Empty> {
+    async fn rmdir(&self, req: Request<pb::EntryRequest>) -> Reply<pb::EntryChangeReply> {
         let res = self.remove(req.into_inner(), true).await;
         self.done("Rmdir", res)
     }
 
-    async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::Empty> {
+    async fn rename(&self, req: Request<pb::RenameRequest>) -> Reply<pb::EntryChangeReply> {
         let r = req.into_inner();
         let res = self
             .core
@@ -462,7 +493,7 @@ impl Master for Services {
                         keep_orphan,
                     }),
                 )?;
-                Ok((Some(v), pb::Empty {}))
+                Ok((Some(v), entry_change(inner, r.parent, r.new_parent)))
             })
             .await;
         self.done("Rename", res)
@@ -863,7 +894,11 @@ impl Master for Services {
 }
 
 impl Services {
-    async fn remove(&self, r: pb::EntryRequest, directory: bool) -> Result<pb::Empty, Status> {
+    async fn remove(
+        &self,
+        r: pb::EntryRequest,
+        directory: bool,
+    ) -> Result<pb::EntryChangeReply, Status> {
         self.core
             .mutate(|core, inner| {
                 core.check_writable(inner, r.session_id)?;
@@ -885,7 +920,7 @@ impl Services {
                         trash_secs,
                     }),
                 )?;
-                Ok((Some(v), pb::Empty {}))
+                Ok((Some(v), entry_change(inner, r.parent, r.parent)))
             })
             .await
     }

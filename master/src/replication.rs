@@ -9,11 +9,18 @@ use std::time::{Duration, Instant};
 
 use alces_proto::pb::{self, ChangelogRecord};
 use parking_lot::Mutex;
+use prost::Message;
 use tokio::sync::watch;
 use tonic::Status;
 
-/// Records kept in memory for metaloggers to resume from.
-pub const WINDOW_RECORDS: usize = 500_000;
+/// Bytes of recent records kept in memory for metaloggers to resume from
+/// (counted as their encoded size plus [`RECORD_OVERHEAD`]). A metalogger
+/// further behind fetches a fresh snapshot. Bounded in bytes, not records, so
+/// that the window is a fixed cost and not a share of the memory per file.
+pub const WINDOW_BYTES: usize = 16 << 20;
+
+/// In-memory cost of a record beyond its encoded size (struct, allocations).
+const RECORD_OVERHEAD: usize = 96;
 
 /// Why a master stopped accepting mutations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +48,8 @@ struct Window {
     /// Version of the first record in `recs` (or the next version when empty).
     first: u64,
     recs: VecDeque<ChangelogRecord>,
+    /// Cost of `recs` as counted against [`WINDOW_BYTES`].
+    bytes: usize,
 }
 
 /// Replication state shared by the commit path and the Replication service.
@@ -64,6 +73,7 @@ impl Hub {
             window: Mutex::new(Window {
                 first: next_version,
                 recs: VecDeque::new(),
+                bytes: 0,
             }),
             committed: watch::Sender::new(next_version.saturating_sub(1)),
             metaloggers: Mutex::new(BTreeMap::new()),
@@ -78,10 +88,13 @@ impl Hub {
     /// Adds a committed record (called in version order under the master lock).
     pub fn push(&self, rec: &ChangelogRecord) {
         let mut w = self.window.lock();
+        w.bytes += rec.encoded_len() + RECORD_OVERHEAD;
         w.recs.push_back(rec.clone());
-        while w.recs.len() > WINDOW_RECORDS {
-            w.recs.pop_front();
-            w.first += 1;
+        while w.bytes > WINDOW_BYTES && w.recs.len() > 1 {
+            if let Some(old) = w.recs.pop_front() {
+                w.bytes -= old.encoded_len() + RECORD_OVERHEAD;
+                w.first += 1;
+            }
         }
         drop(w);
         self.committed.send_replace(rec.version);
@@ -114,9 +127,10 @@ impl Hub {
         if from < w.first {
             return Err(w.first);
         }
-        let skip = (from - w.first) as usize;
+        let skip = ((from - w.first) as usize).min(w.recs.len());
         let n = (upto + 1).saturating_sub(from).min(max as u64) as usize;
-        Ok(w.recs.iter().skip(skip).take(n).cloned().collect())
+        let end = skip.saturating_add(n).min(w.recs.len());
+        Ok(w.recs.range(skip..end).cloned().collect())
     }
 
     /// The current fence.
@@ -302,5 +316,43 @@ impl Hub {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The window holds a bounded number of bytes whatever the number of
+    /// records; a resume point that fell out of it is refused with the oldest
+    /// version held, and ranges inside it come back in order.
+    #[test]
+    fn the_window_is_bounded_in_bytes() {
+        let hub = Hub::new(1, 0, Duration::from_secs(1));
+        let rec = |v: u64| ChangelogRecord {
+            version: v,
+            time_ns: 1,
+            op: Some(pb::changelog_record::Op::Purge(pb::PurgeOp { inode: v })),
+        };
+        let n = 2 * WINDOW_BYTES / (rec(1).encoded_len() + RECORD_OVERHEAD);
+        for v in 1..=n as u64 {
+            hub.push(&rec(v));
+        }
+        let first = hub.first();
+        assert!(first > 1, "old records were dropped");
+        let w = hub.window.lock();
+        assert!(w.bytes <= WINDOW_BYTES, "{} bytes held", w.bytes);
+        assert_eq!(w.recs.len() as u64, n as u64 - first + 1);
+        drop(w);
+        assert_eq!(hub.records_from(first - 1, n as u64, 10), Err(first));
+        let got = hub.records_from(first + 5, n as u64, 3).unwrap();
+        assert_eq!(
+            got.iter().map(|r| r.version).collect::<Vec<_>>(),
+            vec![first + 5, first + 6, first + 7]
+        );
+        assert!(hub
+            .records_from(n as u64 + 1, n as u64, 10)
+            .unwrap()
+            .is_empty());
     }
 }
