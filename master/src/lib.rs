@@ -31,6 +31,7 @@ pub mod datadir;
 pub mod frame;
 pub mod goals;
 pub mod grpc;
+pub mod inodes;
 pub mod metalogger;
 pub mod metrics;
 pub mod namespace;

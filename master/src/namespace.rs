@@ -121,15 +121,23 @@ pub type DirPage<'a> = (Vec<(&'a [u8], u64)>, bool);
 /// Extended attributes of one inode (boxed so inodes without any stay small).
 pub type Xattrs = BTreeMap<Box<[u8]>, Box<[u8]>>;
 
-/// What an inode holds besides its attributes.
+/// A name in a directory: up to 16 bytes are stored inline (most names), so an
+/// entry needs no allocation of its own.
+pub type Name = smallvec::SmallVec<[u8; 16]>;
+
+/// The entries of a directory by name.
+pub type Entries = BTreeMap<Name, u64>;
+
+/// What an inode holds besides its attributes. Every variant is one pointer
+/// wide, so the inode stays small.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     /// Regular file: chunk id per chunk index (0 = hole).
-    File(Vec<u64>),
+    File(thin_vec::ThinVec<u64>),
     /// Directory: entries by name.
-    Dir(BTreeMap<Box<[u8]>, u64>),
+    Dir(Box<Entries>),
     /// Symbolic link target.
-    Symlink(Box<[u8]>),
+    Symlink(thin_vec::ThinVec<u8>),
     /// Character or block device number.
     Device(u64),
     /// Fifo or socket.
@@ -174,7 +182,7 @@ impl Inode {
     }
 
     /// Directory entries, if a directory.
-    pub fn entries(&self) -> Option<&BTreeMap<Box<[u8]>, u64>> {
+    pub fn entries(&self) -> Option<&Entries> {
         match &self.body {
             Body::Dir(e) => Some(e),
             _ => None,
@@ -182,7 +190,7 @@ impl Inode {
     }
 
     /// Chunk ids, if a regular file.
-    pub fn chunks(&self) -> Option<&Vec<u64>> {
+    pub fn chunks(&self) -> Option<&[u64]> {
         match &self.body {
             Body::File(c) => Some(c),
             _ => None,
@@ -245,7 +253,7 @@ pub struct State {
     /// Next chunk id to hand out.
     pub next_chunk_id: u64,
     /// Every inode by number.
-    pub inodes: HashMap<u64, Inode>,
+    pub inodes: crate::inodes::InodeTable,
     /// Every chunk by id.
     pub chunks: HashMap<u64, ChunkMeta>,
     /// Inodes without links kept while open (or until reclaimed after a restart).
@@ -264,7 +272,7 @@ pub struct State {
 impl State {
     /// A new filesystem: an empty root directory (0755, uid 0, gid 0).
     pub fn format(cluster_id: String, chunk_size: u64, goal: u32, now: i64) -> Self {
-        let mut inodes = HashMap::new();
+        let mut inodes = crate::inodes::InodeTable::new();
         inodes.insert(
             ROOT_INODE,
             Inode {
@@ -279,7 +287,7 @@ impl State {
                 mtime: now,
                 ctime: now,
                 parent: ROOT_INODE,
-                body: Body::Dir(BTreeMap::new()),
+                body: Body::Dir(Box::default()),
                 xattrs: None,
             },
         );
@@ -314,7 +322,7 @@ impl State {
     }
 
     /// The entries of directory `ino` (ENOENT, ENOTDIR).
-    pub fn dir(&self, ino: u64) -> FsResult<&BTreeMap<Box<[u8]>, u64>> {
+    pub fn dir(&self, ino: u64) -> FsResult<&Entries> {
         self.get(ino)?
             .entries()
             .ok_or_else(|| FsError::new(libc::ENOTDIR, format!("inode {ino} is not a directory")))
@@ -471,7 +479,17 @@ mod tests {
     fn inodes_stay_small() {
         // Memory per file is benchmarked: keep the fixed part of an inode compact.
         let size = std::mem::size_of::<Inode>();
-        assert!(size <= 104, "Inode grew to {size} bytes");
+        assert!(size <= 88, "Inode grew to {size} bytes");
+        assert_eq!(
+            std::mem::size_of::<Body>(),
+            16,
+            "every Body variant is one pointer"
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<Inode>>(),
+            size,
+            "an empty inode slot costs no more than an inode"
+        );
     }
 
     #[test]

@@ -6,8 +6,6 @@
 //! [`apply`] checks everything before it changes anything, so a refused record
 //! leaves the state untouched.
 
-use std::collections::BTreeMap;
-
 use alces_proto::geometry::MAX_FILE_SIZE;
 use alces_proto::pb::changelog_record::Op;
 use alces_proto::pb::{self, ChangelogRecord, FileType, SetAttrField};
@@ -167,7 +165,7 @@ fn touch_dir(st: &mut State, dir: u64, t: i64) {
     }
 }
 
-fn dir_entries_mut(st: &mut State, dir: u64) -> FsResult<&mut BTreeMap<Box<[u8]>, u64>> {
+fn dir_entries_mut(st: &mut State, dir: u64) -> FsResult<&mut crate::namespace::Entries> {
     match &mut st.get_mut(dir)?.body {
         Body::Dir(e) => Ok(e),
         _ => err(libc::ENOTDIR, format!("inode {dir} is not a directory")),
@@ -184,8 +182,8 @@ fn create(st: &mut State, t: i64, o: &pb::CreateOp) -> FsResult<()> {
         );
     }
     let body = match kind {
-        FileType::Regular => Body::File(Vec::new()),
-        FileType::Directory => Body::Dir(BTreeMap::new()),
+        FileType::Regular => Body::File(thin_vec::ThinVec::new()),
+        FileType::Directory => Body::Dir(Box::default()),
         FileType::Symlink => {
             if o.symlink_target.is_empty() {
                 return err(libc::ENOENT, "symbolic link target is empty");
@@ -202,7 +200,7 @@ fn create(st: &mut State, t: i64, o: &pb::CreateOp) -> FsResult<()> {
             if o.symlink_target.contains(&0) {
                 return err(libc::EINVAL, "symbolic link target contains NUL");
             }
-            Body::Symlink(o.symlink_target.clone().into_boxed_slice())
+            Body::Symlink(o.symlink_target.as_slice().into())
         }
         FileType::CharDevice | FileType::BlockDevice => Body::Device(o.rdev),
         FileType::Fifo | FileType::Socket => Body::Special,
@@ -232,7 +230,7 @@ fn create(st: &mut State, t: i64, o: &pb::CreateOp) -> FsResult<()> {
     };
     st.inodes.insert(o.inode, inode);
     st.next_inode = o.inode + 1;
-    dir_entries_mut(st, o.parent)?.insert(o.name.clone().into_boxed_slice(), o.inode);
+    dir_entries_mut(st, o.parent)?.insert(o.name.as_slice().into(), o.inode);
     if is_dir {
         st.get_mut(o.parent)?.nlink += 1;
         st.usage.insert(o.inode, Usage::default());
@@ -284,7 +282,7 @@ fn link(st: &mut State, t: i64, o: &pb::LinkOp) -> FsResult<()> {
     i.parent = o.parent;
     volumes::sub(st, old_parent, u, t);
     volumes::add(st, o.parent, u, t);
-    dir_entries_mut(st, o.parent)?.insert(o.name.clone().into_boxed_slice(), o.inode);
+    dir_entries_mut(st, o.parent)?.insert(o.name.as_slice().into(), o.inode);
     touch_dir(st, o.parent, t);
     Ok(())
 }
@@ -324,7 +322,7 @@ fn drop_link(
         let other = st
             .inodes
             .iter()
-            .filter_map(|(d, i)| i.entries().map(|e| (*d, e)))
+            .filter_map(|(d, i)| i.entries().map(|e| (d, e)))
             .filter(|(_, e)| e.values().any(|&c| c == ino))
             .map(|(d, _)| d)
             .min();
@@ -474,8 +472,8 @@ fn rename(st: &mut State, t: i64, o: &pb::RenameOp, applied: &mut Applied) -> Fs
         let (dst_from, dst_u) = (st.get(dst)?.parent, volumes::subtree(st, dst));
         volumes::sub(st, src_from, src_u, t);
         volumes::sub(st, dst_from, dst_u, t);
-        dir_entries_mut(st, o.parent)?.insert(o.name.clone().into_boxed_slice(), dst);
-        dir_entries_mut(st, o.new_parent)?.insert(o.new_name.clone().into_boxed_slice(), src);
+        dir_entries_mut(st, o.parent)?.insert(o.name.as_slice().into(), dst);
+        dir_entries_mut(st, o.new_parent)?.insert(o.new_name.as_slice().into(), src);
         if o.parent != o.new_parent && src_dir != dst_dir {
             // One directory moves each way: the parents' link counts follow.
             let (to_new, to_old) = if src_dir { (1i64, -1i64) } else { (-1, 1) };
@@ -532,7 +530,7 @@ fn rename(st: &mut State, t: i64, o: &pb::RenameOp, applied: &mut Applied) -> Fs
     let (src_from, src_u) = (st.get(src)?.parent, volumes::subtree(st, src));
     volumes::sub(st, src_from, src_u, t);
     dir_entries_mut(st, o.parent)?.remove(&o.name[..]);
-    dir_entries_mut(st, o.new_parent)?.insert(o.new_name.clone().into_boxed_slice(), src);
+    dir_entries_mut(st, o.new_parent)?.insert(o.new_name.as_slice().into(), src);
     if src_dir {
         adjust_nlink(st, o.parent, -1);
         adjust_nlink(st, o.new_parent, 1);

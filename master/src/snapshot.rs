@@ -53,7 +53,7 @@ fn inode_record(ino: u64, i: &Inode, st: &State) -> pb::SnapshotInode {
     };
     match &i.body {
         Body::File(chunks) => {
-            r.chunks = chunks.clone();
+            r.chunks = chunks.to_vec();
             r.chunk_versions = chunks
                 .iter()
                 .map(|c| st.chunks.get(c).map_or(0, |m| m.version))
@@ -99,7 +99,7 @@ pub fn encode(st: &State, created_ns: i64) -> Vec<u8> {
         }),
         &mut out,
     );
-    let mut inos: Vec<u64> = st.inodes.keys().copied().collect();
+    let mut inos: Vec<u64> = st.inodes.keys().collect();
     inos.sort_unstable();
     for ino in inos {
         if let Some(i) = st.inodes.get(&ino) {
@@ -152,9 +152,14 @@ pub fn encode(st: &State, created_ns: i64) -> Vec<u8> {
 
 /// Writes the snapshot of `st` into `dir` durably; returns its path.
 pub fn write(dir: &Path, st: &State, created_ns: i64) -> anyhow::Result<PathBuf> {
-    let bytes = encode(st, created_ns);
-    let path = dir.join(file_name(st.version));
-    let tmp = dir.join(format!("{}.tmp", file_name(st.version)));
+    write_encoded(dir, st.version, &encode(st, created_ns))
+}
+
+/// Writes a snapshot already encoded by [`encode`] from the state at `version`
+/// (atomically: temporary file, fsync, rename, directory fsync).
+pub fn write_encoded(dir: &Path, version: u64, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    let path = dir.join(file_name(version));
+    let tmp = dir.join(format!("{}.tmp", file_name(version)));
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
@@ -205,7 +210,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
         chunk_size: header.chunk_size,
         next_inode: header.next_inode,
         next_chunk_id: header.next_chunk_id,
-        inodes: HashMap::with_capacity(header.inode_count.min(1 << 24) as usize),
+        inodes: crate::inodes::InodeTable::new(),
         chunks: HashMap::new(),
         orphans: BTreeSet::new(),
         quotas: BTreeMap::new(),
@@ -244,15 +249,15 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
                                 m.goal = m.goal.max(goal);
                             }
                         }
-                        Body::File(r.chunks)
+                        Body::File(r.chunks.into())
                     }
-                    FileType::Directory => Body::Dir(
+                    FileType::Directory => Body::Dir(Box::new(
                         r.entries
                             .into_iter()
-                            .map(|e| (e.name.into_boxed_slice(), e.inode))
+                            .map(|e| (crate::namespace::Name::from_slice(&e.name), e.inode))
                             .collect::<BTreeMap<_, _>>(),
-                    ),
-                    FileType::Symlink => Body::Symlink(r.symlink_target.into_boxed_slice()),
+                    )),
+                    FileType::Symlink => Body::Symlink(r.symlink_target.into()),
                     FileType::CharDevice | FileType::BlockDevice => Body::Device(r.rdev),
                     _ => Body::Special,
                 };

@@ -456,7 +456,7 @@ pub fn restore(st: &mut State, t: i64, o: &pb::RestoreOp) -> FsResult<()> {
         inodes: 1,
     };
     if let Body::Dir(e) = &mut st.get_mut(o.parent)?.body {
-        e.insert(o.name.clone().into_boxed_slice(), o.inode);
+        e.insert(o.name.as_slice().into(), o.inode);
     }
     if let Some(p) = st.inodes.get_mut(&o.parent) {
         p.mtime = t;
@@ -506,8 +506,8 @@ pub fn snapshot(st: &mut State, t: i64, o: &pb::SnapshotOp) -> FsResult<()> {
         );
     }
     let mut next = st.next_inode;
-    let mut work: VecDeque<(u64, u64, Box<[u8]>)> = VecDeque::new();
-    work.push_back((o.source, o.parent, o.name.clone().into_boxed_slice()));
+    let mut work: VecDeque<(u64, u64, crate::namespace::Name)> = VecDeque::new();
+    work.push_back((o.source, o.parent, o.name.as_slice().into()));
     while let Some((old, new_parent, name)) = work.pop_front() {
         let Some(src) = st.inodes.get(&old) else {
             continue;
@@ -531,7 +531,7 @@ pub fn snapshot(st: &mut State, t: i64, o: &pb::SnapshotOp) -> FsResult<()> {
         };
         copy.body = match &src.body {
             Body::Dir(entries) => {
-                for (n, c) in entries {
+                for (n, c) in entries.iter() {
                     work.push_back((*c, new, n.clone()));
                 }
                 Body::Dir(Default::default())
@@ -586,9 +586,9 @@ pub fn compute_usage(st: &State) -> HashMap<u64, Usage> {
         .inodes
         .iter()
         .filter(|(_, i)| i.is_dir())
-        .map(|(n, _)| (*n, Usage::default()))
+        .map(|(n, _)| (n, Usage::default()))
         .collect();
-    for (&ino, i) in &st.inodes {
+    for (ino, i) in st.inodes.iter() {
         if ino == ROOT_INODE || i.nlink == 0 {
             continue;
         }
