@@ -162,7 +162,7 @@ pub fn write_encoded(dir: &Path, version: u64, bytes: &[u8]) -> anyhow::Result<P
     let tmp = dir.join(format!("{}.tmp", file_name(version)));
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)
     })();
