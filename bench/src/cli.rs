@@ -22,6 +22,43 @@ pub enum Command {
     /// Remove what a previous (crashed) run left behind: mounts, processes, the network
     /// namespace and the work directory.
     Cleanup(CleanupArgs),
+    /// Failover figures on local Alces clusters: SIGKILL of the master to the first
+    /// acknowledged write on a promoted metalogger, the switchover pause, and the
+    /// metadata rate with sync_metaloggers=1 as a ratio of the rate with 0.
+    Failover(FailoverArgs),
+    /// Self-healing figures on a local Alces cluster (3 chunkservers, goal 2): the
+    /// time from a chunkserver's SIGKILL to every chunk back at goal, and the
+    /// foreground write throughput during the repair as a ratio of a healthy one.
+    Repair(RepairArgs),
+}
+
+/// Options of `alces-bench failover`.
+#[derive(Debug, Clone, Args)]
+pub struct FailoverArgs {
+    /// Directories created to measure each metadata rate.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub mkdirs: u64,
+    /// Do not run `cargo build --release` for the Alces binaries first.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Options of `alces-bench repair`.
+#[derive(Debug, Clone, Args)]
+pub struct RepairArgs {
+    /// MiB of data written (goal 2) before a chunkserver is killed.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=65536))]
+    pub mib: u64,
+    /// Seconds without heartbeats before the master declares the chunkserver lost
+    /// (its --chunkserver-timeout).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub loss_timeout: u64,
+    /// Seconds the foreground writer is measured on the healthy cluster.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub baseline_secs: u64,
+    /// Do not run `cargo build --release` for the Alces binaries first.
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 /// Options of `alces-bench all`.

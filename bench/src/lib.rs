@@ -6,6 +6,7 @@
 
 pub mod cleanup;
 pub mod cli;
+pub mod cluster_figures;
 pub mod data;
 pub mod exec;
 pub mod figures;

@@ -3,6 +3,19 @@
 use alces_bench::cli::{Cli, Command};
 use clap::Parser;
 
+fn report(r: anyhow::Result<String>) -> i32 {
+    match r {
+        Ok(table) => {
+            println!("{table}");
+            0
+        }
+        Err(e) => {
+            eprintln!("alces-bench: {e:#}");
+            2
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -18,6 +31,8 @@ fn main() {
             alces_bench::runner::cleanup(&args.work_dir);
             0
         }
+        Command::Failover(args) => report(alces_bench::cluster_figures::failover(&args)),
+        Command::Repair(args) => report(alces_bench::cluster_figures::repair(&args)),
     };
     alces_bench::cleanup::run_all();
     if alces_bench::cleanup::interrupted() {
