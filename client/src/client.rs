@@ -287,6 +287,18 @@ impl Client {
             .iter()
             .flat_map(|(ino, n)| std::iter::repeat_n(*ino, *n as usize))
             .collect();
+        let files: Vec<Arc<FileState>> = self
+            .inner
+            .files
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let write_sessions = files
+            .iter()
+            .flat_map(|f| f.write_sessions())
+            .map(|(chunk_id, version)| pb::OpenWriteSession { chunk_id, version })
+            .collect();
         let req = pb::RegisterSessionRequest {
             client_name: self.inner.config.client_name.clone(),
             subdir: self.inner.config.subdir.clone(),
@@ -295,6 +307,7 @@ impl Client {
             open_inodes,
             hostname: hostname(),
             seen_epoch: self.inner.seen_epoch.load(Ordering::SeqCst),
+            write_sessions,
         };
         let reply = match self.inner.master.clone().register_session(req).await {
             Ok(r) => r.into_inner(),
