@@ -45,7 +45,8 @@ struct WriteSession {
     chain: Vec<pb::ChunkLocation>,
     copy_from_chunk_id: u64,
     copy_from_version: u64,
-    /// End of the data written in this chunk during the session.
+    /// End of the data written in this chunk during the session (and in
+    /// sessions dropped after a failure before it).
     max_end: u64,
     modified: bool,
     /// Version of the oldest session whose data `max_end` covers.
@@ -85,6 +86,10 @@ pub(crate) struct FileState {
     sessions: Mutex<HashMap<u64, WriteSession>>,
     /// Held while a write session is opened, so two tasks never open two.
     opening: tokio::sync::Mutex<()>,
+    /// Sessions dropped after a failure with data written, by chunk index: the
+    /// next session of that chunk tells the master their length (a dropped
+    /// session's length must not be forgotten).
+    dropped: Mutex<HashMap<u64, WriteSession>>,
     /// Chunks written since the last fsync: index -> (chunk id, version, chain).
     unsynced: Mutex<HashMap<u64, Unsynced>>,
     locations: Mutex<HashMap<u64, (Instant, pb::ReadChunkReply)>>,
@@ -108,6 +113,7 @@ impl FileState {
             flush_lock: tokio::sync::Mutex::new(()),
             sessions: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
+            dropped: Mutex::new(HashMap::new()),
             unsynced: Mutex::new(HashMap::new()),
             locations: Mutex::new(HashMap::new()),
             write_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
@@ -286,7 +292,7 @@ impl FileState {
                 format!("the master gave no chunkserver to write chunk {idx} of inode {inode}"),
             ));
         }
-        let s = WriteSession {
+        let mut s = WriteSession {
             chunk_id: r.chunk_id,
             version: r.version,
             old_version: r.old_version,
@@ -297,27 +303,50 @@ impl FileState {
             modified: false,
             since: r.version,
         };
+        if let Some(d) = self.dropped.lock().remove(&idx) {
+            s.max_end = d.max_end;
+            s.modified = d.modified;
+            s.since = d.since;
+        }
         self.sessions.lock().insert(idx, s.clone());
         Ok(s)
     }
 
-    /// The write sessions open on this file (chunk id, version).
+    /// The write sessions open on this file (chunk id, version), also those
+    /// dropped with data whose length the master has not been told yet.
     pub(crate) fn write_sessions(&self) -> Vec<(u64, u64)> {
-        self.sessions
+        let mut out: Vec<(u64, u64)> = self
+            .sessions
             .lock()
             .values()
             .map(|s| (s.chunk_id, s.version))
-            .collect()
+            .collect();
+        out.extend(
+            self.dropped
+                .lock()
+                .values()
+                .map(|s| (s.chunk_id, s.version)),
+        );
+        out
     }
 
-    /// Forgets session `s` of chunk `idx` (after ESTALE) unless a newer one replaced it.
+    /// Forgets session `s` of chunk `idx` (after ESTALE) unless a newer one
+    /// replaced it; the length it wrote goes to the next session of the chunk.
     async fn drop_session(&self, idx: u64, s: &WriteSession) {
         let mut sessions = self.sessions.lock();
         if sessions
             .get(&idx)
             .is_some_and(|cur| cur.version == s.version && cur.chunk_id == s.chunk_id)
         {
-            sessions.remove(&idx);
+            if let Some(cur) = sessions.remove(&idx) {
+                if cur.modified {
+                    let mut dropped = self.dropped.lock();
+                    let d = dropped.entry(idx).or_insert_with(|| cur.clone());
+                    d.max_end = d.max_end.max(cur.max_end);
+                    d.since = d.since.min(cur.since);
+                    d.modified = true;
+                }
+            }
         }
     }
 
@@ -514,7 +543,10 @@ impl FileState {
 
     /// Closes every open write session, telling the master the file size.
     async fn close_sessions(&self) -> Result<()> {
-        let sessions: Vec<(u64, WriteSession)> = self.sessions.lock().drain().collect();
+        let mut sessions: Vec<(u64, WriteSession)> = self.sessions.lock().drain().collect();
+        // Dropped sessions no later session took over (every retry failed):
+        // their data is on the chunkservers all the same.
+        sessions.extend(self.dropped.lock().drain());
         let mut first_err = None;
         for (idx, s) in sessions {
             if let Err(e) = self.end_session(idx, &s).await {

@@ -1113,3 +1113,74 @@ async fn a_gap_written_past_the_end_reads_as_zeros_over_refused_bytes() {
         h3.release().await.expect("release");
     }
 }
+
+/// Data written in a write session that later turns stale (another client
+/// opened a session on the chunk) counts toward the file's length when the
+/// next session closes: a stale session's length is never forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_sessions_length_is_still_recorded() {
+    let cluster = start_cluster().await;
+    let connect = || {
+        let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+        cfg.write_flush_bytes = MIB;
+        Client::connect(cfg)
+    };
+    let a = connect().await.expect("connect a");
+    let b = connect().await.expect("connect b");
+    let caller = Caller::current();
+    let attr = a
+        .mknod(
+            a.root(),
+            b"stale",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    // A writes the second half of chunk 0: sent in the background (it reaches
+    // the chunk's end), its write session stays open.
+    let ha = a
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open a");
+    let half = pattern((MIB / 2) as usize, 1);
+    ha.write(MIB / 2, &half).await.expect("write a");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.buffered_bytes() > 0 {
+        assert!(Instant::now() < deadline, "background write did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B writes the chunk too: A's session is stale now.
+    let hb = b
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open b");
+    hb.write(0, b"from b").await.expect("write b");
+    hb.release().await.expect("release b");
+    // A writes lower in the chunk: ESTALE, a new session, then the flush.
+    ha.write(100, b"from a").await.expect("write a again");
+    ha.flush().await.expect("flush a");
+    assert!(a.write_retries() >= 1, "the stale session was not detected");
+    ha.release().await.expect("release a");
+    let c = connect().await.expect("connect c");
+    let hc = c
+        .open(attr.inode, libc::O_RDONLY, &caller)
+        .await
+        .expect("open c");
+    assert_eq!(
+        hc.attr().size,
+        MIB,
+        "the length written in the stale session was lost"
+    );
+    let d = hc.read(0, MIB).await.expect("read");
+    assert_eq!(&d[..6], b"from b");
+    assert_eq!(&d[100..106], b"from a");
+    assert!(
+        d[(MIB / 2) as usize..] == half[..],
+        "A's first write reads back"
+    );
+}
