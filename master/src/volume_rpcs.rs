@@ -462,16 +462,27 @@ fn purge(core: &Core, inner: &mut Inner, ids: &[u64]) -> (Option<u64>, u64, u64)
     (last, n, bytes)
 }
 
-/// Frees trash entries whose time ran out (maintenance tick).
+/// Trash entries freed per maintenance tick (1 s) when their time runs out:
+/// a large expiry is spread over ticks rather than holding the master lock
+/// for all of it at once (the earliest expired first).
+pub const PURGE_PER_TICK: usize = 1000;
+
+/// Frees up to [`PURGE_PER_TICK`] trash entries whose time ran out
+/// (maintenance tick).
 pub fn purge_expired(core: &Core, inner: &mut Inner) {
     let now = now_ns();
-    let ids: Vec<u64> = inner
+    let mut due: Vec<(i64, u64)> = inner
         .state
         .trash
         .iter()
-        .filter(|(_, e)| e.expires <= now)
-        .map(|(i, _)| *i)
+        .filter(|(i, e)| e.expires <= now && !inner.sessions.is_open(**i))
+        .map(|(i, e)| (e.expires, *i))
         .collect();
+    if due.len() > PURGE_PER_TICK {
+        due.select_nth_unstable(PURGE_PER_TICK);
+        due.truncate(PURGE_PER_TICK);
+    }
+    let ids: Vec<u64> = due.into_iter().map(|(_, i)| i).collect();
     if !ids.is_empty() {
         let (_, n, bytes) = purge(core, inner, &ids);
         if n > 0 {
