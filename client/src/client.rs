@@ -642,14 +642,27 @@ impl Client {
     }
 
     pub(crate) async fn setattr_raw(&self, req: pb::SetAttrRequest) -> Result<Attr> {
-        let r = self
-            .call("setattr", |mut m, sid| {
-                let mut req = req.clone();
-                req.session_id = sid;
-                async move { m.set_attr(req).await }
-            })
-            .await?;
-        attr_of(r)
+        // Growing a file can wait while the master cuts bytes stored past its
+        // old end, or answer EAGAIN while another client's write session may
+        // own them: retried for a bounded time.
+        let resize = req.valid & pb::SetAttrField::SetAttrSize as u32 != 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self
+                .call("setattr", |mut m, sid| {
+                    let mut req = req.clone();
+                    req.session_id = sid;
+                    async move { m.set_attr(req).await }
+                })
+                .await;
+            match r {
+                Err(e) if resize && e.errno() == libc::EAGAIN && Instant::now() < deadline => {
+                    tracing::debug!(inode = req.inode, error = %e, "size change must wait; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                r => return attr_of(r?),
+            }
+        }
     }
 
     /// Creates a regular file, fifo, socket or device node.
