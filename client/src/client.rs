@@ -298,6 +298,18 @@ impl Client {
             .iter()
             .flat_map(|(ino, n)| std::iter::repeat_n(*ino, *n as usize))
             .collect();
+        let files: Vec<Arc<FileState>> = self
+            .inner
+            .files
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let write_sessions = files
+            .iter()
+            .flat_map(|f| f.write_sessions())
+            .map(|(chunk_id, version)| pb::OpenWriteSession { chunk_id, version })
+            .collect();
         let req = pb::RegisterSessionRequest {
             client_name: self.inner.config.client_name.clone(),
             subdir: self.inner.config.subdir.clone(),
@@ -306,6 +318,7 @@ impl Client {
             open_inodes,
             hostname: hostname(),
             seen_epoch: self.inner.seen_epoch.load(Ordering::SeqCst),
+            write_sessions,
         };
         let reply = match self.inner.master.clone().register_session(req).await {
             Ok(r) => r.into_inner(),
@@ -678,14 +691,27 @@ impl Client {
     }
 
     pub(crate) async fn setattr_raw(&self, req: pb::SetAttrRequest) -> Result<Attr> {
-        let r = self
-            .call("setattr", |mut m, sid| {
-                let mut req = req.clone();
-                req.session_id = sid;
-                async move { m.set_attr(req).await }
-            })
-            .await?;
-        attr_of(r)
+        // Growing a file can wait while the master cuts bytes stored past its
+        // old end, or answer EAGAIN while another client's write session may
+        // own them: retried for a bounded time.
+        let resize = req.valid & pb::SetAttrField::SetAttrSize as u32 != 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self
+                .call("setattr", |mut m, sid| {
+                    let mut req = req.clone();
+                    req.session_id = sid;
+                    async move { m.set_attr(req).await }
+                })
+                .await;
+            match r {
+                Err(e) if resize && e.errno() == libc::EAGAIN && Instant::now() < deadline => {
+                    tracing::debug!(inode = req.inode, error = %e, "size change must wait; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                r => return attr_of(r?),
+            }
+        }
     }
 
     /// Creates a regular file, fifo, socket or device node.

@@ -45,9 +45,12 @@ struct WriteSession {
     chain: Vec<pb::ChunkLocation>,
     copy_from_chunk_id: u64,
     copy_from_version: u64,
-    /// End of the data written in this chunk during the session.
+    /// End of the data written in this chunk during the session (and in
+    /// sessions dropped after a failure before it).
     max_end: u64,
     modified: bool,
+    /// Version of the oldest session whose data `max_end` covers.
+    since: u64,
 }
 
 /// A chunk write in flight: its range (in the chunk) and completion signal.
@@ -78,7 +81,15 @@ pub(crate) struct FileState {
     /// Held by flush, fsync and truncate, so one of them never returns while
     /// another still has this file's data or write sessions on the way.
     flush_lock: tokio::sync::Mutex<()>,
-    sessions: tokio::sync::Mutex<HashMap<u64, WriteSession>>,
+    /// Open write sessions by chunk index (never locked across an await, so a
+    /// re-registration can list them while a session is being opened).
+    sessions: Mutex<HashMap<u64, WriteSession>>,
+    /// Held while a write session is opened, so two tasks never open two.
+    opening: tokio::sync::Mutex<()>,
+    /// Sessions dropped after a failure with data written, by chunk index: the
+    /// next session of that chunk tells the master their length (a dropped
+    /// session's length must not be forgotten).
+    dropped: Mutex<HashMap<u64, WriteSession>>,
     /// Chunks written since the last fsync: index -> (chunk id, version, chain).
     unsynced: Mutex<HashMap<u64, Unsynced>>,
     locations: Mutex<HashMap<u64, (Instant, pb::ReadChunkReply)>>,
@@ -100,7 +111,9 @@ impl FileState {
                 generation: 0,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
-            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+            dropped: Mutex::new(HashMap::new()),
             unsynced: Mutex::new(HashMap::new()),
             locations: Mutex::new(HashMap::new()),
             write_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
@@ -234,8 +247,8 @@ impl FileState {
 
     /// Opens (or reuses) the write session of chunk `idx`.
     async fn session(&self, idx: u64) -> Result<WriteSession> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&idx) {
+        let _opening = self.opening.lock().await;
+        if let Some(s) = self.sessions.lock().get(&idx) {
             return Ok(s.clone());
         }
         let inode = self.inode;
@@ -279,7 +292,7 @@ impl FileState {
                 format!("the master gave no chunkserver to write chunk {idx} of inode {inode}"),
             ));
         }
-        let s = WriteSession {
+        let mut s = WriteSession {
             chunk_id: r.chunk_id,
             version: r.version,
             old_version: r.old_version,
@@ -288,19 +301,52 @@ impl FileState {
             copy_from_version: r.copy_from_version,
             max_end: 0,
             modified: false,
+            since: r.version,
         };
-        sessions.insert(idx, s.clone());
+        if let Some(d) = self.dropped.lock().remove(&idx) {
+            s.max_end = d.max_end;
+            s.modified = d.modified;
+            s.since = d.since;
+        }
+        self.sessions.lock().insert(idx, s.clone());
         Ok(s)
     }
 
-    /// Forgets session `s` of chunk `idx` (after ESTALE) unless a newer one replaced it.
+    /// The write sessions open on this file (chunk id, version), also those
+    /// dropped with data whose length the master has not been told yet.
+    pub(crate) fn write_sessions(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = self
+            .sessions
+            .lock()
+            .values()
+            .map(|s| (s.chunk_id, s.version))
+            .collect();
+        out.extend(
+            self.dropped
+                .lock()
+                .values()
+                .map(|s| (s.chunk_id, s.version)),
+        );
+        out
+    }
+
+    /// Forgets session `s` of chunk `idx` (after ESTALE) unless a newer one
+    /// replaced it; the length it wrote goes to the next session of the chunk.
     async fn drop_session(&self, idx: u64, s: &WriteSession) {
-        let mut sessions = self.sessions.lock().await;
+        let mut sessions = self.sessions.lock();
         if sessions
             .get(&idx)
             .is_some_and(|cur| cur.version == s.version && cur.chunk_id == s.chunk_id)
         {
-            sessions.remove(&idx);
+            if let Some(cur) = sessions.remove(&idx) {
+                if cur.modified {
+                    let mut dropped = self.dropped.lock();
+                    let d = dropped.entry(idx).or_insert_with(|| cur.clone());
+                    d.max_end = d.max_end.max(cur.max_end);
+                    d.since = d.since.min(cur.since);
+                    d.modified = true;
+                }
+            }
         }
     }
 
@@ -311,7 +357,7 @@ impl FileState {
         self.unsynced
             .lock()
             .insert(idx, (s.chunk_id, s.version, s.chain.clone()));
-        let mut sessions = self.sessions.lock().await;
+        let mut sessions = self.sessions.lock();
         match sessions.get_mut(&idx) {
             Some(cur) if cur.chunk_id == s.chunk_id && cur.version == s.version => {
                 cur.max_end = cur.max_end.max(end);
@@ -410,7 +456,7 @@ impl FileState {
     /// version without them).
     async fn end_failed_session(&self, idx: u64, s: &WriteSession, failed: &[u64]) {
         let mut current = {
-            let mut sessions = self.sessions.lock().await;
+            let mut sessions = self.sessions.lock();
             match sessions.get(&idx) {
                 Some(cur) if cur.chunk_id == s.chunk_id && cur.version == s.version => {
                     sessions.remove(&idx)
@@ -497,7 +543,10 @@ impl FileState {
 
     /// Closes every open write session, telling the master the file size.
     async fn close_sessions(&self) -> Result<()> {
-        let sessions: Vec<(u64, WriteSession)> = self.sessions.lock().await.drain().collect();
+        let mut sessions: Vec<(u64, WriteSession)> = self.sessions.lock().drain().collect();
+        // Dropped sessions no later session took over (every retry failed):
+        // their data is on the chunkservers all the same.
+        sessions.extend(self.dropped.lock().drain());
         let mut first_err = None;
         for (idx, s) in sessions {
             if let Err(e) = self.end_session(idx, &s).await {
@@ -524,6 +573,7 @@ impl FileState {
         };
         let chunk_id = s.chunk_id;
         let modified = s.modified;
+        let (version, written_since) = (s.version, s.since);
         let r = self
             .client
             .call("write chunk end", |mut m, sid| {
@@ -535,6 +585,8 @@ impl FileState {
                     file_size,
                     failed_servers: failed.clone(),
                     modified,
+                    version,
+                    written_since,
                 };
                 async move { m.write_chunk_end(req).await }
             })
@@ -637,24 +689,13 @@ impl FileState {
                 "only regular files can be truncated",
             ));
         }
-        // Shrinking cuts the chunk holding the new end. Growing cuts the chunk
-        // holding the old end at the old end: bytes stored past a file's end (a
-        // write the master refused with EDQUOT, or a client that died before
-        // recording the new size) must read as zeros once the file grows over
-        // them. A hole needs no cut.
+        // Shrinking cuts the chunk holding the new end. Growing needs no chunk
+        // work here: bytes stored past the old end (a write the master refused
+        // with EDQUOT, or a client that died before recording the new size)
+        // are cut by the master before it grows the file, as only it knows
+        // whether another client's write session may still own them.
         let cs = self.chunk_size;
-        let edge = match size.cmp(&attr.size) {
-            std::cmp::Ordering::Less => Some(size),
-            std::cmp::Ordering::Greater => Some(attr.size),
-            std::cmp::Ordering::Equal => None,
-        }
-        .filter(|e| e % cs != 0);
-        let edge = match edge {
-            Some(e) if size > attr.size && self.chunk_info(e / cs, true).await?.chunk_id == 0 => {
-                None
-            }
-            other => other,
-        };
+        let edge = Some(size).filter(|e| size < attr.size && e % cs != 0);
         if let Some(edge) = edge {
             let idx = edge / cs;
             let cut = edge % cs;
@@ -690,7 +731,7 @@ impl FileState {
                         let mut ended = s.clone();
                         ended.modified = true;
                         ended.max_end = 0;
-                        self.sessions.lock().await.remove(&idx);
+                        self.sessions.lock().remove(&idx);
                         self.end_session(idx, &ended).await?;
                         done = true;
                         break;

@@ -1011,3 +1011,176 @@ async fn bytes_past_the_end_read_as_zeros_when_the_file_grows() {
         "bytes the master refused reappeared after extending the file"
     );
 }
+
+/// Bytes a chunkserver holds past a file's end (here: writes the master refused
+/// with EDQUOT) must read as zeros in the gap that another client's later write
+/// past the end leaves: inside the chunk holding the end, across the rest of
+/// that chunk, and in a chunk wholly past the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gap_written_past_the_end_reads_as_zeros_over_refused_bytes() {
+    let cluster = start_cluster().await;
+    let connect = || Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)));
+    let writer = connect().await.expect("connect");
+    let other = connect().await.expect("connect");
+    let caller = Caller::current();
+    // (case, offset of the refused write, offset of the other client's write)
+    let cases: [(&str, u64, u64); 3] = [
+        ("same-chunk", 4096, 60_000),
+        ("next-chunk", 4096, MIB + 10),
+        ("past-end", MIB + 4096, 2 * MIB + 10),
+    ];
+    let head = pattern(4096, 1);
+    for (case, refused_at, gap_at) in cases {
+        let path = format!("/q/{case}");
+        let dir = writer.mkdir_p(&path, 0o755).await.expect("mkdir");
+        writer
+            .quota_set(
+                &path,
+                alces_client::QuotaLimits {
+                    hard_bytes: 8192,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("quota");
+        let attr = writer
+            .mknod(
+                dir.inode,
+                b"f",
+                FileType::Regular,
+                0o644,
+                0,
+                0,
+                true,
+                &caller,
+            )
+            .await
+            .expect("create");
+        let h = writer
+            .open(attr.inode, libc::O_RDWR, &caller)
+            .await
+            .expect("open");
+        h.write(0, &head).await.expect("write within the quota");
+        h.flush().await.expect("flush within the quota");
+        // The chunkservers store this, but the master refuses the new size.
+        let w = h.write(refused_at, &pattern(65536, 2)).await;
+        let f = h.flush().await;
+        let err = w
+            .err()
+            .or(f.err())
+            .expect("a write past the hard limit fails");
+        assert_eq!(err.errno(), libc::EDQUOT, "{case}: {err}");
+        let _ = h.release().await;
+        writer.quota_remove(&path).await.expect("remove quota");
+
+        // Another client writes past the end, leaving a gap over those bytes.
+        let h2 = other
+            .open(attr.inode, libc::O_RDWR, &caller)
+            .await
+            .expect("open");
+        assert_eq!(
+            h2.attr().size,
+            4096,
+            "{case}: the refused write did not grow the file"
+        );
+        let tail = pattern(1000, 3);
+        h2.write(gap_at, &tail).await.expect("write past the end");
+        h2.flush().await.expect("flush");
+        h2.release().await.expect("release");
+        let h3 = writer
+            .open(attr.inode, libc::O_RDONLY, &caller)
+            .await
+            .expect("open");
+        let end = gap_at + tail.len() as u64;
+        assert_eq!(h3.attr().size, end, "{case}");
+        let d = h3.read(0, end).await.expect("read");
+        assert_eq!(d.len() as u64, end, "{case}");
+        assert!(
+            d[..4096] == head[..],
+            "{case}: the acknowledged head is intact"
+        );
+        let gap = &d[4096..gap_at as usize];
+        assert!(
+            gap.iter().all(|b| *b == 0),
+            "{case}: refused bytes show in the gap ({} non-zero bytes, first at {})",
+            gap.iter().filter(|b| **b != 0).count(),
+            4096 + gap.iter().position(|b| *b != 0).unwrap_or(0)
+        );
+        assert!(
+            d[gap_at as usize..] == tail[..],
+            "{case}: the new write reads back"
+        );
+        h3.release().await.expect("release");
+    }
+}
+
+/// Data written in a write session that later turns stale (another client
+/// opened a session on the chunk) counts toward the file's length when the
+/// next session closes: a stale session's length is never forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_sessions_length_is_still_recorded() {
+    let cluster = start_cluster().await;
+    let connect = || {
+        let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+        cfg.write_flush_bytes = MIB;
+        Client::connect(cfg)
+    };
+    let a = connect().await.expect("connect a");
+    let b = connect().await.expect("connect b");
+    let caller = Caller::current();
+    let attr = a
+        .mknod(
+            a.root(),
+            b"stale",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    // A writes the second half of chunk 0: sent in the background (it reaches
+    // the chunk's end), its write session stays open.
+    let ha = a
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open a");
+    let half = pattern((MIB / 2) as usize, 1);
+    ha.write(MIB / 2, &half).await.expect("write a");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.buffered_bytes() > 0 {
+        assert!(Instant::now() < deadline, "background write did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B writes the chunk too: A's session is stale now.
+    let hb = b
+        .open(attr.inode, libc::O_RDWR, &caller)
+        .await
+        .expect("open b");
+    hb.write(0, b"from b").await.expect("write b");
+    hb.release().await.expect("release b");
+    // A writes lower in the chunk: ESTALE, a new session, then the flush.
+    ha.write(100, b"from a").await.expect("write a again");
+    ha.flush().await.expect("flush a");
+    assert!(a.write_retries() >= 1, "the stale session was not detected");
+    ha.release().await.expect("release a");
+    let c = connect().await.expect("connect c");
+    let hc = c
+        .open(attr.inode, libc::O_RDONLY, &caller)
+        .await
+        .expect("open c");
+    assert_eq!(
+        hc.attr().size,
+        MIB,
+        "the length written in the stale session was lost"
+    );
+    let d = hc.read(0, MIB).await.expect("read");
+    assert_eq!(&d[..6], b"from b");
+    assert_eq!(&d[100..106], b"from a");
+    assert!(
+        d[(MIB / 2) as usize..] == half[..],
+        "A's first write reads back"
+    );
+}

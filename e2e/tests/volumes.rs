@@ -1,8 +1,10 @@
 //! Directory quotas, copy-on-write snapshots and the trash against a live
 //! cluster: bad input, two mounts filling one quota, a snapshot under
-//! concurrent writes, and SIGKILL of the master during snapshot and purge.
+//! concurrent writes, SIGKILL of the master during snapshot and in the middle
+//! of a purge of thousands of trashed files, and the space of a snapshot and
+//! its copies freed to the last chunk file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -342,6 +344,113 @@ fn trash_ids(c: &Cluster) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Chunk files on every chunkserver's disks: chunk id -> copies.
+fn disk_chunks(c: &Cluster) -> BTreeMap<u64, usize> {
+    let mut out = BTreeMap::new();
+    for p in (1..=c.opts.chunkservers).flat_map(|i| c.chunk_files(i)) {
+        let id = p
+            .file_stem()
+            .and_then(|s| u64::from_str_radix(&s.to_string_lossy(), 16).ok())
+            .unwrap_or_else(|| panic!("chunk file name {}", p.display()));
+        *out.entry(id).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Bytes of every chunk file on every chunkserver's disks.
+fn disk_chunk_bytes(c: &Cluster) -> u64 {
+    (1..=c.opts.chunkservers)
+        .flat_map(|i| c.chunk_files(i))
+        .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Copies each chunk has at the default goal.
+const GOAL: usize = 2;
+
+/// Waits until the chunk files on the disks are exactly `expected` (each with
+/// the goal's copies, no other chunk file) and the master's chunk table and
+/// its view of the chunkservers hold exactly those too; returns the chunk
+/// files' bytes.
+fn wait_disks_exactly(c: &Cluster, what: &str, expected: &BTreeSet<u64>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let disk = disk_chunks(c);
+        let fsck = c.cli_json(&["fsck"]).unwrap_or_default();
+        let on_disk: BTreeSet<u64> = disk.keys().copied().collect();
+        if on_disk == *expected
+            && disk.values().all(|n| *n == GOAL)
+            && fsck["ok"] == true
+            && fsck["chunks"].as_u64() == Some(expected.len() as u64)
+            && fsck["chunks_on_servers"] == fsck["chunks"]
+            && fsck["unknown_chunks_on_servers"] == 0
+        {
+            return disk_chunk_bytes(c);
+        }
+        let last = format!(
+            "{} chunk ids on disk ({} expected), leaked {:?}, missing {:?}, copies {:?}, fsck {fsck}",
+            on_disk.len(),
+            expected.len(),
+            on_disk.difference(expected).take(5).collect::<Vec<_>>(),
+            expected.difference(&on_disk).take(5).collect::<Vec<_>>(),
+            disk.iter().filter(|(_, n)| **n != GOAL).take(5).collect::<Vec<_>>(),
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the chunk files on disk never matched the referenced chunks: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Chunk ids of the file at `fs_path` (from the filesystem root).
+fn file_chunks(c: &Cluster, fs_path: &str) -> Vec<u64> {
+    c.file_info(fs_path)
+        .unwrap_or_else(|e| panic!("file info {fs_path}: {e}"))
+        .chunks
+        .iter()
+        .map(|ch| ch.chunk_id)
+        .collect()
+}
+
+/// Space figures that must come back exactly once freed data is gone.
+#[derive(Debug, PartialEq, Eq)]
+struct Space {
+    /// Chunk ids on the disks.
+    chunks: BTreeSet<u64>,
+    /// Bytes of the chunk files.
+    chunk_bytes: u64,
+    /// Chunks in the master's table (`alces status`).
+    status_chunks: u64,
+    /// `df` of the volume (its quota): used bytes and used inodes.
+    df_used: (u64, u64),
+    /// `du` of the volume: bytes and inodes.
+    du: (u64, u64),
+    /// Bytes the whole namespace accounts.
+    namespace_bytes: u64,
+}
+
+/// Measures [`Space`] once the disks hold exactly the chunk table's chunks.
+fn space(c: &Cluster, vol: &str, expected: &BTreeSet<u64>) -> Space {
+    let chunk_bytes = wait_disks_exactly(c, vol, expected);
+    let s = statvfs(&c.path(vol.trim_start_matches('/')));
+    let du = c
+        .cli_json(&["du", &c.path(vol.trim_start_matches('/')).to_string_lossy()])
+        .unwrap();
+    let fsck = fsck_ok(c);
+    Space {
+        chunks: expected.clone(),
+        chunk_bytes,
+        status_chunks: c.status().expect("status").chunks,
+        df_used: ((s.f_blocks - s.f_bfree) * s.f_frsize, s.f_files - s.f_ffree),
+        du: (
+            du["bytes"].as_u64().unwrap_or(u64::MAX),
+            du["inodes"].as_u64().unwrap_or(u64::MAX),
+        ),
+        namespace_bytes: fsck["namespace_bytes"].as_u64().unwrap_or(u64::MAX),
+    }
+}
+
 /// Distinct chunk ids in chunk files on every chunkserver's disks.
 fn chunk_ids_on_disk(c: &Cluster) -> std::collections::HashSet<String> {
     (1..=c.opts.chunkservers)
@@ -433,11 +542,16 @@ fn trash_restore_expiry_and_master_crashes() {
         write_synced(&tree.join(format!("f{i}")), &pattern(i, 3000)).unwrap();
     }
     let cl = c.client();
+    let mut removed: BTreeSet<u64> = BTreeSet::new();
     for i in 0..400 {
         if i % 2 == 0 {
+            removed.extend(file_chunks(&c, &format!("/tree/f{i}")));
             fs::remove_file(tree.join(format!("f{i}"))).unwrap();
         }
     }
+    // Every chunk is still referenced (the removed files are in the trash).
+    let before: BTreeSet<u64> = disk_chunks(&c).keys().copied().collect();
+    wait_disks_exactly(&c, "before the snapshot", &before);
     let mut snap = std::process::Command::new(alces_e2e::bin("alces"));
     snap.args(["snapshot", "--fs-path", "/tree", "/tree.snap"]);
     for (k, v) in c.env() {
@@ -453,41 +567,253 @@ fn trash_restore_expiry_and_master_crashes() {
         Ok(d) => assert_eq!((d.bytes, d.inodes), (src.bytes, src.inodes)),
         Err(e) => assert_eq!(e.errno(), libc::ENOENT, "{e}"),
     }
+    // A snapshot copies no data: whether or not it was applied, the disks hold
+    // exactly the chunks they held before.
+    wait_disks_exactly(&c, "after the killed snapshot", &before);
 
-    // SIGKILL the master during a trash purge.
-    assert!(trash_ids(&c).len() >= 200);
-    let mut purge = std::process::Command::new(alces_e2e::bin("alces"));
-    purge.args(["trash", "purge"]);
-    for (k, v) in c.env() {
-        purge.env(k, v);
-    }
-    let before = trash_ids(&c).len();
-    let mut child = purge.spawn().unwrap();
-    // Kill it once the purge has visibly started (or finished).
-    wait_until("the purge to start", Duration::from_secs(30), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-            || c.cli_json(&["trash", "list"])
-                .map(|v| v.as_array().map_or(0, |a| a.len()) < before)
-                .unwrap_or(false)
-    });
-    c.kill9(Proc::Master);
-    let _ = child.wait();
-    c.restart(Proc::Master);
-    fsck_ok(&c);
-    let left = trash_ids(&c).len();
-    eprintln!("{left} trash entries left after the purge was killed");
+    // Purging the trash frees exactly the removed files' chunks.
+    let n = trash_ids(&c).len();
+    assert!(n >= 200, "{n} trash entries");
     let r = c.cli_json(&["trash", "purge"]).unwrap();
-    assert_eq!(r["purged"].as_u64(), Some(left as u64));
+    assert_eq!(r["purged"].as_u64(), Some(n as u64));
     assert!(trash_ids(&c).is_empty());
+    let left: BTreeSet<u64> = before.difference(&removed).copied().collect();
+    let bytes = wait_disks_exactly(&c, "after the purge", &left);
     wait_space_freed(&c);
     // Status agrees with the disks once the data is freed.
     let st = c.status().expect("status");
-    let on_disk: u64 = (1..=c.opts.chunkservers)
-        .flat_map(|i| c.chunk_files(i))
-        .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    assert_eq!(st.chunks, left.len() as u64);
     eprintln!(
-        "status used {} bytes, chunk files {} bytes",
-        st.used_bytes, on_disk
+        "status used {} bytes (the disks' statvfs), chunk files {bytes} bytes",
+        st.used_bytes
+    );
+}
+
+/// Writes `files` files of a few KiB under `dir` (an existing directory,
+/// from the filesystem root) through the client library, 16 at a time.
+fn write_files(c: &Cluster, cl: &alces_client::Client, dir: &str, files: usize) {
+    let caller = alces_client::Caller::current();
+    c.block_on(async {
+        let parent = cl.resolve(dir).await.expect("resolve").inode;
+        let slots = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..files {
+            let (cl, slots, caller) = (cl.clone(), slots.clone(), caller.clone());
+            tasks.spawn(async move {
+                let _slot = slots.acquire_owned().await.expect("semaphore");
+                let name = format!("f{i}");
+                let a = cl
+                    .mknod(
+                        parent,
+                        name.as_bytes(),
+                        alces_client::FileType::Regular,
+                        0o644,
+                        0,
+                        0,
+                        true,
+                        &caller,
+                    )
+                    .await?;
+                let h = cl.open(a.inode, libc::O_RDWR, &caller).await?;
+                h.write(0, &pattern(i as u64, 1000 + 3 * i)).await?;
+                h.flush().await?;
+                h.release().await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("task").expect("write a file");
+        }
+    });
+}
+
+/// Unlinks `f0..f{files}` in each of `dirs`, then the directories, 16 at a time.
+fn remove_files(c: &Cluster, cl: &alces_client::Client, dirs: &[String], files: usize) {
+    let caller = alces_client::Caller::current();
+    c.block_on(async {
+        let slots = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut tasks = tokio::task::JoinSet::new();
+        for d in dirs {
+            let parent = cl.resolve(d).await.expect("resolve").inode;
+            for i in 0..files {
+                let (cl, slots, caller) = (cl.clone(), slots.clone(), caller.clone());
+                tasks.spawn(async move {
+                    let _slot = slots.acquire_owned().await.expect("semaphore");
+                    cl.unlink(parent, format!("f{i}").as_bytes(), &caller).await
+                });
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("task").expect("unlink");
+        }
+        for d in dirs {
+            let (parent, name) = d.rsplit_once('/').expect("absolute path");
+            let parent = cl
+                .resolve(if parent.is_empty() { "/" } else { parent })
+                .await
+                .expect("resolve")
+                .inode;
+            cl.rmdir(parent, name.as_bytes(), &caller)
+                .await
+                .expect("rmdir");
+        }
+    });
+}
+
+/// SIGKILL of the master in the middle of a trash purge of thousands of files
+/// sharing chunks (a tree and four snapshots of it). Expired entries are
+/// freed at most 1000 per second, so the test sees the purge under way and
+/// kills the master there. After the restart the reference counts and usage
+/// are exact; the purge then finishes and the disks, the status, `df` and
+/// `du` are back to what they were before the files were written.
+#[test]
+fn sigkill_in_the_middle_of_a_trash_purge() {
+    const FILES: usize = 1000;
+    const COPIES: usize = 5;
+    /// At most this many trash entries are freed per second.
+    const PER_TICK: usize = 1000;
+    const TRASH_SECS: u64 = 15;
+    let c = Cluster::start_default();
+    fs::create_dir(c.path("vol")).unwrap();
+    let vol = c.path("vol").to_string_lossy().into_owned();
+    c.cli_json(&["quota", "set", &vol, "--bytes", "1GiB"])
+        .unwrap();
+    write_synced(&c.path("vol/keep"), &pattern(1, 1_500_000)).unwrap();
+    let base_chunks: BTreeSet<u64> = file_chunks(&c, "/vol/keep").into_iter().collect();
+    let base = space(&c, "/vol", &base_chunks);
+
+    let cl = c.client();
+    c.block_on(cl.mkdir_p("/vol/p0", 0o755)).expect("mkdir");
+    write_files(&c, &cl, "/vol/p0", FILES);
+    let dirs: Vec<String> = (0..COPIES).map(|k| format!("/vol/p{k}")).collect();
+    for d in &dirs[1..] {
+        c.block_on(cl.snapshot("/vol/p0", d)).expect("snapshot");
+    }
+    let v = fsck_ok(&c);
+    assert_eq!(v["shared_chunks"].as_u64(), Some(FILES as u64), "{v}");
+    c.block_on(cl.trash_time_set("/vol", TRASH_SECS))
+        .expect("trash time");
+    let t0 = Instant::now();
+    remove_files(&c, &cl, &dirs, FILES);
+    let total = FILES * COPIES;
+    let trashed = c.block_on(cl.trash_list()).expect("trash list").len();
+    assert_eq!(
+        trashed,
+        total,
+        "every removed file is in the trash (removing took {:?} of the {TRASH_SECS} s trash time)",
+        t0.elapsed()
+    );
+
+    // Kill the master once two seconds' worth of entries are freed (their
+    // records are durable: the next batch came a second later) and at least
+    // two more seconds' worth are left.
+    let mut at_kill = 0;
+    wait_until(
+        "the purge to be under way",
+        Duration::from_secs(TRASH_SECS + 60),
+        || {
+            let n = c.block_on(cl.trash_list()).map_or(total, |l| l.len());
+            assert!(
+                n >= 2 * PER_TICK,
+                "the purge went past the middle before the test saw it ({n} entries left)"
+            );
+            at_kill = n;
+            total - n >= 2 * PER_TICK
+        },
+    );
+    c.kill9(Proc::Master);
+    eprintln!("master killed with {at_kill} of {total} trash entries left");
+    c.restart(Proc::Master);
+    let v = fsck_ok(&c);
+    let left = v["trash_entries"].as_u64().unwrap_or(u64::MAX) as usize;
+    eprintln!("after the restart: {v}");
+    assert!(
+        left <= total - PER_TICK,
+        "the purge's first second was lost ({left} of {total} entries left)"
+    );
+    wait_until(
+        "the restarted master to finish the purge",
+        Duration::from_secs(60),
+        || c.block_on(cl.trash_list()).is_ok_and(|l| l.is_empty()),
+    );
+    let after = space(&c, "/vol", &base_chunks);
+    assert_eq!(after, base, "space after the purge");
+}
+
+/// A snapshot, an overwrite of the source (copy-on-write), removal of both
+/// sides and the trash expiry: every chunk file goes away, and the status,
+/// `df` and `du` are back to what they were before.
+#[test]
+fn snapshot_overwrite_and_removal_free_every_chunk() {
+    let c = Cluster::start_default();
+    fs::create_dir(c.path("vol")).unwrap();
+    let vol = c.path("vol").to_string_lossy().into_owned();
+    c.cli_json(&["quota", "set", &vol, "--bytes", "1GiB"])
+        .unwrap();
+    write_synced(&c.path("vol/keep"), &pattern(1, 1_500_000)).unwrap();
+    let base_chunks: BTreeSet<u64> = file_chunks(&c, "/vol/keep").into_iter().collect();
+    let base = space(&c, "/vol", &base_chunks);
+
+    fs::create_dir(c.path("vol/s")).unwrap();
+    let a = pattern(2, (3 * MIB + MIB / 2) as usize);
+    let b = pattern(3, 300_000);
+    write_synced(&c.path("vol/s/a"), &a).unwrap();
+    write_synced(&c.path("vol/s/b"), &b).unwrap();
+    let mut written = base_chunks.clone();
+    written.extend(file_chunks(&c, "/vol/s/a"));
+    written.extend(file_chunks(&c, "/vol/s/b"));
+    assert_eq!(written.len(), base_chunks.len() + 5);
+    let snap = c
+        .cli_json(&[
+            "snapshot",
+            &c.path("vol/s").to_string_lossy(),
+            &c.path("vol/s.snap").to_string_lossy(),
+        ])
+        .unwrap();
+    assert_eq!(snap["inodes"].as_u64(), Some(3));
+    wait_disks_exactly(&c, "after the snapshot", &written);
+    assert_eq!(fsck_ok(&c)["shared_chunks"].as_u64(), Some(5));
+
+    // Overwrite the middle of a (chunks 1 and 2) and all of b: copy-on-write.
+    let mut a2 = a.clone();
+    let mid = pattern(4, (MIB + 1000) as usize);
+    a2[MIB as usize + 10..MIB as usize + 10 + mid.len()].copy_from_slice(&mid);
+    {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(c.path("vol/s/a"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &mid, MIB + 10).unwrap();
+        f.sync_all().unwrap();
+    }
+    let b2 = pattern(5, 300_000);
+    write_synced(&c.path("vol/s/b"), &b2).unwrap();
+    assert!(fs::read(c.path("vol/s/a")).unwrap() == a2);
+    assert!(fs::read(c.path("vol/s/b")).unwrap() == b2);
+    assert!(
+        fs::read(c.path("vol/s.snap/a")).unwrap() == a,
+        "the snapshot kept a"
+    );
+    assert!(
+        fs::read(c.path("vol/s.snap/b")).unwrap() == b,
+        "the snapshot kept b"
+    );
+    let mut all = written.clone();
+    all.extend(file_chunks(&c, "/vol/s/a"));
+    all.extend(file_chunks(&c, "/vol/s/b"));
+    assert_eq!(all.len(), written.len() + 3, "three chunks were copied");
+    wait_disks_exactly(&c, "after the overwrite", &all);
+    assert_eq!(fsck_ok(&c)["shared_chunks"].as_u64(), Some(2));
+
+    // Remove both sides; the trash time runs out; everything is freed.
+    assert!(c.cli(&["trash", "time", "set", &vol, "1"]).status.success());
+    fs::remove_dir_all(c.path("vol/s")).unwrap();
+    fs::remove_dir_all(c.path("vol/s.snap")).unwrap();
+    wait_until("the trash time to run out", Duration::from_secs(30), || {
+        trash_ids(&c).is_empty()
+    });
+    let after = space(&c, "/vol", &base_chunks);
+    assert_eq!(
+        after, base,
+        "space after removing the snapshot and its source"
     );
 }

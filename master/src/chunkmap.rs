@@ -489,6 +489,25 @@ impl ChunkMap {
         }
     }
 
+    /// Gives up the write session open on `chunk_id`: the copies' versions are
+    /// unknown until their servers report their chunk lists again.
+    pub fn abandon_write(&mut self, chunk_id: u64) {
+        if let Some((_, chain)) = self.writing.remove(&chunk_id) {
+            tracing::warn!(
+                chunk = chunk_id,
+                "write session abandoned: asking its chunkservers for their chunk lists"
+            );
+            for sid in chain {
+                // The copy's version is unknown until the server reports again.
+                self.drop_copy(sid, chunk_id);
+                if let Some(s) = self.servers.get_mut(&sid) {
+                    s.held.remove(&chunk_id);
+                    s.needs_report = true;
+                }
+            }
+        }
+    }
+
     /// Periodic work: disconnects silent servers, deletes stale and surplus
     /// copies, plans up to `policy.per_tick` replications (most endangered first) and
     /// returns versions to adopt.
@@ -520,20 +539,7 @@ impl ChunkMap {
             .map(|(id, _)| *id)
             .collect();
         for id in abandoned {
-            if let Some((_, chain)) = self.writing.remove(&id) {
-                tracing::warn!(
-                    chunk = id,
-                    "write session abandoned: asking its chunkservers for their chunk lists"
-                );
-                for sid in chain {
-                    // The copy's version is unknown until the server reports again.
-                    self.drop_copy(sid, id);
-                    if let Some(s) = self.servers.get_mut(&sid) {
-                        s.held.remove(&id);
-                        s.needs_report = true;
-                    }
-                }
-            }
+            self.abandon_write(id);
         }
         self.replicating
             .retain(|_, (_, t)| now.saturating_duration_since(*t) < REPLICATION_TIMEOUT);

@@ -48,6 +48,9 @@ pub struct Settings {
     pub sync_metaloggers: usize,
     /// How long a mutation waits for them before the master degrades.
     pub sync_timeout: Duration,
+    /// The cluster secret presented to chunkservers (the master cuts chunks
+    /// past a file's end itself).
+    pub chunk_auth: Option<crate::tails::ChunkAuth>,
 }
 
 /// Everything behind the master lock.
@@ -62,6 +65,8 @@ pub struct Inner {
     pub snapshot_version: u64,
     /// Orphans found at startup were purged (after one session timeout).
     pub startup_orphans_done: bool,
+    /// Chunks that may hold bytes past their file's end, and open write sessions.
+    pub tails: crate::tails::Tails,
 }
 
 /// The master.
@@ -104,6 +109,7 @@ impl Core {
             settings.sync_metaloggers,
             settings.sync_timeout,
         );
+        let tails = crate::tails::Tails::new(settings.session_timeout);
         Ok(Self {
             inner: Mutex::new(Inner {
                 state,
@@ -111,6 +117,7 @@ impl Core {
                 chunks: ChunkMap::default(),
                 snapshot_version,
                 startup_orphans_done: false,
+                tails,
             }),
             writer: Mutex::new(Some(writer)),
             durable,
@@ -159,6 +166,7 @@ impl Core {
             ));
         }
         self.hub.push(&rec);
+        inner.tails.forget(&applied.freed_chunks);
         inner.chunks.free_after(rec.version, applied.freed_chunks);
         Ok(rec.version)
     }
@@ -264,6 +272,7 @@ impl Core {
         let (closed, released) = inner.sessions.expire(now, self.settings.session_timeout);
         for sid in &closed {
             tracing::info!(session = sid, "session lease expired: closed");
+            inner.tails.session_gone(&inner.state, *sid);
         }
         self.purge_unused(inner, &released);
         crate::volume_rpcs::purge_expired(self, inner);

@@ -69,6 +69,18 @@ impl Services {
         f(&g).map_err(Status::from)
     }
 
+    /// Cuts bytes stored past the end of `inode` that `growth` by a known,
+    /// writable `session` would make part of the file (see `tails`).
+    async fn settle_tail(
+        &self,
+        session: u64,
+        inode: u64,
+        growth: crate::tails::Growth,
+    ) -> Result<(), Status> {
+        self.read(|i| self.core.check_writable(i, session))?;
+        crate::tails::settle(&self.core, session, inode, growth).await
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
@@ -224,6 +236,11 @@ impl Master for Services {
                     inner.sessions.open(sid, *ino);
                 }
             }
+            for w in &r.write_sessions {
+                if inner.state.chunks.contains_key(&w.chunk_id) {
+                    inner.tails.opened(w.chunk_id, sid, w.version);
+                }
+            }
             // Inodes the previous incarnation held but the client no longer lists.
             self.core.purge_unused(inner, &resumed);
             tracing::info!(session = sid, client = %r.client_name, host = %r.hostname, subdir = %r.subdir, read_only = r.read_only, resumed = r.session_id != 0, "session registered");
@@ -263,6 +280,7 @@ impl Master for Services {
             .core
             .mutate(|core, inner| {
                 let freed = inner.sessions.close(sid);
+                inner.tails.session_gone(&inner.state, sid);
                 Ok((core.purge_unused(inner, &freed), pb::Empty {}))
             })
             .await;
@@ -286,6 +304,13 @@ impl Master for Services {
 
     async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
         let r = req.into_inner();
+        // Growing a file cuts bytes stored past its old end first (see `tails`).
+        let growth = crate::tails::Growth::Size(r.size);
+        if r.valid & SetAttrField::SetAttrSize as u32 != 0 {
+            if let Err(e) = self.settle_tail(r.session_id, r.inode, growth).await {
+                return self.done("SetAttr", Err(e));
+            }
+        }
         let res = self
             .core
             .mutate(|core, inner| {
@@ -298,6 +323,13 @@ impl Master for Services {
                     return Ok((None, attr_reply(inner, r.inode)?));
                 }
                 if r.valid & SetAttrField::SetAttrSize as u32 != 0 {
+                    crate::tails::recheck(
+                        &inner.tails,
+                        &inner.state,
+                        r.session_id,
+                        r.inode,
+                        growth,
+                    )?;
                     let i = inner.state.get(r.inode)?;
                     if i.nlink > 0 && r.size > i.size && !i.is_dir() {
                         volumes::check_quota(
@@ -679,6 +711,12 @@ impl Master for Services {
 
     async fn write_chunk(&self, req: Request<pb::ChunkRequest>) -> Reply<pb::WriteChunkReply> {
         let r = req.into_inner();
+        // Bytes past the file's end in the chunks this session can make part of
+        // the file are cut first (see `tails`).
+        let growth = crate::tails::Growth::Chunk(r.chunk_index);
+        if let Err(e) = self.settle_tail(r.session_id, r.inode, growth).await {
+            return self.done("WriteChunk", Err(e));
+        }
         let res = self
             .core
             .mutate(|core, inner| {
@@ -701,6 +739,7 @@ impl Master for Services {
                     .copied()
                     .unwrap_or(0);
                 let now = Instant::now();
+                crate::tails::recheck(&inner.tails, &inner.state, r.session_id, r.inode, growth)?;
                 if f.nlink > 0 && r.chunk_index.saturating_mul(inner.state.chunk_size) >= file_size
                 {
                     // Writing past the end: refuse when the quota is already full.
@@ -736,6 +775,7 @@ impl Master for Services {
                         }),
                     )?;
                     inner.chunks.start_write(id, 1, &chain, now);
+                    inner.tails.opened(id, r.session_id, 1);
                     let chain = chain
                         .iter()
                         .filter_map(|s| inner.chunks.servers.get(s))
@@ -792,6 +832,7 @@ impl Master for Services {
                         }),
                     )?;
                     inner.chunks.start_write(id, 1, &holders, now);
+                    inner.tails.opened(id, r.session_id, 1);
                     let chain = holders
                         .iter()
                         .filter_map(|s| inner.chunks.servers.get(s))
@@ -822,6 +863,7 @@ impl Master for Services {
                     }),
                 )?;
                 inner.chunks.start_write(current, old + 1, &holders, now);
+                inner.tails.opened(current, r.session_id, old + 1);
                 let chain = holders
                     .iter()
                     .filter_map(|s| inner.chunks.servers.get(s))
@@ -862,8 +904,18 @@ impl Master for Services {
                     let version = inner.state.chunks.get(&slot).map_or(0, |c| c.version);
                     inner.chunks.end_write(slot, version, &r.failed_servers);
                 }
+                inner.tails.ended(r.chunk_id, r.session_id, r.version);
+                if r.modified {
+                    let start = r.chunk_index.saturating_mul(inner.state.chunk_size);
+                    let claim = r.file_size.saturating_sub(start);
+                    let since = match r.written_since {
+                        0 => r.version,
+                        v => v,
+                    };
+                    inner.tails.check_claim(r.chunk_id, since, claim)?;
+                }
                 if grows && f.nlink > 0 {
-                    volumes::check_quota(
+                    let quota = volumes::check_quota(
                         &inner.state,
                         0,
                         f.parent,
@@ -872,7 +924,15 @@ impl Master for Services {
                             inodes: 0,
                         },
                         crate::core::now_ns(),
-                    )?;
+                    );
+                    if let Err(e) = quota {
+                        // The session's bytes past the end stay unrecorded.
+                        if slot != 0 && slot == r.chunk_id {
+                            let start = r.chunk_index.saturating_mul(inner.state.chunk_size);
+                            inner.tails.refused(slot, r.file_size.saturating_sub(start));
+                        }
+                        return Err(e);
+                    }
                 }
                 let v = if grows || r.modified {
                     Some(core.commit(
@@ -948,6 +1008,7 @@ impl ChunkMaster for Services {
             let inner = &mut *g;
             let adoptions = inner.chunks.register(&r, Instant::now(), &inner.state);
             self.core.adopt(inner, &adoptions);
+            inner.tails.registered(&inner.state, &r.chunks);
             tracing::info!(server = r.server_id, address = %r.address, label = %r.label, chunks = r.chunks.len(), "chunkserver registered");
             Ok(pb::RegisterChunkserverReply {
                 epoch: self.core.epoch,

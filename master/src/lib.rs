@@ -21,6 +21,7 @@
 //! - [`server`]: starting, running and stopping a master.
 //! - [`volume_rpcs`]: the Admin rpcs of quotas, snapshots, trash, du and the consistency check.
 //! - [`volumes`]: quotas and usage accounting, the trash, copy-on-write snapshots.
+//! - [`tails`]: bytes stored past a file's end, cut before the file grows over them.
 
 pub mod admin;
 pub mod changelog;
@@ -41,5 +42,6 @@ pub mod replication_grpc;
 pub mod server;
 pub mod sessions;
 pub mod snapshot;
+pub mod tails;
 pub mod volume_rpcs;
 pub mod volumes;

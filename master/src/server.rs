@@ -115,6 +115,9 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         replication: opts.replication,
         sync_metaloggers: opts.sync_metaloggers,
         sync_timeout: opts.sync_timeout,
+        chunk_auth: alces_proto::auth::ClientAuth::new(&opts.secret)
+            .ok()
+            .map(crate::tails::ChunkAuth),
     };
     tracing::info!(
         version = rec.state.version,

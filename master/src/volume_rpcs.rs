@@ -161,7 +161,9 @@ pub async fn remove_quota(core: &Core, r: pb::PathRequest) -> Result<pb::Empty, 
 pub const SNAPSHOT_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// True when a write session is open on a chunk of the tree at `ino`: data of
-/// that session could still land in a chunk the snapshot would share.
+/// that session could still land in a chunk the snapshot would share. Also
+/// true while a file's chunk at its end may hold unrecorded bytes past it
+/// (cut first: a shared chunk is never cut in place).
 fn tree_busy(inner: &Inner, ino: u64) -> bool {
     let st = &inner.state;
     let mut stack = vec![ino];
@@ -169,7 +171,8 @@ fn tree_busy(inner: &Inner, ino: u64) -> bool {
         match st.inodes.get(&i).map(|n| &n.body) {
             Some(crate::namespace::Body::Dir(e)) => stack.extend(e.values().copied()),
             Some(crate::namespace::Body::File(c))
-                if c.iter().any(|c| *c != 0 && inner.chunks.is_writing(*c)) =>
+                if c.iter().any(|c| *c != 0 && inner.chunks.is_writing(*c))
+                    || inner.tails.dirty_tail(st, i).is_some() =>
             {
                 return true;
             }
@@ -185,6 +188,10 @@ fn tree_busy(inner: &Inner, ino: u64) -> bool {
 pub async fn snapshot(core: &Core, r: pb::SnapshotRequest) -> Result<pb::SnapshotReply, Status> {
     let deadline = std::time::Instant::now() + SNAPSHOT_BUSY_WAIT;
     loop {
+        let src = read(core, |inner| resolve(&inner.state, &r.source)).ok();
+        if let Some(src) = src {
+            crate::tails::clean_tree(core, src).await?;
+        }
         match snapshot_once(core, &r).await {
             Err(s)
                 if alces_proto::errno::of(&s) == libc::EBUSY
@@ -455,16 +462,27 @@ fn purge(core: &Core, inner: &mut Inner, ids: &[u64]) -> (Option<u64>, u64, u64)
     (last, n, bytes)
 }
 
-/// Frees trash entries whose time ran out (maintenance tick).
+/// Trash entries freed per maintenance tick (1 s) when their time runs out:
+/// a large expiry is spread over ticks rather than holding the master lock
+/// for all of it at once (the earliest expired first).
+pub const PURGE_PER_TICK: usize = 1000;
+
+/// Frees up to [`PURGE_PER_TICK`] trash entries whose time ran out
+/// (maintenance tick).
 pub fn purge_expired(core: &Core, inner: &mut Inner) {
     let now = now_ns();
-    let ids: Vec<u64> = inner
+    let mut due: Vec<(i64, u64)> = inner
         .state
         .trash
         .iter()
-        .filter(|(_, e)| e.expires <= now)
-        .map(|(i, _)| *i)
+        .filter(|(i, e)| e.expires <= now && !inner.sessions.is_open(**i))
+        .map(|(i, e)| (e.expires, *i))
         .collect();
+    if due.len() > PURGE_PER_TICK {
+        due.select_nth_unstable(PURGE_PER_TICK);
+        due.truncate(PURGE_PER_TICK);
+    }
+    let ids: Vec<u64> = due.into_iter().map(|(_, i)| i).collect();
     if !ids.is_empty() {
         let (_, n, bytes) = purge(core, inner, &ids);
         if n > 0 {

@@ -534,6 +534,7 @@ async fn master_serves_clients_chunkservers_and_admins() {
             file_size: 100,
             failed_servers: vec![],
             modified: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -638,6 +639,7 @@ async fn master_serves_clients_chunkservers_and_admins() {
         file_size: 100,
         failed_servers: vec![],
         modified: true,
+        ..Default::default()
     })
     .await
     .unwrap();
