@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .bytes(".alces.v1.WriteRequest.data")
+        .bytes(".alces.v1.WriteExtent.data")
         .bytes(".alces.v1.ReadReply.data")
         .bytes(".alces.v1.SnapshotPiece.data")
         .compile_protos(&protos, &["."])?;

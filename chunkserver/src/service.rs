@@ -15,8 +15,8 @@ use std::time::Duration;
 use alces_proto::geometry::{MAX_CHUNK_SIZE, MAX_GOAL};
 use alces_proto::pb::chunkserver_server::Chunkserver;
 use alces_proto::pb::{
-    ChunkLocation, Empty, ReadReply, ReadRequest, SyncRequest, TruncateRequest, WriteReply,
-    WriteRequest,
+    ChunkLocation, Empty, ReadReply, ReadRequest, SyncRequest, TruncateRequest, WriteManyRequest,
+    WriteReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -238,6 +238,61 @@ impl Chunkserver for ChunkService {
         let fwd = r.clone();
         self.with_chain("write", &r.chain, local, |mut c, rest| async move {
             c.write(WriteRequest { chain: rest, ..fwd })
+                .await
+                .map(|_| ())
+        })
+        .await?;
+        Ok(Response::new(WriteReply {}))
+    }
+
+    async fn write_many(
+        &self,
+        request: Request<WriteManyRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        let r = request.into_inner();
+        let valid = (|| {
+            check_common(r.chunk_id, &r.chain)?;
+            if r.extents.is_empty() {
+                return Err(einval(
+                    "WriteMany without any range: send at least one".to_string(),
+                ));
+            }
+            for e in &r.extents {
+                if e.offset.saturating_add(e.data.len() as u64) > MAX_CHUNK_SIZE {
+                    return Err(einval(format!(
+                        "write of {} bytes at offset {} goes past the largest chunk size {MAX_CHUNK_SIZE}",
+                        e.data.len(),
+                        e.offset
+                    )));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = valid {
+            self.metrics.op("write", false);
+            return Err(e);
+        }
+        let spec = VersionSpec {
+            expected_version: r.expected_version,
+            version: r.version,
+            create: r.create,
+            copy_from_chunk_id: r.copy_from_chunk_id,
+            copy_from_version: r.copy_from_version,
+        };
+        let extents: Vec<(u64, bytes::Bytes)> = r
+            .extents
+            .iter()
+            .map(|e| (e.offset, e.data.clone()))
+            .collect();
+        let local = async {
+            self.store
+                .write_many(r.chunk_id, spec, extents)
+                .await
+                .map(|_| ())
+        };
+        let fwd = r.clone();
+        self.with_chain("write", &r.chain, local, |mut c, rest| async move {
+            c.write_many(WriteManyRequest { chain: rest, ..fwd })
                 .await
                 .map(|_| ())
         })

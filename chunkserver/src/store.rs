@@ -601,6 +601,27 @@ impl ChunkStore {
         .await
     }
 
+    /// Writes several `(offset, data)` ranges in order, under one lock and one
+    /// version check (see [`ChunkStore::write`]).
+    pub async fn write_many(
+        self: &Arc<Self>,
+        chunk_id: u64,
+        spec: VersionSpec,
+        extents: Vec<(u64, bytes::Bytes)>,
+    ) -> StoreResult<ChunkMeta> {
+        self.run_locked(chunk_id, spec.copy_from_chunk_id, move |s| {
+            let mut last = None;
+            for (offset, data) in &extents {
+                last = Some(s.write_locked(chunk_id, &spec, *offset, data)?);
+            }
+            match last {
+                Some(m) => Ok(m),
+                None => s.write_locked(chunk_id, &spec, 0, &[]),
+            }
+        })
+        .await
+    }
+
     /// Sets the chunk's length under the version rule.
     pub async fn truncate(
         self: &Arc<Self>,

@@ -11,7 +11,8 @@ use alces_proto::auth::ClientAuth;
 use alces_proto::net::AuthChannel;
 use alces_proto::pb::chunkserver_client::ChunkserverClient;
 use alces_proto::pb::{
-    ChunkLocation, ReadRequest, ReplicateChunk, SyncRequest, TruncateRequest, WriteRequest,
+    ChunkLocation, ReadRequest, ReplicateChunk, SyncRequest, TruncateRequest, WriteExtent,
+    WriteManyRequest, WriteRequest,
 };
 use bytes::Bytes;
 
@@ -94,6 +95,63 @@ async fn read(c: &mut ChunkserverClient<AuthChannel>, id: u64, off: u64, len: u3
     .into_inner()
     .data
     .to_vec()
+}
+
+/// WriteMany writes every range in order (later ones win where they overlap)
+/// on every server of the chain; bad batches get clear errors and change nothing.
+#[tokio::test]
+async fn write_many_lands_every_range_on_the_chain() {
+    let a = node().await;
+    let b = node().await;
+    let mut ca = client(&a);
+    let mut cb = client(&b);
+    let ranges: Vec<(u64, Vec<u8>)> = vec![
+        (0, vec![1; 4096]),
+        (200_000, vec![2; 4096]),
+        (70_000, vec![3; 100]),
+        (202_000, vec![4; 10]), // overlaps the second range
+    ];
+    let req = |ranges: &[(u64, Vec<u8>)], chain: Vec<ChunkLocation>| WriteManyRequest {
+        chunk_id: 0x99,
+        expected_version: 0,
+        version: 1,
+        create: true,
+        extents: ranges
+            .iter()
+            .map(|(o, d)| WriteExtent {
+                offset: *o,
+                data: Bytes::copy_from_slice(d),
+            })
+            .collect(),
+        chain,
+        copy_from_chunk_id: 0,
+        copy_from_version: 0,
+    };
+    ca.write_many(req(&ranges, vec![b.location()]))
+        .await
+        .expect("chained WriteMany succeeds");
+    let mut model = vec![0u8; 204_096];
+    for (o, d) in &ranges {
+        model[*o as usize..*o as usize + d.len()].copy_from_slice(d);
+    }
+    assert_eq!(read(&mut ca, 0x99, 0, 204_096).await, model);
+    assert_eq!(read(&mut cb, 0x99, 0, 204_096).await, model);
+
+    let e = ca
+        .write_many(req(&[], vec![]))
+        .await
+        .expect_err("an empty batch is refused");
+    assert!(e.message().contains("at least one"), "{}", e.message());
+    let e = ca
+        .write_many(req(&[(64 << 20, vec![9; 1])], vec![]))
+        .await
+        .expect_err("a range past the chunk is refused");
+    assert!(
+        e.message().contains("past the largest chunk size"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(read(&mut ca, 0x99, 0, 204_096).await, model);
 }
 
 #[tokio::test]

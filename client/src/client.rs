@@ -187,6 +187,8 @@ pub(crate) struct Inner {
     pub(crate) reconnects: AtomicU64,
     /// Chunk writes retried with a new write session.
     pub(crate) write_retries: AtomicU64,
+    /// A chunkserver answered WriteMany with UNIMPLEMENTED: send ranges one by one.
+    pub(crate) no_write_many: AtomicBool,
 }
 
 /// A connected filesystem client. Cheap to clone; all clones share one session.
@@ -262,6 +264,7 @@ impl Client {
             closed: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             write_retries: AtomicU64::new(0),
+            no_write_many: AtomicBool::new(false),
         });
         let client = Client { inner };
         let deadline = Instant::now() + client.inner.config.reconnect_timeout;
