@@ -1,9 +1,10 @@
-//! Administration beyond status: goals of paths and draining chunkservers.
+//! Administration beyond status: goals of paths, draining chunkservers and
+//! the tuning shown in the status.
 
 use alces_proto::pb;
 use tonic::Status;
 
-use crate::core::{Core, Inner};
+use crate::core::{Core, Inner, Settings};
 use crate::goals::{prepare_set_goal, resolve_path};
 use crate::namespace::FsResult;
 
@@ -96,4 +97,17 @@ pub fn drain(core: &Core, r: pb::DrainRequest) -> Result<pb::ChunkserverStatus, 
         last_seen_ms: 0,
         ..drain_status(inner, r.server_id)
     })
+}
+
+/// The tuning the master runs with, for `Admin.Status`.
+pub fn tuning(s: &Settings) -> pb::MasterTuning {
+    pb::MasterTuning {
+        replication_rate: s.replication.per_tick as u32,
+        replications_per_server: s.replication.per_server as u32,
+        rebalance_threshold: s.replication.rebalance_threshold,
+        chunkserver_timeout_secs: s.chunkserver_timeout.as_secs(),
+        session_timeout_secs: s.session_timeout.as_secs(),
+        snapshot_interval_secs: s.snapshot_interval.as_secs(),
+        sync_timeout_ms: s.sync_timeout.as_millis() as u64,
+    }
 }

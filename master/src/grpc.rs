@@ -1014,6 +1014,7 @@ impl Admin for Services {
                 replications_in_flight: i.chunks.replications_in_flight() as u64,
                 conditions: self.core.hub.conditions(),
                 sync_metaloggers: self.core.hub.sync as u32,
+                tuning: Some(crate::admin::tuning(&self.core.settings)),
             })
         });
         self.done("Status", res)

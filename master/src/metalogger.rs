@@ -749,21 +749,13 @@ async fn promote(
             ),
         }
     }
-    let opts = Options {
-        listen: args.promote_listen,
-        http_listen: args.promote_http_listen,
-        data_dir: args.data_dir.clone(),
-        secret: secret.clone(),
-        chunk_size: 1 << 20,
-        default_goal: 1,
-        session_timeout: Duration::from_secs(u64::from(args.session_timeout)),
-        chunkserver_timeout: Duration::from_secs(args.chunkserver_timeout),
-        snapshot_interval: Duration::from_secs(args.snapshot_interval),
-        sync_metaloggers: args.sync_metaloggers as usize,
-        sync_timeout: Duration::from_millis(args.sync_timeout_ms),
-        // A promoted metalogger repairs at the default pace.
-        replication: crate::chunkmap::Policy::default(),
-    };
+    let opts = Options::from_tuning(
+        args.promote_listen,
+        args.promote_http_listen,
+        args.data_dir.clone(),
+        secret.clone(),
+        &args.tuning,
+    );
     let running = server::start(opts).await?;
     Ok((running, epoch, version))
 }

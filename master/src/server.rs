@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::Args;
+use crate::config::{Args, Tuning};
 use crate::core::{now_ns, Core, Settings};
 use crate::datadir::{self, DirLock};
 use crate::grpc::Services;
@@ -59,23 +59,37 @@ pub struct Options {
 impl Options {
     /// Options from command-line flags and the loaded secret.
     pub fn from_args(a: &Args, secret: Arc<str>) -> Self {
-        Self {
-            listen: a.listen,
-            http_listen: Some(a.http_listen),
-            data_dir: a.data_dir.clone(),
+        Self::from_tuning(
+            a.listen,
+            Some(a.http_listen),
+            a.data_dir.clone(),
             secret,
-            chunk_size: a.chunk_size,
-            default_goal: a.default_goal,
-            session_timeout: Duration::from_secs(u64::from(a.session_timeout)),
-            chunkserver_timeout: Duration::from_secs(a.chunkserver_timeout),
-            snapshot_interval: Duration::from_secs(a.snapshot_interval),
-            replication: crate::chunkmap::Policy {
-                per_tick: a.replication_rate as usize,
-                per_server: a.replications_per_server as usize,
-                rebalance_threshold: a.rebalance_threshold,
-            },
-            sync_metaloggers: a.sync_metaloggers as usize,
-            sync_timeout: Duration::from_millis(a.sync_timeout_ms),
+            &a.tuning,
+        )
+    }
+
+    /// Options of a master listening on `listen` (and `http_listen`) over
+    /// `data_dir`, tuned by `t` (the flags alces-master and alces-metalogger share).
+    pub fn from_tuning(
+        listen: SocketAddr,
+        http_listen: Option<SocketAddr>,
+        data_dir: PathBuf,
+        secret: Arc<str>,
+        t: &Tuning,
+    ) -> Self {
+        Self {
+            listen,
+            http_listen,
+            data_dir,
+            secret,
+            chunk_size: t.chunk_size,
+            default_goal: t.default_goal,
+            session_timeout: Duration::from_secs(u64::from(t.session_timeout)),
+            chunkserver_timeout: Duration::from_secs(t.chunkserver_timeout),
+            snapshot_interval: Duration::from_secs(t.snapshot_interval),
+            replication: t.policy(),
+            sync_metaloggers: t.sync_metaloggers as usize,
+            sync_timeout: Duration::from_millis(t.sync_timeout_ms),
         }
     }
 }
@@ -329,11 +343,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.listen.to_string().into(),
                 "--promote-http-listen".into(),
                 args.http_listen.to_string().into(),
-                "--sync-metaloggers".into(),
-                args.sync_metaloggers.to_string().into(),
-                "--sync-timeout-ms".into(),
-                args.sync_timeout_ms.to_string().into(),
             ];
+            // The same tuning, so that this process, promoted again one day,
+            // runs the master as it was configured.
+            argv.extend(args.tuning.to_flags());
             if let Some(f) = &args.secret_file {
                 argv.push("--secret-file".into());
                 argv.push(f.clone().into());
