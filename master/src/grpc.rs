@@ -1076,7 +1076,7 @@ impl Admin for Services {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Reply<pb::ChunkserverStatus> {
-        let res = crate::admin::drain(&self.core, req.into_inner());
+        let res = crate::admin::drain(&self.core, req.into_inner()).await;
         self.done("DrainChunkserver", res)
     }
 
