@@ -734,7 +734,13 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
                 pause_ms,
             }));
             shared.info.lock().role = "master";
+            let watch = server::watch_for_newer_master(
+                running.core.clone(),
+                args.master.clone(),
+                secret.clone(),
+            );
             let ended = server::serve(running).await;
+            watch.abort();
             grpc.abort();
             match ended? {
                 Ended::Stopped => Ok(()),
