@@ -18,6 +18,7 @@ use alces_proto::net::AuthChannel;
 use alces_proto::pb;
 use anyhow::{bail, Context};
 
+pub mod master_netns;
 pub mod replication;
 pub mod storm;
 
