@@ -226,3 +226,81 @@ pub struct MetaloggerArgs {
     #[arg(long, env = "ALCES_LOG_JSON")]
     pub log_json: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_flags_round_trip_from_master_to_metalogger() {
+        let m = Args::try_parse_from([
+            "alces-master",
+            "--data-dir",
+            "/d",
+            "--chunk-size",
+            "2MiB",
+            "--default-goal",
+            "3",
+            "--session-timeout",
+            "21",
+            "--chunkserver-timeout",
+            "9",
+            "--snapshot-interval",
+            "77",
+            "--replication-rate",
+            "7",
+            "--replications-per-server",
+            "3",
+            "--rebalance-threshold",
+            "25.5",
+            "--sync-metaloggers",
+            "1",
+            "--sync-timeout-ms",
+            "1234",
+        ])
+        .expect("master flags");
+        let mut argv: Vec<std::ffi::OsString> =
+            ["alces-metalogger", "--master", "m:1", "--data-dir", "/x"]
+                .iter()
+                .map(Into::into)
+                .collect();
+        argv.extend(m.tuning.to_flags());
+        let ml = MetaloggerArgs::try_parse_from(argv).expect("metalogger flags");
+        let (a, b) = (&m.tuning, &ml.tuning);
+        assert_eq!(
+            (
+                a.chunk_size,
+                a.default_goal,
+                a.session_timeout,
+                a.chunkserver_timeout
+            ),
+            (2 << 20, 3, 21, 9)
+        );
+        assert_eq!(
+            (
+                b.chunk_size,
+                b.default_goal,
+                b.session_timeout,
+                b.chunkserver_timeout
+            ),
+            (
+                a.chunk_size,
+                a.default_goal,
+                a.session_timeout,
+                a.chunkserver_timeout
+            )
+        );
+        assert_eq!(
+            (
+                b.snapshot_interval,
+                b.replication_rate,
+                b.replications_per_server
+            ),
+            (77, 7, 3)
+        );
+        assert_eq!(b.rebalance_threshold, 25.5);
+        assert_eq!((b.sync_metaloggers, b.sync_timeout_ms), (1, 1234));
+        let p = b.policy();
+        assert_eq!((p.per_tick, p.per_server), (7, 3));
+    }
+}
