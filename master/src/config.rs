@@ -111,9 +111,12 @@ pub struct Tuning {
     #[arg(long, env = "ALCES_SYNC_METALOGGERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub sync_metaloggers: u32,
 
-    /// Milliseconds a mutation waits for --sync-metaloggers metaloggers; then the
-    /// master degrades (loud error, status condition) and acknowledges after its
-    /// own fsync until enough metaloggers are back.
+    /// Milliseconds a mutation waits for --sync-metaloggers metaloggers (at least
+    /// 3000: the chunkserver quorum window); then the master degrades (loud
+    /// error, status condition) and acknowledges after its own fsync until
+    /// enough metaloggers are back — but only while more than half of its
+    /// chunkservers were heard in the last 3 s (a master cut off from them keeps
+    /// waiting).
     #[arg(long, env = "ALCES_SYNC_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub sync_timeout_ms: u64,
 }

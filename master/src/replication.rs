@@ -289,7 +289,7 @@ impl Hub {
     /// Waits until `sync` metaloggers hold `version` durably.
     ///
     /// Fewer than `sync` connected, or no acknowledgement within
-    /// `sync_timeout`: the master degrades (loud error log, status condition)
+    /// `sync_timeout` (at least [`QUORUM_WINDOW`]): the master degrades (loud error log, status condition)
     /// and acknowledges after its own fsync until enough metaloggers are
     /// connected again — but only while `quorum()` says it still reaches a
     /// majority of its chunkservers. A master cut off from its metaloggers and
@@ -303,7 +303,10 @@ impl Hub {
         }
         let mut acks = self.acks.subscribe();
         let mut fence = self.fence.subscribe();
-        let deadline = tokio::time::Instant::now() + self.sync_timeout;
+        // At least the quorum window: a mutation that was already waiting when
+        // the master got cut off must find the quorum gone when it would
+        // degrade, not a majority heard just before the cut.
+        let deadline = tokio::time::Instant::now() + self.sync_timeout.max(QUORUM_WINDOW);
         loop {
             let (held, connected) = self.count(version);
             if held >= self.sync {

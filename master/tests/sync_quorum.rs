@@ -138,6 +138,7 @@ async fn without_metaloggers_a_master_degrades_only_with_a_chunkserver_quorum() 
 
     // No metalogger and no chunkserver at all: the mutation waits, well past
     // the sync timeout.
+    let a_started = Instant::now();
     let mut a = mkdir(&m, sid, "a");
     assert!(
         within(&mut a, Duration::from_millis(1500)).await.is_none(),
@@ -158,6 +159,13 @@ async fn without_metaloggers_a_master_degrades_only_with_a_chunkserver_quorum() 
         .await
         .expect("acknowledged once degraded with a chunkserver quorum");
     a.expect("mkdir a");
+    // A mutation degrades only after waiting at least the quorum window (the
+    // sync timeout here is 300 ms).
+    assert!(
+        a_started.elapsed() >= QUORUM_WINDOW,
+        "{:?}",
+        a_started.elapsed()
+    );
     let acked = m.core.hub.acked();
     assert!(acked > 0 && m.core.hub.degraded());
     let c = conditions(&m).await;
