@@ -324,12 +324,14 @@ async fn start_all(
         os("--secret-file"),
         sf.clone(),
     ];
+    let mut tuning = Vec::new();
     if let Some(cs) = &a.chunk_size {
-        args.extend([os("--chunk-size"), os(cs)]);
+        tuning.extend([os("--chunk-size"), os(cs)]);
     }
     if let Some(g) = a.default_goal {
-        args.extend([os("--default-goal"), os(g.to_string())]);
+        tuning.extend([os("--default-goal"), os(g.to_string())]);
     }
+    args.extend(tuning.iter().cloned());
     eprintln!("alces: starting master on {master}");
     let (child, log) = spawn_process(dir, "master", master_bin, &args)?;
     std::fs::write(dir.join("master").join("address"), format!("{master}\n"))?;
@@ -398,7 +400,7 @@ async fn start_all(
             // A promoted metalogger serves the master on the master's address
             // (free once the old master is dead or has stepped down), so mounts
             // and chunkservers keep their ALCES_MASTER.
-            let args = vec![
+            let mut args = vec![
                 os("--master"),
                 os(&master),
                 os("--listen"),
@@ -416,6 +418,10 @@ async fn start_all(
                 os("--secret-file"),
                 sf.clone(),
             ];
+            // The master's tuning flags, so a promoted metalogger runs the
+            // master as configured (the ALCES_* tuning variables of this
+            // environment reach both processes alike).
+            args.extend(tuning.iter().cloned());
             eprintln!("alces: starting metalogger {name}");
             let (child, log) = spawn_process(dir, &name, ml_bin, &args)?;
             std::fs::write(dir.join(&name).join("address"), format!("{addr}\n"))?;

@@ -94,6 +94,15 @@ pub fn to_json(st: &ClusterStatus, dir: Option<&Path>) -> serde_json::Value {
         }).collect::<Vec<_>>(),
         "conditions": st.conditions,
         "sync_metaloggers": st.sync_metaloggers,
+        "tuning": st.tuning.as_ref().map(|t| json!({
+            "replication_rate": t.replication_rate,
+            "replications_per_server": t.replications_per_server,
+            "rebalance_threshold": t.rebalance_threshold,
+            "chunkserver_timeout_secs": t.chunkserver_timeout_secs,
+            "session_timeout_secs": t.session_timeout_secs,
+            "snapshot_interval_secs": t.snapshot_interval_secs,
+            "sync_timeout_ms": t.sync_timeout_ms,
+        })),
         "metaloggers": st.metaloggers.iter().map(|m| json!({
             "id": m.id,
             "address": m.address,
@@ -127,6 +136,16 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
         human_bytes(st.used_bytes),
         human_bytes(st.free_bytes)
     );
+    if let Some(t) = &st.tuning {
+        out += &format!(
+            "tuning: replication {}/s, {} per server, rebalance above {} points; chunkserver timeout {} s; session timeout {} s\n",
+            t.replication_rate,
+            t.replications_per_server,
+            t.rebalance_threshold,
+            t.chunkserver_timeout_secs,
+            t.session_timeout_secs
+        );
+    }
     out += &format!(
         "chunks {}: missing {}  under goal {}  at goal {}  over goal {}  replicating {}\n\n",
         st.chunks,

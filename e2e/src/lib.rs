@@ -19,6 +19,7 @@ use alces_proto::pb;
 use anyhow::{bail, Context};
 
 pub mod figures;
+pub mod master_netns;
 pub mod replication;
 pub mod storm;
 

@@ -246,9 +246,13 @@ pub struct Netns {
     pub host_ip: String,
     /// Namespace-side address.
     pub ns_ip: String,
+    /// Namespace-side interface.
+    pub ns_if: String,
+    /// The subnet's first three octets (`10.a.b`).
+    pub net: String,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
     let o = Command::new("ip")
         .args(args)
         .output()
@@ -278,6 +282,8 @@ impl Netns {
             host_if: host_if.clone(),
             host_ip: format!("{net}.1"),
             ns_ip: format!("{net}.2"),
+            ns_if: ns_if.clone(),
+            net: net.clone(),
         };
         ip(&["netns", "add", &name])?;
         ip(&[
@@ -311,6 +317,53 @@ impl Netns {
             "exec".to_string(),
             self.name.clone(),
         ]
+    }
+
+    /// Another address of the namespace's subnet: `10.a.b.<n>`.
+    pub fn ip(&self, n: u8) -> String {
+        format!("{}.{n}", self.net)
+    }
+
+    /// The wrapper that runs a command with only its network in the namespace
+    /// (`nsenter --net`): unlike `ip netns exec`, the command keeps the host's
+    /// mount namespace, so a FUSE mount it makes is visible to the test.
+    pub fn net_only_wrapper(&self) -> Vec<String> {
+        vec![
+            "nsenter".to_string(),
+            format!("--net=/run/netns/{}", self.name),
+        ]
+    }
+
+    /// Adds `ip`/32 to the namespace's side of the link.
+    pub fn add_addr(&self, ip_addr: &str) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip_addr}/32"),
+            "dev",
+            &self.ns_if,
+        ])
+        .expect("add an address in the namespace");
+    }
+
+    /// Removes `ip`/32 from the namespace's side of the link.
+    pub fn del_addr(&self, ip_addr: &str) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "addr",
+            "del",
+            &format!("{ip_addr}/32"),
+            "dev",
+            &self.ns_if,
+        ])
+        .expect("remove an address from the namespace");
     }
 
     /// Cuts the link (host side down).

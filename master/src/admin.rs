@@ -1,11 +1,14 @@
-//! Administration beyond status: goals of paths and draining chunkservers.
+//! Administration beyond status: goals of paths, draining chunkservers (a
+//! logged change) and the tuning shown in the status.
 
 use alces_proto::pb;
 use tonic::Status;
 
-use crate::core::{Core, Inner};
+use alces_proto::pb::changelog_record::Op;
+
+use crate::core::{Core, Inner, Settings};
 use crate::goals::{prepare_set_goal, resolve_path};
-use crate::namespace::FsResult;
+use crate::namespace::{FsError, FsResult, State};
 
 /// Sets the goal of a path (or a tree); logged in the changelog.
 pub async fn set_goal(core: &Core, r: pb::SetGoalRequest) -> Result<pb::SetGoalReply, Status> {
@@ -56,44 +59,95 @@ pub fn drain_status(inner: &Inner, server_id: u64) -> pb::ChunkserverStatus {
     }
 }
 
-/// Starts or ends the drain of a chunkserver and returns its status.
-pub fn drain(core: &Core, r: pb::DrainRequest) -> Result<pb::ChunkserverStatus, Status> {
-    let mut g = core.inner.lock();
-    let inner = &mut *g;
-    if !inner.chunks.set_draining(r.server_id, r.drain) {
-        let known: Vec<String> = inner
-            .chunks
-            .servers
-            .values()
-            .map(|s| format!("{} ({})", s.id, s.address))
-            .collect();
-        return Err(alces_proto::errno::status(
-            libc::ENOENT,
-            format!(
-                "no chunkserver with id {} is known to the master; known: [{}] (see `alces status`)",
-                r.server_id,
-                known.join(", ")
-            ),
-        ));
+/// Applies a logged drain change (master, replay and metaloggers alike).
+pub fn apply_set_draining(st: &mut State, o: &pb::SetDrainingOp) {
+    if o.draining {
+        st.draining.insert(o.server_id);
+    } else {
+        st.draining.remove(&o.server_id);
     }
-    tracing::info!(
-        server = r.server_id,
-        draining = r.drain,
-        "chunkserver drain changed"
-    );
-    let s = &inner.chunks.servers[&r.server_id];
-    let (t, u, f) = s.space();
-    Ok(pb::ChunkserverStatus {
-        server_id: s.id,
-        address: s.address.clone(),
-        label: s.label.clone(),
-        connected: s.connected,
-        disks: s.disks.clone(),
-        chunks: s.held.len() as u64,
-        total_bytes: t,
-        used_bytes: u,
-        free_bytes: f,
-        last_seen_ms: 0,
-        ..drain_status(inner, r.server_id)
+}
+
+/// Starts or ends the drain of a chunkserver and returns its status. The drain
+/// is a logged metadata change (`SetDrainingOp`), so it survives restarts of the
+/// master and promotions of a metalogger; a server drained while it is not
+/// registered (e.g. after a restart) can still be undrained by id.
+pub async fn drain(core: &Core, r: pb::DrainRequest) -> Result<pb::ChunkserverStatus, Status> {
+    core.mutate(|core, inner| {
+        let known = inner.chunks.servers.contains_key(&r.server_id);
+        let logged = inner.state.draining.contains(&r.server_id);
+        // An unknown server may only be undrained, if its drain was logged.
+        let undrain_logged = logged && !r.drain;
+        if !known && !undrain_logged {
+            let known: Vec<String> = inner
+                .chunks
+                .servers
+                .values()
+                .map(|s| format!("{} ({})", s.id, s.address))
+                .collect();
+            return Err(FsError::new(
+                libc::ENOENT,
+                format!(
+                    "no chunkserver with id {} is known to the master; known: [{}] (see `alces status`)",
+                    r.server_id,
+                    known.join(", ")
+                ),
+            ));
+        }
+        let v = if logged != r.drain {
+            let op = Op::SetDraining(pb::SetDrainingOp {
+                server_id: r.server_id,
+                draining: r.drain,
+            });
+            Some(core.commit(inner, op)?)
+        } else {
+            None
+        };
+        inner.chunks.set_draining(r.server_id, r.drain);
+        tracing::info!(
+            server = r.server_id,
+            draining = r.drain,
+            "chunkserver drain changed"
+        );
+        let Some(s) = inner.chunks.servers.get(&r.server_id) else {
+            return Ok((
+                v,
+                pb::ChunkserverStatus {
+                    server_id: r.server_id,
+                    ..Default::default()
+                },
+            ));
+        };
+        let (t, u, f) = s.space();
+        Ok((
+            v,
+            pb::ChunkserverStatus {
+                server_id: s.id,
+                address: s.address.clone(),
+                label: s.label.clone(),
+                connected: s.connected,
+                disks: s.disks.clone(),
+                chunks: s.held.len() as u64,
+                total_bytes: t,
+                used_bytes: u,
+                free_bytes: f,
+                last_seen_ms: 0,
+                ..drain_status(inner, r.server_id)
+            },
+        ))
     })
+    .await
+}
+
+/// The tuning the master runs with, for `Admin.Status`.
+pub fn tuning(s: &Settings) -> pb::MasterTuning {
+    pb::MasterTuning {
+        replication_rate: s.replication.per_tick as u32,
+        replications_per_server: s.replication.per_server as u32,
+        rebalance_threshold: s.replication.rebalance_threshold,
+        chunkserver_timeout_secs: s.chunkserver_timeout.as_secs(),
+        session_timeout_secs: s.session_timeout.as_secs(),
+        snapshot_interval_secs: s.snapshot_interval.as_secs(),
+        sync_timeout_ms: s.sync_timeout.as_millis() as u64,
+    }
 }

@@ -160,13 +160,13 @@ impl ChunkMap {
         st: &State,
     ) -> Vec<Adoption> {
         let mut commands = Vec::new();
-        let mut draining = false;
+        // The drain is logged metadata: it survives master restarts.
+        let draining = st.draining.contains(&req.server_id);
         if let Some(old) = self.servers.remove(&req.server_id) {
             for c in old.held {
                 self.drop_copy(req.server_id, c);
             }
             commands = old.commands;
-            draining = old.draining;
         }
         self.servers.insert(
             req.server_id,

@@ -41,6 +41,31 @@ pub struct Args {
     #[arg(long, env = "ALCES_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
 
+    /// Tuning of the master (shared with alces-metalogger, which uses them once promoted).
+    #[command(flatten)]
+    pub tuning: Tuning,
+
+    /// Master address to follow as a metalogger after being deposed (a newer
+    /// master took over); default: this master's --listen address (the address
+    /// a promoted metalogger takes over), with 127.0.0.1 for an unspecified IP.
+    #[arg(long, env = "ALCES_REJOIN_MASTER")]
+    pub rejoin_master: Option<String>,
+
+    /// Listen address of the metalogger service after being deposed.
+    #[arg(long, env = "ALCES_REJOIN_LISTEN", default_value = "0.0.0.0:9423")]
+    pub rejoin_listen: SocketAddr,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "ALCES_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Flags that tune a running master, shared by `alces-master` and
+/// `alces-metalogger` (a promoted metalogger runs a master with them), with the
+/// same names and environment variables in both.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Master tuning (alces-master and a promoted alces-metalogger)")]
+pub struct Tuning {
     /// Chunk size of a new filesystem (1MiB..64MiB, a multiple of 64KiB); an
     /// existing filesystem keeps the size it was created with.
     #[arg(long, env = "ALCES_CHUNK_SIZE", default_value = "64MiB", value_parser = parse_chunk_size)]
@@ -86,25 +111,56 @@ pub struct Args {
     #[arg(long, env = "ALCES_SYNC_METALOGGERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub sync_metaloggers: u32,
 
-    /// Milliseconds a mutation waits for --sync-metaloggers metaloggers; then the
-    /// master degrades (loud error, status condition) and acknowledges after its
-    /// own fsync until enough metaloggers are back.
+    /// Milliseconds a mutation waits for --sync-metaloggers metaloggers (at least
+    /// 3000: the chunkserver quorum window); then the master degrades (loud
+    /// error, status condition) and acknowledges after its own fsync until
+    /// enough metaloggers are back — but only while more than half of its
+    /// chunkservers were heard in the last 3 s (a master cut off from them keeps
+    /// waiting).
     #[arg(long, env = "ALCES_SYNC_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub sync_timeout_ms: u64,
+}
 
-    /// Master address to follow as a metalogger after being deposed (a newer
-    /// master took over); default: this master's --listen address (the address
-    /// a promoted metalogger takes over), with 127.0.0.1 for an unspecified IP.
-    #[arg(long, env = "ALCES_REJOIN_MASTER")]
-    pub rejoin_master: Option<String>,
+impl Tuning {
+    /// The replication pace these flags give.
+    pub fn policy(&self) -> crate::chunkmap::Policy {
+        crate::chunkmap::Policy {
+            per_tick: self.replication_rate as usize,
+            per_server: self.replications_per_server as usize,
+            rebalance_threshold: self.rebalance_threshold,
+        }
+    }
 
-    /// Listen address of the metalogger service after being deposed.
-    #[arg(long, env = "ALCES_REJOIN_LISTEN", default_value = "0.0.0.0:9423")]
-    pub rejoin_listen: SocketAddr,
-
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "ALCES_LOG_JSON")]
-    pub log_json: bool,
+    /// Command-line flags that reproduce these values (to start another
+    /// process of the cluster, e.g. a deposed master rejoining as a metalogger,
+    /// with the same tuning).
+    pub fn to_flags(&self) -> Vec<std::ffi::OsString> {
+        let pairs: [(&str, String); 10] = [
+            ("--chunk-size", self.chunk_size.to_string()),
+            ("--default-goal", self.default_goal.to_string()),
+            ("--session-timeout", self.session_timeout.to_string()),
+            (
+                "--chunkserver-timeout",
+                self.chunkserver_timeout.to_string(),
+            ),
+            ("--snapshot-interval", self.snapshot_interval.to_string()),
+            ("--replication-rate", self.replication_rate.to_string()),
+            (
+                "--replications-per-server",
+                self.replications_per_server.to_string(),
+            ),
+            (
+                "--rebalance-threshold",
+                self.rebalance_threshold.to_string(),
+            ),
+            ("--sync-metaloggers", self.sync_metaloggers.to_string()),
+            ("--sync-timeout-ms", self.sync_timeout_ms.to_string()),
+        ];
+        pairs
+            .into_iter()
+            .flat_map(|(k, v)| [k.into(), v.into()])
+            .collect()
+    }
 }
 
 /// Flags of `alces-metalogger`.
@@ -164,27 +220,90 @@ pub struct MetaloggerArgs {
     #[arg(long, env = "ALCES_METALOGGER_PROMOTE_HTTP_LISTEN")]
     pub promote_http_listen: Option<SocketAddr>,
 
-    /// After promotion: client lease in seconds (as alces-master --session-timeout).
-    #[arg(long, env = "ALCES_SESSION_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=86400))]
-    pub session_timeout: u32,
-
-    /// After promotion: chunkserver heartbeat timeout in seconds.
-    #[arg(long, env = "ALCES_CHUNKSERVER_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub chunkserver_timeout: u64,
-
-    /// After promotion: seconds between background snapshots.
-    #[arg(long, env = "ALCES_SNAPSHOT_INTERVAL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
-    pub snapshot_interval: u64,
-
-    /// After promotion: metaloggers that must hold a mutation before it is acknowledged.
-    #[arg(long, env = "ALCES_SYNC_METALOGGERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
-    pub sync_metaloggers: u32,
-
-    /// After promotion: milliseconds a mutation waits for sync metaloggers before degrading.
-    #[arg(long, env = "ALCES_SYNC_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub sync_timeout_ms: u64,
+    /// How the master this metalogger becomes when promoted is tuned: the same
+    /// flags (and ALCES_* variables) as alces-master's, so give both the same values.
+    #[command(flatten)]
+    pub tuning: Tuning,
 
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ALCES_LOG_JSON")]
     pub log_json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_flags_round_trip_from_master_to_metalogger() {
+        let m = Args::try_parse_from([
+            "alces-master",
+            "--data-dir",
+            "/d",
+            "--chunk-size",
+            "2MiB",
+            "--default-goal",
+            "3",
+            "--session-timeout",
+            "21",
+            "--chunkserver-timeout",
+            "9",
+            "--snapshot-interval",
+            "77",
+            "--replication-rate",
+            "7",
+            "--replications-per-server",
+            "3",
+            "--rebalance-threshold",
+            "25.5",
+            "--sync-metaloggers",
+            "1",
+            "--sync-timeout-ms",
+            "1234",
+        ])
+        .expect("master flags");
+        let mut argv: Vec<std::ffi::OsString> =
+            ["alces-metalogger", "--master", "m:1", "--data-dir", "/x"]
+                .iter()
+                .map(Into::into)
+                .collect();
+        argv.extend(m.tuning.to_flags());
+        let ml = MetaloggerArgs::try_parse_from(argv).expect("metalogger flags");
+        let (a, b) = (&m.tuning, &ml.tuning);
+        assert_eq!(
+            (
+                a.chunk_size,
+                a.default_goal,
+                a.session_timeout,
+                a.chunkserver_timeout
+            ),
+            (2 << 20, 3, 21, 9)
+        );
+        assert_eq!(
+            (
+                b.chunk_size,
+                b.default_goal,
+                b.session_timeout,
+                b.chunkserver_timeout
+            ),
+            (
+                a.chunk_size,
+                a.default_goal,
+                a.session_timeout,
+                a.chunkserver_timeout
+            )
+        );
+        assert_eq!(
+            (
+                b.snapshot_interval,
+                b.replication_rate,
+                b.replications_per_server
+            ),
+            (77, 7, 3)
+        );
+        assert_eq!(b.rebalance_threshold, 25.5);
+        assert_eq!((b.sync_metaloggers, b.sync_timeout_ms), (1, 1234));
+        let p = b.policy();
+        assert_eq!((p.per_tick, p.per_server), (7, 3));
+    }
 }

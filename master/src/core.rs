@@ -202,12 +202,24 @@ impl Core {
             .map(|d| d.version >= version)
             .unwrap_or(false);
         match reached {
-            true => self.hub.wait_sync(version).await,
+            true => {
+                self.hub
+                    .wait_sync(version, || self.chunkserver_quorum())
+                    .await?;
+                self.hub.note_acked(version);
+                Ok(())
+            }
             false => Err(alces_proto::errno::status(
                 libc::EIO,
                 "the metadata change could not be made durable: the master's changelog write failed",
             )),
         }
+    }
+
+    /// True while more than half of the known chunkservers were heard recently
+    /// (see [`crate::replication::chunkserver_quorum`]).
+    pub fn chunkserver_quorum(&self) -> bool {
+        crate::replication::chunkserver_quorum(&self.inner.lock().chunks, Instant::now())
     }
 
     /// Runs `f` under the lock, then waits for the version it committed (if any).
@@ -306,6 +318,8 @@ impl Core {
             &self.settings.replication,
         );
         self.adopt(inner, &adoptions);
+        self.hub
+            .set_isolated(!crate::replication::chunkserver_quorum(&inner.chunks, now));
         self.update_gauges(inner);
         inner.state.version - inner.snapshot_version >= SNAPSHOT_RECORDS
     }

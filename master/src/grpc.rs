@@ -1110,6 +1110,7 @@ impl Admin for Services {
                 replications_in_flight: i.chunks.replications_in_flight() as u64,
                 conditions: self.core.hub.conditions(),
                 sync_metaloggers: self.core.hub.sync as u32,
+                tuning: Some(crate::admin::tuning(&self.core.settings)),
             })
         });
         self.done("Status", res)
@@ -1171,7 +1172,7 @@ impl Admin for Services {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Reply<pb::ChunkserverStatus> {
-        let res = crate::admin::drain(&self.core, req.into_inner());
+        let res = crate::admin::drain(&self.core, req.into_inner()).await;
         self.done("DrainChunkserver", res)
     }
 

@@ -45,6 +45,39 @@ pub const RETRY: Duration = Duration::from_millis(300);
 /// Timeout of the liveness and peer checks made by a promotion.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Longest silence between two "not following the master" warnings while the
+/// master stays unreachable.
+pub const RETRY_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Rate limit of the "not following the master" warning: the first failure of
+/// an outage is logged at once, then at most one line every
+/// [`RETRY_LOG_EVERY`], carrying how many attempts failed in all.
+#[derive(Debug, Default)]
+struct RetryLog {
+    failed: u64,
+    last: Option<Instant>,
+}
+
+impl RetryLog {
+    /// Counts a failed attempt; returns the failures of this outage so far when
+    /// a warning is due.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.failed += 1;
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < RETRY_LOG_EVERY => None,
+            _ => {
+                self.last = Some(now);
+                Some(self.failed)
+            }
+        }
+    }
+
+    /// The master was followed again: the next failure starts a new outage.
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// What the metalogger shows in `Status`.
 #[derive(Debug, Clone, Default)]
 struct Info {
@@ -647,6 +680,7 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
     tracing::info!(id = %id, grpc = %bound, master = %args.master, data_dir = %args.data_dir.display(), "alces-metalogger ready");
     let signal = alces_proto::telemetry::shutdown_signal();
     tokio::pin!(signal);
+    let mut retries = RetryLog::default();
     let outcome = loop {
         tokio::select! {
             _ = &mut signal => {
@@ -657,8 +691,14 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             r = f.follow(&mut rep) => match r {
                 Ok(o) => break o,
                 Err(e) => {
+                    let was_following = f.shared.info.lock().master_connected;
                     f.set(|i| i.master_connected = false);
-                    tracing::warn!(error = %format!("{e:#}"), master = %args.master, "not following the master; retrying");
+                    if was_following {
+                        retries.reset();
+                    }
+                    if let Some(n) = retries.failed(Instant::now()) {
+                        tracing::warn!(error = %format!("{e:#}"), master = %args.master, failed_attempts = n, "not following the master; retrying every {RETRY:?}");
+                    }
                 }
             }
         }
@@ -694,7 +734,13 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
                 pause_ms,
             }));
             shared.info.lock().role = "master";
+            let watch = server::watch_for_newer_master(
+                running.core.clone(),
+                args.master.clone(),
+                secret.clone(),
+            );
             let ended = server::serve(running).await;
+            watch.abort();
             grpc.abort();
             match ended? {
                 Ended::Stopped => Ok(()),
@@ -749,21 +795,44 @@ async fn promote(
             ),
         }
     }
-    let opts = Options {
-        listen: args.promote_listen,
-        http_listen: args.promote_http_listen,
-        data_dir: args.data_dir.clone(),
-        secret: secret.clone(),
-        chunk_size: 1 << 20,
-        default_goal: 1,
-        session_timeout: Duration::from_secs(u64::from(args.session_timeout)),
-        chunkserver_timeout: Duration::from_secs(args.chunkserver_timeout),
-        snapshot_interval: Duration::from_secs(args.snapshot_interval),
-        sync_metaloggers: args.sync_metaloggers as usize,
-        sync_timeout: Duration::from_millis(args.sync_timeout_ms),
-        // A promoted metalogger repairs at the default pace.
-        replication: crate::chunkmap::Policy::default(),
-    };
+    let opts = Options::from_tuning(
+        args.promote_listen,
+        args.promote_http_listen,
+        args.data_dir.clone(),
+        secret.clone(),
+        &args.tuning,
+    );
     let running = server::start(opts).await?;
     Ok((running, epoch, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_following_warnings_are_rate_limited_and_count_attempts() {
+        let mut r = RetryLog::default();
+        let t0 = Instant::now();
+        // The first failure of an outage is logged at once.
+        assert_eq!(r.failed(t0), Some(1));
+        // Retries every 300 ms for 9.9 s: silent.
+        let mut t = t0;
+        for _ in 0..33 {
+            t += RETRY;
+            if t.duration_since(t0) >= RETRY_LOG_EVERY {
+                break;
+            }
+            assert_eq!(r.failed(t), None);
+        }
+        // Then one line with the count of all attempts so far.
+        let n = r
+            .failed(t0 + RETRY_LOG_EVERY)
+            .expect("a warning after 10 s");
+        assert!(n > 30, "count of failed attempts: {n}");
+        assert_eq!(r.failed(t0 + RETRY_LOG_EVERY + RETRY), None);
+        // Following again, then a new outage: logged at once, counted from 1.
+        r.reset();
+        assert_eq!(r.failed(t0 + RETRY_LOG_EVERY * 2), Some(1));
+    }
 }

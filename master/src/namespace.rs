@@ -264,6 +264,9 @@ pub struct State {
     pub trash: BTreeMap<u64, crate::volumes::Trashed>,
     /// Trash times (seconds) set on directories; subtrees inherit them.
     pub trash_times: BTreeMap<u64, u64>,
+    /// Chunkservers being drained (by server id): logged so that a drain
+    /// survives master restarts and failovers.
+    pub draining: BTreeSet<u64>,
     /// Recursive usage of every directory's subtree (kept incrementally, not
     /// persisted: rebuilt when a snapshot is loaded).
     pub usage: HashMap<u64, crate::volumes::Usage>,
@@ -303,6 +306,7 @@ impl State {
             quotas: BTreeMap::new(),
             trash: BTreeMap::new(),
             trash_times: BTreeMap::new(),
+            draining: BTreeSet::new(),
             usage: HashMap::new(),
         }
     }

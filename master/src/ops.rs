@@ -133,6 +133,7 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
         Op::Snapshot(o) => volumes::snapshot(st, t, o)?,
         Op::SetTrashTime(o) => volumes::set_trash_time(st, o)?,
         Op::Restore(o) => volumes::restore(st, t, o)?,
+        Op::SetDraining(o) => crate::admin::apply_set_draining(st, o),
     }
     st.version = rec.version;
     Ok(applied)

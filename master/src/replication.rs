@@ -4,7 +4,7 @@
 //! (a master that stepped down or saw a higher epoch accepts no mutation).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use alces_proto::pb::{self, ChangelogRecord};
@@ -12,6 +12,8 @@ use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
 use tonic::Status;
+
+use crate::chunkmap::ChunkMap;
 
 /// Bytes of recent records kept in memory for metaloggers to resume from
 /// (counted as their encoded size plus [`RECORD_OVERHEAD`]). A metalogger
@@ -21,6 +23,34 @@ pub const WINDOW_BYTES: usize = 16 << 20;
 
 /// In-memory cost of a record beyond its encoded size (struct, allocations).
 const RECORD_OVERHEAD: usize = 96;
+
+/// A chunkserver heard (registration or heartbeat, every second) within this
+/// long counts as reachable for [`chunkserver_quorum`].
+pub const QUORUM_WINDOW: Duration = Duration::from_secs(3);
+
+/// How often a mutation waiting for sync metaloggers looks again at whether the
+/// master may degrade (the chunkserver quorum changes without any event).
+const RECHECK: Duration = Duration::from_millis(200);
+
+/// True when this master is not cut off from the cluster: more than half of the
+/// chunkservers it knows were heard within [`QUORUM_WINDOW`]. Known servers are
+/// every server registered since the master started, connected or lost, except
+/// lost servers being drained (retired by an administrator); a server lost
+/// without a drain keeps counting, so a master left with a minority never
+/// regains the quorum by timing the others out. No server known: no quorum.
+pub fn chunkserver_quorum(chunks: &ChunkMap, now: Instant) -> bool {
+    let (mut known, mut fresh) = (0usize, 0usize);
+    for s in chunks.servers.values() {
+        if s.draining && !s.connected {
+            continue;
+        }
+        known += 1;
+        if s.connected && now.saturating_duration_since(s.last_seen) <= QUORUM_WINDOW {
+            fresh += 1;
+        }
+    }
+    fresh > 0 && fresh * 2 > known
+}
 
 /// Why a master stopped accepting mutations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +93,13 @@ pub struct Hub {
     /// How long a mutation waits for them before the master degrades.
     pub sync_timeout: Duration,
     degraded: AtomicBool,
+    /// No chunkserver quorum (as of the last check): degrading is not allowed.
+    isolated: AtomicBool,
+    /// A mutation is waiting because the master may not degrade (logged once).
+    isolated_wait: AtomicBool,
+    /// Highest version acknowledged to a client (durable, and held by the sync
+    /// metaloggers unless degraded).
+    acked: AtomicU64,
     fence: watch::Sender<Fence>,
 }
 
@@ -81,6 +118,9 @@ impl Hub {
             sync,
             sync_timeout,
             degraded: AtomicBool::new(false),
+            isolated: AtomicBool::new(false),
+            isolated_wait: AtomicBool::new(false),
+            acked: AtomicU64::new(0),
             fence: watch::Sender::new(Fence::default()),
         }
     }
@@ -170,6 +210,24 @@ impl Hub {
         self.degraded.load(Ordering::SeqCst)
     }
 
+    /// Records whether the master has its chunkserver quorum (shown in the status).
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::SeqCst);
+        if !isolated {
+            self.isolated_wait.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Records that `version` was acknowledged to a client.
+    pub fn note_acked(&self, version: u64) {
+        self.acked.fetch_max(version, Ordering::SeqCst);
+    }
+
+    /// Highest version acknowledged to a client by this master.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
     /// Records that metalogger `id` opened (`+1`) or closed (`-1`) a stream.
     pub fn stream_open(&self, id: &str, open: bool) {
         let mut m = self.metaloggers.lock();
@@ -242,16 +300,27 @@ impl Hub {
         (held, connected)
     }
 
-    /// Waits until `sync` metaloggers hold `version` durably. Fewer than `sync`
-    /// connected, or no acknowledgement within `sync_timeout`: the master
-    /// degrades (loud error log, status condition) and acknowledges after its own
-    /// fsync until enough metaloggers are connected again.
-    pub async fn wait_sync(&self, version: u64) -> Result<(), Status> {
+    /// Waits until `sync` metaloggers hold `version` durably.
+    ///
+    /// Fewer than `sync` connected, or no acknowledgement within
+    /// `sync_timeout` (at least [`QUORUM_WINDOW`]): the master degrades (loud error log, status condition)
+    /// and acknowledges after its own fsync until enough metaloggers are
+    /// connected again — but only while `quorum()` says it still reaches a
+    /// majority of its chunkservers. A master cut off from its metaloggers and
+    /// most chunkservers (a partition, the situation in which a metalogger gets
+    /// promoted) never acknowledges without them: the mutation waits, and fails
+    /// with UNAVAILABLE (never acknowledged) if a newer master deposes this one
+    /// meanwhile, so the client retries against the new master.
+    pub async fn wait_sync(&self, version: u64, quorum: impl Fn() -> bool) -> Result<(), Status> {
         if self.sync == 0 {
             return Ok(());
         }
-        let mut rx = self.acks.subscribe();
-        let deadline = tokio::time::Instant::now() + self.sync_timeout;
+        let mut acks = self.acks.subscribe();
+        let mut fence = self.fence.subscribe();
+        // At least the quorum window: a mutation that was already waiting when
+        // the master got cut off must find the quorum gone when it would
+        // degrade, not a majority heard just before the cut.
+        let deadline = tokio::time::Instant::now() + self.sync_timeout.max(QUORUM_WINDOW);
         loop {
             let (held, connected) = self.count(version);
             if held >= self.sync {
@@ -261,25 +330,59 @@ impl Hub {
                         "enough metaloggers hold the changelog again: acknowledgements wait for them again"
                     );
                 }
+                self.isolated_wait.store(false, Ordering::SeqCst);
                 return Ok(());
             }
-            if connected < self.sync && self.degraded() {
-                return Ok(());
+            let f = self.fence();
+            if f.newer_epoch > 0 {
+                return Err(Status::unavailable(format!(
+                    "this master was replaced by a newer one (epoch {}) before the change reached {} metalogger(s): it was not acknowledged and is dropped here; retry against the current master",
+                    f.newer_epoch, self.sync
+                )));
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                if !self.degraded.swap(true, Ordering::SeqCst) {
+            let now = tokio::time::Instant::now();
+            let may_degrade = now >= deadline || (connected < self.sync && self.degraded());
+            if may_degrade {
+                if quorum() {
+                    self.set_isolated(false);
+                    if !self.degraded.swap(true, Ordering::SeqCst) {
+                        tracing::error!(
+                            sync_metaloggers = self.sync,
+                            holding = held,
+                            connected,
+                            timeout_ms = self.sync_timeout.as_millis() as u64,
+                            "SYNC METALOGGERS DEGRADED: fewer metaloggers than sync_metaloggers hold new mutations; acknowledging after the master's own fsync only (a failover now may lose acknowledged mutations)"
+                        );
+                    }
+                    return Ok(());
+                }
+                self.isolated.store(true, Ordering::SeqCst);
+                if !self.isolated_wait.swap(true, Ordering::SeqCst) {
                     tracing::error!(
                         sync_metaloggers = self.sync,
                         holding = held,
                         connected,
-                        timeout_ms = self.sync_timeout.as_millis() as u64,
-                        "SYNC METALOGGERS DEGRADED: fewer metaloggers than sync_metaloggers hold new mutations; acknowledging after the master's own fsync only (a failover now may lose acknowledged mutations)"
+                        "SYNC METALOGGERS UNREACHABLE AND NO CHUNKSERVER QUORUM: this master may be cut off from the cluster (a metalogger may be promoted meanwhile), so it does not degrade: mutations wait unacknowledged until enough metaloggers hold them"
                     );
                 }
-                return Ok(());
+            }
+            let pause = if may_degrade {
+                RECHECK
+            } else {
+                deadline.saturating_duration_since(now)
+            };
+            tokio::select! {
+                r = acks.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep(RECHECK).await;
+                    }
+                }
+                r = fence.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep(RECHECK).await;
+                    }
+                }
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -305,6 +408,13 @@ impl Hub {
         if self.degraded() {
             out.push(format!(
                 "SyncMetaloggersDegraded: fewer than {} metaloggers hold new mutations; acknowledgements do not wait for them",
+                self.sync
+            ));
+        }
+        if self.sync > 0 && self.isolated.load(Ordering::SeqCst) {
+            out.push(format!(
+                "NoChunkserverQuorum: no majority of the chunkservers heard within {} s; mutations are acknowledged only once {} metaloggers hold them (never degraded)",
+                QUORUM_WINDOW.as_secs(),
                 self.sync
             ));
         }

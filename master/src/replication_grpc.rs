@@ -262,4 +262,21 @@ impl Replication for ReplicationService {
             epoch: self.core.epoch,
         }))
     }
+
+    async fn identify(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> Result<Response<pb::IdentifyReply>, Status> {
+        let (cluster_id, version) = {
+            let g = self.core.inner.lock();
+            (g.state.cluster_id.clone(), g.state.version)
+        };
+        Ok(Response::new(pb::IdentifyReply {
+            epoch: self.core.epoch,
+            cluster_id,
+            role: "master".to_string(),
+            metadata_version: version,
+            fenced: self.core.hub.is_fenced(),
+        }))
+    }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::Args;
+use crate::config::{Args, Tuning};
 use crate::core::{now_ns, Core, Settings};
 use crate::datadir::{self, DirLock};
 use crate::grpc::Services;
@@ -59,23 +59,37 @@ pub struct Options {
 impl Options {
     /// Options from command-line flags and the loaded secret.
     pub fn from_args(a: &Args, secret: Arc<str>) -> Self {
-        Self {
-            listen: a.listen,
-            http_listen: Some(a.http_listen),
-            data_dir: a.data_dir.clone(),
+        Self::from_tuning(
+            a.listen,
+            Some(a.http_listen),
+            a.data_dir.clone(),
             secret,
-            chunk_size: a.chunk_size,
-            default_goal: a.default_goal,
-            session_timeout: Duration::from_secs(u64::from(a.session_timeout)),
-            chunkserver_timeout: Duration::from_secs(a.chunkserver_timeout),
-            snapshot_interval: Duration::from_secs(a.snapshot_interval),
-            replication: crate::chunkmap::Policy {
-                per_tick: a.replication_rate as usize,
-                per_server: a.replications_per_server as usize,
-                rebalance_threshold: a.rebalance_threshold,
-            },
-            sync_metaloggers: a.sync_metaloggers as usize,
-            sync_timeout: Duration::from_millis(a.sync_timeout_ms),
+            &a.tuning,
+        )
+    }
+
+    /// Options of a master listening on `listen` (and `http_listen`) over
+    /// `data_dir`, tuned by `t` (the flags alces-master and alces-metalogger share).
+    pub fn from_tuning(
+        listen: SocketAddr,
+        http_listen: Option<SocketAddr>,
+        data_dir: PathBuf,
+        secret: Arc<str>,
+        t: &Tuning,
+    ) -> Self {
+        Self {
+            listen,
+            http_listen,
+            data_dir,
+            secret,
+            chunk_size: t.chunk_size,
+            default_goal: t.default_goal,
+            session_timeout: Duration::from_secs(u64::from(t.session_timeout)),
+            chunkserver_timeout: Duration::from_secs(t.chunkserver_timeout),
+            snapshot_interval: Duration::from_secs(t.snapshot_interval),
+            replication: t.policy(),
+            sync_metaloggers: t.sync_metaloggers as usize,
+            sync_timeout: Duration::from_millis(t.sync_timeout_ms),
         }
     }
 }
@@ -281,12 +295,89 @@ pub async fn serve(running: Running) -> anyhow::Result<Ended> {
             tracing::warn!(
                 epoch = running.core.epoch,
                 newer_epoch,
+                last_acknowledged = running.core.hub.acked(),
                 "DEPOSED: a master with a higher epoch exists; rejoining as a metalogger and dropping local metadata that may hold unacknowledged changes"
             );
             running.core.stop_writer();
             Ok(Ended::Deposed { newer_epoch })
         }
     }
+}
+
+/// How often a master without its chunkserver quorum asks the master address
+/// who serves there.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Watches for a newer master at the master address `addr` (what clients and
+/// chunkservers use: a Service, a floating IP, a DNS name).
+///
+/// Nothing else tells a master that was cut off (a partition) that a
+/// metalogger was promoted meanwhile: its clients and chunkservers moved to the
+/// new master, and nobody talks to it any more. So while it hears from no
+/// majority of its chunkservers, it asks `addr` every [`PROBE_EVERY`] who
+/// serves there (`Replication.Identify`, a fresh connection each time); a
+/// master of the same cluster with a higher epoch means this one was replaced:
+/// it fences itself, and [`serve`] turns it into a metalogger of the new one.
+/// While the address still leads to this master itself, the answer carries its
+/// own epoch and nothing happens.
+pub fn watch_for_newer_master(core: Arc<Core>, addr: String, secret: Arc<str>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let auth = match alces_proto::auth::ClientAuth::new(&secret) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the master address for a newer master");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned_other_cluster = false;
+        loop {
+            tick.tick().await;
+            if core.hub.fence().newer_epoch > 0 {
+                return;
+            }
+            if core.chunkserver_quorum() {
+                continue;
+            }
+            let Ok(ep) = alces_proto::net::endpoint(&addr) else {
+                tracing::error!(address = %addr, "the rejoin address is not host:port: not watching it for a newer master");
+                return;
+            };
+            let probe = async {
+                let ch = ep.connect().await.map_err(|e| e.to_string())?;
+                let mut c = alces_proto::pb::replication_client::ReplicationClient::new(
+                    tonic::service::interceptor::InterceptedService::new(ch, auth.clone()),
+                );
+                c.identify(alces_proto::pb::Empty {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_string())
+            };
+            let Ok(Ok(r)) = tokio::time::timeout(PROBE_EVERY * 2, probe).await else {
+                continue;
+            };
+            if r.epoch <= core.epoch {
+                continue;
+            }
+            let ours = core.inner.lock().state.cluster_id.clone();
+            if r.cluster_id != ours {
+                if !warned_other_cluster {
+                    warned_other_cluster = true;
+                    tracing::error!(address = %addr, cluster = %r.cluster_id, ours = %ours, "a master of another cluster answers at the master address; ignoring it");
+                }
+                continue;
+            }
+            tracing::error!(
+                address = %addr,
+                epoch = core.epoch,
+                newer_epoch = r.epoch,
+                "a newer master serves at the master address: this master was replaced while cut off; it stops accepting mutations and rejoins as a metalogger"
+            );
+            core.hub.set_fence(r.epoch);
+            return;
+        }
+    })
 }
 
 /// Replaces this process with `alces-metalogger` (found next to the running
@@ -309,17 +400,21 @@ pub fn exec_metalogger(args: &[std::ffi::OsString]) -> anyhow::Error {
 /// master turns into a metalogger of the new one.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
-    let running = start(Options::from_args(&args, secret)).await?;
-    match serve(running).await? {
+    let running = start(Options::from_args(&args, secret.clone())).await?;
+    let rejoin_master = args.rejoin_master.clone().unwrap_or_else(|| {
+        let mut a = args.listen;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        a.to_string()
+    });
+    let watch = watch_for_newer_master(running.core.clone(), rejoin_master.clone(), secret);
+    let ended = serve(running).await;
+    watch.abort();
+    match ended? {
         Ended::Stopped => Ok(()),
         Ended::Deposed { .. } => {
-            let master = args.rejoin_master.clone().unwrap_or_else(|| {
-                let mut a = args.listen;
-                if a.ip().is_unspecified() {
-                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                a.to_string()
-            });
+            let master = rejoin_master;
             let mut argv: Vec<std::ffi::OsString> = vec![
                 "--master".into(),
                 master.into(),
@@ -332,11 +427,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.listen.to_string().into(),
                 "--promote-http-listen".into(),
                 args.http_listen.to_string().into(),
-                "--sync-metaloggers".into(),
-                args.sync_metaloggers.to_string().into(),
-                "--sync-timeout-ms".into(),
-                args.sync_timeout_ms.to_string().into(),
             ];
+            // The same tuning, so that this process, promoted again one day,
+            // runs the master as it was configured.
+            argv.extend(args.tuning.to_flags());
             if let Some(f) = &args.secret_file {
                 argv.push("--secret-file".into());
                 argv.push(f.clone().into());

@@ -140,6 +140,12 @@ pub fn encode(st: &State, created_ns: i64) -> Vec<u8> {
             &mut out,
         );
     }
+    for id in &st.draining {
+        push(
+            Record::Draining(pb::SnapshotDraining { server_id: *id }),
+            &mut out,
+        );
+    }
     push(
         Record::End(pb::SnapshotEnd {
             inode_count: st.inodes.len() as u64,
@@ -216,6 +222,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
         quotas: BTreeMap::new(),
         trash: BTreeMap::new(),
         trash_times: BTreeMap::new(),
+        draining: BTreeSet::new(),
         usage: HashMap::new(),
     };
     let mut ended = false;
@@ -318,6 +325,9 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
             }
             Some(Record::TrashTime(e)) => {
                 st.trash_times.insert(e.inode, e.seconds);
+            }
+            Some(Record::Draining(d)) => {
+                st.draining.insert(d.server_id);
             }
             Some(Record::End(e)) => {
                 if e.inode_count != st.inodes.len() as u64 || e.version != st.version {

@@ -53,6 +53,51 @@ fn help_explains_every_flag() {
     }
 }
 
+/// The tuning flags alces-master and alces-metalogger share (same names, same
+/// variables): a promoted metalogger runs its master with them.
+const TUNING: [(&str, &str); 10] = [
+    ("--chunk-size", "ALCES_CHUNK_SIZE"),
+    ("--default-goal", "ALCES_DEFAULT_GOAL"),
+    ("--session-timeout", "ALCES_SESSION_TIMEOUT"),
+    ("--chunkserver-timeout", "ALCES_CHUNKSERVER_TIMEOUT"),
+    ("--snapshot-interval", "ALCES_SNAPSHOT_INTERVAL"),
+    ("--replication-rate", "ALCES_REPLICATION_RATE"),
+    ("--replications-per-server", "ALCES_REPLICATIONS_PER_SERVER"),
+    ("--rebalance-threshold", "ALCES_REBALANCE_THRESHOLD"),
+    ("--sync-metaloggers", "ALCES_SYNC_METALOGGERS"),
+    ("--sync-timeout-ms", "ALCES_SYNC_TIMEOUT_MS"),
+];
+
+#[test]
+fn master_and_metalogger_share_the_tuning_flags() {
+    for bin in [BIN, env!("CARGO_BIN_EXE_alces-metalogger")] {
+        let out = Command::new(bin).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        for (flag, var) in TUNING {
+            assert!(
+                help.contains(flag) && help.contains(var),
+                "{bin} --help does not mention {flag} / {var}:\n{help}"
+            );
+        }
+    }
+    // A bad value is refused by the metalogger as by the master.
+    let out = Command::new(env!("CARGO_BIN_EXE_alces-metalogger"))
+        .args([
+            "--master",
+            "127.0.0.1:1",
+            "--data-dir",
+            "/nonexistent",
+            "--rebalance-threshold",
+            "101",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rebalance threshold '101'"), "{err}");
+}
+
 #[test]
 fn bad_flags_are_refused_clearly() {
     let out = Command::new(BIN)
