@@ -817,3 +817,92 @@ fn snapshot_overwrite_and_removal_free_every_chunk() {
         "space after removing the snapshot and its source"
     );
 }
+
+/// A client opens a write session on a chunk shared with a snapshot and dies
+/// before any write (its `WriteChunk` is sent by hand, never followed by a
+/// chunkserver write): the file keeps its data, a later write through the
+/// mount lands on top of it, the snapshot is unchanged, the copy exists on as
+/// many chunkservers as the goal asks and the consistency check is exact.
+#[test]
+fn a_copy_on_write_session_abandoned_before_any_write_loses_nothing() {
+    use alces_proto::pb::{self, master_client::MasterClient};
+
+    let c = Cluster::start_default();
+    let old = pattern(21, 300_000);
+    write_synced(&c.path("f"), &old).unwrap();
+    c.cli_json(&[
+        "snapshot",
+        &c.path("f").to_string_lossy(),
+        &c.path("f.snap").to_string_lossy(),
+    ])
+    .unwrap();
+    let shared = file_chunks(&c, "/f");
+    assert_eq!(shared, file_chunks(&c, "/f.snap"));
+    let inode = c.file_info("/f").unwrap().attr.unwrap().inode;
+
+    // The dead client: a session and a WriteChunk on the shared chunk, then
+    // nothing (the session is left to expire).
+    let reply = c.block_on(async {
+        let mut m = MasterClient::new(c.channel(&c.master));
+        let s = m
+            .register_session(pb::RegisterSessionRequest::default())
+            .await
+            .expect("RegisterSession")
+            .into_inner();
+        m.write_chunk(pb::ChunkRequest {
+            session_id: s.session_id,
+            inode,
+            chunk_index: 0,
+        })
+        .await
+        .expect("WriteChunk on a shared chunk")
+        .into_inner()
+    });
+    assert_ne!(reply.chunk_id, shared[0], "a shared chunk is never written");
+    assert!(!reply.chain.is_empty());
+
+    // Through the mount (another client): a write into the middle of the
+    // chunk, then the whole file read back, through the mount and through a
+    // fresh client (nothing cached from before).
+    let mut new = old.clone();
+    let patch = pattern(22, 5000);
+    new[100_000..105_000].copy_from_slice(&patch);
+    {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(c.path("f"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &patch, 100_000)
+            .expect("write through the mount after the abandoned session");
+        f.sync_all()
+            .expect("fsync through the mount after the abandoned session");
+    }
+    assert!(
+        fs::read(c.path("f")).unwrap() == new,
+        "the file lost data of its shared chunk"
+    );
+    let cl = c.client();
+    let caller = alces_client::Caller::current();
+    let read = c.block_on(async {
+        let h = cl.open(inode, libc::O_RDONLY, &caller).await?;
+        let data = h.read(0, old.len() as u64 + 10).await?;
+        h.release().await?;
+        Ok::<_, alces_client::Error>(data)
+    });
+    let read = read.unwrap_or_else(|e| panic!("read after the abandoned session: {e}"));
+    assert!(read[..] == new[..], "a fresh client reads other bytes");
+    assert!(
+        fs::read(c.path("f.snap")).unwrap() == old,
+        "the snapshot kept its data"
+    );
+    let now = file_chunks(&c, "/f");
+    assert_ne!(now[0], shared[0]);
+    let info = c.file_info("/f").unwrap();
+    assert_eq!(info.chunks[0].copies.len(), 2, "{info:?}");
+    let v = fsck_ok(&c);
+    assert_eq!(v["shared_chunks"].as_u64(), Some(0), "{v}");
+    // On disk: the snapshot's chunk and the file's copy, two copies each (the
+    // copy that was abandoned, if any other, is deleted).
+    let expected: BTreeSet<u64> = [shared[0], now[0]].into_iter().collect();
+    wait_disks_exactly(&c, "after the copy-on-write", &expected);
+}

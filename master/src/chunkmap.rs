@@ -132,6 +132,10 @@ pub struct ChunkMap {
     /// version. Such a copy may hold the current version number with only part
     /// of the data, so it is deleted when reported, never served.
     failed: HashMap<(u64, u64), u64>,
+    /// Copy-on-write copies being made under reserved ids, before the file
+    /// records them: chunk id -> (inode, chunk index). Reports of these ids
+    /// are not deleted as unknown.
+    copying: HashMap<u64, (u64, u64)>,
 }
 
 /// A version the master should adopt for a chunk (no copy has its version).
@@ -247,7 +251,10 @@ impl ChunkMap {
         let Some(server) = self.servers.get_mut(&sid) else {
             return;
         };
-        if !st.chunks.contains_key(&chunk_id) && !self.deferred_ids.contains(&chunk_id) {
+        if !st.chunks.contains_key(&chunk_id)
+            && !self.deferred_ids.contains(&chunk_id)
+            && !self.copying.contains_key(&chunk_id)
+        {
             server.delete(chunk_id, version);
             return;
         }
@@ -363,6 +370,47 @@ impl ChunkMap {
                         s.delete(*id, 0);
                     }
                 }
+            }
+        }
+    }
+
+    /// Records that a copy-on-write copy of chunk `index` of `inode` is being
+    /// made under the reserved id `chunk_id`.
+    pub fn start_copy(&mut self, chunk_id: u64, inode: u64, index: u64) {
+        self.copying.insert(chunk_id, (inode, index));
+    }
+
+    /// True while a copy-on-write copy of chunk `index` of `inode` is being made.
+    pub fn is_copying(&self, inode: u64, index: u64) -> bool {
+        self.copying.values().any(|c| *c == (inode, index))
+    }
+
+    /// Ends the copy made under `chunk_id`. When the file now records it
+    /// (`kept`, after [`ChunkMap::start_write`] of its first session), copies on
+    /// `servers` (whose copy failed) are deleted and deleted again if ever
+    /// reported; otherwise every copy, on `servers` and any reported since, is
+    /// deleted.
+    pub fn end_copy(&mut self, chunk_id: u64, servers: &[u64], kept: bool) {
+        self.copying.remove(&chunk_id);
+        if kept {
+            for sid in servers {
+                self.failed.insert((chunk_id, *sid), 1);
+                if let Some(s) = self.servers.get_mut(sid) {
+                    s.delete(chunk_id, 0);
+                }
+                self.drop_copy(*sid, chunk_id);
+            }
+            return;
+        }
+        let mut on: Vec<u64> = servers.to_vec();
+        if let Some(list) = self.copies.remove(&chunk_id) {
+            on.extend(list.iter().map(|c| c.server));
+        }
+        on.sort_unstable();
+        on.dedup();
+        for sid in on {
+            if let Some(s) = self.servers.get_mut(&sid) {
+                s.delete(chunk_id, 0);
             }
         }
     }
@@ -898,6 +946,49 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_copy_on_write_copy_being_made_is_kept_and_discarded_or_recorded() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let now = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), now, &st);
+        m.register(&reg(2, "b", 100, &[(1, 1)]), now, &st);
+        // Chunk 7 is a reserved id being copied: reports of it are not deleted
+        // as unknown while the copy is made.
+        m.start_copy(7, 2, 0);
+        assert!(m.is_copying(2, 0));
+        assert!(!m.is_copying(2, 1));
+        assert!(hb(&mut m, &st, 1, &[(7, 1)], now).is_empty());
+        // Not recorded in the file: every copy is deleted (reported or asked).
+        m.end_copy(7, &[2], false);
+        assert!(!m.is_copying(2, 0));
+        assert_eq!(deletes_for(&mut m, 1), vec![7]);
+        assert_eq!(deletes_for(&mut m, 2), vec![7]);
+        assert!(m.copies(7).is_empty());
+        // Recorded after a copy that failed on server 2: its late copy at the
+        // session's version is deleted whenever reported, never counted.
+        m.start_copy(8, 2, 0);
+        m.start_write(8, 1, &[1], now);
+        m.end_copy(8, &[2], true);
+        assert_eq!(deletes_for(&mut m, 2), vec![8]);
+        let mut st = st;
+        st.chunks.insert(
+            8,
+            crate::namespace::ChunkMeta {
+                version: 1,
+                inode: 2,
+                refs: 1,
+                goal: 2,
+            },
+        );
+        let cmds = hb(&mut m, &st, 2, &[(8, 1)], now);
+        assert!(
+            matches!(&cmds[..], [Command::Delete(d)] if d.chunk_id == 8),
+            "{cmds:?}"
+        );
+        assert_eq!(m.valid_count(8, 1), 1);
     }
 
     #[test]

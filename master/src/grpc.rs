@@ -717,6 +717,7 @@ impl Master for Services {
         if let Err(e) = self.settle_tail(r.session_id, r.inode, growth).await {
             return self.done("WriteChunk", Err(e));
         }
+        let mut plan: Option<crate::cow::Plan> = None;
         let res = self
             .core
             .mutate(|core, inner| {
@@ -817,39 +818,19 @@ impl Master for Services {
                     );
                 }
                 if inner.state.chunks.get(&current).is_some_and(|c| c.refs > 1) {
-                    // Shared with a snapshot: write to a private copy made by the
-                    // chunkservers holding the shared one.
-                    let id = inner.state.next_chunk_id;
-                    let v = core.commit(
+                    // Shared with a snapshot: the master makes a private copy
+                    // first and switches the file to it after (see `cow`).
+                    let (v, p) = crate::cow::reserve(
+                        core,
                         inner,
-                        Op::WriteChunk(pb::WriteChunkOp {
-                            inode: r.inode,
-                            chunk_index: r.chunk_index,
-                            chunk_id: id,
-                            version: 1,
-                            created: true,
-                            copy_from_chunk_id: current,
-                        }),
+                        r.inode,
+                        r.chunk_index,
+                        current,
+                        old,
+                        &holders,
                     )?;
-                    inner.chunks.start_write(id, 1, &holders, now);
-                    inner.tails.opened(id, r.session_id, 1);
-                    let chain = holders
-                        .iter()
-                        .filter_map(|s| inner.chunks.servers.get(s))
-                        .map(|s| s.location())
-                        .collect();
-                    return Ok((
-                        Some(v),
-                        pb::WriteChunkReply {
-                            chunk_id: id,
-                            version: 1,
-                            old_version: 0,
-                            chain,
-                            file_size,
-                            copy_from_chunk_id: current,
-                            copy_from_version: old,
-                        },
-                    ));
+                    plan = Some(p);
+                    return Ok((Some(v), pb::WriteChunkReply::default()));
                 }
                 let v = core.commit(
                     inner,
@@ -882,6 +863,27 @@ impl Master for Services {
                 ))
             })
             .await;
+        let res = match (plan, res) {
+            (Some(p), Ok(_)) => {
+                let copied = crate::cow::copy(&self.core, &p).await;
+                self.core
+                    .mutate(|core, inner| {
+                        crate::cow::finish(core, inner, r.session_id, growth, &p, &copied)
+                            .map(|(v, reply)| (Some(v), reply))
+                    })
+                    .await
+            }
+            (Some(p), Err(e)) => {
+                // The reservation was not made durable: no copy is made.
+                self.core
+                    .inner
+                    .lock()
+                    .chunks
+                    .end_copy(p.chunk_id, &[], false);
+                Err(e)
+            }
+            (None, res) => res,
+        };
         self.done("WriteChunk", res)
     }
 

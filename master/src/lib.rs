@@ -22,12 +22,14 @@
 //! - [`volume_rpcs`]: the Admin rpcs of quotas, snapshots, trash, du and the consistency check.
 //! - [`volumes`]: quotas and usage accounting, the trash, copy-on-write snapshots.
 //! - [`tails`]: bytes stored past a file's end, cut before the file grows over them.
+//! - [`cow`]: copy-on-write of a chunk shared with a snapshot, made before the file switches to it.
 
 pub mod admin;
 pub mod changelog;
 pub mod chunkmap;
 pub mod config;
 pub mod core;
+pub mod cow;
 pub mod datadir;
 pub mod frame;
 pub mod goals;

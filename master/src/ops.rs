@@ -127,6 +127,15 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
             })?;
             c.version = o.version;
         }
+        Op::ReserveChunkId(o) => {
+            if o.chunk_id == 0 || o.chunk_id < st.next_chunk_id {
+                return err(
+                    libc::EINVAL,
+                    format!("chunk id {} is already used", o.chunk_id),
+                );
+            }
+            st.next_chunk_id = o.chunk_id + 1;
+        }
         Op::SetGoal(o) => crate::goals::apply_set_goal(st, o)?,
         Op::SetQuota(o) => volumes::set_quota(st, t, o)?,
         Op::RemoveQuota(o) => volumes::remove_quota(st, o)?,
@@ -757,7 +766,13 @@ fn write_chunk(st: &mut State, o: &pb::WriteChunkOp) -> FsResult<()> {
                 ),
             );
         }
-        if o.chunk_id == 0 || o.chunk_id < st.next_chunk_id || st.chunks.contains_key(&o.chunk_id) {
+        // A copy-on-write copy is made under an id reserved before
+        // (`ReserveChunkIdOp`), so its id is below `next_chunk_id`.
+        let reserved = o.copy_from_chunk_id != 0 && o.chunk_id < st.next_chunk_id;
+        if o.chunk_id == 0
+            || (o.chunk_id < st.next_chunk_id && !reserved)
+            || st.chunks.contains_key(&o.chunk_id)
+        {
             return err(
                 libc::EINVAL,
                 format!("chunk id {} is already used", o.chunk_id),
@@ -768,7 +783,7 @@ fn write_chunk(st: &mut State, o: &pb::WriteChunkOp) -> FsResult<()> {
             let mut unused = Applied::default();
             volumes::release_chunk(st, o.copy_from_chunk_id, &mut unused);
         }
-        st.next_chunk_id = o.chunk_id + 1;
+        st.next_chunk_id = st.next_chunk_id.max(o.chunk_id + 1);
         st.chunks.insert(
             o.chunk_id,
             ChunkMeta {

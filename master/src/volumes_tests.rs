@@ -331,6 +331,70 @@ fn snapshots_share_chunks_and_copy_on_write() {
     assert!(fs.st.chunks.is_empty());
 }
 
+/// A copy-on-write copy made under a reserved id: the id is never handed out
+/// again, the file switches to it only by the logged `WriteChunkOp`.
+#[test]
+fn copy_on_write_under_a_reserved_chunk_id() {
+    let mut fs = Fs::new();
+    let f = fs.mk(ROOT_INODE, "f", FileType::Regular);
+    let c0 = fs.write(f, 0, 10);
+    fs.run(Op::Snapshot(pb::SnapshotOp {
+        source: f,
+        parent: ROOT_INODE,
+        name: b"snap".to_vec(),
+        first_inode: fs.st.next_inode,
+    }))
+    .unwrap();
+    let reserved = fs.st.next_chunk_id;
+    fs.run(Op::ReserveChunkId(pb::ReserveChunkIdOp {
+        chunk_id: reserved,
+    }))
+    .unwrap();
+    assert_eq!(fs.st.next_chunk_id, reserved + 1);
+    // Reserved: the file still points at the shared chunk.
+    assert_eq!(fs.st.get(f).unwrap().chunks().unwrap()[0], c0);
+    assert_eq!(fs.st.chunks[&c0].refs, 2);
+    // An id already used (or 0) cannot be reserved.
+    for id in [0, c0, reserved] {
+        assert_eq!(
+            fs.errno(Op::ReserveChunkId(pb::ReserveChunkIdOp { chunk_id: id })),
+            libc::EINVAL
+        );
+    }
+    // Meanwhile another file gets a new chunk: past the reserved id.
+    let g = fs.mk(ROOT_INODE, "g", FileType::Regular);
+    let other = fs.write(g, 0, 10);
+    assert_eq!(other, reserved + 1);
+    // The copy is recorded under the reserved id; ids never go back.
+    fs.run(Op::WriteChunk(pb::WriteChunkOp {
+        inode: f,
+        chunk_index: 0,
+        chunk_id: reserved,
+        version: 1,
+        created: true,
+        copy_from_chunk_id: c0,
+    }))
+    .unwrap();
+    assert_eq!(fs.st.get(f).unwrap().chunks().unwrap()[0], reserved);
+    assert_eq!(fs.st.chunks[&c0].refs, 1);
+    assert_eq!(fs.st.next_chunk_id, other + 1);
+    // A new chunk (not a copy) cannot take a reserved id.
+    let r2 = fs.st.next_chunk_id;
+    fs.run(Op::ReserveChunkId(pb::ReserveChunkIdOp { chunk_id: r2 }))
+        .unwrap();
+    assert_eq!(
+        fs.errno(Op::WriteChunk(pb::WriteChunkOp {
+            inode: g,
+            chunk_index: 1,
+            chunk_id: r2,
+            version: 1,
+            created: true,
+            copy_from_chunk_id: 0,
+        })),
+        libc::EINVAL
+    );
+}
+
 #[test]
 fn trash_keeps_files_until_purged_and_restores() {
     let mut fs = Fs::new();
