@@ -30,6 +30,20 @@ pub enum Command {
     /// time from a chunkserver's SIGKILL to every chunk back at goal, and the
     /// foreground write throughput during the repair as a ratio of a healthy one.
     Repair(RepairArgs),
+    /// Snapshot figures on a local Alces cluster: the time to snapshot a tree of
+    /// many files and the master's memory per snapshot entry.
+    Snapshot(SnapshotArgs),
+}
+
+/// Options of `alces-bench snapshot`.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotArgs {
+    /// Files in the tree that is snapshotted.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub files: u64,
+    /// Do not run `cargo build --release` for the Alces binaries first.
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 /// Options of `alces-bench failover`.

@@ -1,7 +1,7 @@
-//! Whole-cluster figures that need the harness's failure injection (SIGKILL,
-//! promotion): failover and self-healing. `alces-bench failover` and
-//! `alces-bench repair` run them and print the tables; nothing here asserts a
-//! timing.
+//! Whole-cluster figures that need the harness (failure injection, direct
+//! client-library calls): failover, self-healing and snapshots.
+//! `alces-bench failover`, `alces-bench repair` and `alces-bench snapshot` run
+//! them and print the tables; nothing here asserts a timing.
 
 use std::fs;
 use std::io::Write;
@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use alces_client::{Caller, FileType};
 
 use crate::{pattern, wait_until, write_synced, Cluster, Options, Proc};
 
@@ -322,5 +324,98 @@ pub fn repair(data_mib: u64, loss_timeout_secs: u64, baseline_secs: u64) -> Repa
         back_at_goal: to_goal,
         healthy_write_mib_s: healthy,
         repair_write_mib_s: during,
+    }
+}
+
+/// Snapshot figures (issue: quotas, trash and snapshots).
+#[derive(Debug, Clone)]
+pub struct SnapshotFigures {
+    /// Inodes in the snapshot (the files, their 100 directories and the top).
+    pub inodes: u64,
+    /// Time of the snapshot call as the client sees it (includes the
+    /// changelog fsync).
+    pub elapsed: Duration,
+    /// Growth of the master's resident memory per snapshot entry, bytes.
+    pub rss_bytes_per_entry: f64,
+    /// `alces fsck` found reference counts and usage exact afterwards.
+    pub consistent: bool,
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Creates a tree of `files` empty files in 100 directories through the
+/// client library, then snapshots it once and measures [`SnapshotFigures`].
+pub fn snapshot_scale(files: u64) -> SnapshotFigures {
+    let c = Cluster::start_default();
+    let cl = c.client();
+    let caller = Caller::new(0, 0, 0);
+    c.block_on(async {
+        let top = cl.mkdir_p("/tree", 0o755).await.expect("mkdir /tree");
+        let per_dir = files.div_ceil(100);
+        let mut dirs = Vec::new();
+        for d in 0..100u64 {
+            let a = cl
+                .mkdir(top.inode, format!("d{d:03}").as_bytes(), 0o755, 0, &caller)
+                .await
+                .expect("mkdir");
+            dirs.push(a.inode);
+        }
+        let mut n = 0u64;
+        let mut batch = Vec::new();
+        'outer: for (d, dir) in dirs.iter().enumerate() {
+            for f in 0..per_dir {
+                if n >= files {
+                    break 'outer;
+                }
+                n += 1;
+                let (cl, caller, dir) = (cl.clone(), caller.clone(), *dir);
+                batch.push(tokio::spawn(async move {
+                    cl.mknod(
+                        dir,
+                        format!("f{d:03}-{f:06}").as_bytes(),
+                        FileType::Regular,
+                        0o644,
+                        0,
+                        0,
+                        true,
+                        &caller,
+                    )
+                    .await
+                    .expect("create file")
+                }));
+                if batch.len() >= 64 {
+                    for t in batch.drain(..) {
+                        t.await.expect("task");
+                    }
+                }
+            }
+        }
+        for t in batch.drain(..) {
+            t.await.expect("task");
+        }
+    });
+    let pid = c.pid(Proc::Master).expect("master pid");
+    let before = rss_kib(pid);
+    let t = Instant::now();
+    let r = c
+        .block_on(cl.snapshot("/tree", "/tree.snap"))
+        .expect("snapshot");
+    let elapsed = t.elapsed();
+    let after = rss_kib(pid);
+    let v = c.block_on(cl.check_consistency()).expect("fsck");
+    SnapshotFigures {
+        inodes: r.inodes,
+        elapsed,
+        rss_bytes_per_entry: (after.saturating_sub(before) * 1024) as f64 / r.inodes.max(1) as f64,
+        consistent: v.ok,
     }
 }
