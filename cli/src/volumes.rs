@@ -302,7 +302,14 @@ pub async fn trash(global: &Global, cmd: &TrashCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| explain(&ad.addr, "SetTrashTime", &s))?
                 .into_inner();
-            println!("{}: trash time {} s", r.path, r.seconds);
+            if global.json {
+                println!(
+                    "{}",
+                    json!({"path": r.path, "seconds": r.seconds, "explicit": r.explicit})
+                );
+            } else {
+                println!("{}: trash time {} s", r.path, r.seconds);
+            }
             Ok(())
         }
         TrashCommand::Time(TrashTimeCommand::Get(p)) => {

@@ -488,6 +488,17 @@ fn trash_restore_expiry_and_master_crashes() {
         .cli_json(&["trash", "time", "get", &c.path("d").to_string_lossy()])
         .unwrap();
     assert_eq!(t["seconds"].as_u64(), Some(24 * 3600));
+    // `set` answers in JSON too (and setting the default again changes nothing).
+    let t = c
+        .cli_json(&[
+            "trash",
+            "time",
+            "set",
+            &c.path("d").to_string_lossy(),
+            "86400",
+        ])
+        .unwrap();
+    assert_eq!(t["seconds"].as_u64(), Some(24 * 3600));
     fs::remove_file(c.path("d/f")).unwrap();
     let ids = trash_ids(&c);
     let id = ids["/d/f"];
