@@ -36,6 +36,7 @@ fn commit(c: &mut Criterion) {
     let path = dir.path().join("prealloc.log");
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)
