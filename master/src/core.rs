@@ -366,12 +366,14 @@ impl Core {
         let dir = self.settings.data_dir.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             snapshot::write_encoded(&dir, version, &bytes)?;
+            drop(bytes);
+            // Off the async workers: trimming walks the whole heap.
+            release_free_memory();
             datadir::prune(&dir)
         })
         .await
         .map_err(|e| anyhow::anyhow!("snapshot task failed: {e}"))??;
         self.inner.lock().snapshot_version = version;
-        release_free_memory();
         tracing::info!(
             version,
             elapsed_ms = started.elapsed().as_millis() as u64,
