@@ -45,6 +45,17 @@ fn einval(msg: String) -> Status {
     alces_proto::errno::status(libc::EINVAL, msg)
 }
 
+/// A write of `data` at `offset` must end inside the largest chunk.
+fn check_range(offset: u64, data: &[u8]) -> Result<(), Status> {
+    if offset.saturating_add(data.len() as u64) > MAX_CHUNK_SIZE {
+        return Err(einval(format!(
+            "write of {} bytes at offset {offset} goes past the largest chunk size {MAX_CHUNK_SIZE}",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
 fn check_common(chunk_id: u64, chain: &[ChunkLocation]) -> Result<(), Status> {
     if chunk_id == 0 {
         return Err(einval(
@@ -207,17 +218,7 @@ impl Chunkserver for ChunkService {
 
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
         let r = request.into_inner();
-        let valid = (|| {
-            check_common(r.chunk_id, &r.chain)?;
-            if r.offset.saturating_add(r.data.len() as u64) > MAX_CHUNK_SIZE {
-                return Err(einval(format!(
-                    "write of {} bytes at offset {} goes past the largest chunk size {MAX_CHUNK_SIZE}",
-                    r.data.len(),
-                    r.offset
-                )));
-            }
-            Ok(())
-        })();
+        let valid = check_common(r.chunk_id, &r.chain).and_then(|_| check_range(r.offset, &r.data));
         if let Err(e) = valid {
             self.metrics.op("write", false);
             return Err(e);
@@ -257,16 +258,9 @@ impl Chunkserver for ChunkService {
                     "WriteMany without any range: send at least one".to_string(),
                 ));
             }
-            for e in &r.extents {
-                if e.offset.saturating_add(e.data.len() as u64) > MAX_CHUNK_SIZE {
-                    return Err(einval(format!(
-                        "write of {} bytes at offset {} goes past the largest chunk size {MAX_CHUNK_SIZE}",
-                        e.data.len(),
-                        e.offset
-                    )));
-                }
-            }
-            Ok(())
+            r.extents
+                .iter()
+                .try_for_each(|e| check_range(e.offset, &e.data))
         })();
         if let Err(e) = valid {
             self.metrics.op("write", false);
