@@ -286,9 +286,32 @@ impl Chunkserver for ChunkService {
         };
         let fwd = r.clone();
         self.with_chain("write", &r.chain, local, |mut c, rest| async move {
-            c.write_many(WriteManyRequest { chain: rest, ..fwd })
-                .await
-                .map(|_| ())
+            let many = WriteManyRequest {
+                chain: rest.clone(),
+                ..fwd.clone()
+            };
+            match c.write_many(many).await {
+                // A next server without WriteMany (an older version) gets the
+                // ranges one Write at a time rather than being dropped.
+                Err(st) if st.code() == tonic::Code::Unimplemented => {
+                    for e in fwd.extents {
+                        c.write(WriteRequest {
+                            chunk_id: fwd.chunk_id,
+                            expected_version: fwd.expected_version,
+                            version: fwd.version,
+                            create: fwd.create,
+                            offset: e.offset,
+                            data: e.data,
+                            chain: rest.clone(),
+                            copy_from_chunk_id: fwd.copy_from_chunk_id,
+                            copy_from_version: fwd.copy_from_version,
+                        })
+                        .await?;
+                    }
+                    Ok(())
+                }
+                r => r.map(|_| ()),
+            }
         })
         .await?;
         Ok(Response::new(WriteReply {}))
