@@ -53,11 +53,22 @@ pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (bound to port 0, then released).
+/// A free TCP port on 127.0.0.1 (bound to port 0, then released), never one
+/// this process handed out before: the kernel may give a just-released port
+/// again, and two daemons of one cluster must not be given the same one.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .context("cannot bind a free port on 127.0.0.1")?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("cannot bind a free port on 127.0.0.1")?;
+        let port = l.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("the kernel kept offering ports already given to this cluster's daemons")
 }
 
 /// The last `n` lines of a log file, for error messages.
@@ -618,5 +629,20 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
             dir.display(),
             problems.join("; ")
         )
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::free_port;
+
+    /// Every port handed out is different, even when the kernel reuses them.
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut ports: Vec<u16> = (0..300).map(|_| free_port().unwrap()).collect();
+        let n = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), n);
     }
 }
