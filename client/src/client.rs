@@ -1039,7 +1039,7 @@ impl Client {
         let mut parent = 0;
         loop {
             let after = out.last().map(|e| e.name.clone()).unwrap_or_default();
-            let page = self.readdir_page(inode, &after, 1000, plus).await?;
+            let page = self.readdir_page(inode, &after, 10_000, plus).await?;
             parent = if page.parent != 0 {
                 page.parent
             } else {

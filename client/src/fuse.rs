@@ -60,6 +60,9 @@ struct Shared {
     /// Extended attributes known to be absent (the kernel asks for
     /// `security.capability` before every write), kept for the attribute TTL.
     no_xattr: Mutex<HashMap<(u64, Vec<u8>), Instant>>,
+    /// Inodes the master last reported without any extended attribute, and when:
+    /// a getxattr on them is answered ENODATA locally for the attribute TTL.
+    xattr_free: Mutex<HashMap<u64, Instant>>,
 }
 
 /// The Alces FUSE filesystem.
@@ -214,6 +217,7 @@ impl Shared {
         match r {
             Ok(a) => {
                 self.count(op, false);
+                self.note_xattrs(&a);
                 let a = self.client.with_local_size(a);
                 reply.entry(&self.opts.entry_ttl, &self.fattr(&a), Generation(0));
             }
@@ -244,6 +248,7 @@ impl Shared {
         match r {
             Ok(a) => {
                 self.count(op, false);
+                self.note_xattrs(&a);
                 reply.attr(&self.opts.attr_ttl, &self.fattr(&a));
             }
             Err(e) => {
@@ -254,6 +259,16 @@ impl Shared {
     }
 
     fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
+        {
+            let mut free = self.xattr_free.lock();
+            match free.get(&ino) {
+                Some(t) if t.elapsed() < self.opts.attr_ttl => return true,
+                Some(_) => {
+                    free.remove(&ino);
+                }
+                None => {}
+            }
+        }
         let key = (ino, name.to_vec());
         let mut m = self.no_xattr.lock();
         match m.get(&key) {
@@ -266,7 +281,23 @@ impl Shared {
         }
     }
 
+    /// Remembers whether the master reported `a` without extended attributes.
+    fn note_xattrs(&self, a: &Attr) {
+        let mut free = self.xattr_free.lock();
+        if a.no_xattrs {
+            if free.len() > 100_000 {
+                free.clear();
+            }
+            free.insert(a.inode, Instant::now());
+        } else {
+            free.remove(&a.inode);
+        }
+    }
+
     fn set_xattr_absent(&self, ino: u64, name: &[u8], absent: bool) {
+        if !absent {
+            self.xattr_free.lock().remove(&ino);
+        }
         let mut m = self.no_xattr.lock();
         if absent {
             if m.len() > 10_000 {
@@ -279,7 +310,8 @@ impl Shared {
     }
 
     async fn snapshot(&self, ino: u64) -> Result<DirSnapshot, Error> {
-        let (entries, parent) = self.client.readdir_all(ino, true).await?;
+        // readdirplus is not negotiated with the kernel, so names are enough.
+        let (entries, parent) = self.client.readdir_all(ino, false).await?;
         let root = self.client.root();
         let parent = if ino == root || parent == 0 {
             root
@@ -307,6 +339,7 @@ impl AlcesFs {
                 next_fh: AtomicU64::new(1),
                 metrics,
                 no_xattr: Mutex::new(HashMap::new()),
+                xattr_free: Mutex::new(HashMap::new()),
             }),
             rt,
         }
@@ -955,6 +988,7 @@ impl Filesystem for AlcesFs {
                     let attr = *h.attr();
                     let fh = s.add_file(h);
                     s.count("create", false);
+                    s.note_xattrs(&attr);
                     reply.created(
                         &s.opts.entry_ttl,
                         &s.fattr(&attr),

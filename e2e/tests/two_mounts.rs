@@ -4,7 +4,42 @@ use std::fs;
 use std::io::Write;
 use std::time::Duration;
 
-use alces_e2e::{pattern, wait_until, Cluster};
+use alces_e2e::{cpath, errno, pattern, wait_until, Cluster};
+
+/// The value of xattr `name` of `path`, or the errno.
+fn getxattr(path: &std::path::Path, name: &str) -> Result<Vec<u8>, i32> {
+    let (p, n) = (cpath(path), std::ffi::CString::new(name).unwrap());
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(errno());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// Sets xattr `name` of `path` to `value`.
+fn setxattr(path: &std::path::Path, name: &str, value: &[u8]) {
+    let (p, n) = (cpath(path), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid C strings and a value buffer of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: errno {}",
+        path.display(),
+        errno()
+    );
+}
 
 #[test]
 fn two_mounts() {
@@ -65,4 +100,31 @@ fn two_mounts() {
         c.path("fromb/x").exists()
     });
     assert_eq!(fs::read(c.path("fromb/x")).unwrap(), b"x");
+
+    // Extended attributes. A knows a file it just created has none and answers
+    // getxattr locally for the attribute timeout; its own setxattr ends that at
+    // once, and one made on B shows on A within the timeout.
+    let xa = c.path("xattrs.txt");
+    let xb = other.path.join("xattrs.txt");
+    fs::write(&xa, b"x").unwrap();
+    assert_eq!(getxattr(&xa, "user.mine"), Err(libc::ENODATA));
+    setxattr(&xa, "user.mine", b"from a");
+    assert_eq!(getxattr(&xa, "user.mine").as_deref(), Ok(&b"from a"[..]));
+    wait_until("the new file on B", Duration::from_secs(10), || xb.exists());
+    setxattr(&xb, "user.theirs", b"from b");
+    wait_until("B's xattr seen on A", Duration::from_secs(10), || {
+        getxattr(&xa, "user.theirs").as_deref() == Ok(&b"from b"[..])
+    });
+    let fresh = c.path("fresh.txt");
+    fs::write(&fresh, b"y").unwrap();
+    let fresh_b = other.path.join("fresh.txt");
+    wait_until("the fresh file on B", Duration::from_secs(10), || {
+        fresh_b.exists()
+    });
+    setxattr(&fresh_b, "user.late", b"late");
+    wait_until(
+        "an xattr set on B after A cached none",
+        Duration::from_secs(10),
+        || getxattr(&fresh, "user.late").as_deref() == Ok(&b"late"[..]),
+    );
 }

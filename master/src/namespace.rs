@@ -220,6 +220,7 @@ impl Inode {
             ctime_ns: self.ctime,
             rdev: self.rdev(),
             goal: u32::from(self.goal),
+            no_xattrs: self.xattrs.as_ref().is_none_or(|x| x.is_empty()),
         }
     }
 }

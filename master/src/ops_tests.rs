@@ -573,7 +573,9 @@ fn xattrs() {
         }))
     };
     let ctime = fs.st.get(f).unwrap().ctime;
+    assert!(fs.st.attr(f).unwrap().no_xattrs, "a new file has no xattrs");
     set(&mut fs, b"user.a", b"1", 0).unwrap();
+    assert!(!fs.st.attr(f).unwrap().no_xattrs);
     assert!(fs.st.get(f).unwrap().ctime > ctime);
     assert_eq!(fs.st.getxattr(f, b"user.a").unwrap(), b"1");
     assert_eq!(
@@ -619,8 +621,10 @@ fn xattrs() {
     };
     rm(&mut fs, b"user.a").unwrap();
     assert_eq!(rm(&mut fs, b"user.a").unwrap_err().errno, libc::ENODATA);
+    assert!(!fs.st.attr(f).unwrap().no_xattrs, "one xattr is left");
     rm(&mut fs, &[b'n'; 255]).unwrap();
     assert!(fs.st.get(f).unwrap().xattrs.is_none());
+    assert!(fs.st.attr(f).unwrap().no_xattrs, "the last xattr is gone");
     assert_eq!(
         fs.errno(Op::SetXattr(pb::SetXattrOp {
             inode: 999,
