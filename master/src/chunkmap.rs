@@ -452,8 +452,11 @@ impl ChunkMap {
     }
 
     /// Picks up to `n` distinct connected servers for new copies, not in
-    /// `exclude`: most free space first, spreading across labels (labels of
-    /// `exclude` count as used).
+    /// `exclude`, spreading across labels (labels of `exclude` count as used).
+    /// Most free space first, but servers within 10% of each other's free space
+    /// count as equal and come in random order, so equally full servers (or
+    /// several sharing one disk) share new chunks instead of the same ones taking
+    /// every chunk.
     pub fn place(&self, n: usize, exclude: &[u64]) -> Vec<u64> {
         let mut cands: Vec<&Server> = self
             .servers
@@ -467,6 +470,7 @@ impl ChunkMap {
             })
             .collect();
         cands.sort_by_key(|s| (std::cmp::Reverse(s.space().2), s.id));
+        shuffle_bands(&mut cands, |s| s.space().2);
         let mut used_labels: HashSet<&str> = exclude
             .iter()
             .filter_map(|id| self.servers.get(id))
@@ -867,6 +871,22 @@ fn goal_of(st: &State, meta: &crate::namespace::ChunkMeta) -> usize {
         .map_or(usize::from(meta.goal.max(1)), |i| usize::from(i.goal))
 }
 
+/// Shuffles runs of `v` (sorted by descending `free`) whose values are within 10%
+/// of the run's first one, keeping the runs in order.
+fn shuffle_bands<T>(v: &mut [T], free: impl Fn(&T) -> u64) {
+    use rand::seq::SliceRandom;
+    let mut start = 0;
+    while start < v.len() {
+        let floor = free(&v[start]) - free(&v[start]) / 10;
+        let mut end = start + 1;
+        while end < v.len() && free(&v[end]) >= floor {
+            end += 1;
+        }
+        v[start..end].shuffle(&mut rand::rng());
+        start = end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1023,10 +1043,57 @@ mod tests {
         m.register(&reg(2, "a", 90, &[]), now, &st);
         m.register(&reg(3, "b", 10, &[]), now, &st);
         m.register(&reg(4, "c", 0, &[]), now, &st);
-        assert_eq!(m.place(2, &[]), vec![1, 3]);
-        assert_eq!(m.place(3, &[]), vec![1, 3, 2]);
-        assert_eq!(m.place(9, &[]), vec![1, 3, 2]);
-        assert_eq!(m.place(1, &[1]), vec![3]);
+        let sorted = |mut v: Vec<u64>| {
+            v.sort();
+            v
+        };
+        let mut first = HashMap::<u64, u32>::new();
+        for _ in 0..400 {
+            // 1 and 2 (label a) are within 10% of each other: either leads; 3 is the
+            // only b with space and 4 has none.
+            let two = m.place(2, &[]);
+            assert!(two[1] == 3 && (two[0] == 1 || two[0] == 2), "{two:?}");
+            *first.entry(two[0]).or_default() += 1;
+            let three = m.place(3, &[]);
+            assert_eq!(three[1], 3, "{three:?}");
+            assert_eq!(sorted(three), vec![1, 2, 3]);
+            assert_eq!(sorted(m.place(9, &[])), vec![1, 2, 3]);
+            // Label a is taken by the excluded server 1: b comes first.
+            assert_eq!(m.place(1, &[1]), vec![3]);
+        }
+        assert!(first[&1] > 100 && first[&2] > 100, "{first:?}");
+        // Far apart in free space, the emptier server always leads.
+        m.register(&reg(5, "d", 1000, &[]), now, &st);
+        for _ in 0..100 {
+            assert_eq!(m.place(1, &[])[0], 5);
+        }
+    }
+
+    #[test]
+    fn placement_spreads_over_servers_with_equal_space() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let now = Instant::now();
+        for id in 1..=3 {
+            m.register(&reg(id, "", 100, &[]), now, &st);
+        }
+        let mut picked = HashMap::<u64, u32>::new();
+        for _ in 0..3000 {
+            let two = m.place(2, &[]);
+            assert_eq!(two.len(), 2);
+            assert_ne!(two[0], two[1]);
+            for id in two {
+                *picked.entry(id).or_default() += 1;
+            }
+        }
+        // 2000 expected each; every server takes a fair share.
+        for id in 1..=3 {
+            let n = picked.get(&id).copied().unwrap_or(0);
+            assert!(
+                (1700..=2300).contains(&n),
+                "server {id} got {n} of 6000: {picked:?}"
+            );
+        }
     }
 
     #[test]
