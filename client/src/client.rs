@@ -1064,7 +1064,7 @@ impl Client {
         let c = caller.to_pb();
         let st = self.file_state(inode);
         let ticket = st.ticket();
-        let r = self
+        let mut r = self
             .call("open", |mut m, sid| {
                 let req = pb::OpenRequest {
                     session_id: sid,
@@ -1075,6 +1075,9 @@ impl Client {
                 async move { m.open(req).await }
             })
             .await?;
+        if let Some(first) = r.first_chunk.take() {
+            st.seed_location(0, first);
+        }
         self.opened(&st, ticket, attr_of(r)?, flags, caller).await
     }
 

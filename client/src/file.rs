@@ -848,6 +848,11 @@ impl FileState {
         Ok(attr)
     }
 
+    /// Caches the location of chunk `idx` the master sent with another reply.
+    pub(crate) fn seed_location(&self, idx: u64, r: pb::ReadChunkReply) {
+        self.locations.lock().insert(idx, (Instant::now(), r));
+    }
+
     /// Location of chunk `idx` (cached briefly unless `fresh`).
     async fn chunk_info(&self, idx: u64, fresh: bool) -> Result<pb::ReadChunkReply> {
         if !fresh {

@@ -160,10 +160,36 @@ fn owner(c: &Option<pb::Caller>) -> Owner {
         .unwrap_or_default()
 }
 
+/// What ReadChunk answers for chunk `index` of regular file `inode`: its id,
+/// version and valid copies (id 0 for a hole or past the end), and the file size.
+fn read_chunk_reply(i: &Inner, inode: u64, index: u64) -> FsResult<pb::ReadChunkReply> {
+    let f = check_regular(&i.state, inode)?;
+    let id = usize::try_from(index)
+        .ok()
+        .and_then(|idx| f.chunks().and_then(|c| c.get(idx)).copied())
+        .unwrap_or(0);
+    let mut reply = pb::ReadChunkReply {
+        file_size: f.size,
+        ..Default::default()
+    };
+    if let Some(meta) = (id != 0).then(|| i.state.chunks.get(&id)).flatten() {
+        reply.chunk_id = id;
+        reply.version = meta.version;
+        reply.locations = i
+            .chunks
+            .valid(id, meta.version)
+            .iter()
+            .map(|s| s.location())
+            .collect();
+    }
+    Ok(reply)
+}
+
 fn attr_reply(inner: &Inner, ino: u64) -> FsResult<pb::AttrReply> {
     Ok(pb::AttrReply {
         attr: Some(inner.state.attr(ino)?),
         parent: None,
+        first_chunk: None,
     })
 }
 
@@ -577,7 +603,15 @@ impl Master for Services {
             if writes {
                 self.core.check_writable(&g, r.session_id)?;
             }
-            let reply = attr_reply(&g, r.inode)?;
+            let mut reply = attr_reply(&g, r.inode)?;
+            let reads = r.flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32;
+            let has_data = reply
+                .attr
+                .as_ref()
+                .is_some_and(|a| a.kind == pb::FileType::Regular as i32 && a.size > 0);
+            if reads && has_data {
+                reply.first_chunk = Some(read_chunk_reply(&g, r.inode, 0)?);
+            }
             g.sessions.open(r.session_id, r.inode);
             Ok(reply)
         })();
@@ -684,28 +718,7 @@ impl Master for Services {
 
     async fn read_chunk(&self, req: Request<pb::ChunkRequest>) -> Reply<pb::ReadChunkReply> {
         let r = req.into_inner();
-        let res = self.read(|i| {
-            let f = check_regular(&i.state, r.inode)?;
-            let id = usize::try_from(r.chunk_index)
-                .ok()
-                .and_then(|idx| f.chunks().and_then(|c| c.get(idx)).copied())
-                .unwrap_or(0);
-            let mut reply = pb::ReadChunkReply {
-                file_size: f.size,
-                ..Default::default()
-            };
-            if let Some(meta) = (id != 0).then(|| i.state.chunks.get(&id)).flatten() {
-                reply.chunk_id = id;
-                reply.version = meta.version;
-                reply.locations = i
-                    .chunks
-                    .valid(id, meta.version)
-                    .iter()
-                    .map(|s| s.location())
-                    .collect();
-            }
-            Ok(reply)
-        });
+        let res = self.read(|i| read_chunk_reply(i, r.inode, r.chunk_index));
         self.done("ReadChunk", res)
     }
 

@@ -555,6 +555,33 @@ async fn master_serves_clients_chunkservers_and_admins() {
         (rc.chunk_id, rc.version, rc.file_size, rc.locations.len()),
         (chunk, 1, 100, 2)
     );
+    // Opening for reading brings chunk 0 along; opening write-only does not.
+    let open = |flags: i32| {
+        let mut c = c.clone();
+        async move {
+            c.open(pb::OpenRequest {
+                session_id: sid,
+                inode: file.inode,
+                flags: flags as u32,
+                caller: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    assert_eq!(open(libc::O_RDONLY).await.first_chunk.as_ref(), Some(&rc));
+    assert_eq!(open(libc::O_RDWR).await.first_chunk.as_ref(), Some(&rc));
+    assert_eq!(open(libc::O_WRONLY).await.first_chunk, None);
+    for _ in 0..3 {
+        c.release(pb::InodeRequest {
+            session_id: sid,
+            inode: file.inode,
+            caller: None,
+        })
+        .await
+        .unwrap();
+    }
     let hole = c
         .read_chunk(pb::ChunkRequest {
             session_id: sid,
