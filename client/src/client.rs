@@ -214,6 +214,12 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+tokio::task_local! {
+    /// A master client that calls made in this task use first instead of the
+    /// shared one (see [`Client::with_master`]).
+    static TASK_MASTER: MasterClient<AuthChannel>;
+}
+
 /// True when the master no longer knows our session (it restarted or expired it):
 /// re-registering with the same id fixes it.
 fn session_lost(s: &Status) -> bool {
@@ -410,6 +416,30 @@ impl Client {
 
     /// Calls the master, retrying transient failures (and a lost session) with
     /// backoff and re-registration for up to the configured reconnect timeout.
+    /// A new master client on its own connection, driven by the runtime this is
+    /// called in (the connection is made on first use and remade after a failure).
+    pub fn new_master_client(&self) -> Result<MasterClient<AuthChannel>> {
+        let ch = alces_proto::net::channel(&self.inner.config.master, &self.inner.auth)
+            .map_err(|e| Error::new(libc::EINVAL, format!("--master: {e}")))?;
+        Ok(MasterClient::new(ch)
+            .max_decoding_message_size(alces_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(alces_proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// Runs `f` with master calls going first through `master` (made by
+    /// [`Client::new_master_client`] on the runtime that runs `f`). A FUSE thread
+    /// that drives its own connection this way answers a call without handing it to
+    /// another thread and back. A call that fails on `master` for a transport
+    /// reason is retried at once on the shared connection, and from there on as
+    /// usual.
+    pub async fn with_master<F: Future>(
+        &self,
+        master: MasterClient<AuthChannel>,
+        f: F,
+    ) -> F::Output {
+        TASK_MASTER.scope(master, f).await
+    }
+
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
     where
         F: FnMut(MasterClient<AuthChannel>, u64) -> Fut,
@@ -418,6 +448,7 @@ impl Client {
         let deadline = Instant::now() + self.inner.config.reconnect_timeout;
         let mut backoff = Duration::from_millis(50);
         let mut reregister: Option<u64> = None;
+        let mut task_master = TASK_MASTER.try_with(Clone::clone).ok();
         loop {
             if let Some(generation) = reregister.take() {
                 match self.reregister(generation).await {
@@ -438,8 +469,17 @@ impl Client {
                 let s = self.inner.state.lock();
                 (s.session_id, s.generation)
             };
-            match f(self.inner.master.clone(), sid).await {
+            let (master, own) = match task_master.take() {
+                Some(m) => (m, true),
+                None => (self.inner.master.clone(), false),
+            };
+            match f(master, sid).await {
                 Ok(r) => return Ok(r.into_inner()),
+                // The task's own connection may have been closed while it sat idle:
+                // try the shared one at once before backing off.
+                Err(s) if own && errno::is_transient(&s) => {
+                    tracing::debug!(what, error = %s.message(), "call on the task's own master connection failed, retrying on the shared one");
+                }
                 Err(s) if errno::is_transient(&s) || session_lost(&s) => {
                     if Instant::now() >= deadline {
                         return Err(Error::io(format!(

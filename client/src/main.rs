@@ -72,6 +72,9 @@ fn parse_secs(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Threads reading FUSE requests.
+const FUSE_THREADS: usize = 8;
+
 /// How long a detached but still used mount is served after SIGTERM/SIGINT.
 const BUSY_GRACE: Duration = Duration::from_secs(10);
 
@@ -188,7 +191,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         SessionACL::Owner
     };
-    fuse_config.n_threads = Some(4);
+    // Metadata operations run to the end on the FUSE thread that read them (each
+    // thread has its own master connection), so the thread count bounds how many
+    // run at once; data operations are handed to the shared runtime.
+    fuse_config.n_threads = Some(FUSE_THREADS);
 
     let mut session = Session::new(fs, &args.mountpoint, &fuse_config)
         .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", args.mountpoint.display()))?;

@@ -618,6 +618,91 @@ async fn session_survives_master_restart_and_times_out_when_down() {
     );
 }
 
+/// Runs `f` on a new thread with its own single-threaded runtime, as a FUSE thread
+/// does, and returns its result.
+fn on_own_thread<T: Send + 'static>(
+    f: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        f(&rt)
+    })
+    .join()
+    .expect("thread")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_on_a_threads_own_master_connection_fall_back_to_the_shared_one() {
+    let mut cluster = start_cluster().await;
+    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    cfg.reconnect_timeout = Duration::from_secs(30);
+    let client = Client::connect(cfg).await.expect("connect");
+    let root = client.root();
+
+    // A thread's own connection serves calls, and keeps serving them after the
+    // master was killed and restarted while it sat idle (the first call after the
+    // restart finds it closed and goes through the shared connection).
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let c = client.clone();
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let own = {
+            let _in = rt.enter();
+            c.new_master_client().expect("own master client")
+        };
+        while rx.recv().is_ok() {
+            let r = rt.block_on(c.with_master(own.clone(), c.getattr(c.root())));
+            done_tx
+                .send(r.map(|_| ()).map_err(|e| e.to_string()))
+                .unwrap();
+        }
+    });
+    tx.send(()).unwrap();
+    done_rx.recv().unwrap().expect("call on the own connection");
+    let (_, m) = &mut cluster.procs.children[0];
+    m.kill().expect("kill master");
+    m.wait().expect("reap master");
+    let restarted = cluster
+        .master_command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart master");
+    cluster.procs.children[0] = ("master".into(), restarted);
+    for _ in 0..3 {
+        tx.send(()).unwrap();
+        done_rx
+            .recv()
+            .unwrap()
+            .expect("call after the master restarted");
+    }
+    drop(tx);
+    worker.join().unwrap();
+
+    // An own connection that can never connect: every call still succeeds.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let c = client.clone();
+    let r = on_own_thread(move |rt| {
+        let bogus = {
+            let _in = rt.enter();
+            let auth = alces_proto::auth::ClientAuth::new(SECRET).expect("auth");
+            let ch = alces_proto::net::channel(&dead, &auth).expect("channel");
+            alces_proto::pb::master_client::MasterClient::new(ch)
+        };
+        rt.block_on(c.with_master(bogus, c.getattr(c.root())))
+            .map(|a| a.inode)
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(r, Ok(root));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_write_session_is_reopened_and_read_only_is_enforced() {
     let cluster = start_cluster().await;
