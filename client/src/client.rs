@@ -166,6 +166,9 @@ struct SessionState {
 
 pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
+    /// The runtime the client was connected on: background work (write-behind,
+    /// read pieces, readahead) always runs there, whichever thread started it.
+    rt: tokio::runtime::Handle,
     master: MasterClient<AuthChannel>,
     auth: alces_proto::auth::ClientAuth,
     state: Mutex<SessionState>,
@@ -244,6 +247,7 @@ impl Client {
             .max_decoding_message_size(alces_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(alces_proto::MAX_MESSAGE_BYTES);
         let inner = Arc::new(Inner {
+            rt: tokio::runtime::Handle::current(),
             read_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_parallel_reads.max(1),
             )),
@@ -416,6 +420,15 @@ impl Client {
 
     /// Calls the master, retrying transient failures (and a lost session) with
     /// backoff and re-registration for up to the configured reconnect timeout.
+    /// Starts background work on the runtime the client was connected on.
+    pub(crate) fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.rt.spawn(f)
+    }
+
     /// A new master client on its own connection, driven by the runtime this is
     /// called in (the connection is made on first use and remade after a failure).
     pub fn new_master_client(&self) -> Result<MasterClient<AuthChannel>> {

@@ -227,7 +227,7 @@ impl FileState {
             done: rx,
         });
         let me = self.clone();
-        tokio::spawn(async move {
+        self.client.spawn(async move {
             for mut w in waits {
                 let _ = w.wait_for(|d| *d).await;
             }
@@ -910,7 +910,8 @@ impl FileState {
                 let idx = span.index;
                 tasks.push((
                     at,
-                    tokio::spawn(async move { me.read_chunk_piece(idx, p_off, p_len).await }),
+                    self.client
+                        .spawn(async move { me.read_chunk_piece(idx, p_off, p_len).await }),
                 ));
             }
         }
@@ -1126,7 +1127,7 @@ impl FileHandle {
                     let plen = readahead_piece_len(start);
                     let (tx, rx) = watch::channel(None);
                     let st = self.state.clone();
-                    tokio::spawn(async move {
+                    self.state.client.spawn(async move {
                         let r = st.read_range(start, plen).await;
                         let _ = tx.send(Some(r));
                     });

@@ -387,9 +387,10 @@ impl AlcesFs {
     /// Runs a metadata operation to the end on the calling FUSE thread, with its
     /// master calls on the thread's own connection driven by the thread's own
     /// runtime: the request and its reply never wait for another thread to wake
-    /// (about a quarter of a master call's latency on a small machine). Only for
-    /// operations that start no background task (those would run only while the
-    /// thread is inside another operation); data operations use [`Self::spawn`].
+    /// (about a quarter of a master call's latency on a small machine). Background
+    /// work an operation starts (write-behind flushed by a truncating open) runs on
+    /// the shared runtime all the same. Reads, writes, flushes and releases, which
+    /// may wait on chunkservers for long, use [`Self::spawn`].
     fn inline<F, Fut>(&self, f: F)
     where
         F: FnOnce(Arc<Shared>) -> Fut,
@@ -488,11 +489,17 @@ impl Filesystem for AlcesFs {
             mtime: mtime.map(set_time),
             ctime: ctime.map(time_to_ns),
         };
-        self.spawn(move |s| async move {
+        let op = move |s: Arc<Shared>| async move {
             let ino = s.real(ino);
             let r = s.client.setattr(ino, &set, &c).await;
             s.reply_attr("setattr", r, reply);
-        });
+        };
+        // A size change goes through the file's write-behind state.
+        if size.is_some() {
+            self.spawn(op);
+        } else {
+            self.inline(op);
+        }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -653,7 +660,7 @@ impl Filesystem for AlcesFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = caller(req);
-        self.spawn(move |s| async move {
+        self.inline(move |s| async move {
             match s.client.open(s.real(ino), flags.0, &c).await {
                 Ok(h) => {
                     let fl = if h.keep_cache() {
@@ -1034,7 +1041,7 @@ impl Filesystem for AlcesFs {
     ) {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
-        self.spawn(move |s| async move {
+        self.inline(move |s| async move {
             let exclusive = flags & libc::O_EXCL != 0;
             let r = s
                 .client
