@@ -901,9 +901,24 @@ impl FileState {
             return Ok(Bytes::new());
         }
         let len = len.min(size - offset);
+        let spans = layout::split(offset, len, self.chunk_size);
+        if let [span] = &spans[..] {
+            if let [(p_off, p_len)] = layout::pieces(span.offset, span.len, READ_PIECE)[..] {
+                // One piece (most reads): read it in this task, and hand its bytes
+                // on as they are when they fill the range.
+                let data = self.read_chunk_piece(span.index, p_off, p_len).await?;
+                if data.len() as u64 == len {
+                    return Ok(data);
+                }
+                let mut out = BytesMut::zeroed(len as usize);
+                let n = data.len().min(out.len());
+                out[..n].copy_from_slice(&data[..n]);
+                return Ok(out.freeze());
+            }
+        }
         let mut out = BytesMut::zeroed(len as usize);
         let mut tasks = Vec::new();
-        for span in layout::split(offset, len, self.chunk_size) {
+        for span in spans {
             for (p_off, p_len) in layout::pieces(span.offset, span.len, READ_PIECE) {
                 let me = self.clone();
                 let at = span.range_offset + (p_off - span.offset);
