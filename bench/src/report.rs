@@ -164,11 +164,54 @@ pub fn document(m: &Machine, r: &Results, mode: &str) -> String {
     s
 }
 
-/// Writes `doc` to `<dir>/<date>-<host>.md` and returns the path.
+/// Writes `doc` to `<dir>/<date>-<host>.md` (or `<date>-<host>-2.md`, `-3`, ...
+/// when that exists: earlier runs are never overwritten) and returns the path.
 pub fn write_results(dir: &Path, m: &Machine, doc: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let day: String = m.date.chars().take(10).collect();
-    let path = dir.join(format!("{day}-{}.md", m.host));
-    std::fs::write(&path, doc).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+    for n in 1u32.. {
+        let name = match n {
+            1 => format!("{day}-{}.md", m.host),
+            n => format!("{day}-{}-{n}.md", m.host),
+        };
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(doc.as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
+    }
+    unreachable!("some numbered results file name is free")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_files_are_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Machine {
+            date: "2026-11-21 20:00 UTC".into(),
+            host: "vm".into(),
+            ..Default::default()
+        };
+        let a = write_results(dir.path(), &m, "first").unwrap();
+        let b = write_results(dir.path(), &m, "second").unwrap();
+        let c = write_results(dir.path(), &m, "third").unwrap();
+        assert_eq!(a.file_name().unwrap(), "2026-11-21-vm.md");
+        assert_eq!(b.file_name().unwrap(), "2026-11-21-vm-2.md");
+        assert_eq!(c.file_name().unwrap(), "2026-11-21-vm-3.md");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "first");
+        assert_eq!(std::fs::read_to_string(&c).unwrap(), "third");
+    }
 }

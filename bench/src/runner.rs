@@ -255,11 +255,22 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     drop(systems);
 
-    let mode = if args.quick {
+    let mut mode = if args.quick {
         format!("quick (tiny sizes, {reps} repetition(s); timings not meaningful)")
     } else {
         format!("full, {reps} repetitions, median (min–max)")
     };
+    if !args.only.is_empty() {
+        let names: Vec<String> = args
+            .only
+            .iter()
+            .map(|w| format!("{w:?}").to_lowercase())
+            .collect();
+        mode.push_str(&format!("; only the {} workloads", names.join(", ")));
+    }
+    if let Some(s) = args.fio_seconds {
+        mode.push_str(&format!("; fio runs {s} s per figure"));
+    }
     let doc = report::document(&machine, &results, &mode);
     println!("{doc}");
     if !args.quick && !interrupted() {
