@@ -388,9 +388,9 @@ impl AlcesFs {
     /// master calls on the thread's own connection driven by the thread's own
     /// runtime: the request and its reply never wait for another thread to wake
     /// (about a quarter of a master call's latency on a small machine). Background
-    /// work an operation starts (write-behind flushed by a truncating open) runs on
-    /// the shared runtime all the same. Reads, writes, flushes and releases, which
-    /// may wait on chunkservers for long, use [`Self::spawn`].
+    /// work an operation starts (chunk writes of the write-behind buffer) runs on
+    /// the shared runtime all the same. Reads, fsync and release, which wait on
+    /// chunkservers through the shared runtime, use [`Self::spawn`].
     fn inline<F, Fut>(&self, f: F)
     where
         F: FnOnce(Arc<Shared>) -> Fut,
@@ -725,13 +725,14 @@ impl Filesystem for AlcesFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
-        self.spawn(move |s| async move {
+        // Most writes only fill the write-behind buffer: done on this thread, with
+        // no copy of the request's bytes but the one into the buffer.
+        self.inline(move |s| async move {
             let Some(h) = s.file(fh) else {
                 reply.error(Errno::from_i32(libc::EBADF));
                 return;
             };
-            match h.write(offset, &data).await {
+            match h.write(offset, data).await {
                 Ok(n) => {
                     s.count("write", false);
                     if let Some(m) = &s.metrics {
@@ -756,7 +757,7 @@ impl Filesystem for AlcesFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |s| async move {
+        self.inline(move |s| async move {
             let r = match s.file(fh) {
                 Some(h) => h.flush().await,
                 None => Err(Error::new(libc::EBADF, "unknown file handle")),
