@@ -279,6 +279,26 @@ impl ChunkStore {
                     )
                 })?;
             }
+            // All 256 chunk folders exist from the start (durably), so creating
+            // a chunk never has to make (and sync) its folder.
+            let mut made = false;
+            for low in 0..=0xffu64 {
+                let folder = chunk_path(d, low);
+                let folder = folder.parent().unwrap_or(d);
+                match std::fs::create_dir(folder) {
+                    Ok(()) => made = true,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => anyhow::bail!(
+                        "cannot create {}: {e}; check that the data directory is writable",
+                        folder.display()
+                    ),
+                }
+            }
+            if made {
+                let root = d.join(CHUNKS_DIR);
+                sync_dir(&root)
+                    .map_err(|e| anyhow::anyhow!("cannot sync {}: {e}", root.display()))?;
+            }
             // Partial chunk files from an interrupted build are worthless.
             if let Ok(rd) = std::fs::read_dir(d.join(TMP_DIR)) {
                 for e in rd.flatten() {
