@@ -61,6 +61,13 @@ pub struct Args {
     #[arg(long, env = "ALCES_CHUNKSERVER_HEARTBEAT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_ms: u64,
 
+    /// Chunk files kept open between operations (least recently used closed
+    /// first); 0 opens the file for every operation. The process's soft limit
+    /// on open files is raised to its hard limit at startup, and this number is
+    /// lowered to half of that limit if it is larger.
+    #[arg(long, env = "ALCES_CHUNKSERVER_OPEN_FILES", default_value_t = crate::open_files::DEFAULT_OPEN_FILES)]
+    pub open_files: usize,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "ALCES_LOG_JSON")]
     pub log_json: bool,

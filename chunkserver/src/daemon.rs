@@ -44,6 +44,8 @@ pub struct Config {
     pub scrub_bytes_per_sec: u64,
     /// Heartbeat period.
     pub heartbeat: Duration,
+    /// Chunk files kept open between operations (see `--open-files`).
+    pub open_files: usize,
 }
 
 /// A running chunkserver.
@@ -150,8 +152,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let dirs = cfg.data_dirs.clone();
     let m = metrics.clone();
+    let open_files = crate::open_files::fd_budget(cfg.open_files);
     let store = Arc::new(
-        tokio::task::spawn_blocking(move || ChunkStore::open(&dirs, m))
+        tokio::task::spawn_blocking(move || ChunkStore::open_with(&dirs, m, open_files))
             .await
             .map_err(|e| anyhow::anyhow!("chunk scan failed: {e}"))??,
     );

@@ -4,6 +4,7 @@
 //!
 //! - [`format`]: the on-disk chunk file format and paths.
 //! - [`store`]: the chunk store (files, chunk list, per-chunk locks, change deltas).
+//! - [`open_files`]: the bounded cache of open chunk files.
 //! - [`identity`]: server id, cluster id and highest seen master epoch.
 //! - [`service`]: the `Chunkserver` gRPC service with chain forwarding.
 //! - [`peers`]: cached channels to other chunkservers.
@@ -21,6 +22,7 @@ pub mod format;
 pub mod identity;
 pub mod master_link;
 pub mod metrics;
+pub mod open_files;
 pub mod peers;
 pub mod scrubber;
 pub mod service;

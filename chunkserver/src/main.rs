@@ -33,6 +33,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         secret,
         scrub_bytes_per_sec: args.scrub_bytes_per_sec,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
+        open_files: args.open_files,
     };
     let running = daemon::start(cfg).await?;
     running

@@ -15,6 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use alces_proto::checksum::{crc32c, crc32c_append};
 use alces_proto::geometry::MAX_CHUNK_SIZE;
@@ -27,9 +28,14 @@ use crate::format::{
     CRC_TABLE_OFFSET, DAMAGED_DIR, DATA_OFFSET, HEADER_SIZE, TMP_DIR,
 };
 use crate::metrics::Metrics;
+use crate::open_files::{OpenFiles, DEFAULT_OPEN_FILES};
 
 /// Number of lock shards; chunks whose ids fall in one shard share a lock.
 const LOCK_SHARDS: usize = 1024;
+
+/// How long the free space of the data directories is trusted when choosing
+/// the disk of a new chunk.
+const FREE_SPACE_TTL: Duration = Duration::from_secs(1);
 
 /// A block of zeros, for CRCs of zero-filled ranges.
 static ZEROS: [u8; BLOCK as usize] = [0u8; BLOCK as usize];
@@ -135,6 +141,18 @@ pub struct VersionSpec {
     pub copy_from_version: u64,
 }
 
+/// When a newly created chunk file is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Synced (file and directory entry) before the chunk counts as held: the
+    /// master may count the copy as valid and delete another one right away.
+    Synced,
+    /// Left in the page cache until the next Sync of the chunk, as POSIX allows
+    /// for data not yet fsynced (a killed process loses nothing; an OS crash
+    /// may lose the file, which then reads as absent or damaged at startup).
+    UntilSync,
+}
+
 /// Chunk changes not yet acknowledged by the master.
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Deltas {
@@ -202,6 +220,13 @@ pub struct ChunkStore {
     deltas: Mutex<Deltas>,
     locks: Vec<Arc<AsyncRwLock<()>>>,
     metrics: Metrics,
+    open_files: OpenFiles,
+    /// Chunks created empty for a write session whose file and directory entry
+    /// are not yet synced: the next Sync makes them durable. The value says
+    /// whether the creation also made the chunk's `chunks/<xx>` folder.
+    unsynced: Mutex<HashMap<u64, bool>>,
+    /// Free bytes per disk and when they were measured.
+    free_space: Mutex<Option<(Instant, Vec<u64>)>>,
 }
 
 /// Holds the lock(s) of the chunk(s) an operation works on.
@@ -219,8 +244,19 @@ fn join_err(e: tokio::task::JoinError) -> StoreError {
 
 impl ChunkStore {
     /// Opens the store over `dirs` (creating their folders) and scans them for
-    /// chunks. Files with a bad header are moved to `<dir>/damaged/`.
+    /// chunks. Files with a bad header are moved to `<dir>/damaged/`. Keeps up
+    /// to [`DEFAULT_OPEN_FILES`] chunk files open.
     pub fn open(dirs: &[PathBuf], metrics: Metrics) -> anyhow::Result<Self> {
+        Self::open_with(dirs, metrics, DEFAULT_OPEN_FILES)
+    }
+
+    /// Like [`ChunkStore::open`], keeping at most `open_files` chunk files open
+    /// between operations (0: open the file for every operation).
+    pub fn open_with(
+        dirs: &[PathBuf],
+        metrics: Metrics,
+        open_files: usize,
+    ) -> anyhow::Result<Self> {
         if dirs.is_empty() {
             anyhow::bail!("no data directory given: pass at least one --data-dir");
         }
@@ -243,6 +279,26 @@ impl ChunkStore {
                     )
                 })?;
             }
+            // All 256 chunk folders exist from the start (durably), so creating
+            // a chunk never has to make (and sync) its folder.
+            let mut made = false;
+            for low in 0..=0xffu64 {
+                let folder = chunk_path(d, low);
+                let folder = folder.parent().unwrap_or(d);
+                match std::fs::create_dir(folder) {
+                    Ok(()) => made = true,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => anyhow::bail!(
+                        "cannot create {}: {e}; check that the data directory is writable",
+                        folder.display()
+                    ),
+                }
+            }
+            if made {
+                let root = d.join(CHUNKS_DIR);
+                sync_dir(&root)
+                    .map_err(|e| anyhow::anyhow!("cannot sync {}: {e}", root.display()))?;
+            }
             // Partial chunk files from an interrupted build are worthless.
             if let Ok(rd) = std::fs::read_dir(d.join(TMP_DIR)) {
                 for e in rd.flatten() {
@@ -262,6 +318,9 @@ impl ChunkStore {
                 .map(|_| Arc::new(AsyncRwLock::new(())))
                 .collect(),
             metrics,
+            open_files: OpenFiles::new(open_files),
+            unsynced: Mutex::new(HashMap::new()),
+            free_space: Mutex::new(None),
         };
         store.scan();
         Ok(store)
@@ -381,6 +440,17 @@ impl ChunkStore {
             .collect()
     }
 
+    /// True while `chunk_id` was created empty for a write session and not
+    /// synced since: its file and directory entry may not survive an OS crash.
+    pub fn is_unsynced(&self, chunk_id: u64) -> bool {
+        self.unsynced.lock().contains_key(&chunk_id)
+    }
+
+    /// Number of chunk files kept open now.
+    pub fn open_files(&self) -> usize {
+        self.open_files.len()
+    }
+
     /// Chunk ids held (for the scrubber).
     pub fn chunk_ids(&self) -> Vec<u64> {
         self.chunks.lock().keys().copied().collect()
@@ -485,6 +555,8 @@ impl ChunkStore {
             self.metrics.chunks.set(c.len() as i64);
             r
         };
+        self.forget_file(chunk_id);
+        self.unsynced.lock().remove(&chunk_id);
         if let Some(m) = removed {
             let disk = &self.disks[m.disk as usize];
             disk.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
@@ -662,7 +734,7 @@ impl ChunkStore {
                     return Ok(false);
                 }
             }
-            s.create_file(chunk_id, version, &data)?;
+            s.create_file(chunk_id, version, &data, Durability::Synced)?;
             Ok(true)
         })
         .await
@@ -711,15 +783,57 @@ impl ChunkStore {
 
     // ----- synchronous operations (caller holds the chunk lock) -----
 
-    fn open_file(&self, chunk_id: u64, m: &ChunkMeta, write: bool) -> StoreResult<File> {
-        let path = self.path_of(chunk_id, m);
-        match OpenOptions::new().read(true).write(write).open(&path) {
-            Ok(f) => Ok(f),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                Err(self.mark_damaged(chunk_id, format!("file {} is missing", path.display())))
-            }
-            Err(e) => Err(StoreError::io(&path, e)),
+    /// The open file of the chunk (kept open between operations). A file opened
+    /// anew is checked to be as long as its header says.
+    fn file(&self, chunk_id: u64, m: &ChunkMeta, write: bool) -> StoreResult<Arc<File>> {
+        if let Some(f) = self.open_files.get(chunk_id, m.disk, write) {
+            return Ok(f);
         }
+        let path = self.path_of(chunk_id, m);
+        let open = |write: bool| OpenOptions::new().read(true).write(write).open(&path);
+        // Open for writing too when allowed, so later writes reuse the file.
+        let mut res = open(true);
+        if res.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EMFILE) {
+            tracing::warn!(
+                open = self.open_files.len(),
+                "out of file descriptors; closing the cached chunk files (lower --open-files or raise the limit)"
+            );
+            self.open_files.clear();
+            res = open(true);
+        }
+        let (f, writable) = match res {
+            Ok(f) => (f, true),
+            Err(e)
+                if !write
+                    && (e.kind() == ErrorKind::PermissionDenied
+                        || e.raw_os_error() == Some(libc::EROFS)) =>
+            {
+                (
+                    open(false).map_err(|e| self.open_error(chunk_id, &path, e))?,
+                    false,
+                )
+            }
+            Err(e) => return Err(self.open_error(chunk_id, &path, e)),
+        };
+        self.check_size(chunk_id, m, &f)?;
+        let f = Arc::new(f);
+        self.open_files
+            .insert(chunk_id, m.disk, f.clone(), writable);
+        Ok(f)
+    }
+
+    fn open_error(&self, chunk_id: u64, path: &Path, e: std::io::Error) -> StoreError {
+        if e.kind() == ErrorKind::NotFound {
+            self.mark_damaged(chunk_id, format!("file {} is missing", path.display()))
+        } else {
+            StoreError::io(path, e)
+        }
+    }
+
+    /// Closes the chunk's cached file: done before its file is replaced,
+    /// removed or moved, so a stale file is never read or written.
+    fn forget_file(&self, chunk_id: u64) {
+        self.open_files.remove(chunk_id);
     }
 
     /// Checks the file is as long as the header says.
@@ -754,9 +868,13 @@ impl ChunkStore {
         let mut buf = vec![0u8; (end - start) as usize];
         if let Err(e) = f.read_exact_at(&mut buf, DATA_OFFSET + start) {
             if e.kind() == ErrorKind::UnexpectedEof {
-                return Err(
-                    self.mark_damaged(chunk_id, "file is shorter than its header says".to_string())
-                );
+                return Err(self.mark_damaged(
+                    chunk_id,
+                    format!(
+                        "file is shorter than its header says ({} data bytes)",
+                        m.length
+                    ),
+                ));
             }
             return Err(StoreError::io(&path, e));
         }
@@ -807,8 +925,7 @@ impl ChunkStore {
         let mut out = vec![0u8; length as usize];
         let stored_end = end.min(m.length);
         if offset < stored_end {
-            let f = self.open_file(chunk_id, &m, false)?;
-            self.check_size(chunk_id, &m, &f)?;
+            let f = self.file(chunk_id, &m, false)?;
             let start = offset / BLOCK * BLOCK;
             let region_end = (stored_end.div_ceil(BLOCK) * BLOCK).min(m.length);
             let buf = self.read_verified(chunk_id, &m, &f, start, region_end)?;
@@ -840,7 +957,7 @@ impl ChunkStore {
                     version: spec.version,
                     ..m
                 };
-                let f = self.open_file(chunk_id, &m, true)?;
+                let f = self.file(chunk_id, &m, true)?;
                 self.write_header(chunk_id, &new, &f)?;
                 let path = self.path_of(chunk_id, &m);
                 // The new version is durable before any data of the session lands.
@@ -863,9 +980,11 @@ impl ChunkStore {
                 }
                 let sm = self.get(src).ok_or(StoreError::NotFound(src))?;
                 let (data, _) = self.read_locked(src, spec.copy_from_version, 0, sm.length)?;
-                self.create_file(chunk_id, spec.version, &data)
+                self.create_file(chunk_id, spec.version, &data, Durability::Synced)
             }
-            None => self.create_file(chunk_id, spec.version, &[]),
+            // The empty file of a new write session becomes durable with the
+            // session's first Sync (see `sync_locked`).
+            None => self.create_file(chunk_id, spec.version, &[], Durability::UntilSync),
         }
     }
 
@@ -879,27 +998,51 @@ impl ChunkStore {
             .map_err(|e| StoreError::io(&self.path_of(chunk_id, m), e))
     }
 
-    /// Index of the disk with the most free space.
+    /// Index of the disk with the most free space (measured at most once per
+    /// [`FREE_SPACE_TTL`]).
     fn pick_disk(&self) -> u32 {
+        if self.disks.len() == 1 {
+            return 0;
+        }
+        let mut cached = self.free_space.lock();
+        let fresh = matches!(&*cached, Some((at, _)) if at.elapsed() < FREE_SPACE_TTL);
+        if !fresh {
+            let free = self
+                .disks
+                .iter()
+                .map(|d| statvfs(&d.path).map(|s| s.free).unwrap_or(0))
+                .collect();
+            *cached = Some((Instant::now(), free));
+        }
         let mut best = (0u32, 0u64);
-        for (i, d) in self.disks.iter().enumerate() {
-            let free = statvfs(&d.path).map(|s| s.free).unwrap_or(0);
-            if i == 0 || free > best.1 {
-                best = (i as u32, free);
+        if let Some((_, free)) = &*cached {
+            for (i, f) in free.iter().enumerate() {
+                if i == 0 || *f > best.1 {
+                    best = (i as u32, *f);
+                }
             }
         }
         best.0
     }
 
     /// Creates a chunk file holding `data` (replacing any previous copy): built
-    /// in `tmp/`, synced, then renamed into place.
-    fn create_file(&self, chunk_id: u64, version: u64, data: &[u8]) -> StoreResult<ChunkMeta> {
+    /// in `tmp/`, then renamed into place. With [`Durability::Synced`] the file
+    /// and its directory entry are synced before it counts as held; with
+    /// [`Durability::UntilSync`] that is left to the next `sync_locked`.
+    fn create_file(
+        &self,
+        chunk_id: u64,
+        version: u64,
+        data: &[u8],
+        durability: Durability,
+    ) -> StoreResult<ChunkMeta> {
         if data.len() as u64 > MAX_CHUNK_SIZE {
             return Err(StoreError::Invalid(format!(
                 "chunk data of {} bytes exceeds the largest chunk size {MAX_CHUNK_SIZE}",
                 data.len()
             )));
         }
+        let synced = durability == Durability::Synced;
         let old = self.get(chunk_id);
         let disk = old.map(|m| m.disk).unwrap_or_else(|| self.pick_disk());
         let dir = &self.disks[disk as usize].path;
@@ -911,8 +1054,9 @@ impl ChunkStore {
             version,
             length: data.len() as u64,
         };
-        let build = || -> std::io::Result<()> {
+        let build = || -> std::io::Result<File> {
             let f = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
@@ -930,25 +1074,57 @@ impl ChunkStore {
             head.extend_from_slice(&table);
             f.write_all_at(&head, 0)?;
             f.write_all_at(data, DATA_OFFSET)?;
-            f.sync_all()?;
-            Ok(())
+            if synced {
+                f.sync_all()?;
+            }
+            Ok(f)
         };
-        if let Err(e) = build() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::io(&tmp, e));
-        }
+        let file = match build() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::io(&tmp, e));
+            }
+        };
         let dst = chunk_path(dir, chunk_id);
         let parent = dst.parent().map(Path::to_path_buf).unwrap_or_default();
-        let place = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&parent)?;
-            std::fs::rename(&tmp, &dst)?;
-            File::open(&parent)?.sync_all()?;
-            Ok(())
+        // The previous copy's open file must never serve the new one.
+        self.forget_file(chunk_id);
+        let place = || -> std::io::Result<bool> {
+            // The chunk's folder usually exists: try the rename first.
+            let made_dir = match std::fs::rename(&tmp, &dst) {
+                Ok(()) => false,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&parent)?;
+                    std::fs::rename(&tmp, &dst)?;
+                    true
+                }
+                Err(e) => return Err(e),
+            };
+            if synced {
+                sync_dir(&parent)?;
+                if made_dir {
+                    sync_dir(parent.parent().unwrap_or(&parent))?;
+                }
+            }
+            Ok(made_dir)
         };
-        if let Err(e) = place() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::io(&dst, e));
+        let made_dir = match place() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::io(&dst, e));
+            }
+        };
+        {
+            let mut u = self.unsynced.lock();
+            if synced {
+                u.remove(&chunk_id);
+            } else {
+                u.insert(chunk_id, made_dir);
+            }
         }
+        self.open_files.insert(chunk_id, disk, Arc::new(file), true);
         self.set_meta(chunk_id, meta);
         Ok(meta)
     }
@@ -975,8 +1151,7 @@ impl ChunkStore {
             return Ok(m);
         }
         let path = self.path_of(chunk_id, &m);
-        let f = self.open_file(chunk_id, &m, true)?;
-        self.check_size(chunk_id, &m, &f)?;
+        let f = self.file(chunk_id, &m, true)?;
         let old_len = m.length;
         let new_len = old_len.max(end);
         let start = offset.min(old_len);
@@ -1045,8 +1220,7 @@ impl ChunkStore {
             return Ok(m);
         }
         let path = self.path_of(chunk_id, &m);
-        let f = self.open_file(chunk_id, &m, true)?;
-        self.check_size(chunk_id, &m, &f)?;
+        let f = self.file(chunk_id, &m, true)?;
         let io = |e| StoreError::io(&path, e);
         if length < old_len {
             // The block the cut falls in keeps a prefix: verify, then re-CRC it.
@@ -1106,9 +1280,23 @@ impl ChunkStore {
                 want: version.to_string(),
             });
         }
-        let f = self.open_file(chunk_id, &m, true)?;
-        f.sync_data()
-            .map_err(|e| StoreError::io(&self.path_of(chunk_id, &m), e))
+        let f = self.file(chunk_id, &m, true)?;
+        let path = self.path_of(chunk_id, &m);
+        let io = |e| StoreError::io(&path, e);
+        let Some(made_dir) = self.unsynced.lock().get(&chunk_id).copied() else {
+            return f.sync_data().map_err(io);
+        };
+        // Created for this write session and never synced: the whole file, its
+        // directory entry (and the folder's, if the creation made the folder).
+        f.sync_all().map_err(io)?;
+        let parent = path.parent().unwrap_or(&path);
+        sync_dir(parent).map_err(|e| StoreError::io(parent, e))?;
+        if made_dir {
+            let grand = parent.parent().unwrap_or(parent);
+            sync_dir(grand).map_err(|e| StoreError::io(grand, e))?;
+        }
+        self.unsynced.lock().remove(&chunk_id);
+        Ok(())
     }
 
     /// See [`ChunkStore::delete`].
@@ -1126,6 +1314,8 @@ impl ChunkStore {
             return Ok(false);
         }
         let path = self.path_of(chunk_id, &m);
+        self.forget_file(chunk_id);
+        self.unsynced.lock().remove(&chunk_id);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -1149,6 +1339,11 @@ fn info(chunk_id: u64, m: &ChunkMeta) -> ChunkInfo {
         disk: m.disk,
         length: m.length,
     }
+}
+
+/// Syncs the directory `dir` (its entries: files created or renamed in it).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Reads `n` CRC table entries from block `first`.

@@ -53,6 +53,7 @@ async fn node() -> Node {
         label: String::new(),
         secret: Arc::from(SECRET),
         scrub_bytes_per_sec: 0,
+        open_files: 16,
         heartbeat: Duration::from_millis(100),
     })
     .await

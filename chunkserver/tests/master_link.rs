@@ -108,6 +108,7 @@ async fn start_cs(dir: &Path, master: &str) -> Running {
         label: "rack-a".to_string(),
         secret: Arc::from(SECRET),
         scrub_bytes_per_sec: 0,
+        open_files: 16,
         heartbeat: Duration::from_millis(50),
     })
     .await
