@@ -33,9 +33,8 @@ fn chunk_io(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(
-        ChunkStore::open(&[dir.path().to_path_buf()], Metrics::default()).expect("store"),
-    );
+    let store =
+        Arc::new(ChunkStore::open(&[dir.path().to_path_buf()], Metrics::default()).expect("store"));
     // One full chunk to read and overwrite.
     let id = 1u64;
     let piece = Bytes::from(vec![0x5au8; MIB as usize]);

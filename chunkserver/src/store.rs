@@ -32,6 +32,9 @@ use crate::open_files::{OpenFiles, DEFAULT_OPEN_FILES};
 
 /// Number of lock shards; chunks whose ids fall in one shard share a lock.
 const LOCK_SHARDS: usize = 1024;
+/// Largest read served on the calling task when the page cache holds it (see
+/// [`ChunkStore::read`]).
+pub const INLINE_READ_MAX: u64 = 256 * 1024;
 
 /// How long the free space of the data directories is trusted when choosing
 /// the disk of a new chunk.
@@ -221,6 +224,9 @@ pub struct ChunkStore {
     locks: Vec<Arc<AsyncRwLock<()>>>,
     metrics: Metrics,
     open_files: OpenFiles,
+    /// Whether reads try the page cache without waiting first (cleared when the
+    /// filesystem does not support it).
+    nowait_reads: std::sync::atomic::AtomicBool,
     /// Chunks created empty for a write session whose file and directory entry
     /// are not yet synced: the next Sync makes them durable. The value says
     /// whether the creation also made the chunk's `chunks/<xx>` folder.
@@ -319,6 +325,7 @@ impl ChunkStore {
                 .collect(),
             metrics,
             open_files: OpenFiles::new(open_files),
+            nowait_reads: std::sync::atomic::AtomicBool::new(true),
             unsynced: Mutex::new(HashMap::new()),
             free_space: Mutex::new(None),
         };
@@ -646,6 +653,11 @@ impl ChunkStore {
 
     /// Reads `length` bytes at `offset` (zeros past the stored length); returns
     /// the data and the chunk's stored length. `version` 0 accepts any version.
+    ///
+    /// A read of at most [`INLINE_READ_MAX`] bytes whose blocks are all in the
+    /// page cache is served on the calling task (`preadv2` with `RWF_NOWAIT`),
+    /// saving the hand-off to the blocking pool and back; anything that would wait
+    /// for the disk, or a chunk locked by a writer, goes to the blocking pool.
     pub async fn read(
         self: &Arc<Self>,
         chunk_id: u64,
@@ -653,6 +665,17 @@ impl ChunkStore {
         offset: u64,
         length: u64,
     ) -> StoreResult<(Vec<u8>, u64)> {
+        if length <= INLINE_READ_MAX && self.nowait_reads.load(Ordering::Relaxed) {
+            if let Ok(g) = self.locks[self.shard(chunk_id)].clone().try_read_owned() {
+                let r = self.read_with(chunk_id, version, offset, length, true);
+                drop(g);
+                match r {
+                    Ok(Some(r)) => return Ok(r),
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         self.run_shared(chunk_id, move |s| {
             s.read_locked(chunk_id, version, offset, length)
         })
@@ -863,29 +886,79 @@ impl ChunkStore {
         start: u64,
         end: u64,
     ) -> StoreResult<Vec<u8>> {
+        self.read_verified_with(chunk_id, m, f, start, end, false)
+            .map(|b| b.expect("a blocking read always completes"))
+    }
+
+    /// [`Self::read_verified`]; with `cached_only`, `Ok(None)` when the data is not
+    /// all in the page cache.
+    fn read_verified_with(
+        &self,
+        chunk_id: u64,
+        m: &ChunkMeta,
+        f: &File,
+        start: u64,
+        end: u64,
+        cached_only: bool,
+    ) -> StoreResult<Option<Vec<u8>>> {
         debug_assert!(start.is_multiple_of(BLOCK) && end <= m.length);
         let path = self.path_of(chunk_id, m);
         let mut buf = vec![0u8; (end - start) as usize];
-        if let Err(e) = f.read_exact_at(&mut buf, DATA_OFFSET + start) {
-            if e.kind() == ErrorKind::UnexpectedEof {
-                return Err(self.mark_damaged(
-                    chunk_id,
-                    format!(
-                        "file is shorter than its header says ({} data bytes)",
-                        m.length
-                    ),
-                ));
-            }
-            return Err(StoreError::io(&path, e));
-        }
         let b0 = start / BLOCK;
         let nb = blocks_for(end - start);
-        let crcs = read_crcs(f, b0, nb).map_err(|e| StoreError::io(&path, e))?;
+        let mut raw = vec![0u8; (nb * 4) as usize];
+        let read = pread_exact(f, &mut buf, DATA_OFFSET + start, cached_only).and_then(|got| {
+            Ok(got && pread_exact(f, &mut raw, CRC_TABLE_OFFSET + b0 * 4, cached_only)?)
+        });
+        match read {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                // The filesystem cannot read without waiting: stop trying.
+                self.nowait_reads.store(false, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(self.read_error(chunk_id, m, &path, e)),
+        }
+        let crcs: Vec<u32> = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(bad) = self.check_blocks(chunk_id, &buf, b0, &crcs) {
+            return Err(bad);
+        }
+        Ok(Some(buf))
+    }
+
+    /// The error for a failed read of chunk `chunk_id`'s file: a file shorter than
+    /// its header says is damaged.
+    fn read_error(
+        &self,
+        chunk_id: u64,
+        m: &ChunkMeta,
+        path: &Path,
+        e: std::io::Error,
+    ) -> StoreError {
+        if e.kind() == ErrorKind::UnexpectedEof {
+            return self.mark_damaged(
+                chunk_id,
+                format!(
+                    "file is shorter than its header says ({} data bytes)",
+                    m.length
+                ),
+            );
+        }
+        StoreError::io(path, e)
+    }
+
+    /// Checks every block of `buf` (starting at block `b0`) against `crcs`; the
+    /// damage error of the first mismatch.
+    fn check_blocks(&self, chunk_id: u64, buf: &[u8], b0: u64, crcs: &[u32]) -> Option<StoreError> {
         for (i, chunk) in buf.chunks(BLOCK as usize).enumerate() {
             let crc = crc32c(chunk);
             if crc != crcs[i] {
                 self.metrics.crc_failures.inc();
-                return Err(self.mark_damaged(
+                return Some(self.mark_damaged(
                     chunk_id,
                     format!(
                         "CRC mismatch in block {} (stored {:#010x}, computed {crc:#010x})",
@@ -895,7 +968,7 @@ impl ChunkStore {
                 ));
             }
         }
-        Ok(buf)
+        None
     }
 
     /// See [`ChunkStore::read`].
@@ -906,6 +979,20 @@ impl ChunkStore {
         offset: u64,
         length: u64,
     ) -> StoreResult<(Vec<u8>, u64)> {
+        self.read_with(chunk_id, version, offset, length, false)
+            .map(|r| r.expect("a blocking read always completes"))
+    }
+
+    /// [`ChunkStore::read_locked`]; with `cached_only`, `Ok(None)` when the data
+    /// is not all in the page cache (nothing waited for the disk).
+    fn read_with(
+        &self,
+        chunk_id: u64,
+        version: u64,
+        offset: u64,
+        length: u64,
+        cached_only: bool,
+    ) -> StoreResult<Option<(Vec<u8>, u64)>> {
         let m = self.get(chunk_id).ok_or(StoreError::NotFound(chunk_id))?;
         if version != 0 && m.version != version {
             return Err(StoreError::Stale {
@@ -928,12 +1015,16 @@ impl ChunkStore {
             let f = self.file(chunk_id, &m, false)?;
             let start = offset / BLOCK * BLOCK;
             let region_end = (stored_end.div_ceil(BLOCK) * BLOCK).min(m.length);
-            let buf = self.read_verified(chunk_id, &m, &f, start, region_end)?;
+            let Some(buf) =
+                self.read_verified_with(chunk_id, &m, &f, start, region_end, cached_only)?
+            else {
+                return Ok(None);
+            };
             let from = (offset - start) as usize;
             let n = (stored_end - offset) as usize;
             out[..n].copy_from_slice(&buf[from..from + n]);
         }
-        Ok((out, m.length))
+        Ok(Some((out, m.length)))
     }
 
     /// Applies the version rule, creating (or copying) the chunk when asked.
@@ -1347,13 +1438,41 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Reads `n` CRC table entries from block `first`.
-fn read_crcs(f: &File, first: u64, n: u64) -> std::io::Result<Vec<u32>> {
-    let mut raw = vec![0u8; (n * 4) as usize];
-    f.read_exact_at(&mut raw, CRC_TABLE_OFFSET + first * 4)?;
-    Ok(raw
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+/// Reads exactly `buf.len()` bytes at `off`; `Ok(true)` when done. With
+/// `cached_only`, reads only what the page cache holds (`preadv2` with
+/// `RWF_NOWAIT`): `Ok(false)` when the rest would have to wait for the disk.
+fn pread_exact(f: &File, buf: &mut [u8], off: u64, cached_only: bool) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    if !cached_only {
+        f.read_exact_at(buf, off)?;
+        return Ok(true);
+    }
+    let mut done = 0usize;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        let at = libc::off_t::try_from(off + done as u64)
+            .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+        // SAFETY: `iov` describes `rest`, which is valid for writes of its length,
+        // and the descriptor is open for the call's duration.
+        let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(false),
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        done += n as usize;
+    }
+    Ok(true)
 }
 
 /// Reads and checks the header of the chunk file at `path` named for `chunk_id`.
@@ -1393,5 +1512,48 @@ fn move_to_damaged(data_dir: &Path, path: &Path) {
     if let Err(e) = std::fs::rename(path, &dst) {
         tracing::error!(file = %path.display(), error = %e, "cannot move a damaged chunk file to damaged/; removing it");
         let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Drops `f`'s clean pages from the page cache.
+    fn evict(f: &File) {
+        f.sync_all().unwrap();
+        // SAFETY: a valid open descriptor; advice has no memory effects.
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0, "posix_fadvise");
+    }
+
+    #[test]
+    fn a_cached_only_read_never_waits_for_the_disk() {
+        // On the repository's disk, not a tmpfs (whose pages cannot be evicted).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = File::open(&path).unwrap();
+        let mut buf = vec![0u8; 8192];
+
+        evict(&f);
+        assert!(
+            !pread_exact(&f, &mut buf, 65536, true).unwrap(),
+            "an evicted range must not be read without waiting"
+        );
+        // A blocking read brings it in; then the cached-only read succeeds.
+        assert!(pread_exact(&f, &mut buf, 65536, false).unwrap());
+        assert_eq!(buf, data[65536..65536 + 8192]);
+        buf.fill(0);
+        assert!(pread_exact(&f, &mut buf, 65536, true).unwrap());
+        assert_eq!(buf, data[65536..65536 + 8192]);
+        // Past the end is an error either way, never a short success.
+        let mut tail = vec![0u8; 100];
+        for cached_only in [false, true] {
+            let e = pread_exact(&f, &mut tail, (1 << 20) - 50, cached_only).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
+        }
     }
 }

@@ -511,3 +511,49 @@ async fn random_writes_and_truncates_match_a_model() {
     let (_, _, damaged) = alces_chunkserver::scrubber::pass(&s, 0).await;
     assert_eq!(damaged, 0);
 }
+
+#[tokio::test]
+async fn reads_are_right_whether_or_not_the_page_cache_holds_the_chunk() {
+    use std::os::fd::AsRawFd;
+    // On the repository's disk, not a tmpfs (whose pages cannot be evicted).
+    let d = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let s = open(&[d.path().to_path_buf()]);
+    let id = 77;
+    let data = pattern(9, 8 * BLOCK as usize);
+    s.write(id, create(1), 0, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    s.sync(id, 1).await.unwrap();
+    let evict = || {
+        let f = std::fs::File::open(chunk_path(d.path(), id)).unwrap();
+        // SAFETY: a valid open descriptor; advice has no memory effects.
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0);
+    };
+    let small = alces_chunkserver::store::INLINE_READ_MAX / 4;
+    let large = alces_chunkserver::store::INLINE_READ_MAX * 2;
+    for (what, off, len, drop_cache) in [
+        (
+            "small, evicted (blocking pool)",
+            3 * BLOCK + 17,
+            small,
+            true,
+        ),
+        ("small, cached (calling task)", 3 * BLOCK + 17, small, false),
+        ("large, evicted", 100, large, true),
+        ("past the stored end", 8 * BLOCK - 10, 4096, true),
+    ] {
+        if drop_cache {
+            evict();
+        }
+        let (got, len_stored) = s.read(id, 1, off, len).await.unwrap();
+        assert_eq!(len_stored, 8 * BLOCK, "{what}");
+        let end = (off + len).min(8 * BLOCK) as usize;
+        assert_eq!(got.len(), len as usize, "{what}");
+        assert!(
+            got[..end - off as usize] == data[off as usize..end],
+            "{what}"
+        );
+        assert!(got[end - off as usize..].iter().all(|b| *b == 0), "{what}");
+    }
+}
