@@ -91,7 +91,10 @@ impl ThreadRuntime {
 }
 
 thread_local! {
-    static THREAD_RUNTIME: std::cell::RefCell<Option<ThreadRuntime>> =
+    // Never dropped: a runtime dropped by a thread-local destructor may touch
+    // tokio's own thread-locals after they are gone. FUSE threads end only when
+    // the filesystem is unmounted, just before the process exits.
+    static THREAD_RUNTIME: std::cell::RefCell<Option<std::mem::ManuallyDrop<ThreadRuntime>>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -401,7 +404,7 @@ impl AlcesFs {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
                 match ThreadRuntime::new(&shared.client) {
-                    Ok(t) => *slot = Some(t),
+                    Ok(t) => *slot = Some(std::mem::ManuallyDrop::new(t)),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot start a FUSE thread's runtime; serving on the shared one");
                     }
