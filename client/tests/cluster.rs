@@ -70,6 +70,20 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// SIGKILLs the master and starts it again on the same address and data.
+    fn restart_master(&mut self) {
+        let (_, m) = &mut self.procs.children[0];
+        m.kill().expect("kill master");
+        m.wait().expect("reap master");
+        let restarted = self
+            .master_command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart master");
+        self.procs.children[0] = ("master".into(), restarted);
+    }
+
     fn master_command(&self) -> Command {
         master_command(
             &self.master,
@@ -568,16 +582,7 @@ async fn session_survives_master_restart_and_times_out_when_down() {
     let session = client.session_id();
 
     // kill -9 the master and start it again on the same address and data.
-    let (_, m) = &mut cluster.procs.children[0];
-    m.kill().expect("kill master");
-    m.wait().expect("reap master");
-    let restarted = cluster
-        .master_command()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("restart master");
-    cluster.procs.children[0] = ("master".into(), restarted);
+    cluster.restart_master();
 
     // The open handle keeps working through the restart with the same session.
     h.write(3 * MIB, b"after restart")
@@ -666,16 +671,7 @@ async fn calls_on_a_threads_own_master_connection_fall_back_to_the_shared_one() 
     });
     tx.send(()).unwrap();
     done_rx.recv().unwrap().expect("call on the own connection");
-    let (_, m) = &mut cluster.procs.children[0];
-    m.kill().expect("kill master");
-    m.wait().expect("reap master");
-    let restarted = cluster
-        .master_command()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("restart master");
-    cluster.procs.children[0] = ("master".into(), restarted);
+    cluster.restart_master();
     for _ in 0..3 {
         tx.send(()).unwrap();
         done_rx
