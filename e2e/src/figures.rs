@@ -98,6 +98,12 @@ fn mkdir_rate(sync: u32, n: usize) -> f64 {
         ..Options::default()
     })
     .expect("start cluster");
+    // Measure a settled cluster: every chunkserver registered and heard.
+    crate::wait_until(
+        "the new cluster to report no conditions",
+        Duration::from_secs(20),
+        || c.status().is_ok_and(|st| st.conditions.is_empty()),
+    );
     let root = c.path(&format!("rate{sync}"));
     fs::create_dir(&root).expect("mkdir");
     for i in 0..50 {
@@ -127,6 +133,9 @@ pub fn failover(mkdirs: usize) -> FailoverFigures {
     c.wait_ml_caught_up(1, Duration::from_secs(30));
     let killed = Instant::now();
     c.kill9(Proc::Master);
+    // Replies the old master sent just before the signal may still land after
+    // `killed`: only acknowledgements after it was reaped come from the new one.
+    let dead = Instant::now();
     let out = c.promote(1, &[]);
     let promoted = killed.elapsed();
     assert!(
@@ -137,12 +146,12 @@ pub fn failover(mkdirs: usize) -> FailoverFigures {
     wait_until(
         "a write on the promoted master",
         Duration::from_secs(120),
-        || t.last().is_some_and(|a| a > killed),
+        || t.last().is_some_and(|a| a > dead),
     );
     let acks = t.finish();
     let first = acks
         .iter()
-        .find(|a| **a > killed)
+        .find(|a| **a > dead)
         .copied()
         .expect("a write after the kill");
     drop(c);

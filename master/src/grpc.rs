@@ -1021,8 +1021,13 @@ impl ChunkMaster for Services {
             })?;
             let mut g = self.core.inner.lock();
             let inner = &mut *g;
-            let adoptions = inner.chunks.register(&r, Instant::now(), &inner.state);
+            let now = Instant::now();
+            let adoptions = inner.chunks.register(&r, now, &inner.state);
             self.core.adopt(inner, &adoptions);
+            // The quorum is known again at once, not at the next maintenance tick.
+            self.core
+                .hub
+                .set_isolated(!crate::replication::chunkserver_quorum(&inner.chunks, now));
             inner.tails.registered(&inner.state, &r.chunks);
             tracing::info!(server = r.server_id, address = %r.address, label = %r.label, chunks = r.chunks.len(), "chunkserver registered");
             Ok(pb::RegisterChunkserverReply {
@@ -1044,7 +1049,14 @@ impl ChunkMaster for Services {
             let mut g = self.core.inner.lock();
             let inner = &mut *g;
             inner.chunks.release_durable(self.core.durable_version());
-            let reply = match inner.chunks.heartbeat(&r, Instant::now(), &inner.state) {
+            let now = Instant::now();
+            let heard = inner.chunks.heartbeat(&r, now, &inner.state);
+            if self.core.hub.is_isolated() {
+                self.core
+                    .hub
+                    .set_isolated(!crate::replication::chunkserver_quorum(&inner.chunks, now));
+            }
+            let reply = match heard {
                 None => pb::ChunkserverHeartbeatReply {
                     commands: Vec::new(),
                     epoch: self.core.epoch,

@@ -210,6 +210,11 @@ impl Hub {
         self.degraded.load(Ordering::SeqCst)
     }
 
+    /// True while the master last found itself without its chunkserver quorum.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+
     /// Records whether the master has its chunkserver quorum (shown in the status).
     pub fn set_isolated(&self, isolated: bool) {
         self.isolated.store(isolated, Ordering::SeqCst);

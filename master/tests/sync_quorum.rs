@@ -154,6 +154,12 @@ async fn without_metaloggers_a_master_degrades_only_with_a_chunkserver_quorum() 
     for id in 1..=3 {
         register(&m, id).await;
     }
+    // The registrations restore the quorum at once, not at the next tick.
+    let c = conditions(&m).await;
+    assert!(
+        !c.iter().any(|c| c.starts_with("NoChunkserverQuorum")),
+        "{c:?}"
+    );
     let beating = heartbeats(&m, vec![1, 2]);
     let a = within(&mut a, Duration::from_secs(10))
         .await
