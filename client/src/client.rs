@@ -418,8 +418,6 @@ impl Client {
         self.register(failed_generation).await
     }
 
-    /// Calls the master, retrying transient failures (and a lost session) with
-    /// backoff and re-registration for up to the configured reconnect timeout.
     /// Starts background work on the runtime the client was connected on.
     pub(crate) fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
     where
@@ -453,6 +451,10 @@ impl Client {
         TASK_MASTER.scope(master, f).await
     }
 
+    /// Calls the master, retrying transient failures (and a lost session) with
+    /// backoff and re-registration for up to the configured reconnect timeout.
+    /// Within [`Client::with_master`] the first attempt goes through the task's
+    /// own connection.
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
     where
         F: FnMut(MasterClient<AuthChannel>, u64) -> Fut,
