@@ -956,6 +956,9 @@ impl Filesystem for AlcesFs {
                 .client
                 .setxattr(ino, &name, &value, flags as u32, &c)
                 .await;
+            // Again after the call: an attribute reply that left the master before
+            // the change may have marked the inode xattr-free meanwhile.
+            s.set_xattr_absent(ino, &name, false);
             s.reply_empty("setxattr", r, reply);
         });
     }
