@@ -302,7 +302,9 @@ fn flipped_bytes_in_one_copy_are_never_read_and_repaired() {
             .await
     });
     assert!(r.is_err(), "the corrupt copy was served");
-    // The master replaces the copy: back at goal, with every copy intact.
+    // The master replaces the copy: back at goal, with every copy intact. (Until
+    // the victim's next heartbeat reports the damage, the master still counts
+    // its copy, so the copies on disk are part of the condition.)
     wait_until(
         "the corrupt copy to be replaced",
         Duration::from_secs(60),
@@ -311,6 +313,7 @@ fn flipped_bytes_in_one_copy_are_never_read_and_repaired() {
                 .is_ok_and(|i| i.chunks[1].copies.len() == 2)
                 && c.health()
                     .is_ok_and(|h| h.under_goal == 0 && h.missing == 0)
+                && c.chunk_copies(ch_id).len() == 2
         },
     );
     let copies = c.chunk_copies(ch_id);
