@@ -47,3 +47,4 @@ pub mod snapshot;
 pub mod tails;
 pub mod volume_rpcs;
 pub mod volumes;
+pub mod window;

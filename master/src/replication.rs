@@ -3,26 +3,23 @@
 //! they hold durably, the `sync_metaloggers` acknowledgement rule, and fencing
 //! (a master that stepped down or saw a higher epoch accepts no mutation).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use alces_proto::pb::{self, ChangelogRecord};
 use parking_lot::Mutex;
-use prost::Message;
 use tokio::sync::watch;
 use tonic::Status;
 
 use crate::chunkmap::ChunkMap;
+use crate::window::RecordWindow;
 
-/// Bytes of recent records kept in memory for metaloggers to resume from
-/// (counted as their encoded size plus [`RECORD_OVERHEAD`]). A metalogger
-/// further behind fetches a fresh snapshot. Bounded in bytes, not records, so
-/// that the window is a fixed cost and not a share of the memory per file.
+/// Bytes of recent records kept in memory (encoded) for metaloggers to resume
+/// from. A metalogger further behind fetches a fresh snapshot. Bounded in bytes,
+/// not records, so that the window is a fixed cost and not a share of the
+/// memory per file.
 pub const WINDOW_BYTES: usize = 16 << 20;
-
-/// In-memory cost of a record beyond its encoded size (struct, allocations).
-const RECORD_OVERHEAD: usize = 96;
 
 /// A chunkserver heard (registration or heartbeat, every second) within this
 /// long counts as reachable for [`chunkserver_quorum`].
@@ -74,17 +71,9 @@ pub struct Metalogger {
     pub last_seen: Instant,
 }
 
-struct Window {
-    /// Version of the first record in `recs` (or the next version when empty).
-    first: u64,
-    recs: VecDeque<ChangelogRecord>,
-    /// Cost of `recs` as counted against [`WINDOW_BYTES`].
-    bytes: usize,
-}
-
 /// Replication state shared by the commit path and the Replication service.
 pub struct Hub {
-    window: Mutex<Window>,
+    window: Mutex<RecordWindow>,
     committed: watch::Sender<u64>,
     metaloggers: Mutex<BTreeMap<String, Metalogger>>,
     acks: watch::Sender<u64>,
@@ -107,11 +96,7 @@ impl Hub {
     /// A hub whose next record has version `next_version`.
     pub fn new(next_version: u64, sync: usize, sync_timeout: Duration) -> Self {
         Self {
-            window: Mutex::new(Window {
-                first: next_version,
-                recs: VecDeque::new(),
-                bytes: 0,
-            }),
+            window: Mutex::new(RecordWindow::new(next_version, WINDOW_BYTES)),
             committed: watch::Sender::new(next_version.saturating_sub(1)),
             metaloggers: Mutex::new(BTreeMap::new()),
             acks: watch::Sender::new(0),
@@ -127,16 +112,7 @@ impl Hub {
 
     /// Adds a committed record (called in version order under the master lock).
     pub fn push(&self, rec: &ChangelogRecord) {
-        let mut w = self.window.lock();
-        w.bytes += rec.encoded_len() + RECORD_OVERHEAD;
-        w.recs.push_back(rec.clone());
-        while w.bytes > WINDOW_BYTES && w.recs.len() > 1 {
-            if let Some(old) = w.recs.pop_front() {
-                w.bytes -= old.encoded_len() + RECORD_OVERHEAD;
-                w.first += 1;
-            }
-        }
-        drop(w);
+        self.window.lock().push(rec);
         self.committed.send_replace(rec.version);
     }
 
@@ -152,7 +128,7 @@ impl Hub {
 
     /// Oldest version still held in memory.
     pub fn first(&self) -> u64 {
-        self.window.lock().first
+        self.window.lock().first()
     }
 
     /// Up to `max` records from `from` to `upto` (empty when none yet); `Err`
@@ -163,14 +139,7 @@ impl Hub {
         upto: u64,
         max: usize,
     ) -> Result<Vec<ChangelogRecord>, u64> {
-        let w = self.window.lock();
-        if from < w.first {
-            return Err(w.first);
-        }
-        let skip = ((from - w.first) as usize).min(w.recs.len());
-        let n = (upto + 1).saturating_sub(from).min(max as u64) as usize;
-        let end = skip.saturating_add(n).min(w.recs.len());
-        Ok(w.recs.range(skip..end).cloned().collect())
+        self.window.lock().records_from(from, upto, max)
     }
 
     /// The current fence.
@@ -437,6 +406,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     /// The window holds a bounded number of bytes whatever the number of
     /// records; a resume point that fell out of it is refused with the oldest
@@ -449,15 +419,15 @@ mod tests {
             time_ns: 1,
             op: Some(pb::changelog_record::Op::Purge(pb::PurgeOp { inode: v })),
         };
-        let n = 2 * WINDOW_BYTES / (rec(1).encoded_len() + RECORD_OVERHEAD);
+        let n = 2 * WINDOW_BYTES / rec(1).encoded_len();
         for v in 1..=n as u64 {
             hub.push(&rec(v));
         }
         let first = hub.first();
         assert!(first > 1, "old records were dropped");
         let w = hub.window.lock();
-        assert!(w.bytes <= WINDOW_BYTES, "{} bytes held", w.bytes);
-        assert_eq!(w.recs.len() as u64, n as u64 - first + 1);
+        assert!(w.bytes() <= WINDOW_BYTES, "{} bytes held", w.bytes());
+        assert_eq!(w.len() as u64, n as u64 - first + 1);
         drop(w);
         assert_eq!(hub.records_from(first - 1, n as u64, 10), Err(first));
         let got = hub.records_from(first + 5, n as u64, 3).unwrap();
