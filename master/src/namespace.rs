@@ -144,11 +144,69 @@ pub enum Body {
     Special,
 }
 
+/// Kind of an inode: the wire [`FileType`] without its "unspecified" value, one
+/// byte wide instead of four (an inode is 8 bytes smaller with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// Regular file.
+    Regular = FileType::Regular as u8,
+    /// Directory.
+    Directory = FileType::Directory as u8,
+    /// Symbolic link.
+    Symlink = FileType::Symlink as u8,
+    /// Named pipe.
+    Fifo = FileType::Fifo as u8,
+    /// Unix socket.
+    Socket = FileType::Socket as u8,
+    /// Character device.
+    CharDevice = FileType::CharDevice as u8,
+    /// Block device.
+    BlockDevice = FileType::BlockDevice as u8,
+}
+
+impl Kind {
+    /// The kind of a wire file type number; None for "unspecified" and
+    /// numbers no file type has.
+    pub fn from_wire(k: i32) -> Option<Self> {
+        Some(match FileType::try_from(k).ok()? {
+            FileType::Unspecified => return None,
+            FileType::Regular => Self::Regular,
+            FileType::Directory => Self::Directory,
+            FileType::Symlink => Self::Symlink,
+            FileType::Fifo => Self::Fifo,
+            FileType::Socket => Self::Socket,
+            FileType::CharDevice => Self::CharDevice,
+            FileType::BlockDevice => Self::BlockDevice,
+        })
+    }
+}
+
+impl From<Kind> for FileType {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Regular => Self::Regular,
+            Kind::Directory => Self::Directory,
+            Kind::Symlink => Self::Symlink,
+            Kind::Fifo => Self::Fifo,
+            Kind::Socket => Self::Socket,
+            Kind::CharDevice => Self::CharDevice,
+            Kind::BlockDevice => Self::BlockDevice,
+        }
+    }
+}
+
+impl PartialEq<FileType> for Kind {
+    fn eq(&self, other: &FileType) -> bool {
+        FileType::from(*self) == *other
+    }
+}
+
 /// One inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inode {
     /// Kind of the inode.
-    pub kind: FileType,
+    pub kind: Kind,
     /// Permission bits (07777).
     pub mode: u16,
     /// Copies per chunk (1-9).
@@ -280,7 +338,7 @@ impl State {
         inodes.insert(
             ROOT_INODE,
             Inode {
-                kind: FileType::Directory,
+                kind: Kind::Directory,
                 mode: 0o755,
                 goal: goal.clamp(1, alces_proto::geometry::MAX_GOAL) as u8,
                 nlink: 2,
@@ -467,8 +525,8 @@ impl State {
         let mut dirs = 0;
         for i in self.inodes.values() {
             match i.kind {
-                FileType::Regular => files += 1,
-                FileType::Directory => dirs += 1,
+                Kind::Regular => files += 1,
+                Kind::Directory => dirs += 1,
                 _ => {}
             }
         }
@@ -480,11 +538,27 @@ impl State {
 mod tests {
     use super::*;
 
+    /// Every wire file type maps to a kind and back; "unspecified" and numbers
+    /// no file type has are refused.
+    #[test]
+    fn kinds_round_trip_with_the_wire_file_types() {
+        for k in 1..=7 {
+            let kind = Kind::from_wire(k).unwrap_or_else(|| panic!("file type {k}"));
+            assert_eq!(FileType::from(kind) as i32, k);
+            assert_eq!(kind as i32, k, "same numbers as the wire enum");
+            assert!(kind == FileType::try_from(k).unwrap());
+        }
+        for bad in [0, 8, -1, i32::MAX] {
+            assert_eq!(Kind::from_wire(bad), None, "file type {bad}");
+        }
+        assert_eq!(std::mem::size_of::<Kind>(), 1);
+    }
+
     #[test]
     fn inodes_stay_small() {
         // Memory per file is benchmarked: keep the fixed part of an inode compact.
         let size = std::mem::size_of::<Inode>();
-        assert!(size <= 88, "Inode grew to {size} bytes");
+        assert!(size <= 80, "Inode grew to {size} bytes");
         assert_eq!(
             std::mem::size_of::<Body>(),
             16,

@@ -11,7 +11,7 @@ use alces_proto::pb::changelog_record::Op;
 use alces_proto::pb::{self, ChangelogRecord, FileType, SetAttrField};
 
 use crate::namespace::{
-    check_name, err, show, Body, ChunkMeta, FsError, FsResult, Inode, State, MAX_LINKS,
+    check_name, err, show, Body, ChunkMeta, FsError, FsResult, Inode, Kind, State, MAX_LINKS,
     MAX_SYMLINK, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::volumes::{self, Usage};
@@ -148,10 +148,10 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
     Ok(applied)
 }
 
-fn kind_of(k: i32) -> FsResult<FileType> {
-    match FileType::try_from(k) {
-        Ok(FileType::Unspecified) | Err(_) => err(libc::EINVAL, format!("unknown file type {k}")),
-        Ok(t) => Ok(t),
+fn kind_of(k: i32) -> FsResult<Kind> {
+    match Kind::from_wire(k) {
+        Some(t) => Ok(t),
+        None => err(libc::EINVAL, format!("unknown file type {k}")),
     }
 }
 
@@ -192,9 +192,9 @@ fn create(st: &mut State, t: i64, o: &pb::CreateOp) -> FsResult<()> {
         );
     }
     let body = match kind {
-        FileType::Regular => Body::File(thin_vec::ThinVec::new()),
-        FileType::Directory => Body::Dir(Box::default()),
-        FileType::Symlink => {
+        Kind::Regular => Body::File(thin_vec::ThinVec::new()),
+        Kind::Directory => Body::Dir(Box::default()),
+        Kind::Symlink => {
             if o.symlink_target.is_empty() {
                 return err(libc::ENOENT, "symbolic link target is empty");
             }
@@ -212,13 +212,12 @@ fn create(st: &mut State, t: i64, o: &pb::CreateOp) -> FsResult<()> {
             }
             Body::Symlink(o.symlink_target.as_slice().into())
         }
-        FileType::CharDevice | FileType::BlockDevice => Body::Device(o.rdev),
-        FileType::Fifo | FileType::Socket => Body::Special,
-        FileType::Unspecified => return err(libc::EINVAL, "unknown file type"),
+        Kind::CharDevice | Kind::BlockDevice => Body::Device(o.rdev),
+        Kind::Fifo | Kind::Socket => Body::Special,
     };
     let parent = st.get(o.parent)?;
     let goal = parent.goal;
-    let is_dir = kind == FileType::Directory;
+    let is_dir = kind == Kind::Directory;
     let size = match &body {
         Body::Symlink(t) => t.len() as u64,
         _ => 0,
@@ -570,8 +569,8 @@ fn set_attr(st: &mut State, t: i64, o: &pb::SetAttrOp, applied: &mut Applied) ->
     let i = st.get(o.inode)?;
     if has(SetAttrField::SetAttrSize) {
         match i.kind {
-            FileType::Regular => {}
-            FileType::Directory => {
+            Kind::Regular => {}
+            Kind::Directory => {
                 return err(libc::EISDIR, format!("inode {} is a directory", o.inode))
             }
             _ => {
@@ -723,8 +722,8 @@ fn remove_xattr(st: &mut State, t: i64, o: &pb::RemoveXattrOp) -> FsResult<()> {
 pub fn check_regular(st: &State, ino: u64) -> FsResult<&Inode> {
     let i = st.get(ino)?;
     match i.kind {
-        FileType::Regular => Ok(i),
-        FileType::Directory => err(libc::EISDIR, format!("inode {ino} is a directory")),
+        Kind::Regular => Ok(i),
+        Kind::Directory => err(libc::EISDIR, format!("inode {ino} is a directory")),
         _ => err(libc::EINVAL, format!("inode {ino} is not a regular file")),
     }
 }

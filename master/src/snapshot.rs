@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use alces_proto::pb::{self, snapshot_record::Record, FileType, SnapshotRecord};
+use alces_proto::pb::{self, snapshot_record::Record, SnapshotRecord};
 use prost::Message;
 
 use crate::changelog::sync_dir;
 use crate::frame;
-use crate::namespace::{Body, ChunkMeta, Inode, State};
+use crate::namespace::{Body, ChunkMeta, Inode, Kind, State};
 
 /// Snapshot format version.
 pub const FORMAT: u32 = 1;
@@ -184,11 +184,8 @@ pub fn read(path: &Path) -> anyhow::Result<State> {
     decode(&data).map_err(|e| anyhow::anyhow!("snapshot {} is not valid: {e}", path.display()))
 }
 
-fn kind(k: i32) -> anyhow::Result<FileType> {
-    match FileType::try_from(k) {
-        Ok(FileType::Unspecified) | Err(_) => anyhow::bail!("unknown file type {k}"),
-        Ok(t) => Ok(t),
-    }
+fn kind(k: i32) -> anyhow::Result<Kind> {
+    Kind::from_wire(k).ok_or_else(|| anyhow::anyhow!("unknown file type {k}"))
 }
 
 /// Rebuilds a state from snapshot bytes.
@@ -236,7 +233,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
             Some(Record::Inode(r)) => {
                 let k = kind(r.kind)?;
                 let body = match k {
-                    FileType::Regular => {
+                    Kind::Regular => {
                         if r.chunks.len() != r.chunk_versions.len() {
                             anyhow::bail!(
                                 "inode {}: chunk list and versions differ in length",
@@ -258,14 +255,14 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
                         }
                         Body::File(r.chunks.into())
                     }
-                    FileType::Directory => Body::Dir(Box::new(
+                    Kind::Directory => Body::Dir(Box::new(
                         r.entries
                             .into_iter()
                             .map(|e| (crate::namespace::Name::from_slice(&e.name), e.inode))
                             .collect::<BTreeMap<_, _>>(),
                     )),
-                    FileType::Symlink => Body::Symlink(r.symlink_target.into()),
-                    FileType::CharDevice | FileType::BlockDevice => Body::Device(r.rdev),
+                    Kind::Symlink => Body::Symlink(r.symlink_target.into()),
+                    Kind::CharDevice | Kind::BlockDevice => Body::Device(r.rdev),
                     _ => Body::Special,
                 };
                 let xattrs = if r.xattrs.is_empty() {
@@ -278,7 +275,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
                             .collect(),
                     ))
                 };
-                if r.nlink == 0 && k != FileType::Directory {
+                if r.nlink == 0 && k != Kind::Directory {
                     st.orphans.insert(r.inode);
                 }
                 let inode = Inode {
