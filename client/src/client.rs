@@ -1130,10 +1130,14 @@ impl Client {
                 async move { m.open(req).await }
             })
             .await?;
-        if let Some(first) = r.first_chunk.take() {
+        let first = r.first_chunk.take();
+        let h = self.opened(&st, ticket, attr_of(r)?, flags, caller).await?;
+        // After `opened`, which drops the locations cached by earlier opens; an
+        // O_TRUNC open has just freed the chunk.
+        if let Some(first) = first.filter(|_| flags & libc::O_TRUNC == 0) {
             st.seed_location(0, first);
         }
-        self.opened(&st, ticket, attr_of(r)?, flags, caller).await
+        Ok(h)
     }
 
     /// The local half of an open, after the master marked `attr.inode` open in

@@ -1265,3 +1265,77 @@ async fn a_stale_sessions_length_is_still_recorded() {
         "A's first write reads back"
     );
 }
+
+/// Successful calls of `rpc` the master has answered, from its /metrics.
+fn master_rpcs(http: &str, rpc: &str) -> u64 {
+    let mut s = std::net::TcpStream::connect(http).expect("master metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: master\r\nConnection: close\r\n\r\n")
+        .expect("send metrics request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read metrics");
+    let key = format!("alces_master_rpc_total{{rpc=\"{rpc}\",result=\"ok\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map_or(0, |v| {
+            v.trim().parse::<f64>().expect("counter value") as u64
+        })
+}
+
+/// Opening a file for reading brings chunk 0's locations with the reply, so a
+/// client that has never seen the file reads a small one without asking the
+/// master for the chunk; an O_TRUNC open frees the chunk and keeps no location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_file_is_read_without_asking_the_master_for_its_chunk() {
+    let cluster = start_cluster().await;
+    let config = || ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    let writer = Client::connect(config()).await.expect("connect writer");
+    let caller = Caller::current();
+    let attr = writer
+        .mknod(
+            writer.root(),
+            b"small",
+            FileType::Regular,
+            0o644,
+            0,
+            0,
+            true,
+            &caller,
+        )
+        .await
+        .expect("create");
+    let h = writer
+        .open(attr.inode, libc::O_WRONLY, &caller)
+        .await
+        .expect("open for writing");
+    let data = pattern(16384, 11);
+    h.write(0, &data).await.expect("write");
+    h.fsync().await.expect("fsync");
+    h.release().await.expect("release");
+
+    let reader = Client::connect(config()).await.expect("connect reader");
+    let before = master_rpcs(&cluster.master_http, "ReadChunk");
+    let r = reader
+        .open(attr.inode, libc::O_RDONLY, &caller)
+        .await
+        .expect("open for reading");
+    let got = r.read(0, 65536).await.expect("read");
+    assert!(got[..] == data[..], "the file reads back");
+    assert_eq!(
+        master_rpcs(&cluster.master_http, "ReadChunk"),
+        before,
+        "the read asked the master where chunk 0 is"
+    );
+    r.release().await.expect("release");
+
+    let t = reader
+        .open(attr.inode, libc::O_RDWR | libc::O_TRUNC, &caller)
+        .await
+        .expect("open with O_TRUNC");
+    assert!(t.read(0, 100).await.expect("read").is_empty());
+    t.write(0, b"new").await.expect("write after truncate");
+    t.fsync().await.expect("fsync");
+    assert_eq!(&t.read(0, 100).await.expect("read")[..], b"new");
+    t.release().await.expect("release");
+    reader.close().await.expect("close reader");
+    writer.close().await.expect("close writer");
+}
