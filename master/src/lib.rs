@@ -3,6 +3,7 @@
 //!
 //! - [`admin`]: goal and drain administration.
 //! - [`namespace`]: inodes, directory entries, xattrs, the chunk table and queries.
+//! - [`inodes`]: the inode table, dense pages indexed by inode number.
 //! - [`ops`]: changelog operations, decided by `prepare_*` and carried out by [`ops::apply`].
 //! - [`goals`]: goals (copies per chunk) set by administrators.
 //! - [`frame`]: length + CRC32C record framing of on-disk files.
@@ -14,6 +15,7 @@
 //! - [`core`]: the shared state, the commit path, snapshots and maintenance.
 //! - [`grpc`]: the Master, ChunkMaster and Admin services.
 //! - [`replication`]: the changelog window, metalogger table, sync acknowledgements and fencing.
+//! - [`window`]: the window's storage: recent records, encoded, in reused blocks.
 //! - [`replication_grpc`]: the Replication service metaloggers call.
 //! - [`metalogger`]: the metalogger role: a warm replica that can be promoted.
 //! - [`metrics`]: Prometheus metrics.
