@@ -8,7 +8,7 @@ use alces_proto::pb::changelog_record::Op;
 
 use crate::core::{Core, Inner, Settings};
 use crate::goals::{prepare_set_goal, resolve_path};
-use crate::namespace::{FsError, FsResult, State};
+use crate::state::error::{FsError, FsResult};
 
 /// Sets the goal of a path (or a tree); logged in the changelog.
 pub async fn set_goal(core: &Core, r: pb::SetGoalRequest) -> Result<pb::SetGoalReply, Status> {
@@ -56,15 +56,6 @@ pub fn drain_status(inner: &Inner, server_id: u64) -> pb::ChunkserverStatus {
         safe_to_remove: draining && to_move == 0,
         chunks_to_move: to_move,
         ..Default::default()
-    }
-}
-
-/// Applies a logged drain change (master, replay and metaloggers alike).
-pub fn apply_set_draining(st: &mut State, o: &pb::SetDrainingOp) {
-    if o.draining {
-        st.draining.insert(o.server_id);
-    } else {
-        st.draining.remove(&o.server_id);
     }
 }
 

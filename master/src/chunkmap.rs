@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use alces_proto::pb::{self, chunk_command::Command, ChunkCommand, ChunkLocation};
 
-use crate::namespace::State;
+use crate::state::namespace::State;
 
 /// How fast and how far the replication loop works.
 #[derive(Debug, Clone, Copy)]
@@ -865,7 +865,7 @@ impl ChunkMap {
 /// Goal of the file owning a chunk (1 if unknown).
 /// The goal of a chunk: its file's, or (for a chunk only a snapshot or the trash
 /// still references) the goal recorded with the chunk.
-fn goal_of(st: &State, meta: &crate::namespace::ChunkMeta) -> usize {
+fn goal_of(st: &State, meta: &crate::state::namespace::ChunkMeta) -> usize {
     st.inodes
         .get(&meta.inode)
         .map_or(usize::from(meta.goal.max(1)), |i| usize::from(i.goal))
@@ -890,7 +890,7 @@ fn shuffle_bands<T>(v: &mut [T], free: impl Fn(&T) -> u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::apply;
+    use crate::state::ops::apply;
     use alces_proto::pb::changelog_record::Op;
     use alces_proto::pb::ChangelogRecord;
 
@@ -996,7 +996,7 @@ mod tests {
         let mut st = st;
         st.chunks.insert(
             8,
-            crate::namespace::ChunkMeta {
+            crate::state::namespace::ChunkMeta {
                 version: 1,
                 inode: 2,
                 refs: 1,

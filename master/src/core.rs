@@ -14,10 +14,11 @@ use tonic::Status;
 use crate::changelog::{Durable, Writer};
 use crate::chunkmap::{Adoption, ChunkMap};
 use crate::metrics::Metrics;
-use crate::namespace::{FsError, FsResult, State};
-use crate::ops::apply;
 use crate::replication::Hub;
 use crate::sessions::Sessions;
+use crate::state::error::{FsError, FsResult};
+use crate::state::namespace::State;
+use crate::state::ops::apply;
 use crate::{datadir, snapshot};
 
 /// Records after which a snapshot is taken even before the interval.

@@ -30,8 +30,8 @@ use alces_proto::pb::changelog_record::Op;
 use alces_proto::pb::{self, chunkserver_client::ChunkserverClient, ChunkLocation};
 
 use crate::core::{Core, Inner};
-use crate::namespace::{err, FsResult};
-use crate::ops::check_regular;
+use crate::state::error::{err, FsResult};
+use crate::state::ops::check_regular;
 
 /// Time limit of one chunkserver's copy of a shared chunk.
 const COPY_TIMEOUT: Duration = Duration::from_secs(60);

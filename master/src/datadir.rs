@@ -15,9 +15,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::changelog::{self, sync_dir};
-use crate::namespace::State;
-use crate::ops::apply;
 use crate::snapshot;
+use crate::state::namespace::State;
+use crate::state::ops::apply;
 
 /// Snapshots kept in the data directory.
 pub const KEEP_SNAPSHOTS: usize = 2;
@@ -260,8 +260,8 @@ pub fn prune(dir: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::changelog::Writer;
-    use crate::namespace::ROOT_INODE;
-    use crate::ops::{prepare_create, Owner};
+    use crate::state::namespace::ROOT_INODE;
+    use crate::state::ops::{prepare_create, Owner};
     use alces_proto::pb::{ChangelogRecord, FileType};
     use prometheus_client::metrics::histogram::Histogram;
 

@@ -1,10 +1,12 @@
 //! Goals (copies per chunk): the `SetGoal` changelog op, deciding it from a path
 //! (optionally a whole tree) and applying it.
 
-use alces_proto::geometry::MAX_GOAL;
 use alces_proto::pb::{self, changelog_record::Op};
 
-use crate::namespace::{err, FsError, FsResult, State, ROOT_INODE};
+use crate::state::ops::check_goal;
+
+use crate::state::error::{err, FsError, FsResult};
+use crate::state::namespace::{State, ROOT_INODE};
 
 /// Resolves an absolute admin path to an inode, with errors naming the path.
 pub fn resolve_path(st: &State, path: &str) -> FsResult<u64> {
@@ -23,17 +25,6 @@ pub fn resolve_path(st: &State, path: &str) -> FsResult<u64> {
             format!("no such file or directory '{path}': {}", e.message),
         )
     })
-}
-
-/// Checks a goal given by an administrator.
-pub fn check_goal(goal: u32) -> FsResult<()> {
-    if goal == 0 || goal > MAX_GOAL {
-        return err(
-            libc::EINVAL,
-            format!("goal {goal} is out of range: a goal is the number of copies, 1 to {MAX_GOAL}"),
-        );
-    }
-    Ok(())
 }
 
 /// Decides the op setting `goal` on `path` (and, when `recursive`, on every
@@ -71,22 +62,10 @@ pub fn prepare_set_goal(
     Ok((Some(Op::SetGoal(pb::SetGoalOp { inodes, goal })), visited))
 }
 
-/// Applies a `SetGoal` op (validated fully before anything changes).
-pub fn apply_set_goal(st: &mut State, o: &pb::SetGoalOp) -> FsResult<()> {
-    check_goal(o.goal)?;
-    for i in &o.inodes {
-        st.get(*i)?;
-    }
-    for i in &o.inodes {
-        st.get_mut(*i)?.goal = o.goal as u8;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::apply;
+    use crate::state::ops::apply;
     use pb::ChangelogRecord;
 
     fn run(st: &mut State, op: Op) -> FsResult<()> {

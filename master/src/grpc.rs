@@ -11,11 +11,13 @@ use alces_proto::pb::{
 use tonic::{Request, Response, Status};
 
 use crate::core::{Core, Inner};
-use crate::namespace::{err, FsError, FsResult, MAX_INODES, ROOT_INODE};
-use crate::ops::{check_regular, prepare_create, Owner};
 use crate::sessions::Session;
+use crate::state::error::{err, FsError, FsResult};
+use crate::state::namespace::Usage;
+use crate::state::namespace::{MAX_INODES, ROOT_INODE};
+use crate::state::ops::{check_regular, prepare_create, Owner};
+use crate::state::volumes;
 use crate::volume_rpcs;
-use crate::volumes::{self, Usage};
 
 /// Default and largest readdir batch.
 pub const READDIR_DEFAULT: usize = 1000;
@@ -342,7 +344,7 @@ impl Master for Services {
             .mutate(|core, inner| {
                 core.check_writable(inner, r.session_id)?;
                 inner.state.get(r.inode)?;
-                if r.valid & !crate::ops::SETATTR_KNOWN != 0 {
+                if r.valid & !crate::state::ops::SETATTR_KNOWN != 0 {
                     return err(libc::EINVAL, format!("unknown SetAttr bits {:#x}", r.valid));
                 }
                 if r.valid == SetAttrField::SetAttrNone as u32 {
@@ -658,7 +660,7 @@ impl Master for Services {
     async fn get_xattr(&self, req: Request<pb::XattrRequest>) -> Reply<pb::XattrReply> {
         let r = req.into_inner();
         let res = self.read(|i| {
-            crate::ops::check_xattr_name(&r.name)?;
+            crate::state::ops::check_xattr_name(&r.name)?;
             Ok(pb::XattrReply {
                 value: i.state.getxattr(r.inode, &r.name)?.to_vec(),
             })

@@ -1,7 +1,7 @@
 //! The metalogger role: a warm replica of the master's metadata.
 //!
 //! It downloads a snapshot, follows the changelog stream, applies every record
-//! with [`ops::apply`](crate::ops::apply) to an in-memory [`State`], appends it to
+//! with [`ops::apply`](crate::state::ops::apply) to an in-memory [`State`], appends it to
 //! its own changelog (group-committed like the master's) and reports the durable
 //! version back, so the master can count it for `sync_metaloggers`. Its data
 //! directory has the master's layout; after `Promote` it is recovered by a master
@@ -33,10 +33,10 @@ use crate::changelog::{self, Writer};
 use crate::config::MetaloggerArgs;
 use crate::core::now_ns;
 use crate::datadir::{self, DirLock};
-use crate::namespace::State;
-use crate::ops::apply;
 use crate::server::{self, Ended, Options};
 use crate::snapshot;
+use crate::state::namespace::State;
+use crate::state::ops::apply;
 
 /// A changelog stream silent for this long is considered dead.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(5);

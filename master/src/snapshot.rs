@@ -11,7 +11,8 @@ use prost::Message;
 
 use crate::changelog::sync_dir;
 use crate::frame;
-use crate::namespace::{Body, ChunkMeta, Inode, Kind, State};
+use crate::state::inode::{Body, Inode, Kind};
+use crate::state::namespace::{ChunkMeta, State};
 
 /// Snapshot format version.
 pub const FORMAT: u32 = 1;
@@ -213,7 +214,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
         chunk_size: header.chunk_size,
         next_inode: header.next_inode,
         next_chunk_id: header.next_chunk_id,
-        inodes: crate::inodes::InodeTable::new(),
+        inodes: crate::state::inodes::InodeTable::new(),
         chunks: HashMap::new(),
         orphans: BTreeSet::new(),
         quotas: BTreeMap::new(),
@@ -258,7 +259,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
                     Kind::Directory => Body::Dir(Box::new(
                         r.entries
                             .into_iter()
-                            .map(|e| (crate::namespace::Name::from_slice(&e.name), e.inode))
+                            .map(|e| (crate::state::inode::Name::from_slice(&e.name), e.inode))
                             .collect::<BTreeMap<_, _>>(),
                     )),
                     Kind::Symlink => Body::Symlink(r.symlink_target.into()),
@@ -300,7 +301,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
             Some(Record::Quota(q)) => {
                 st.quotas.insert(
                     q.inode,
-                    crate::volumes::Quota {
+                    crate::state::namespace::Quota {
                         soft_bytes: q.soft_bytes,
                         hard_bytes: q.hard_bytes,
                         soft_inodes: q.soft_inodes,
@@ -313,7 +314,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
             Some(Record::Trash(e)) => {
                 st.trash.insert(
                     e.inode,
-                    crate::volumes::Trashed {
+                    crate::state::namespace::Trashed {
                         path: e.path.into_boxed_str(),
                         deleted: e.deleted_ns,
                         expires: e.expires_ns,
@@ -346,11 +347,11 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
     }
     if !st
         .inodes
-        .get(&crate::namespace::ROOT_INODE)
+        .get(&crate::state::namespace::ROOT_INODE)
         .is_some_and(|r| r.is_dir())
     {
         anyhow::bail!("no root directory");
     }
-    crate::volumes::rebuild(&mut st);
+    crate::state::volumes::rebuild(&mut st);
     Ok(st)
 }

@@ -45,7 +45,8 @@ use alces_proto::pb::{self, chunkserver_client::ChunkserverClient, ChunkLocation
 use tonic::Status;
 
 use crate::core::Core;
-use crate::namespace::{FsError, FsResult, State};
+use crate::state::error::{FsError, FsResult};
+use crate::state::namespace::State;
 
 /// How long a request waits for a chunk past the end to be cut (or for the
 /// write sessions that may own its bytes to close) before `EAGAIN`.
@@ -364,7 +365,7 @@ pub async fn cut(core: &Core, inode: u64, index: u64) -> Result<(), Status> {
     let plan = core
         .mutate(|core, inner| {
             let st = &inner.state;
-            let f = crate::ops::check_regular(st, inode)?;
+            let f = crate::state::ops::check_regular(st, inode)?;
             let chunk = f
                 .chunks()
                 .and_then(|c| c.get(index as usize))
@@ -590,8 +591,8 @@ pub async fn clean_tree(core: &Core, root: u64) -> Result<(), Status> {
         let mut stack = vec![root];
         while let Some(i) = stack.pop() {
             match st.inodes.get(&i).map(|n| &n.body) {
-                Some(crate::namespace::Body::Dir(e)) => stack.extend(e.values().copied()),
-                Some(crate::namespace::Body::File(_)) => {
+                Some(crate::state::inode::Body::Dir(e)) => stack.extend(e.values().copied()),
+                Some(crate::state::inode::Body::File(_)) => {
                     if let Some(idx) = g.tails.dirty_tail(st, i) {
                         out.push((i, idx));
                     }
@@ -610,7 +611,7 @@ pub async fn clean_tree(core: &Core, root: u64) -> Result<(), Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{apply, prepare_create, Owner};
+    use crate::state::ops::{apply, prepare_create, Owner};
     use alces_proto::pb::{ChangelogRecord, FileType};
 
     const CS: u64 = 1 << 20;
@@ -628,7 +629,7 @@ mod tests {
     fn file(st: &mut State, name: &str, size: u64, indexes: &[u64]) -> (u64, Vec<u64>) {
         let op = prepare_create(
             st,
-            crate::namespace::ROOT_INODE,
+            crate::state::namespace::ROOT_INODE,
             name.as_bytes(),
             FileType::Regular,
             0o644,

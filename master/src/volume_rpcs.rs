@@ -9,11 +9,24 @@ use alces_proto::pb::{self, changelog_record::Op};
 use tonic::Status;
 
 use crate::core::{now_ns, Core, Inner};
-use crate::namespace::{check_name, err, FsError, FsResult, State, ROOT_INODE};
-use crate::volumes::{self, Quota};
+use crate::state::error::{err, FsError, FsResult};
+use crate::state::namespace::{check_name, State, ROOT_INODE};
+use crate::state::namespace::{Quota, Trashed, Usage};
+use crate::state::volumes;
+
+/// An error for a path that must be absolute.
+fn absolute(path: &str) -> FsResult<()> {
+    if !path.starts_with('/') {
+        return Err(FsError::new(
+            libc::EINVAL,
+            format!("path '{path}' is not absolute: give it from the filesystem root"),
+        ));
+    }
+    Ok(())
+}
 
 fn resolve(st: &State, path: &str) -> FsResult<u64> {
-    volumes::absolute(path)?;
+    absolute(path)?;
     if path.contains('\0') {
         return err(libc::EINVAL, "path contains NUL");
     }
@@ -22,7 +35,7 @@ fn resolve(st: &State, path: &str) -> FsResult<u64> {
 
 /// Splits an absolute path into (parent directory inode, last name).
 fn parent_and_name(st: &State, path: &str) -> FsResult<(u64, Vec<u8>)> {
-    volumes::absolute(path)?;
+    absolute(path)?;
     let trimmed = path.trim_end_matches('/');
     let (dir, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
     if name.is_empty() || name == "." || name == ".." {
@@ -169,8 +182,8 @@ fn tree_busy(inner: &Inner, ino: u64) -> bool {
     let mut stack = vec![ino];
     while let Some(i) = stack.pop() {
         match st.inodes.get(&i).map(|n| &n.body) {
-            Some(crate::namespace::Body::Dir(e)) => stack.extend(e.values().copied()),
-            Some(crate::namespace::Body::File(c))
+            Some(crate::state::inode::Body::Dir(e)) => stack.extend(e.values().copied()),
+            Some(crate::state::inode::Body::File(c))
                 if c.iter().any(|c| *c != 0 && inner.chunks.is_writing(*c))
                     || inner.tails.dirty_tail(st, i).is_some() =>
             {
@@ -317,7 +330,7 @@ pub fn get_trash_time(core: &Core, r: pb::PathRequest) -> Result<pb::TrashTimeRe
     })
 }
 
-fn entry(st: &State, ino: u64, e: &volumes::Trashed) -> pb::TrashEntry {
+fn entry(st: &State, ino: u64, e: &Trashed) -> pb::TrashEntry {
     pb::TrashEntry {
         id: ino,
         path: e.path.to_string(),
@@ -391,7 +404,7 @@ pub async fn restore_trash(
             st,
             0,
             parent,
-            volumes::Usage {
+            Usage {
                 bytes: size,
                 inodes: 1,
             },

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use crate::namespace::Inode;
+use crate::state::inode::Inode;
 
 /// Inodes per page.
 const PAGE: usize = 1024;
@@ -185,7 +185,7 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::namespace::State;
+    use crate::state::namespace::State;
 
     fn inode() -> Inode {
         State::format("c".into(), 1 << 20, 1, 0)

@@ -1,13 +1,18 @@
-//! The namespace held in memory: inodes of every kind, directory entries, xattrs,
-//! the chunk table, and the read-only queries on them.
+//! The whole replicated metadata state ([`State`]): the inode table, the chunk
+//! table, orphans, quotas, the trash, drains, and the read-only queries on
+//! them (lookups, paths, directory pages, xattrs).
 //!
-//! Mutations live in [`crate::ops`]; this module only holds the data and answers
-//! questions about it.
+//! Mutations live in [`crate::state::ops`]; this module only holds the data and
+//! answers questions about it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use alces_proto::geometry::MAX_FILE_SIZE;
-use alces_proto::pb::{self, FileType};
+use alces_proto::pb;
+
+use crate::state::error::{err, FsError, FsResult};
+use crate::state::inode::{Body, Entries, Inode, Kind};
+use crate::state::inodes::InodeTable;
 
 /// Inode number of the filesystem root.
 pub const ROOT_INODE: u64 = 1;
@@ -23,69 +28,6 @@ pub const MAX_XATTR_VALUE: usize = 65536;
 pub const MAX_LINKS: u32 = 65000;
 /// Inode count reported as the filesystem's capacity.
 pub const MAX_INODES: u64 = 1 << 32;
-
-/// A namespace error: a Linux errno and a message saying what was wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FsError {
-    /// Linux errno sent to the client.
-    pub errno: i32,
-    /// What was wrong.
-    pub message: String,
-    /// Set when the error is "this master does not know session N".
-    pub unknown_session: Option<u64>,
-}
-
-impl FsError {
-    /// An error with `errno` and `message`.
-    pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        Self {
-            errno,
-            message: message.into(),
-            unknown_session: None,
-        }
-    }
-
-    /// The caller's session is unknown to this master (see
-    /// [`alces_proto::errno::session_unknown`]).
-    pub fn session_unknown(session_id: u64) -> Self {
-        let status = alces_proto::errno::session_unknown(session_id);
-        Self {
-            errno: alces_proto::errno::of(&status),
-            message: status.message().to_string(),
-            unknown_session: Some(session_id),
-        }
-    }
-
-    /// The gRPC status carrying this error.
-    pub fn to_status(&self) -> tonic::Status {
-        match self.unknown_session {
-            Some(sid) => alces_proto::errno::session_unknown(sid),
-            None => alces_proto::errno::status(self.errno, self.message.clone()),
-        }
-    }
-}
-
-impl std::fmt::Display for FsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (errno {})", self.message, self.errno)
-    }
-}
-
-impl std::error::Error for FsError {}
-
-impl From<FsError> for tonic::Status {
-    fn from(e: FsError) -> Self {
-        e.to_status()
-    }
-}
-
-/// Result of namespace operations.
-pub type FsResult<T> = Result<T, FsError>;
-
-/// Shorthand for building an [`FsError`].
-pub fn err<T>(errno: i32, message: impl Into<String>) -> FsResult<T> {
-    Err(FsError::new(errno, message))
-}
 
 /// Checks an entry name: 1..=255 bytes, no '/', no NUL, not "." or "..".
 pub fn check_name(name: &[u8]) -> FsResult<()> {
@@ -118,171 +60,6 @@ pub fn show(name: &[u8]) -> String {
 /// A page of directory entries (name, inode) and whether it ends the listing.
 pub type DirPage<'a> = (Vec<(&'a [u8], u64)>, bool);
 
-/// Extended attributes of one inode (boxed so inodes without any stay small).
-pub type Xattrs = BTreeMap<Box<[u8]>, Box<[u8]>>;
-
-/// A name in a directory: up to 16 bytes are stored inline (most names), so an
-/// entry needs no allocation of its own.
-pub type Name = smallvec::SmallVec<[u8; 16]>;
-
-/// The entries of a directory by name.
-pub type Entries = BTreeMap<Name, u64>;
-
-/// What an inode holds besides its attributes. Every variant is one pointer
-/// wide, so the inode stays small.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body {
-    /// Regular file: chunk id per chunk index (0 = hole).
-    File(thin_vec::ThinVec<u64>),
-    /// Directory: entries by name.
-    Dir(Box<Entries>),
-    /// Symbolic link target.
-    Symlink(thin_vec::ThinVec<u8>),
-    /// Character or block device number.
-    Device(u64),
-    /// Fifo or socket.
-    Special,
-}
-
-/// Kind of an inode: the wire [`FileType`] without its "unspecified" value, one
-/// byte wide instead of four (an inode is 8 bytes smaller with it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Kind {
-    /// Regular file.
-    Regular = FileType::Regular as u8,
-    /// Directory.
-    Directory = FileType::Directory as u8,
-    /// Symbolic link.
-    Symlink = FileType::Symlink as u8,
-    /// Named pipe.
-    Fifo = FileType::Fifo as u8,
-    /// Unix socket.
-    Socket = FileType::Socket as u8,
-    /// Character device.
-    CharDevice = FileType::CharDevice as u8,
-    /// Block device.
-    BlockDevice = FileType::BlockDevice as u8,
-}
-
-impl Kind {
-    /// The kind of a wire file type number; None for "unspecified" and
-    /// numbers no file type has.
-    pub fn from_wire(k: i32) -> Option<Self> {
-        Some(match FileType::try_from(k).ok()? {
-            FileType::Unspecified => return None,
-            FileType::Regular => Self::Regular,
-            FileType::Directory => Self::Directory,
-            FileType::Symlink => Self::Symlink,
-            FileType::Fifo => Self::Fifo,
-            FileType::Socket => Self::Socket,
-            FileType::CharDevice => Self::CharDevice,
-            FileType::BlockDevice => Self::BlockDevice,
-        })
-    }
-}
-
-impl From<Kind> for FileType {
-    fn from(k: Kind) -> Self {
-        match k {
-            Kind::Regular => Self::Regular,
-            Kind::Directory => Self::Directory,
-            Kind::Symlink => Self::Symlink,
-            Kind::Fifo => Self::Fifo,
-            Kind::Socket => Self::Socket,
-            Kind::CharDevice => Self::CharDevice,
-            Kind::BlockDevice => Self::BlockDevice,
-        }
-    }
-}
-
-impl PartialEq<FileType> for Kind {
-    fn eq(&self, other: &FileType) -> bool {
-        FileType::from(*self) == *other
-    }
-}
-
-/// One inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inode {
-    /// Kind of the inode.
-    pub kind: Kind,
-    /// Permission bits (07777).
-    pub mode: u16,
-    /// Copies per chunk (1-9).
-    pub goal: u8,
-    /// Hard link count (directories: 2 + subdirectories).
-    pub nlink: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Length in bytes.
-    pub size: u64,
-    /// Access time, ns since the Unix epoch.
-    pub atime: i64,
-    /// Modification time.
-    pub mtime: i64,
-    /// Change time.
-    pub ctime: i64,
-    /// Directory holding the (latest) entry of this inode; the root is its own parent.
-    pub parent: u64,
-    /// Kind-specific contents.
-    pub body: Body,
-    /// Extended attributes, if any.
-    pub xattrs: Option<Box<Xattrs>>,
-}
-
-impl Inode {
-    /// True for directories.
-    pub fn is_dir(&self) -> bool {
-        matches!(self.body, Body::Dir(_))
-    }
-
-    /// Directory entries, if a directory.
-    pub fn entries(&self) -> Option<&Entries> {
-        match &self.body {
-            Body::Dir(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    /// Chunk ids, if a regular file.
-    pub fn chunks(&self) -> Option<&[u64]> {
-        match &self.body {
-            Body::File(c) => Some(c),
-            _ => None,
-        }
-    }
-
-    /// Device number for device nodes, else 0.
-    pub fn rdev(&self) -> u64 {
-        match self.body {
-            Body::Device(d) => d,
-            _ => 0,
-        }
-    }
-
-    /// Wire attributes of this inode.
-    pub fn attr(&self, ino: u64) -> pb::Attr {
-        pb::Attr {
-            inode: ino,
-            kind: self.kind as i32,
-            mode: u32::from(self.mode),
-            uid: self.uid,
-            gid: self.gid,
-            size: self.size,
-            nlink: self.nlink,
-            atime_ns: self.atime,
-            mtime_ns: self.mtime,
-            ctime_ns: self.ctime,
-            rdev: self.rdev(),
-            goal: u32::from(self.goal),
-            no_xattrs: self.xattrs.as_ref().is_none_or(|x| x.is_empty()),
-        }
-    }
-}
-
 /// What the master knows of one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkMeta {
@@ -295,6 +72,51 @@ pub struct ChunkMeta {
     pub refs: u32,
     /// Goal of the chunk when its creating file is gone (highest of its files).
     pub goal: u8,
+}
+
+/// Limits of one directory quota (0 = no limit) and its soft-limit state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes that may be exceeded for the grace period.
+    pub soft_bytes: u64,
+    /// Bytes never exceeded.
+    pub hard_bytes: u64,
+    /// Inodes that may be exceeded for the grace period.
+    pub soft_inodes: u64,
+    /// Inodes never exceeded.
+    pub hard_inodes: u64,
+    /// How long a soft limit may be exceeded.
+    pub grace_secs: u64,
+    /// When a soft limit was first exceeded (ns), 0 while within them.
+    pub soft_since: i64,
+}
+
+impl Quota {
+    /// True when `u` is above a soft limit.
+    pub fn soft_exceeded(&self, u: Usage) -> bool {
+        (self.soft_bytes > 0 && u.bytes > self.soft_bytes)
+            || (self.soft_inodes > 0 && u.inodes > self.soft_inodes)
+    }
+}
+
+/// A trashed file (the trash id is its inode number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trashed {
+    /// Path it had when deleted.
+    pub path: Box<str>,
+    /// When it was deleted (ns).
+    pub deleted: i64,
+    /// When it is freed (ns).
+    pub expires: i64,
+}
+
+/// Bytes and inodes of a subtree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Logical bytes of regular files and symlinks.
+    pub bytes: u64,
+    /// Inodes.
+    pub inodes: u64,
 }
 
 /// The whole replicated metadata state: what snapshots hold and changelog records
@@ -312,15 +134,15 @@ pub struct State {
     /// Next chunk id to hand out.
     pub next_chunk_id: u64,
     /// Every inode by number.
-    pub inodes: crate::inodes::InodeTable,
+    pub inodes: InodeTable,
     /// Every chunk by id.
     pub chunks: HashMap<u64, ChunkMeta>,
     /// Inodes without links kept while open (or until reclaimed after a restart).
     pub orphans: BTreeSet<u64>,
     /// Directory quotas by directory inode.
-    pub quotas: BTreeMap<u64, crate::volumes::Quota>,
+    pub quotas: BTreeMap<u64, Quota>,
     /// Trashed files by inode (the trash id).
-    pub trash: BTreeMap<u64, crate::volumes::Trashed>,
+    pub trash: BTreeMap<u64, Trashed>,
     /// Trash times (seconds) set on directories; subtrees inherit them.
     pub trash_times: BTreeMap<u64, u64>,
     /// Chunkservers being drained (by server id): logged so that a drain
@@ -328,13 +150,13 @@ pub struct State {
     pub draining: BTreeSet<u64>,
     /// Recursive usage of every directory's subtree (kept incrementally, not
     /// persisted: rebuilt when a snapshot is loaded).
-    pub usage: HashMap<u64, crate::volumes::Usage>,
+    pub usage: HashMap<u64, Usage>,
 }
 
 impl State {
     /// A new filesystem: an empty root directory (0755, uid 0, gid 0).
     pub fn format(cluster_id: String, chunk_size: u64, goal: u32, now: i64) -> Self {
-        let mut inodes = crate::inodes::InodeTable::new();
+        let mut inodes = InodeTable::new();
         inodes.insert(
             ROOT_INODE,
             Inode {
@@ -537,39 +359,6 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every wire file type maps to a kind and back; "unspecified" and numbers
-    /// no file type has are refused.
-    #[test]
-    fn kinds_round_trip_with_the_wire_file_types() {
-        for k in 1..=7 {
-            let kind = Kind::from_wire(k).unwrap_or_else(|| panic!("file type {k}"));
-            assert_eq!(FileType::from(kind) as i32, k);
-            assert_eq!(kind as i32, k, "same numbers as the wire enum");
-            assert!(kind == FileType::try_from(k).unwrap());
-        }
-        for bad in [0, 8, -1, i32::MAX] {
-            assert_eq!(Kind::from_wire(bad), None, "file type {bad}");
-        }
-        assert_eq!(std::mem::size_of::<Kind>(), 1);
-    }
-
-    #[test]
-    fn inodes_stay_small() {
-        // Memory per file is benchmarked: keep the fixed part of an inode compact.
-        let size = std::mem::size_of::<Inode>();
-        assert!(size <= 80, "Inode grew to {size} bytes");
-        assert_eq!(
-            std::mem::size_of::<Body>(),
-            16,
-            "every Body variant is one pointer"
-        );
-        assert_eq!(
-            std::mem::size_of::<Option<Inode>>(),
-            size,
-            "an empty inode slot costs no more than an inode"
-        );
-    }
 
     #[test]
     fn paths_resolve() {

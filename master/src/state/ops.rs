@@ -6,15 +6,17 @@
 //! [`apply`] checks everything before it changes anything, so a refused record
 //! leaves the state untouched.
 
-use alces_proto::geometry::MAX_FILE_SIZE;
+use alces_proto::geometry::{MAX_FILE_SIZE, MAX_GOAL};
 use alces_proto::pb::changelog_record::Op;
 use alces_proto::pb::{self, ChangelogRecord, FileType, SetAttrField};
 
-use crate::namespace::{
-    check_name, err, show, Body, ChunkMeta, FsError, FsResult, Inode, Kind, State, MAX_LINKS,
-    MAX_SYMLINK, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+use crate::state::error::{err, FsError, FsResult};
+use crate::state::inode::{Body, Entries, Inode, Kind};
+use crate::state::namespace::{
+    check_name, show, ChunkMeta, State, Usage, MAX_LINKS, MAX_SYMLINK, MAX_XATTR_NAME,
+    MAX_XATTR_VALUE,
 };
-use crate::volumes::{self, Usage};
+use crate::state::volumes;
 
 /// Linux XATTR_CREATE.
 pub const XATTR_CREATE: u32 = 1;
@@ -136,13 +138,13 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
             }
             st.next_chunk_id = o.chunk_id + 1;
         }
-        Op::SetGoal(o) => crate::goals::apply_set_goal(st, o)?,
+        Op::SetGoal(o) => set_goal(st, o)?,
         Op::SetQuota(o) => volumes::set_quota(st, t, o)?,
         Op::RemoveQuota(o) => volumes::remove_quota(st, o)?,
         Op::Snapshot(o) => volumes::snapshot(st, t, o)?,
         Op::SetTrashTime(o) => volumes::set_trash_time(st, o)?,
         Op::Restore(o) => volumes::restore(st, t, o)?,
-        Op::SetDraining(o) => crate::admin::apply_set_draining(st, o),
+        Op::SetDraining(o) => set_draining(st, o),
     }
     st.version = rec.version;
     Ok(applied)
@@ -175,7 +177,7 @@ fn touch_dir(st: &mut State, dir: u64, t: i64) {
     }
 }
 
-fn dir_entries_mut(st: &mut State, dir: u64) -> FsResult<&mut crate::namespace::Entries> {
+fn dir_entries_mut(st: &mut State, dir: u64) -> FsResult<&mut Entries> {
     match &mut st.get_mut(dir)?.body {
         Body::Dir(e) => Ok(e),
         _ => err(libc::ENOTDIR, format!("inode {dir} is not a directory")),
@@ -359,7 +361,7 @@ fn free_inode(st: &mut State, ino: u64, applied: &mut Applied) {
     if let Some(i) = st.inodes.remove(&ino) {
         if let Body::File(chunks) = i.body {
             for c in chunks.into_iter().filter(|&c| c != 0) {
-                volumes::release_chunk(st, c, applied);
+                volumes::release_chunk(st, c, &mut applied.freed_chunks);
             }
         }
     }
@@ -632,7 +634,7 @@ fn set_attr(st: &mut State, t: i64, o: &pb::SetAttrOp, applied: &mut Applied) ->
     };
     let new_size = i.size;
     for c in freed {
-        volumes::release_chunk(st, c, applied);
+        volumes::release_chunk(st, c, &mut applied.freed_chunks);
     }
     if linked && new_size != old_size {
         let d = i64::try_from(new_size).unwrap_or(i64::MAX)
@@ -718,6 +720,38 @@ fn remove_xattr(st: &mut State, t: i64, o: &pb::RemoveXattrOp) -> FsResult<()> {
     Ok(())
 }
 
+/// Checks a goal given by an administrator.
+pub fn check_goal(goal: u32) -> FsResult<()> {
+    if goal == 0 || goal > MAX_GOAL {
+        return err(
+            libc::EINVAL,
+            format!("goal {goal} is out of range: a goal is the number of copies, 1 to {MAX_GOAL}"),
+        );
+    }
+    Ok(())
+}
+
+/// Applies a `SetGoal` op (validated fully before anything changes).
+fn set_goal(st: &mut State, o: &pb::SetGoalOp) -> FsResult<()> {
+    check_goal(o.goal)?;
+    for i in &o.inodes {
+        st.get(*i)?;
+    }
+    for i in &o.inodes {
+        st.get_mut(*i)?.goal = o.goal as u8;
+    }
+    Ok(())
+}
+
+/// Applies a logged drain change (master, replay and metaloggers alike).
+fn set_draining(st: &mut State, o: &pb::SetDrainingOp) {
+    if o.draining {
+        st.draining.insert(o.server_id);
+    } else {
+        st.draining.remove(&o.server_id);
+    }
+}
+
 /// Checks that `ino` is a regular file (EISDIR / EINVAL otherwise).
 pub fn check_regular(st: &State, ino: u64) -> FsResult<&Inode> {
     let i = st.get(ino)?;
@@ -779,7 +813,7 @@ fn write_chunk(st: &mut State, o: &pb::WriteChunkOp) -> FsResult<()> {
         }
         let goal = st.get(o.inode)?.goal;
         if o.copy_from_chunk_id != 0 {
-            let mut unused = Applied::default();
+            let mut unused = Vec::new();
             volumes::release_chunk(st, o.copy_from_chunk_id, &mut unused);
         }
         st.next_chunk_id = st.next_chunk_id.max(o.chunk_id + 1);

@@ -13,63 +13,22 @@ use std::collections::{HashMap, VecDeque};
 
 use alces_proto::pb::{self, FileType};
 
-use crate::namespace::{err, show, Body, FsError, FsResult, Inode, State, ROOT_INODE};
-use crate::ops::Applied;
+use crate::state::error::{err, FsResult};
+use crate::state::inode::{Body, Inode, Name};
+use crate::state::namespace::{
+    check_name, show, Quota, State, Trashed, Usage, MAX_INODES, ROOT_INODE,
+};
 
 /// Trash time of a directory without its own setting or an ancestor's.
 pub const DEFAULT_TRASH_SECS: u64 = 24 * 3600;
 /// Largest byte limit a quota accepts (1 EiB).
 pub const MAX_QUOTA_BYTES: u64 = 1 << 60;
 /// Largest inode limit a quota accepts.
-pub const MAX_QUOTA_INODES: u64 = crate::namespace::MAX_INODES;
+pub const MAX_QUOTA_INODES: u64 = MAX_INODES;
 /// Longest trash time (10 years).
 pub const MAX_TRASH_SECS: u64 = 10 * 365 * 24 * 3600;
 /// Longest soft-limit grace period (1 year).
 pub const MAX_GRACE_SECS: u64 = 365 * 24 * 3600;
-
-/// Limits of one directory quota (0 = no limit) and its soft-limit state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Quota {
-    /// Bytes that may be exceeded for the grace period.
-    pub soft_bytes: u64,
-    /// Bytes never exceeded.
-    pub hard_bytes: u64,
-    /// Inodes that may be exceeded for the grace period.
-    pub soft_inodes: u64,
-    /// Inodes never exceeded.
-    pub hard_inodes: u64,
-    /// How long a soft limit may be exceeded.
-    pub grace_secs: u64,
-    /// When a soft limit was first exceeded (ns), 0 while within them.
-    pub soft_since: i64,
-}
-
-impl Quota {
-    fn soft_exceeded(&self, u: Usage) -> bool {
-        (self.soft_bytes > 0 && u.bytes > self.soft_bytes)
-            || (self.soft_inodes > 0 && u.inodes > self.soft_inodes)
-    }
-}
-
-/// A trashed file (the trash id is its inode number).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Trashed {
-    /// Path it had when deleted.
-    pub path: Box<str>,
-    /// When it was deleted (ns).
-    pub deleted: i64,
-    /// When it is freed (ns).
-    pub expires: i64,
-}
-
-/// Bytes and inodes of a subtree.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Logical bytes of regular files and symlinks.
-    pub bytes: u64,
-    /// Inodes.
-    pub inodes: u64,
-}
 
 /// Bytes an inode is charged for.
 pub fn charged_bytes(i: &Inode) -> u64 {
@@ -282,8 +241,9 @@ pub fn path_of(st: &State, ino: u64) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// Drops one reference of chunk `id`; frees it at zero.
-pub fn release_chunk(st: &mut State, id: u64, applied: &mut Applied) {
+/// Drops one reference of chunk `id`; at zero the chunk leaves the chunk table
+/// and its id is added to `freed`.
+pub fn release_chunk(st: &mut State, id: u64, freed: &mut Vec<u64>) {
     if id == 0 {
         return;
     }
@@ -291,7 +251,7 @@ pub fn release_chunk(st: &mut State, id: u64, applied: &mut Applied) {
         c.refs = c.refs.saturating_sub(1);
         if c.refs == 0 {
             st.chunks.remove(&id);
-            applied.freed_chunks.push(id);
+            freed.push(id);
         }
     }
 }
@@ -435,7 +395,7 @@ pub fn restore(st: &mut State, t: i64, o: &pb::RestoreOp) -> FsResult<()> {
             ),
         );
     }
-    crate::namespace::check_name(&o.name)?;
+    check_name(&o.name)?;
     if st.dir(o.parent)?.contains_key(&o.name[..]) {
         return err(
             libc::EEXIST,
@@ -476,7 +436,7 @@ pub fn snapshot(st: &mut State, t: i64, o: &pb::SnapshotOp) -> FsResult<()> {
         );
     }
     let src_dir = src.is_dir();
-    crate::namespace::check_name(&o.name)?;
+    check_name(&o.name)?;
     if st.dir(o.parent)?.contains_key(&o.name[..]) {
         return err(
             libc::EEXIST,
@@ -506,7 +466,7 @@ pub fn snapshot(st: &mut State, t: i64, o: &pb::SnapshotOp) -> FsResult<()> {
         );
     }
     let mut next = st.next_inode;
-    let mut work: VecDeque<(u64, u64, crate::namespace::Name)> = VecDeque::new();
+    let mut work: VecDeque<(u64, u64, Name)> = VecDeque::new();
     work.push_back((o.source, o.parent, o.name.as_slice().into()));
     while let Some((old, new_parent, name)) = work.pop_front() {
         let Some(src) = st.inodes.get(&old) else {
@@ -689,17 +649,6 @@ pub fn check(st: &State) -> Vec<String> {
         }
     }
     problems
-}
-
-/// An error for a path that must be absolute.
-pub fn absolute(path: &str) -> FsResult<()> {
-    if !path.starts_with('/') {
-        return Err(FsError::new(
-            libc::EINVAL,
-            format!("path '{path}' is not absolute: give it from the filesystem root"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

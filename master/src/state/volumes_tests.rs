@@ -2,7 +2,7 @@
 //! a recomputation from scratch after every step.
 
 use super::*;
-use crate::ops::{apply, prepare_create, Owner};
+use crate::state::ops::{apply, prepare_create, Applied, Owner};
 use alces_proto::pb::changelog_record::Op;
 use alces_proto::pb::ChangelogRecord;
 

@@ -2,7 +2,7 @@
 //! orphans, truncation, and replay equivalence.
 
 use super::*;
-use crate::namespace::ROOT_INODE;
+use crate::state::namespace::ROOT_INODE;
 use alces_proto::pb::RenameFlag;
 
 const CHUNK: u64 = 1 << 20;
