@@ -123,8 +123,8 @@ pub struct Tuning {
 
 impl Tuning {
     /// The replication pace these flags give.
-    pub fn policy(&self) -> crate::chunkmap::Policy {
-        crate::chunkmap::Policy {
+    pub fn policy(&self) -> crate::runtime::chunkmap::Policy {
+        crate::runtime::chunkmap::Policy {
             per_tick: self.replication_rate as usize,
             per_server: self.replications_per_server as usize,
             rebalance_threshold: self.rebalance_threshold,

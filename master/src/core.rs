@@ -1,6 +1,8 @@
 //! The master's shared state and the commit path: the metadata, sessions and
-//! chunk map behind one lock, the changelog writer, durability waits, background
-//! snapshots and the periodic maintenance (leases, orphans, replication).
+//! chunk map behind one lock, the changelog writer, durability waits and
+//! background snapshots. The domain operations ([`crate::domain`]) are built on
+//! it; it knows nothing of them (the periodic maintenance is
+//! [`crate::domain::maintenance`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,15 +13,15 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::changelog::{Durable, Writer};
-use crate::chunkmap::{Adoption, ChunkMap};
+use crate::disk::changelog::{Durable, Writer};
+use crate::disk::{datadir, snapshot};
 use crate::metrics::Metrics;
-use crate::replication::Hub;
-use crate::sessions::Sessions;
+use crate::runtime::chunkmap::{Adoption, ChunkMap};
+use crate::runtime::replication::Hub;
+use crate::runtime::sessions::Sessions;
 use crate::state::error::{FsError, FsResult};
 use crate::state::namespace::State;
 use crate::state::ops::apply;
-use crate::{datadir, snapshot};
 
 /// Records after which a snapshot is taken even before the interval.
 pub const SNAPSHOT_RECORDS: u64 = 1_000_000;
@@ -44,14 +46,24 @@ pub struct Settings {
     /// Time between periodic snapshots.
     pub snapshot_interval: Duration,
     /// Pace of replication, drain and rebalancing.
-    pub replication: crate::chunkmap::Policy,
+    pub replication: crate::runtime::chunkmap::Policy,
     /// Metaloggers that must hold a mutation before it is acknowledged.
     pub sync_metaloggers: usize,
     /// How long a mutation waits for them before the master degrades.
     pub sync_timeout: Duration,
     /// The cluster secret presented to chunkservers (the master cuts chunks
     /// past a file's end itself).
-    pub chunk_auth: Option<crate::tails::ChunkAuth>,
+    pub chunk_auth: Option<crate::core::ChunkAuth>,
+}
+
+/// The cluster secret the master presents to chunkservers when it cuts a chunk.
+#[derive(Clone)]
+pub struct ChunkAuth(pub alces_proto::auth::ClientAuth);
+
+impl std::fmt::Debug for ChunkAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkAuth(<cluster secret>)")
+    }
 }
 
 /// Everything behind the master lock.
@@ -67,7 +79,7 @@ pub struct Inner {
     /// Orphans found at startup were purged (after one session timeout).
     pub startup_orphans_done: bool,
     /// Chunks that may hold bytes past their file's end, and open write sessions.
-    pub tails: crate::tails::Tails,
+    pub tails: crate::runtime::tails::Tails,
 }
 
 /// Hands memory the allocator holds but no longer uses back to the system.
@@ -138,7 +150,7 @@ impl Core {
             settings.sync_metaloggers,
             settings.sync_timeout,
         );
-        let tails = crate::tails::Tails::new(settings.session_timeout);
+        let tails = crate::runtime::tails::Tails::new(settings.session_timeout);
         Ok(Self {
             inner: Mutex::new(Inner {
                 state,
@@ -234,9 +246,9 @@ impl Core {
     }
 
     /// True while more than half of the known chunkservers were heard recently
-    /// (see [`crate::replication::chunkserver_quorum`]).
+    /// (see [`crate::runtime::replication::chunkserver_quorum`]).
     pub fn chunkserver_quorum(&self) -> bool {
-        crate::replication::chunkserver_quorum(&self.inner.lock().chunks, Instant::now())
+        crate::runtime::replication::chunkserver_quorum(&self.inner.lock().chunks, Instant::now())
     }
 
     /// Runs `f` under the lock, then waits for the version it committed (if any).
@@ -301,44 +313,6 @@ impl Core {
                 }
             }
         }
-    }
-
-    /// Periodic work: expires sessions, purges orphans, plans replication,
-    /// updates gauges. Returns whether a snapshot is due by record count.
-    pub fn tick(&self) -> bool {
-        let now = Instant::now();
-        let mut g = self.inner.lock();
-        let inner = &mut *g;
-        inner.chunks.release_durable(self.durable_version());
-        let (closed, released) = inner.sessions.expire(now, self.settings.session_timeout);
-        for sid in &closed {
-            tracing::info!(session = sid, "session lease expired: closed");
-            inner.tails.session_gone(&inner.state, *sid);
-        }
-        self.purge_unused(inner, &released);
-        crate::volume_rpcs::purge_expired(self, inner);
-        if !inner.startup_orphans_done
-            && now.saturating_duration_since(self.started) > self.settings.session_timeout
-        {
-            inner.startup_orphans_done = true;
-            let orphans: Vec<u64> = inner.state.orphans.iter().copied().collect();
-            if !orphans.is_empty() {
-                tracing::info!(count = orphans.len(), "purging orphans no client reclaimed");
-            }
-            self.purge_unused(inner, &orphans);
-        }
-        let adoptions = inner.chunks.tick(
-            &inner.state,
-            now,
-            self.settings.chunkserver_timeout,
-            self.settings.session_timeout * 4,
-            &self.settings.replication,
-        );
-        self.adopt(inner, &adoptions);
-        self.hub
-            .set_isolated(!crate::replication::chunkserver_quorum(&inner.chunks, now));
-        self.update_gauges(inner);
-        inner.state.version - inner.snapshot_version >= SNAPSHOT_RECORDS
     }
 
     /// Refreshes the state gauges.

@@ -11,13 +11,13 @@ use alces_proto::pb::{
 use tonic::{Request, Response, Status};
 
 use crate::core::{Core, Inner};
-use crate::sessions::Session;
+use crate::domain::volumes as volume_rpcs;
+use crate::runtime::sessions::Session;
 use crate::state::error::{err, FsError, FsResult};
 use crate::state::namespace::Usage;
 use crate::state::namespace::{MAX_INODES, ROOT_INODE};
 use crate::state::ops::{check_regular, prepare_create, Owner};
 use crate::state::volumes;
-use crate::volume_rpcs;
 
 /// Default and largest readdir batch.
 pub const READDIR_DEFAULT: usize = 1000;
@@ -77,10 +77,10 @@ impl Services {
         &self,
         session: u64,
         inode: u64,
-        growth: crate::tails::Growth,
+        growth: crate::runtime::tails::Growth,
     ) -> Result<(), Status> {
         self.read(|i| self.core.check_writable(i, session))?;
-        crate::tails::settle(&self.core, session, inode, growth).await
+        crate::domain::tails::settle(&self.core, session, inode, growth).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -333,7 +333,7 @@ impl Master for Services {
     async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
         let r = req.into_inner();
         // Growing a file cuts bytes stored past its old end first (see `tails`).
-        let growth = crate::tails::Growth::Size(r.size);
+        let growth = crate::runtime::tails::Growth::Size(r.size);
         if r.valid & SetAttrField::SetAttrSize as u32 != 0 {
             if let Err(e) = self.settle_tail(r.session_id, r.inode, growth).await {
                 return self.done("SetAttr", Err(e));
@@ -351,7 +351,7 @@ impl Master for Services {
                     return Ok((None, attr_reply(inner, r.inode)?));
                 }
                 if r.valid & SetAttrField::SetAttrSize as u32 != 0 {
-                    crate::tails::recheck(
+                    crate::runtime::tails::recheck(
                         &inner.tails,
                         &inner.state,
                         r.session_id,
@@ -728,11 +728,11 @@ impl Master for Services {
         let r = req.into_inner();
         // Bytes past the file's end in the chunks this session can make part of
         // the file are cut first (see `tails`).
-        let growth = crate::tails::Growth::Chunk(r.chunk_index);
+        let growth = crate::runtime::tails::Growth::Chunk(r.chunk_index);
         if let Err(e) = self.settle_tail(r.session_id, r.inode, growth).await {
             return self.done("WriteChunk", Err(e));
         }
-        let mut plan: Option<crate::cow::Plan> = None;
+        let mut plan: Option<crate::domain::cow::Plan> = None;
         let res = self
             .core
             .mutate(|core, inner| {
@@ -755,7 +755,13 @@ impl Master for Services {
                     .copied()
                     .unwrap_or(0);
                 let now = Instant::now();
-                crate::tails::recheck(&inner.tails, &inner.state, r.session_id, r.inode, growth)?;
+                crate::runtime::tails::recheck(
+                    &inner.tails,
+                    &inner.state,
+                    r.session_id,
+                    r.inode,
+                    growth,
+                )?;
                 if f.nlink > 0 && r.chunk_index.saturating_mul(inner.state.chunk_size) >= file_size
                 {
                     // Writing past the end: refuse when the quota is already full.
@@ -835,7 +841,7 @@ impl Master for Services {
                 if inner.state.chunks.get(&current).is_some_and(|c| c.refs > 1) {
                     // Shared with a snapshot: the master makes a private copy
                     // first and switches the file to it after (see `cow`).
-                    let (v, p) = crate::cow::reserve(
+                    let (v, p) = crate::domain::cow::reserve(
                         core,
                         inner,
                         r.inode,
@@ -880,10 +886,10 @@ impl Master for Services {
             .await;
         let res = match (plan, res) {
             (Some(p), Ok(_)) => {
-                let copied = crate::cow::copy(&self.core, &p).await;
+                let copied = crate::domain::cow::copy(&self.core, &p).await;
                 self.core
                     .mutate(|core, inner| {
-                        crate::cow::finish(core, inner, r.session_id, growth, &p, &copied)
+                        crate::domain::cow::finish(core, inner, r.session_id, growth, &p, &copied)
                             .map(|(v, reply)| (Some(v), reply))
                     })
                     .await
@@ -1029,7 +1035,10 @@ impl ChunkMaster for Services {
             // The quorum is known again at once, not at the next maintenance tick.
             self.core
                 .hub
-                .set_isolated(!crate::replication::chunkserver_quorum(&inner.chunks, now));
+                .set_isolated(!crate::runtime::replication::chunkserver_quorum(
+                    &inner.chunks,
+                    now,
+                ));
             inner.tails.registered(&inner.state, &r.chunks);
             tracing::info!(server = r.server_id, address = %r.address, label = %r.label, chunks = r.chunks.len(), "chunkserver registered");
             Ok(pb::RegisterChunkserverReply {
@@ -1056,7 +1065,10 @@ impl ChunkMaster for Services {
             if self.core.hub.is_isolated() {
                 self.core
                     .hub
-                    .set_isolated(!crate::replication::chunkserver_quorum(&inner.chunks, now));
+                    .set_isolated(!crate::runtime::replication::chunkserver_quorum(
+                        &inner.chunks,
+                        now,
+                    ));
             }
             let reply = match heard {
                 None => pb::ChunkserverHeartbeatReply {
@@ -1104,7 +1116,7 @@ impl Admin for Services {
                         used_bytes: u,
                         free_bytes: f,
                         last_seen_ms: now.saturating_duration_since(s.last_seen).as_millis() as u64,
-                        ..crate::admin::drain_status(i, s.id)
+                        ..crate::domain::admin::drain_status(i, s.id)
                     }
                 })
                 .collect();
@@ -1139,7 +1151,7 @@ impl Admin for Services {
                 replications_in_flight: i.chunks.replications_in_flight() as u64,
                 conditions: self.core.hub.conditions(),
                 sync_metaloggers: self.core.hub.sync as u32,
-                tuning: Some(crate::admin::tuning(&self.core.settings)),
+                tuning: Some(crate::domain::admin::tuning(&self.core.settings)),
             })
         });
         self.done("Status", res)
@@ -1187,13 +1199,13 @@ impl Admin for Services {
     }
 
     async fn set_goal(&self, req: Request<pb::SetGoalRequest>) -> Reply<pb::SetGoalReply> {
-        let res = crate::admin::set_goal(&self.core, req.into_inner()).await;
+        let res = crate::domain::admin::set_goal(&self.core, req.into_inner()).await;
         self.done("SetGoal", res)
     }
 
     async fn get_goal(&self, req: Request<pb::GetGoalRequest>) -> Reply<pb::GetGoalReply> {
         let r = req.into_inner();
-        let res = self.read(|i| crate::admin::get_goal(i, &r.path));
+        let res = self.read(|i| crate::domain::admin::get_goal(i, &r.path));
         self.done("GetGoal", res)
     }
 
@@ -1201,7 +1213,7 @@ impl Admin for Services {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Reply<pb::ChunkserverStatus> {
-        let res = crate::admin::drain(&self.core, req.into_inner()).await;
+        let res = crate::domain::admin::drain(&self.core, req.into_inner()).await;
         self.done("DrainChunkserver", res)
     }
 

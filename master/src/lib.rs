@@ -26,24 +26,14 @@
 //! - [`tails`]: bytes stored past a file's end, cut before the file grows over them.
 //! - [`cow`]: copy-on-write of a chunk shared with a snapshot, made before the file switches to it.
 
-pub mod admin;
-pub mod changelog;
-pub mod chunkmap;
 pub mod config;
 pub mod core;
-pub mod cow;
-pub mod datadir;
-pub mod frame;
-pub mod goals;
+pub mod disk;
+pub mod domain;
 pub mod grpc;
 pub mod metalogger;
 pub mod metrics;
-pub mod replication;
 pub mod replication_grpc;
+pub mod runtime;
 pub mod server;
-pub mod sessions;
-pub mod snapshot;
 pub mod state;
-pub mod tails;
-pub mod volume_rpcs;
-pub mod window;

@@ -29,12 +29,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use crate::changelog::{self, Writer};
 use crate::config::MetaloggerArgs;
 use crate::core::now_ns;
-use crate::datadir::{self, DirLock};
+use crate::disk::changelog::{self, Writer};
+use crate::disk::datadir::{self, DirLock};
+use crate::disk::snapshot;
 use crate::server::{self, Ended, Options};
-use crate::snapshot;
 use crate::state::namespace::State;
 use crate::state::ops::apply;
 

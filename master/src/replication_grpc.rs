@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::core::{now_ns, Core};
-use crate::snapshot;
+use crate::disk::snapshot;
 
 /// Bytes per snapshot piece.
 pub const SNAPSHOT_PIECE: usize = 4 << 20;

@@ -22,7 +22,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Args, Tuning};
 use crate::core::{now_ns, Core, Settings};
-use crate::datadir::{self, DirLock};
+use crate::disk::datadir::{self, DirLock};
 use crate::grpc::Services;
 use crate::metrics::Metrics;
 use crate::replication_grpc::ReplicationService;
@@ -49,7 +49,7 @@ pub struct Options {
     /// Time between periodic snapshots.
     pub snapshot_interval: Duration,
     /// Pace of replication, drain and rebalancing.
-    pub replication: crate::chunkmap::Policy,
+    pub replication: crate::runtime::chunkmap::Policy,
     /// Metaloggers that must hold a mutation before it is acknowledged.
     pub sync_metaloggers: usize,
     /// How long a mutation waits for them before the master degrades.
@@ -131,7 +131,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         sync_timeout: opts.sync_timeout,
         chunk_auth: alces_proto::auth::ClientAuth::new(&opts.secret)
             .ok()
-            .map(crate::tails::ChunkAuth),
+            .map(crate::core::ChunkAuth),
     };
     tracing::info!(
         version = rec.state.version,
@@ -213,7 +213,7 @@ async fn maintenance(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let due = core.tick();
+        let due = crate::domain::maintenance::tick(&core);
         if due || last_snapshot.elapsed() >= core.settings.snapshot_interval {
             last_snapshot = Instant::now();
             if let Err(e) = core.snapshot().await {

@@ -15,7 +15,7 @@ const SECRET: &str = "test-secret-0123456789";
 
 fn options(dir: &std::path::Path) -> Options {
     Options {
-        replication: alces_master::chunkmap::Policy::default(),
+        replication: alces_master::runtime::chunkmap::Policy::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: None,
         data_dir: dir.to_path_buf(),

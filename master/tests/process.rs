@@ -236,7 +236,7 @@ fn sigterm_snapshots_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
     // The final snapshot holds the mutation.
     let snap = tmp.path().join(format!("snapshot.{:020}.alces", 1));
-    let st = alces_master::snapshot::read(&snap).unwrap();
+    let st = alces_master::disk::snapshot::read(&snap).unwrap();
     assert!(st.lookup(1, b"kept").is_ok());
 }
 

@@ -21,7 +21,7 @@ const MIB: u64 = 1 << 20;
 
 fn options(dir: &std::path::Path) -> Options {
     Options {
-        replication: alces_master::chunkmap::Policy::default(),
+        replication: alces_master::runtime::chunkmap::Policy::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: dir.to_path_buf(),

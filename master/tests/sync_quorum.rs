@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alces_master::replication::QUORUM_WINDOW;
+use alces_master::runtime::replication::QUORUM_WINDOW;
 use alces_master::server::{start, Options, Running};
 use alces_proto::auth::ClientAuth;
 use alces_proto::net::{channel, AuthChannel};
@@ -23,7 +23,7 @@ const SECRET: &str = "test-secret-0123456789";
 
 fn options(dir: &std::path::Path) -> Options {
     Options {
-        replication: alces_master::chunkmap::Policy::default(),
+        replication: alces_master::runtime::chunkmap::Policy::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: None,
         data_dir: dir.to_path_buf(),

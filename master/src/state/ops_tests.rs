@@ -865,8 +865,8 @@ fn replay_and_snapshot_reproduce_the_live_state() {
     }
     assert_eq!(replayed, fs.st);
     // Snapshot round trip.
-    let bytes = crate::snapshot::encode(&fs.st, 1);
-    let back = crate::snapshot::decode(&bytes).unwrap();
+    let bytes = crate::disk::snapshot::encode(&fs.st, 1);
+    let back = crate::disk::snapshot::decode(&bytes).unwrap();
     assert_eq!(back, fs.st);
     // Records survive encoding.
     for r in &fs.log {

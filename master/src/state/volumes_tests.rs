@@ -434,7 +434,8 @@ fn trash_keeps_files_until_purged_and_restores() {
     assert!(fs.st.trash.is_empty());
     // Trash again, survive a snapshot round trip, then purge.
     fs.unlink(dir, "f.restored", 3600).unwrap();
-    let reloaded = crate::snapshot::decode(&crate::snapshot::encode(&fs.st, 0)).unwrap();
+    let reloaded =
+        crate::disk::snapshot::decode(&crate::disk::snapshot::encode(&fs.st, 0)).unwrap();
     assert_eq!(reloaded, fs.st);
     let applied = fs.run(Op::Purge(pb::PurgeOp { inode: f })).unwrap();
     assert_eq!(applied.freed_chunks, vec![c]);
@@ -470,7 +471,8 @@ fn snapshot_files_keep_quotas_trash_times_and_refcounts() {
         first_inode: next,
     }))
     .unwrap();
-    let reloaded = crate::snapshot::decode(&crate::snapshot::encode(&fs.st, 0)).unwrap();
+    let reloaded =
+        crate::disk::snapshot::decode(&crate::disk::snapshot::encode(&fs.st, 0)).unwrap();
     assert_eq!(reloaded, fs.st);
     assert!(check(&reloaded).is_empty());
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use alces_proto::pb::{self, snapshot_record::Record, SnapshotRecord};
 use prost::Message;
 
-use crate::changelog::sync_dir;
-use crate::frame;
+use crate::disk::changelog::sync_dir;
+use crate::disk::frame;
 use crate::state::inode::{Body, Inode, Kind};
 use crate::state::namespace::{ChunkMeta, State};
 

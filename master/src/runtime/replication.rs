@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::chunkmap::ChunkMap;
-use crate::window::RecordWindow;
+use crate::runtime::chunkmap::ChunkMap;
+use crate::runtime::window::RecordWindow;
 
 /// Bytes of recent records kept in memory (encoded) for metaloggers to resume
 /// from. A metalogger further behind fetches a fresh snapshot. Bounded in bytes,

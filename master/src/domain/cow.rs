@@ -160,7 +160,7 @@ pub fn finish(
     core: &Core,
     inner: &mut Inner,
     session: u64,
-    growth: crate::tails::Growth,
+    growth: crate::runtime::tails::Growth,
     plan: &Plan,
     copied: &[u64],
 ) -> FsResult<(u64, pb::WriteChunkReply)> {
@@ -206,7 +206,7 @@ fn decide(
     core: &Core,
     inner: &mut Inner,
     session: u64,
-    growth: crate::tails::Growth,
+    growth: crate::runtime::tails::Growth,
     plan: &Plan,
     copied: &[u64],
 ) -> FsResult<(u64, u64, Vec<u64>)> {
@@ -242,7 +242,7 @@ fn decide(
             ),
         );
     }
-    crate::tails::recheck(&inner.tails, &inner.state, session, plan.inode, growth)?;
+    crate::runtime::tails::recheck(&inner.tails, &inner.state, session, plan.inode, growth)?;
     let v = core.commit(
         inner,
         Op::WriteChunk(pb::WriteChunkOp {

@@ -14,8 +14,8 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::changelog::{self, sync_dir};
-use crate::snapshot;
+use crate::disk::changelog::{self, sync_dir};
+use crate::disk::snapshot;
 use crate::state::namespace::State;
 use crate::state::ops::apply;
 
@@ -259,7 +259,7 @@ pub fn prune(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::changelog::Writer;
+    use crate::disk::changelog::Writer;
     use crate::state::namespace::ROOT_INODE;
     use crate::state::ops::{prepare_create, Owner};
     use alces_proto::pb::{ChangelogRecord, FileType};

@@ -203,7 +203,7 @@ pub async fn snapshot(core: &Core, r: pb::SnapshotRequest) -> Result<pb::Snapsho
     loop {
         let src = read(core, |inner| resolve(&inner.state, &r.source)).ok();
         if let Some(src) = src {
-            crate::tails::clean_tree(core, src).await?;
+            crate::domain::tails::clean_tree(core, src).await?;
         }
         match snapshot_once(core, &r).await {
             Err(s)

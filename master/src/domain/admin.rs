@@ -7,7 +7,7 @@ use tonic::Status;
 use alces_proto::pb::changelog_record::Op;
 
 use crate::core::{Core, Inner, Settings};
-use crate::goals::{prepare_set_goal, resolve_path};
+use crate::domain::goals::{prepare_set_goal, resolve_path};
 use crate::state::error::{FsError, FsResult};
 
 /// Sets the goal of a path (or a tree); logged in the changelog.

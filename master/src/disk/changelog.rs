@@ -21,7 +21,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::frame;
+use crate::disk::frame;
 
 /// Most records written in one group commit.
 const MAX_BATCH: usize = 16384;

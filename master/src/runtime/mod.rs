@@ -1,0 +1,17 @@
+//! What the master knows at runtime and never persists (rebuilt after a
+//! restart from registrations and reports): client sessions, chunkservers and
+//! their copies, chunks that may hold bytes past their file's end, and the
+//! replication window and metalogger table. These modules know the state
+//! ([`crate::state`]) and nothing above it.
+//!
+//! - [`sessions`]: client sessions, leases and open files.
+//! - [`chunkmap`]: chunkservers, copies, placement and replication planning.
+//! - [`tails`]: chunks that may hold bytes past their file's end, and open write sessions.
+//! - [`replication`]: the changelog window, metalogger table, sync acknowledgements and fencing.
+//! - [`window`]: the window's storage: recent records, encoded, in reused blocks.
+
+pub mod chunkmap;
+pub mod replication;
+pub mod sessions;
+pub mod tails;
+pub mod window;
