@@ -1,29 +1,35 @@
 //! The `alces` admin CLI: cluster status, file information, and `alces local`,
 //! which runs a whole cluster (master, chunkservers, a mount) on one machine.
 //!
-//! - [`args`]: the command line (clap).
-//! - [`connect`]: reaching the master's admin service with the cluster secret.
-//! - [`status`]: `alces status`.
-//! - [`goal`]: `alces goal set|get`.
-//! - [`drain`]: `alces chunkserver drain|undrain`.
-//! - [`fileinfo`]: `alces fileinfo` and translating mount paths to filesystem paths.
-//! - [`mountinfo`]: reading Alces mounts from `/proc/self/mountinfo`.
-//! - [`local`]: `alces local up` / `alces local down`.
-//! - [`promote`]: `alces promote`.
-//! - [`procs`]: pid files, liveness checks and signals for local processes.
-//! - [`volumes`]: `alces quota`, `snapshot`, `trash`, `du`, `fsck`.
+//! Public: [`args`] (the command line, clap), [`run`] and [`ports`] (the one
+//! TCP port allocator, also used by the end-to-end harness and the benchmark).
+//! The commands live in private modules:
+//!
+//! - `connect`: reaching the master's admin service with the cluster secret.
+//! - `status`: `alces status`.
+//! - `goal`: `alces goal set|get`.
+//! - `drain`: `alces chunkserver drain|undrain`.
+//! - `fileinfo`: `alces fileinfo` and translating mount paths to filesystem paths.
+//! - `mountinfo`: reading Alces mounts from `/proc/self/mountinfo`.
+//! - `local`: `alces local up` / `alces local down`.
+//! - `promote`: `alces promote`.
+//! - `procs`: pid files, liveness checks and signals for local processes.
+//! - `volumes`: `alces quota`, `snapshot`, `trash`, `du`, `fsck`.
+
+#![warn(missing_docs)]
 
 pub mod args;
-pub mod connect;
-pub mod drain;
-pub mod fileinfo;
-pub mod goal;
-pub mod local;
-pub mod mountinfo;
-pub mod procs;
-pub mod promote;
-pub mod status;
-pub mod volumes;
+mod connect;
+mod drain;
+mod fileinfo;
+mod goal;
+mod local;
+mod mountinfo;
+pub mod ports;
+mod procs;
+mod promote;
+mod status;
+mod volumes;
 
 use args::{ChunkserverCommand, Cli, Command, GoalCommand, LocalCommand};
 

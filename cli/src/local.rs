@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use crate::args::UpArgs;
 use crate::connect::admin_at;
 use crate::mountinfo::is_mount_point;
+use crate::ports::free_port;
 use crate::procs;
 
 /// One process started by `local up`.
@@ -51,24 +52,6 @@ pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
         "cannot find {name} next to alces ({}) or on PATH; build it with `cargo build --workspace --bins`",
         here.map(|p| p.display().to_string()).unwrap_or_default()
     )
-}
-
-/// A free TCP port on 127.0.0.1 (bound to port 0, then released), never one
-/// this process handed out before: the kernel may give a just-released port
-/// again, and two daemons of one cluster must not be given the same one.
-pub fn free_port() -> anyhow::Result<u16> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")
-            .context("cannot bind a free port on 127.0.0.1")?;
-        let port = l.local_addr()?.port();
-        if !given.contains(&port) {
-            given.push(port);
-            return Ok(port);
-        }
-    }
-    bail!("the kernel kept offering ports already given to this cluster's daemons")
 }
 
 /// The last `n` lines of a log file, for error messages.
@@ -245,13 +228,15 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
             mnt.display()
         );
     }
-    let master_bin = find_binary("alces-master")?;
-    let cs_bin = find_binary("alces-chunkserver")?;
-    let mount_bin = find_binary("alces-mount")?;
-    let ml_bin = if a.metaloggers > 0 {
-        Some(find_binary("alces-metalogger")?)
-    } else {
-        None
+    let bins = Binaries {
+        master: find_binary("alces-master")?,
+        chunkserver: find_binary("alces-chunkserver")?,
+        mount: find_binary("alces-mount")?,
+        metalogger: if a.metaloggers > 0 {
+            Some(find_binary("alces-metalogger")?)
+        } else {
+            None
+        },
     };
 
     let secret_path = dir.join("secret");
@@ -265,19 +250,13 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
         }
     };
     let mut started: Vec<Started> = Vec::new();
-    let res = start_all(
-        a,
-        &dir,
-        &mnt,
-        &secret,
-        &secret_path,
-        &master_bin,
-        &cs_bin,
-        &mount_bin,
-        ml_bin.as_deref(),
-        &mut started,
-    )
-    .await;
+    let site = Site {
+        dir: &dir,
+        mnt: &mnt,
+        secret: &secret,
+        secret_path: &secret_path,
+    };
+    let res = start_all(a, &site, &bins, &mut started).await;
     if let Err(e) = res {
         eprintln!("alces: start failed, stopping what was started");
         let _ = down(&dir);
@@ -302,19 +281,37 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
     foreground(&dir, &mut started).await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The programs a local cluster runs.
+struct Binaries {
+    master: PathBuf,
+    chunkserver: PathBuf,
+    mount: PathBuf,
+    /// Only looked for when metaloggers are asked for.
+    metalogger: Option<PathBuf>,
+}
+
+/// Where a local cluster lives and the secret its daemons share.
+struct Site<'a> {
+    dir: &'a Path,
+    mnt: &'a Path,
+    secret: &'a str,
+    secret_path: &'a Path,
+}
+
 async fn start_all(
     a: &UpArgs,
-    dir: &Path,
-    mnt: &Path,
-    secret: &str,
-    secret_path: &Path,
-    master_bin: &Path,
-    cs_bin: &Path,
-    mount_bin: &Path,
-    ml_bin: Option<&Path>,
+    site: &Site<'_>,
+    bins: &Binaries,
     started: &mut Vec<Started>,
 ) -> anyhow::Result<()> {
+    let Site {
+        dir,
+        mnt,
+        secret,
+        secret_path,
+    } = *site;
+    let (master_bin, cs_bin, mount_bin) = (&bins.master, &bins.chunkserver, &bins.mount);
+    let ml_bin = bins.metalogger.as_deref();
     let timeout = Duration::from_secs(a.timeout.max(1));
     let sf = os(secret_path);
     // Master.
@@ -629,20 +626,5 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
             dir.display(),
             problems.join("; ")
         )
-    }
-}
-
-#[cfg(test)]
-mod port_tests {
-    use super::free_port;
-
-    /// Every port handed out is different, even when the kernel reuses them.
-    #[test]
-    fn free_ports_are_never_handed_out_twice() {
-        let mut ports: Vec<u16> = (0..300).map(|_| free_port().unwrap()).collect();
-        let n = ports.len();
-        ports.sort_unstable();
-        ports.dedup();
-        assert_eq!(ports.len(), n);
     }
 }

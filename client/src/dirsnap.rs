@@ -1,7 +1,7 @@
 //! A directory listing captured at opendir: readdir offsets are indexes into it,
 //! so a listing stays consistent while entries are added or removed.
 
-use crate::client::{Attr, DirEntry, FileType};
+use crate::namespace::{Attr, DirEntry, FileType};
 
 /// One entry of a snapshot.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,18 +52,14 @@ impl DirSnapshot {
     }
 
     /// Number of entries including "." and "..".
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// True when the snapshot has no entries at all.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Entries from readdir offset `offset` on, each with the offset of the entry
     /// after it (what the kernel passes back to continue).
-    pub fn from_offset(&self, offset: u64) -> impl Iterator<Item = (u64, &SnapEntry)> {
+    pub fn entries_from(&self, offset: u64) -> impl Iterator<Item = (u64, &SnapEntry)> {
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(self.entries.len());
@@ -92,7 +88,7 @@ mod tests {
         let s = DirSnapshot::new(5, 1, vec![entry("a", 10), entry("b", 11), entry("c", 12)]);
         assert_eq!(s.len(), 5);
         let all: Vec<(u64, &[u8])> = s
-            .from_offset(0)
+            .entries_from(0)
             .map(|(o, e)| (o, e.name.as_slice()))
             .collect();
         assert_eq!(
@@ -100,11 +96,11 @@ mod tests {
             vec![(1, &b"."[..]), (2, b".."), (3, b"a"), (4, b"b"), (5, b"c")]
         );
         // Resuming at the offset given with "a" continues after "a".
-        let rest: Vec<u64> = s.from_offset(3).map(|(_, e)| e.inode).collect();
+        let rest: Vec<u64> = s.entries_from(3).map(|(_, e)| e.inode).collect();
         assert_eq!(rest, vec![11, 12]);
-        assert_eq!(s.from_offset(5).count(), 0);
-        assert_eq!(s.from_offset(u64::MAX).count(), 0);
-        let dots: Vec<u64> = s.from_offset(0).take(2).map(|(_, e)| e.inode).collect();
+        assert_eq!(s.entries_from(5).count(), 0);
+        assert_eq!(s.entries_from(u64::MAX).count(), 0);
+        let dots: Vec<u64> = s.entries_from(0).take(2).map(|(_, e)| e.inode).collect();
         assert_eq!(dots, vec![5, 1]);
     }
 }

@@ -1,9 +1,11 @@
-//! File I/O: per-inode state shared by every open handle of this client
-//! (write-behind buffer, write sessions, chunk location cache) and the open
-//! [`FileHandle`] with its readahead.
+//! File I/O: what every open file of a client shares ([`FileIo`]: the
+//! write-behind budget, read slots, open-handle counts), the per-inode state
+//! shared by every open handle of this client (write-behind buffer, write
+//! sessions, chunk location cache) and the open [`FileHandle`] with its
+//! readahead. It sits above the namespace calls and the session.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,11 +15,12 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::chain;
-use crate::client::{Attr, Caller, Client};
 use crate::error::{Error, Result};
 use crate::filesize::{KnownSize, Ticket};
 use crate::layout;
+use crate::namespace::{Attr, Caller, Namespace};
 use crate::readahead::ReadaheadWindow;
+use crate::session::{ClientConfig, Session};
 use crate::writebuf::{ChunkExtents, WriteBuffer};
 
 /// Largest range read from a chunkserver in one call.
@@ -30,6 +33,79 @@ const LOCATION_TTL: Duration = Duration::from_secs(1);
 const NO_SERVER_WAIT: Duration = Duration::from_secs(20);
 /// Attempts at one chunk write or truncate (new write session each time).
 const WRITE_ATTEMPTS: u32 = 6;
+
+/// What every open file of a client shares: the namespace calls (and through
+/// them the session), the write-behind budget, the read slots, the count of
+/// open handles per inode and the I/O counters.
+pub(crate) struct FileIo {
+    /// Namespace calls (getattr, setattr, release) of the session.
+    pub(crate) ns: Namespace,
+    /// Write-behind bytes buffered over all files.
+    pub(crate) buffered: AtomicU64,
+    /// Chunk reads in flight over all files.
+    read_slots: Arc<tokio::sync::Semaphore>,
+    /// Chunk writes retried with a new write session.
+    pub(crate) write_retries: AtomicU64,
+    /// A chunkserver answered WriteMany with UNIMPLEMENTED: send ranges one by one.
+    no_write_many: AtomicBool,
+    /// Open handles per inode: the master counts opens per session, and a
+    /// re-registration lists them again.
+    open_inodes: Mutex<HashMap<u64, u32>>,
+}
+
+impl FileIo {
+    /// The shared I/O state of the files opened through `ns`.
+    pub(crate) fn new(ns: Namespace) -> Self {
+        let reads = ns.session.config().max_parallel_reads.max(1);
+        Self {
+            ns,
+            buffered: AtomicU64::new(0),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(reads)),
+            write_retries: AtomicU64::new(0),
+            no_write_many: AtomicBool::new(false),
+            open_inodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The session the files are opened in.
+    pub(crate) fn session(&self) -> &Session {
+        &self.ns.session
+    }
+
+    /// The client's configuration.
+    fn config(&self) -> &ClientConfig {
+        self.ns.session.config()
+    }
+
+    /// Counts one more open handle of `inode`.
+    pub(crate) fn count_open(&self, inode: u64) {
+        *self.open_inodes.lock().entry(inode).or_insert(0) += 1;
+    }
+
+    /// One entry per open handle, for a re-registration.
+    pub(crate) fn open_inodes(&self) -> Vec<u64> {
+        self.open_inodes
+            .lock()
+            .iter()
+            .flat_map(|(ino, n)| std::iter::repeat_n(*ino, *n as usize))
+            .collect()
+    }
+
+    /// Releases one open handle of `inode`, locally and in the session.
+    pub(crate) async fn release_inode(&self, inode: u64) -> Result<()> {
+        {
+            let mut m = self.open_inodes.lock();
+            match m.get_mut(&inode) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    m.remove(&inode);
+                }
+                None => {}
+            }
+        }
+        self.ns.release(inode).await
+    }
+}
 
 /// A written chunk waiting for fsync: chunk id, version and replication chain.
 type Unsynced = (u64, u64, Vec<pb::ChunkLocation>);
@@ -74,7 +150,7 @@ struct WbState {
 
 /// I/O state of one inode, shared by every handle this client has open on it.
 pub(crate) struct FileState {
-    client: Client,
+    io: Arc<FileIo>,
     inode: u64,
     chunk_size: u64,
     wb: Mutex<WbState>,
@@ -97,10 +173,10 @@ pub(crate) struct FileState {
 }
 
 impl FileState {
-    pub(crate) fn new(client: Client, inode: u64, chunk_size: u64) -> Self {
-        let slots = client.inner.config.max_parallel_writes.max(1);
+    pub(crate) fn new(io: Arc<FileIo>, inode: u64, chunk_size: u64) -> Self {
+        let slots = io.config().max_parallel_writes.max(1);
         Self {
-            client,
+            io,
             inode,
             chunk_size,
             wb: Mutex::new(WbState {
@@ -164,7 +240,7 @@ impl FileState {
     /// Buffers a write; sends full chunks in the background.
     async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<usize> {
         self.take_error()?;
-        self.client.check_writable()?;
+        self.io.session().check_writable()?;
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= alces_proto::geometry::MAX_FILE_SIZE)
@@ -172,20 +248,18 @@ impl FileState {
         if data.is_empty() {
             return Ok(0);
         }
-        let threshold = self.client.inner.config.write_flush_bytes.max(64 * 1024);
+        let threshold = self.io.config().write_flush_bytes.max(64 * 1024);
         {
             let mut wb = self.wb.lock();
             let before = wb.buf.buffered_bytes();
             wb.buf.insert(offset, data);
             let after = wb.buf.buffered_bytes();
             if after >= before {
-                self.client
-                    .inner
+                self.io
                     .buffered
                     .fetch_add(after - before, Ordering::Relaxed);
             } else {
-                self.client
-                    .inner
+                self.io
                     .buffered
                     .fetch_sub(before - after, Ordering::Relaxed);
             }
@@ -195,9 +269,7 @@ impl FileState {
                 self.spawn_chunk_write(&mut wb, idx);
             }
         }
-        if self.client.inner.buffered.load(Ordering::Relaxed)
-            > self.client.inner.config.write_buffer_bytes
-        {
+        if self.io.buffered.load(Ordering::Relaxed) > self.io.config().write_buffer_bytes {
             // Backpressure: send this file's data and wait for it.
             self.flush_data().await?;
         }
@@ -227,7 +299,7 @@ impl FileState {
             done: rx,
         });
         let me = self.clone();
-        self.client.spawn(async move {
+        self.io.session().spawn(async move {
             for mut w in waits {
                 let _ = w.wait_for(|d| *d).await;
             }
@@ -235,7 +307,7 @@ impl FileState {
                 Ok(_permit) => me.write_chunk_extents(idx, &extents).await,
                 Err(_) => Err(Error::io("write slots closed")),
             };
-            me.client.inner.buffered.fetch_sub(bytes, Ordering::Relaxed);
+            me.io.buffered.fetch_sub(bytes, Ordering::Relaxed);
             me.locations.lock().remove(&idx);
             if let Err(e) = r {
                 tracing::warn!(inode = me.inode, chunk = idx, error = %e, "background write failed");
@@ -254,17 +326,12 @@ impl FileState {
         let inode = self.inode;
         // Right after a master restart no chunkserver may be registered yet: the
         // master answers ENOSPC/EAGAIN until they are back, so wait a bounded time.
-        let deadline = Instant::now()
-            + self
-                .client
-                .inner
-                .config
-                .reconnect_timeout
-                .min(NO_SERVER_WAIT);
+        let deadline = Instant::now() + self.io.config().reconnect_timeout.min(NO_SERVER_WAIT);
         let mut backoff = Duration::from_millis(100);
         let r = loop {
             let r = self
-                .client
+                .io
+                .session()
                 .call("write chunk", |mut m, sid| {
                     let req = pb::ChunkRequest {
                         session_id: sid,
@@ -432,10 +499,7 @@ impl FileState {
                     if !retryable_chunk_error(&e) {
                         return Err(e);
                     }
-                    self.client
-                        .inner
-                        .write_retries
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.io.write_retries.fetch_add(1, Ordering::Relaxed);
                     last_err = e;
                 }
             }
@@ -489,14 +553,11 @@ impl FileState {
         if let [(off, data)] = unit {
             return self.send_write(s, *off, data.clone()).await;
         }
-        if !self.client.inner.no_write_many.load(Ordering::Relaxed) {
+        if !self.io.no_write_many.load(Ordering::Relaxed) {
             match self.send_write_many(s, unit).await {
                 Err((e, None)) if e.errno() == libc::ENOSYS => {
                     tracing::info!("a chunkserver lacks WriteMany: sending ranges one by one");
-                    self.client
-                        .inner
-                        .no_write_many
-                        .store(true, Ordering::Relaxed);
+                    self.io.no_write_many.store(true, Ordering::Relaxed);
                 }
                 other => return other,
             }
@@ -514,7 +575,8 @@ impl FileState {
     ) -> std::result::Result<(), (Error, Option<u64>)> {
         let first = &s.chain[0];
         let mut cs = self
-            .client
+            .io
+            .session()
             .chunkserver(&first.address)
             .map_err(|e| (e, None))?;
         let req = pb::WriteManyRequest {
@@ -558,7 +620,8 @@ impl FileState {
     ) -> std::result::Result<(), (Error, Option<u64>)> {
         let first = &s.chain[0];
         let mut cs = self
-            .client
+            .io
+            .session()
             .chunkserver(&first.address)
             .map_err(|e| (e, None))?;
         let req = pb::WriteRequest {
@@ -643,7 +706,8 @@ impl FileState {
         let modified = s.modified;
         let (version, written_since) = (s.version, s.since);
         let r = self
-            .client
+            .io
+            .session()
             .call("write chunk end", |mut m, sid| {
                 let req = pb::WriteChunkEndRequest {
                     session_id: sid,
@@ -693,7 +757,7 @@ impl FileState {
                 let Some(first) = chain.first().cloned() else {
                     break Ok(());
                 };
-                let mut cs = match self.client.chunkserver(&first.address) {
+                let mut cs = match self.io.session().chunkserver(&first.address) {
                     Ok(cs) => cs,
                     Err(e) => break Err(e),
                 };
@@ -750,7 +814,7 @@ impl FileState {
         }
         let _g = self.flush_lock.lock().await;
         self.flush_locked().await?;
-        let attr = self.client.getattr(self.inode).await?;
+        let attr = self.io.ns.getattr(self.inode).await?;
         if attr.kind != pb::FileType::Regular as i32 {
             return Err(Error::new(
                 libc::EINVAL,
@@ -776,7 +840,7 @@ impl FileState {
                 let s = self.session(idx).await?;
                 let first = &s.chain[0];
                 let res = async {
-                    let mut cs = self.client.chunkserver(&first.address)?;
+                    let mut cs = self.io.session().chunkserver(&first.address)?;
                     cs.truncate(pb::TruncateRequest {
                         chunk_id: s.chunk_id,
                         expected_version: s.old_version,
@@ -822,7 +886,8 @@ impl FileState {
             }
         }
         let attr = self
-            .client
+            .io
+            .ns
             .setattr_raw(pb::SetAttrRequest {
                 inode: self.inode,
                 valid: pb::SetAttrField::SetAttrSize as u32,
@@ -865,7 +930,8 @@ impl FileState {
         let inode = self.inode;
         let ticket = self.ticket();
         let r = self
-            .client
+            .io
+            .session()
             .call("read chunk", |mut m, sid| {
                 let req = pb::ChunkRequest {
                     session_id: sid,
@@ -925,7 +991,8 @@ impl FileState {
                 let idx = span.index;
                 tasks.push((
                     at,
-                    self.client
+                    self.io
+                        .session()
                         .spawn(async move { me.read_chunk_piece(idx, p_off, p_len).await }),
                 ));
             }
@@ -944,8 +1011,7 @@ impl FileState {
     /// Reads one piece of a chunk, falling over to the next copy on any error.
     async fn read_chunk_piece(&self, idx: u64, offset: u64, len: u64) -> Result<Bytes> {
         let _slot = self
-            .client
-            .inner
+            .io
             .read_slots
             .clone()
             .acquire_owned()
@@ -962,7 +1028,7 @@ impl FileState {
             }
             for loc in &info.locations {
                 let res = async {
-                    let mut cs = self.client.chunkserver(&loc.address)?;
+                    let mut cs = self.io.session().chunkserver(&loc.address)?;
                     let call = cs.read(pb::ReadRequest {
                         chunk_id: info.chunk_id,
                         version: info.version,
@@ -1068,7 +1134,7 @@ impl std::fmt::Debug for FileHandle {
 
 impl FileHandle {
     pub(crate) fn new(state: Arc<FileState>, attr: Attr, flags: i32, keep_cache: bool) -> Self {
-        let max = state.client.inner.config.readahead_bytes;
+        let max = state.io.config().readahead_bytes;
         Self {
             state,
             attr,
@@ -1142,7 +1208,7 @@ impl FileHandle {
                     let plen = readahead_piece_len(start);
                     let (tx, rx) = watch::channel(None);
                     let st = self.state.clone();
-                    self.state.client.spawn(async move {
+                    self.state.io.session().spawn(async move {
                         let r = st.read_range(start, plen).await;
                         let _ = tx.send(Some(r));
                     });
@@ -1216,14 +1282,14 @@ impl FileHandle {
 
     /// Truncates or extends the file.
     pub async fn truncate(&self, size: u64, caller: &Caller) -> Result<Attr> {
-        self.state.client.check_writable()?;
+        self.state.io.session().check_writable()?;
         self.state.truncate(size, caller).await
     }
 
     /// Flushes and releases the file in the session. Returns a pending write error.
     pub async fn release(&self) -> Result<()> {
         let r = self.state.flush().await;
-        let rel = self.state.client.release_inode(self.state.inode).await;
+        let rel = self.state.io.release_inode(self.state.inode).await;
         r.and(rel)
     }
 }

@@ -1,6 +1,9 @@
-//! The FUSE filesystem served by `alces-mount`: every kernel operation is run as
-//! a task on a tokio runtime that replies when done, so the fuser threads never
-//! block on the network.
+//! The FUSE filesystem served by `alces-mount`. Metadata operations, `write`
+//! and `flush` run to the end on the FUSE thread that read them, over the
+//! thread's own single-threaded runtime and master connection ([`AlcesFs`]'s
+//! `inline`); reads, fsync, release and truncates are spawned as tasks on the
+//! shared tokio runtime and reply from the task, since they wait on
+//! chunkservers through it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -9,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags,
@@ -22,11 +25,13 @@ use parking_lot::Mutex;
 use alces_proto::net::AuthChannel;
 use alces_proto::pb::master_client::MasterClient;
 
-use crate::client::{rename_flags, Attr, Caller, Client, FileType, SetAttr, SetTime};
+use crate::cache::BoundedCache;
+use crate::client::Client;
 use crate::dirsnap::DirSnapshot;
 use crate::error::Error;
 use crate::file::FileHandle;
 use crate::metrics::Metrics;
+use crate::namespace::{rename_flags, Attr, Caller, FileType, NewNode, SetAttr, SetTime};
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -34,6 +39,10 @@ pub const MAX_WRITE: u32 = 1 << 20;
 pub const MAX_READAHEAD: u32 = 1 << 20;
 /// Block size reported by stat and statfs.
 const BLOCK_SIZE: u32 = 65536;
+/// Most (inode, name) pairs remembered as having no such extended attribute.
+const ABSENT_XATTRS: usize = 10_000;
+/// Most inodes remembered as having no extended attribute at all.
+const XATTR_FREE_INODES: usize = 100_000;
 
 /// Settings of the FUSE filesystem.
 #[derive(Clone, Debug)]
@@ -62,10 +71,10 @@ struct Shared {
     metrics: Option<Metrics>,
     /// Extended attributes known to be absent (the kernel asks for
     /// `security.capability` before every write), kept for the attribute TTL.
-    no_xattr: Mutex<HashMap<(u64, Vec<u8>), Instant>>,
+    no_xattr: BoundedCache<(u64, Vec<u8>), ()>,
     /// Inodes the master last reported without any extended attribute, and when:
     /// a getxattr on them is answered ENODATA locally for the attribute TTL.
-    xattr_free: Mutex<HashMap<u64, Instant>>,
+    xattr_free: BoundedCache<u64, ()>,
 }
 
 /// A FUSE thread's own single-threaded runtime and master connection (see
@@ -76,7 +85,7 @@ struct ThreadRuntime {
 }
 
 impl ThreadRuntime {
-    fn new(client: &crate::Client) -> std::io::Result<Self> {
+    fn new(client: &Client) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -292,53 +301,26 @@ impl Shared {
     }
 
     fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
-        {
-            let mut free = self.xattr_free.lock();
-            match free.get(&ino) {
-                Some(t) if t.elapsed() < self.opts.attr_ttl => return true,
-                Some(_) => {
-                    free.remove(&ino);
-                }
-                None => {}
-            }
-        }
-        let key = (ino, name.to_vec());
-        let mut m = self.no_xattr.lock();
-        match m.get(&key) {
-            Some(t) if t.elapsed() < self.opts.attr_ttl => true,
-            Some(_) => {
-                m.remove(&key);
-                false
-            }
-            None => false,
-        }
+        self.xattr_free.contains(&ino) || self.no_xattr.contains(&(ino, name.to_vec()))
     }
 
     /// Remembers whether the master reported `a` without extended attributes.
     fn note_xattrs(&self, a: &Attr) {
-        let mut free = self.xattr_free.lock();
         if a.no_xattrs {
-            if free.len() > 100_000 {
-                free.clear();
-            }
-            free.insert(a.inode, Instant::now());
+            self.xattr_free.insert(a.inode, ());
         } else {
-            free.remove(&a.inode);
+            self.xattr_free.remove(&a.inode);
         }
     }
 
     fn set_xattr_absent(&self, ino: u64, name: &[u8], absent: bool) {
         if !absent {
-            self.xattr_free.lock().remove(&ino);
+            self.xattr_free.remove(&ino);
         }
-        let mut m = self.no_xattr.lock();
         if absent {
-            if m.len() > 10_000 {
-                m.clear();
-            }
-            m.insert((ino, name.to_vec()), Instant::now());
+            self.no_xattr.insert((ino, name.to_vec()), ());
         } else {
-            m.remove(&(ino, name.to_vec()));
+            self.no_xattr.remove(&(ino, name.to_vec()));
         }
     }
 
@@ -363,6 +345,7 @@ impl AlcesFs {
         opts: FsOptions,
         metrics: Option<Metrics>,
     ) -> Self {
+        let ttl = opts.attr_ttl;
         Self {
             shared: Arc::new(Shared {
                 client,
@@ -371,8 +354,8 @@ impl AlcesFs {
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 metrics,
-                no_xattr: Mutex::new(HashMap::new()),
-                xattr_free: Mutex::new(HashMap::new()),
+                no_xattr: BoundedCache::new(ABSENT_XATTRS, Some(ttl)),
+                xattr_free: BoundedCache::new(XATTR_FREE_INODES, Some(ttl)),
             }),
             rt,
         }
@@ -542,11 +525,13 @@ impl Filesystem for AlcesFs {
                 .mknod(
                     s.real(parent),
                     &name,
-                    kind,
-                    mode & 0o7777,
-                    umask,
-                    u64::from(rdev),
-                    true,
+                    &NewNode {
+                        kind,
+                        mode: mode & 0o7777,
+                        umask,
+                        rdev: u64::from(rdev),
+                        exclusive: true,
+                    },
                     &c,
                 )
                 .await;
@@ -828,7 +813,7 @@ impl Filesystem for AlcesFs {
             reply.error(Errno::from_i32(libc::EBADF));
             return;
         };
-        for (next, e) in snap.from_offset(offset) {
+        for (next, e) in snap.entries_from(offset) {
             let ino = INodeNo(self.shared.fuse_ino(e.inode));
             if reply.add(
                 ino,
@@ -863,7 +848,7 @@ impl Filesystem for AlcesFs {
                     return;
                 }
             };
-            for (next, e) in snap.from_offset(offset) {
+            for (next, e) in snap.entries_from(offset) {
                 let attr = match (&e.attr, e.name.as_slice()) {
                     (_, b"." | b"..") => dir_attr,
                     (Some(a), _) => *a,
@@ -1055,10 +1040,13 @@ impl Filesystem for AlcesFs {
                 .create_open(
                     s.real(parent),
                     &name,
-                    mode & 0o7777,
-                    umask,
+                    &NewNode {
+                        mode: mode & 0o7777,
+                        umask,
+                        exclusive,
+                        ..NewNode::file(0)
+                    },
                     flags,
-                    exclusive,
                     &c,
                 )
                 .await;

@@ -4,33 +4,49 @@
 //! (chunk I/O) and is reused by the `alces` CLI and the CSI driver:
 //!
 //! - [`Client`]: connect with a [`ClientConfig`]; session registration, lease
-//!   renewal, transparent reconnect; every namespace call; path helpers.
+//!   renewal, transparent reconnect; every namespace call; path helpers; the
+//!   volume calls (quotas, snapshots, trash, `du`, the consistency check,
+//!   `statfs_at`).
 //! - [`FileHandle`]: an open file with readahead, write-behind, flush, fsync,
 //!   truncate.
 //! - [`Error`]: an errno plus a message.
-//! - [`fuse`]: the FUSE filesystem served by `alces-mount`.
-//! - [`volumes`]: quotas, snapshots, trash, `du` and the consistency check.
+//! - [`fuse`]: the FUSE filesystem served by `alces-mount`, and [`metrics`],
+//!   its Prometheus counters.
+//!
+//! Inside, the layers are (each only uses those below it): `session` (the
+//! session with the master and the connections), `namespace` (namespace
+//! calls), `file` and `open_files` (file I/O), `client` (the [`Client`] that
+//! composes them), `volumes`, then `fuse`. `cache` is the one bounded cache
+//! type they all use.
 
 #![warn(missing_docs)]
 
-pub mod chain;
-pub mod client;
-pub mod dirsnap;
-pub mod error;
-pub mod file;
+mod cache;
+mod chain;
+mod client;
+mod dirsnap;
+mod error;
+mod file;
 mod filesize;
 pub mod fuse;
-pub mod layout;
+mod layout;
 pub mod metrics;
-pub mod names;
-pub mod readahead;
-pub mod volumes;
-pub mod writebuf;
+mod names;
+mod namespace;
+mod open_files;
+mod readahead;
+mod session;
+mod volumes;
+mod writebuf;
 
-pub use client::{
-    rename_flags, Attr, Caller, Client, ClientConfig, DirEntry, FileType, SetAttr, SetTime,
-    StatfsReply,
-};
+pub use client::Client;
 pub use error::{Error, Result};
 pub use file::FileHandle;
-pub use volumes::QuotaLimits;
+pub use namespace::{
+    rename_flags, Attr, Caller, DirEntry, FileType, NewNode, SetAttr, SetTime, StatfsReply,
+};
+pub use session::ClientConfig;
+pub use volumes::{
+    ConsistencyReport, DiskUsageReply, PurgeTrashReply, QuotaInfo, QuotaLimits, SnapshotReply,
+    TrashEntry, TrashTimeReply,
+};

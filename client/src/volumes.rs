@@ -32,9 +32,9 @@ pub struct QuotaLimits {
 
 impl Client {
     fn admin(&self) -> Result<AdminClient<AuthChannel>> {
-        let auth = alces_proto::auth::ClientAuth::new(&self.inner.config.secret)
+        let auth = alces_proto::auth::ClientAuth::new(&self.config().secret)
             .map_err(|e| Error::new(libc::EINVAL, e.to_string()))?;
-        let ch = alces_proto::net::channel(&self.inner.config.master, &auth)
+        let ch = alces_proto::net::channel(&self.config().master, &auth)
             .map_err(|e| Error::new(libc::EINVAL, format!("master address: {e}")))?;
         Ok(AdminClient::new(ch)
             .max_decoding_message_size(alces_proto::MAX_MESSAGE_BYTES)
@@ -43,7 +43,7 @@ impl Client {
 
     /// The absolute filesystem path of `path` (relative to this client's root).
     pub fn fs_path(&self, path: &str) -> String {
-        let sub = self.inner.config.subdir.trim_end_matches('/');
+        let sub = self.config().subdir.trim_end_matches('/');
         let rel = path.trim_start_matches('/');
         let joined = if rel.is_empty() {
             sub.to_string()

@@ -41,6 +41,7 @@ impl WriteBuffer {
     }
 
     /// Bytes buffered for chunk `index`.
+    #[cfg(test)]
     pub fn chunk_bytes(&self, index: u64) -> u64 {
         self.chunks
             .get(&index)
@@ -132,12 +133,14 @@ impl WriteBuffer {
     }
 
     /// Removes and returns everything buffered, per chunk.
+    #[cfg(test)]
     pub fn take_all(&mut self) -> Vec<(u64, ChunkExtents)> {
         let idx: Vec<u64> = self.chunks.keys().copied().collect();
         idx.into_iter().map(|i| (i, self.take_chunk(i))).collect()
     }
 
     /// End offset (in the file) of the last buffered byte, if any.
+    #[cfg(test)]
     pub fn end(&self) -> Option<u64> {
         let (idx, m) = self.chunks.iter().next_back()?;
         let (s, v) = m.iter().next_back()?;

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alces_client::{Caller, Client, ClientConfig, FileType};
+use alces_client::{Caller, Client, ClientConfig, FileType, NewNode};
 use alces_proto::pb::admin_client::AdminClient;
 use alces_proto::pb::Empty;
 
@@ -243,11 +243,13 @@ async fn library_write_read_truncate_across_chunks() {
         .mknod(
             dir.inode,
             b"big",
-            FileType::Regular,
-            0o644,
-            0o022,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0o022,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -256,11 +258,13 @@ async fn library_write_read_truncate_across_chunks() {
         .mknod(
             dir.inode,
             b"big",
-            FileType::Regular,
-            0o644,
-            0o022,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0o022,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -563,11 +567,13 @@ async fn session_survives_master_restart_and_times_out_when_down() {
         .mknod(
             client.root(),
             b"f",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -715,11 +721,13 @@ async fn stale_write_session_is_reopened_and_read_only_is_enforced() {
         .mknod(
             a.root(),
             b"shared",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -764,11 +772,13 @@ async fn stale_write_session_is_reopened_and_read_only_is_enforced() {
         .mknod(
             ro.root(),
             b"nope",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -798,11 +808,13 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
         .mknod(
             client.root(),
             b"c",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -874,11 +886,13 @@ async fn random_io_matches_a_model() {
         .mknod(
             client.root(),
             b"model",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -957,11 +971,13 @@ async fn reads_after_an_extending_write_see_the_new_size() {
         .mknod(
             client.root(),
             b"extend",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -1045,11 +1061,13 @@ async fn bytes_past_the_end_read_as_zeros_when_the_file_grows() {
         .mknod(
             dir.inode,
             b"f",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -1128,11 +1146,13 @@ async fn a_gap_written_past_the_end_reads_as_zeros_over_refused_bytes() {
             .mknod(
                 dir.inode,
                 b"f",
-                FileType::Regular,
-                0o644,
-                0,
-                0,
-                true,
+                &NewNode {
+                    kind: FileType::Regular,
+                    mode: 0o644,
+                    umask: 0,
+                    rdev: 0,
+                    exclusive: true,
+                },
                 &caller,
             )
             .await
@@ -1213,11 +1233,13 @@ async fn a_stale_sessions_length_is_still_recorded() {
         .mknod(
             a.root(),
             b"stale",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await
@@ -1294,11 +1316,13 @@ async fn a_small_file_is_read_without_asking_the_master_for_its_chunk() {
         .mknod(
             writer.root(),
             b"small",
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            true,
+            &NewNode {
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                exclusive: true,
+            },
             &caller,
         )
         .await

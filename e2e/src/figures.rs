@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use alces_client::{Caller, FileType};
+use alces_client::{Caller, FileType, NewNode};
 
 use crate::{pattern, wait_until, write_synced, Cluster, Options, Proc};
 
@@ -391,11 +391,13 @@ pub fn snapshot_scale(files: u64) -> SnapshotFigures {
                     cl.mknod(
                         dir,
                         format!("f{d:03}-{f:06}").as_bytes(),
-                        FileType::Regular,
-                        0o644,
-                        0,
-                        0,
-                        true,
+                        &NewNode {
+                            kind: FileType::Regular,
+                            mode: 0o644,
+                            umask: 0,
+                            rdev: 0,
+                            exclusive: true,
+                        },
                         &caller,
                     )
                     .await

@@ -617,11 +617,13 @@ fn write_files(c: &Cluster, cl: &alces_client::Client, dir: &str, files: usize) 
                     .mknod(
                         parent,
                         name.as_bytes(),
-                        alces_client::FileType::Regular,
-                        0o644,
-                        0,
-                        0,
-                        true,
+                        &alces_client::NewNode {
+                            kind: alces_client::FileType::Regular,
+                            mode: 0o644,
+                            umask: 0,
+                            rdev: 0,
+                            exclusive: true,
+                        },
                         &caller,
                     )
                     .await?;

@@ -1,0 +1,554 @@
+//! The session with the master and the connections: registration, lease
+//! renewal, transparent reconnect, the retrying [`Session::call`] wrapper every
+//! master call goes through, and the pool of chunkserver connections.
+//!
+//! This is the lowest layer of the client: it knows nothing of namespace calls
+//! or open files. What a re-registration must tell the master about open files
+//! comes from the layer above through [`OpenList`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use alces_proto::errno;
+use alces_proto::net::AuthChannel;
+use alces_proto::pb;
+use alces_proto::pb::chunkserver_client::ChunkserverClient;
+use alces_proto::pb::master_client::MasterClient;
+use parking_lot::Mutex;
+use tonic::Status;
+
+use crate::error::{Error, Result};
+
+/// How to reach and use a filesystem.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Master address, `host:port` (re-resolved on every reconnect).
+    pub master: String,
+    /// Cluster secret (see `alces_proto::auth::load_secret`).
+    pub secret: Arc<str>,
+    /// Subdirectory of the filesystem used as this client's root ("/" = all).
+    pub subdir: String,
+    /// Open a read-only session: every mutation fails with `EROFS`.
+    pub read_only: bool,
+    /// Name of this client shown by the master (e.g. "alces-mount /mnt/x").
+    pub client_name: String,
+    /// How long a call keeps retrying while the master is unreachable before it
+    /// fails with `EIO`.
+    pub reconnect_timeout: Duration,
+    /// Cap of write-behind data buffered in memory over all open files.
+    pub write_buffer_bytes: u64,
+    /// Buffered bytes of one chunk that trigger sending them in the background.
+    pub write_flush_bytes: u64,
+    /// Largest readahead window of one open file (0 disables readahead).
+    pub readahead_bytes: u64,
+    /// Chunk reads (of up to 4 MiB) in flight at once over all files.
+    pub max_parallel_reads: usize,
+    /// Chunk writes in flight at once per file.
+    pub max_parallel_writes: usize,
+    /// How long the attributes of a directory that the master returned with this
+    /// client's own change of it (create, unlink, rename...) may answer a GETATTR
+    /// instead of asking the master again. Use the mount's attribute timeout: it
+    /// is the same staleness the kernel's attribute cache already allows.
+    pub dir_attr_ttl: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with default tuning for `master` and `secret`.
+    pub fn new(master: impl Into<String>, secret: Arc<str>) -> Self {
+        Self {
+            master: master.into(),
+            secret,
+            subdir: "/".into(),
+            read_only: false,
+            client_name: "alces-client".into(),
+            reconnect_timeout: Duration::from_secs(120),
+            write_buffer_bytes: 64 << 20,
+            write_flush_bytes: 4 << 20,
+            readahead_bytes: 16 << 20,
+            max_parallel_reads: 16,
+            max_parallel_writes: 4,
+            dir_attr_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a re-registration lists to the master about this client's open files,
+/// provided by the open-file registry above this layer.
+pub(crate) trait OpenList: Send + Sync {
+    /// One entry per open handle: the master counts opens per session.
+    fn open_inodes(&self) -> Vec<u64>;
+    /// The chunk write sessions the client holds.
+    fn write_sessions(&self) -> Vec<pb::OpenWriteSession>;
+}
+
+#[derive(Clone, Debug)]
+struct SessionState {
+    session_id: u64,
+    root_inode: u64,
+    chunk_size: u64,
+    lease_secs: u32,
+    read_only: bool,
+    cluster_id: String,
+    /// Bumped on every successful (re-)registration.
+    generation: u64,
+}
+
+struct SessionInner {
+    config: ClientConfig,
+    /// The runtime the client was connected on: background work (write-behind,
+    /// read pieces, readahead) always runs there, whichever thread started it.
+    rt: tokio::runtime::Handle,
+    master: MasterClient<AuthChannel>,
+    auth: alces_proto::auth::ClientAuth,
+    state: Mutex<SessionState>,
+    seen_epoch: AtomicU64,
+    chunkservers: Mutex<HashMap<String, ChunkserverClient<AuthChannel>>>,
+    /// The open files to list on re-registration (set once at connect).
+    open_list: OnceLock<Weak<dyn OpenList>>,
+    reconnect: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+    /// Reconnects done (for metrics).
+    reconnects: AtomicU64,
+}
+
+/// The session with the master and the client's connections. Cheap to clone;
+/// all clones share one session.
+#[derive(Clone)]
+pub(crate) struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.inner.state.lock();
+        f.debug_struct("Client")
+            .field("master", &self.inner.config.master)
+            .field("session_id", &s.session_id)
+            .field("root_inode", &s.root_inode)
+            .finish()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+tokio::task_local! {
+    /// A master client that calls made in this task use first instead of the
+    /// shared one (see [`Session::with_master`]).
+    static TASK_MASTER: MasterClient<AuthChannel>;
+}
+
+/// True when the master no longer knows our session (it restarted or expired it):
+/// re-registering with the same id fixes it.
+fn session_lost(s: &Status) -> bool {
+    errno::is_session_unknown(s)
+}
+
+/// A master client over `ch` that accepts the largest messages of the protocol.
+fn master_client(ch: AuthChannel) -> MasterClient<AuthChannel> {
+    MasterClient::new(ch)
+        .max_decoding_message_size(alces_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(alces_proto::MAX_MESSAGE_BYTES)
+}
+
+enum RegisterError {
+    Transient(Error),
+    Fatal(Error),
+}
+
+impl Session {
+    /// A session for `config`, not yet registered; background work will run on
+    /// the current tokio runtime.
+    pub(crate) fn new(config: ClientConfig) -> Result<Session> {
+        let auth = alces_proto::auth::ClientAuth::new(&config.secret)
+            .map_err(|e| Error::new(libc::EINVAL, e.to_string()))?;
+        let ch = alces_proto::net::channel(&config.master, &auth)
+            .map_err(|e| Error::new(libc::EINVAL, format!("--master: {e}")))?;
+        Ok(Session {
+            inner: Arc::new(SessionInner {
+                rt: tokio::runtime::Handle::current(),
+                config,
+                master: master_client(ch),
+                auth,
+                state: Mutex::new(SessionState {
+                    session_id: 0,
+                    root_inode: 1,
+                    chunk_size: alces_proto::geometry::MAX_CHUNK_SIZE,
+                    lease_secs: 30,
+                    read_only: false,
+                    cluster_id: String::new(),
+                    generation: 0,
+                }),
+                seen_epoch: AtomicU64::new(0),
+                chunkservers: Mutex::new(HashMap::new()),
+                open_list: OnceLock::new(),
+                reconnect: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
+                reconnects: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Tells the session where to find the open files a re-registration lists.
+    pub(crate) fn set_open_list(&self, list: Weak<dyn OpenList>) {
+        let _ = self.inner.open_list.set(list);
+    }
+
+    /// Registers the session, retrying while the master is unreachable for up
+    /// to the configured reconnect timeout, then starts the lease renewal task
+    /// on the current tokio runtime.
+    pub(crate) async fn start(&self) -> Result<()> {
+        let deadline = Instant::now() + self.inner.config.reconnect_timeout;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.register(0).await {
+                Ok(()) => break,
+                Err(RegisterError::Transient(e)) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, master = %self.inner.config.master, "master not reachable yet, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(3));
+                }
+                Err(RegisterError::Transient(e)) | Err(RegisterError::Fatal(e)) => return Err(e),
+            }
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(renew_loop(weak));
+        Ok(())
+    }
+
+    async fn register(&self, expected_generation: u64) -> std::result::Result<(), RegisterError> {
+        let (session_id, generation) = {
+            let s = self.inner.state.lock();
+            (s.session_id, s.generation)
+        };
+        if generation != expected_generation {
+            return Ok(());
+        }
+        let open = self.inner.open_list.get().and_then(Weak::upgrade);
+        let (open_inodes, write_sessions) = match open {
+            Some(o) => (o.open_inodes(), o.write_sessions()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let req = pb::RegisterSessionRequest {
+            client_name: self.inner.config.client_name.clone(),
+            subdir: self.inner.config.subdir.clone(),
+            read_only: self.inner.config.read_only,
+            session_id,
+            open_inodes,
+            hostname: hostname(),
+            seen_epoch: self.inner.seen_epoch.load(Ordering::SeqCst),
+            write_sessions,
+        };
+        let reply = match self.inner.master.clone().register_session(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if errno::is_transient(&s) => {
+                return Err(RegisterError::Transient(Error::new(
+                    libc::EIO,
+                    format!(
+                        "master {} unreachable: {}",
+                        self.inner.config.master,
+                        s.message()
+                    ),
+                )))
+            }
+            Err(s) => {
+                let e = Error::from_status(&s);
+                return Err(RegisterError::Fatal(Error::new(
+                    e.errno(),
+                    format!(
+                        "master {} refused the session: {}",
+                        self.inner.config.master,
+                        e.message()
+                    ),
+                )));
+            }
+        };
+        let seen = self.inner.seen_epoch.load(Ordering::SeqCst);
+        if reply.epoch < seen {
+            // A deposed master: keep retrying until the real one answers.
+            return Err(RegisterError::Transient(Error::io(format!(
+                "master {} has epoch {} lower than the {seen} already seen; refusing it",
+                self.inner.config.master, reply.epoch
+            ))));
+        }
+        let chunk_size =
+            alces_proto::geometry::validate_chunk_size(reply.chunk_size).map_err(|e| {
+                RegisterError::Fatal(Error::io(format!(
+                    "master sent an unusable chunk size: {e}"
+                )))
+            })?;
+        let mut s = self.inner.state.lock();
+        if !s.cluster_id.is_empty() && s.cluster_id != reply.cluster_id {
+            return Err(RegisterError::Fatal(Error::io(format!(
+                "master {} serves cluster {} but this client was using cluster {}; refusing to mix filesystems",
+                self.inner.config.master, reply.cluster_id, s.cluster_id
+            ))));
+        }
+        if s.session_id != 0 && s.root_inode != reply.root_inode {
+            tracing::warn!(
+                old = s.root_inode,
+                new = reply.root_inode,
+                "root inode changed after reconnect"
+            );
+        }
+        self.inner
+            .seen_epoch
+            .fetch_max(reply.epoch, Ordering::SeqCst);
+        s.session_id = reply.session_id;
+        s.root_inode = reply.root_inode;
+        s.chunk_size = chunk_size;
+        s.lease_secs = reply.lease_secs.max(1);
+        s.read_only = reply.read_only || self.inner.config.read_only;
+        s.cluster_id = reply.cluster_id;
+        s.generation += 1;
+        if s.generation > 1 {
+            self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                session = s.session_id,
+                epoch = reply.epoch,
+                "session re-registered with the master"
+            );
+        } else {
+            tracing::info!(
+                session = s.session_id,
+                root = s.root_inode,
+                chunk_size,
+                "session registered with the master"
+            );
+        }
+        Ok(())
+    }
+
+    async fn reregister(&self, failed_generation: u64) -> std::result::Result<(), RegisterError> {
+        let _g = self.inner.reconnect.lock().await;
+        self.register(failed_generation).await
+    }
+
+    /// Starts background work on the runtime the client was connected on.
+    pub(crate) fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.rt.spawn(f)
+    }
+
+    /// A new master client on its own connection, driven by the runtime this is
+    /// called in (the connection is made on first use and remade after a failure).
+    pub(crate) fn new_master_client(&self) -> Result<MasterClient<AuthChannel>> {
+        let ch = alces_proto::net::channel(&self.inner.config.master, &self.inner.auth)
+            .map_err(|e| Error::new(libc::EINVAL, format!("--master: {e}")))?;
+        Ok(master_client(ch))
+    }
+
+    /// Runs `f` with master calls going first through `master` (made by
+    /// [`Session::new_master_client`] on the runtime that runs `f`). A FUSE thread
+    /// that drives its own connection this way answers a call without handing it to
+    /// another thread and back. A call that fails on `master` for a transport
+    /// reason is retried at once on the shared connection, and from there on as
+    /// usual.
+    pub(crate) async fn with_master<F: Future>(
+        &self,
+        master: MasterClient<AuthChannel>,
+        f: F,
+    ) -> F::Output {
+        TASK_MASTER.scope(master, f).await
+    }
+
+    /// Calls the master, retrying transient failures (and a lost session) with
+    /// backoff and re-registration for up to the configured reconnect timeout.
+    /// Within [`Session::with_master`] the first attempt goes through the task's
+    /// own connection.
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(MasterClient<AuthChannel>, u64) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.config.reconnect_timeout;
+        let mut backoff = Duration::from_millis(50);
+        let mut reregister: Option<u64> = None;
+        let mut task_master = TASK_MASTER.try_with(Clone::clone).ok();
+        loop {
+            if let Some(generation) = reregister.take() {
+                match self.reregister(generation).await {
+                    Ok(()) => {}
+                    Err(RegisterError::Fatal(e)) => return Err(e),
+                    Err(RegisterError::Transient(e)) => {
+                        if Instant::now() >= deadline {
+                            return Err(Error::io(format!("{what}: {}", e.message())));
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(3));
+                        reregister = Some(generation);
+                        continue;
+                    }
+                }
+            }
+            let (sid, generation) = {
+                let s = self.inner.state.lock();
+                (s.session_id, s.generation)
+            };
+            let (master, own) = match task_master.take() {
+                Some(m) => (m, true),
+                None => (self.inner.master.clone(), false),
+            };
+            match f(master, sid).await {
+                Ok(r) => return Ok(r.into_inner()),
+                // The task's own connection may have been closed while it sat idle:
+                // try the shared one at once before backing off.
+                Err(s) if own && errno::is_transient(&s) => {
+                    tracing::debug!(what, error = %s.message(), "call on the task's own master connection failed, retrying on the shared one");
+                }
+                Err(s) if errno::is_transient(&s) || session_lost(&s) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::io(format!(
+                            "{what}: master {} unreachable for {:?}: {}",
+                            self.inner.config.master,
+                            self.inner.config.reconnect_timeout,
+                            s.message()
+                        )));
+                    }
+                    tracing::debug!(what, error = %s.message(), "master call failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(3));
+                    reregister = Some(generation);
+                }
+                Err(s) => return Err(Error::from_status(&s)),
+            }
+        }
+    }
+
+    /// The chunkserver client for `addr` (cached).
+    pub(crate) fn chunkserver(&self, addr: &str) -> Result<ChunkserverClient<AuthChannel>> {
+        let mut m = self.inner.chunkservers.lock();
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = alces_proto::net::channel(addr, &self.inner.auth)
+            .map_err(|e| Error::io(format!("chunkserver address from the master: {e}")))?;
+        let c = ChunkserverClient::new(ch)
+            .max_decoding_message_size(alces_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(alces_proto::MAX_MESSAGE_BYTES);
+        m.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The configuration the session was made with.
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Inode of this client's root (the mounted subdirectory).
+    pub(crate) fn root(&self) -> u64 {
+        self.inner.state.lock().root_inode
+    }
+
+    /// Chunk size of the filesystem.
+    pub(crate) fn chunk_size(&self) -> u64 {
+        self.inner.state.lock().chunk_size
+    }
+
+    /// Current session id.
+    pub(crate) fn session_id(&self) -> u64 {
+        self.inner.state.lock().session_id
+    }
+
+    /// Highest master epoch seen.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.seen_epoch.load(Ordering::SeqCst)
+    }
+
+    /// True when the session is read-only.
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.inner.state.lock().read_only
+    }
+
+    /// How many times the session was re-registered after a lost connection.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Fails with `EROFS` when the session is read-only.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Err(Error::new(
+                libc::EROFS,
+                "the filesystem is mounted read-only",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops lease renewal and closes the session with the master (errors are
+    /// ignored: an unclosed session expires).
+    pub(crate) async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let sid = self.session_id();
+        let _ = self
+            .inner
+            .master
+            .clone()
+            .close_session(pb::SessionRef { session_id: sid })
+            .await;
+    }
+}
+
+async fn renew_loop(weak: Weak<SessionInner>) {
+    loop {
+        let (lease, sid, generation) = match weak.upgrade() {
+            Some(inner) => {
+                if inner.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let s = inner.state.lock();
+                (s.lease_secs, s.session_id, s.generation)
+            }
+            None => return,
+        };
+        let period =
+            Duration::from_millis(u64::from(lease) * 1000 / 3).max(Duration::from_millis(200));
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let client = Session { inner };
+        let r = client
+            .inner
+            .master
+            .clone()
+            .renew_session(pb::SessionRef { session_id: sid })
+            .await;
+        match r {
+            Ok(reply) => {
+                let epoch = reply.into_inner().epoch;
+                let seen = client.inner.seen_epoch.load(Ordering::SeqCst);
+                if epoch < seen {
+                    tracing::warn!(
+                        epoch,
+                        seen,
+                        "master answered with a lower epoch than seen; re-registering"
+                    );
+                    let _ = client.reregister(generation).await;
+                } else {
+                    client.inner.seen_epoch.fetch_max(epoch, Ordering::SeqCst);
+                }
+            }
+            Err(s) => {
+                tracing::warn!(error = %s.message(), "lease renewal failed; re-registering the session");
+                match client.reregister(generation).await {
+                    Ok(()) => {}
+                    Err(RegisterError::Transient(e)) | Err(RegisterError::Fatal(e)) => {
+                        tracing::warn!(error = %e, "re-registration failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+}
