@@ -1,8 +1,11 @@
-//! Goals (copies per chunk): the `SetGoal` changelog op, deciding it from a path
-//! (optionally a whole tree) and applying it.
+//! Goals (copies per chunk) set by administrators: the `SetGoal` op decided
+//! from a path (optionally a whole tree), and the goal of a path.
 
 use alces_proto::pb::{self, changelog_record::Op};
 
+use tonic::Status;
+
+use crate::core::Core;
 use crate::state::ops::check_goal;
 
 use crate::state::error::{err, FsError, FsResult};
@@ -60,6 +63,41 @@ pub fn prepare_set_goal(
         return Ok((None, visited));
     }
     Ok((Some(Op::SetGoal(pb::SetGoalOp { inodes, goal })), visited))
+}
+
+/// Sets the goal of a path (or a tree); logged in the changelog.
+pub async fn set_goal(core: &Core, r: pb::SetGoalRequest) -> Result<pb::SetGoalReply, Status> {
+    core.mutate(|core, inner| {
+        let (op, visited) = prepare_set_goal(&inner.state, &r.path, r.goal, r.recursive)?;
+        let Some(op) = op else {
+            return Ok((
+                None,
+                pb::SetGoalReply {
+                    changed: 0,
+                    visited,
+                },
+            ));
+        };
+        let changed = match &op {
+            pb::changelog_record::Op::SetGoal(o) => o.inodes.len() as u64,
+            _ => 0,
+        };
+        let v = core.commit(inner, op)?;
+        tracing::info!(path = %r.path, goal = r.goal, recursive = r.recursive, changed, "goal set");
+        Ok((Some(v), pb::SetGoalReply { changed, visited }))
+    })
+    .await
+}
+
+/// The goal of a path.
+pub fn get_goal(core: &Core, path: &str) -> Result<pb::GetGoalReply, Status> {
+    core.read(|inner| {
+        let ino = resolve_path(&inner.state, path)?;
+        Ok(pb::GetGoalReply {
+            goal: u32::from(inner.state.get(ino)?.goal),
+            inode: ino,
+        })
+    })
 }
 
 #[cfg(test)]

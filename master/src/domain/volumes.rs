@@ -139,14 +139,9 @@ pub async fn set_quota(core: &Core, r: pb::SetQuotaRequest) -> Result<pb::QuotaI
     .await
 }
 
-fn read<T>(core: &Core, f: impl FnOnce(&Inner) -> FsResult<T>) -> Result<T, Status> {
-    let g = core.inner.lock();
-    f(&g).map_err(Status::from)
-}
-
 /// `GetQuota`.
 pub fn get_quota(core: &Core, r: pb::PathRequest) -> Result<pb::QuotaInfo, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let st = &inner.state;
         let dir = resolve(st, &r.path)?;
         let q = st
@@ -201,7 +196,7 @@ fn tree_busy(inner: &Inner, ino: u64) -> bool {
 pub async fn snapshot(core: &Core, r: pb::SnapshotRequest) -> Result<pb::SnapshotReply, Status> {
     let deadline = std::time::Instant::now() + SNAPSHOT_BUSY_WAIT;
     loop {
-        let src = read(core, |inner| resolve(&inner.state, &r.source)).ok();
+        let src = core.read(|inner| resolve(&inner.state, &r.source)).ok();
         if let Some(src) = src {
             crate::domain::tails::clean_tree(core, src).await?;
         }
@@ -314,7 +309,7 @@ pub async fn set_trash_time(
 
 /// `GetTrashTime`.
 pub fn get_trash_time(core: &Core, r: pb::PathRequest) -> Result<pb::TrashTimeReply, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let st = &inner.state;
         let ino = resolve(st, &r.path)?;
         let dir = match st.get(ino)? {
@@ -342,7 +337,7 @@ fn entry(st: &State, ino: u64, e: &Trashed) -> pb::TrashEntry {
 
 /// `ListTrash`.
 pub fn list_trash(core: &Core) -> Result<pb::TrashList, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let st = &inner.state;
         Ok(pb::TrashList {
             entries: st.trash.iter().map(|(i, e)| entry(st, *i, e)).collect(),
@@ -506,7 +501,7 @@ pub fn purge_expired(core: &Core, inner: &mut Inner) {
 
 /// `DiskUsage`.
 pub fn disk_usage(core: &Core, r: pb::PathRequest) -> Result<pb::DiskUsageReply, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let ino = resolve(&inner.state, &r.path)?;
         let u = volumes::subtree(&inner.state, ino);
         Ok(pb::DiskUsageReply {
@@ -519,7 +514,7 @@ pub fn disk_usage(core: &Core, r: pb::PathRequest) -> Result<pb::DiskUsageReply,
 
 /// `CheckConsistency`.
 pub fn check_consistency(core: &Core) -> Result<pb::ConsistencyReport, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let st = &inner.state;
         let problems = volumes::check(st);
         let mut on_servers: HashSet<u64> = HashSet::new();
