@@ -8,27 +8,8 @@ use tonic::Status;
 use crate::core::Core;
 use crate::state::ops::check_goal;
 
-use crate::state::error::{err, FsError, FsResult};
-use crate::state::namespace::{State, ROOT_INODE};
-
-/// Resolves an absolute admin path to an inode, with errors naming the path.
-pub fn resolve_path(st: &State, path: &str) -> FsResult<u64> {
-    if !path.starts_with('/') {
-        return err(
-            libc::EINVAL,
-            format!("path '{path}' is not absolute: give it from the filesystem root"),
-        );
-    }
-    if path.contains('\0') {
-        return err(libc::EINVAL, format!("path '{path}' contains NUL"));
-    }
-    st.resolve(ROOT_INODE, path).map_err(|e| {
-        FsError::new(
-            e.errno,
-            format!("no such file or directory '{path}': {}", e.message),
-        )
-    })
-}
+use crate::state::error::FsResult;
+use crate::state::namespace::State;
 
 /// Decides the op setting `goal` on `path` (and, when `recursive`, on every
 /// inode below it). Returns the op (None when nothing changes) and the number
@@ -40,7 +21,7 @@ pub fn prepare_set_goal(
     recursive: bool,
 ) -> FsResult<(Option<Op>, u64)> {
     check_goal(goal)?;
-    let ino = resolve_path(st, path)?;
+    let ino = st.resolve_absolute(path)?;
     let mut todo = vec![ino];
     let mut inodes = Vec::new();
     let mut visited = 0u64;
@@ -92,7 +73,7 @@ pub async fn set_goal(core: &Core, r: pb::SetGoalRequest) -> Result<pb::SetGoalR
 /// The goal of a path.
 pub fn get_goal(core: &Core, path: &str) -> Result<pb::GetGoalReply, Status> {
     core.read(|inner| {
-        let ino = resolve_path(&inner.state, path)?;
+        let ino = inner.state.resolve_absolute(path)?;
         Ok(pb::GetGoalReply {
             goal: u32::from(inner.state.get(ino)?.goal),
             inode: ino,

@@ -8,7 +8,6 @@ use tonic::Status;
 
 use crate::core::{Core, Settings};
 use crate::domain::chunkservers::status_of;
-use crate::state::error::err;
 use crate::state::namespace::ROOT_INODE;
 
 /// `Admin.Status`: the whole cluster as the master sees it.
@@ -66,16 +65,7 @@ pub fn status(core: &Core) -> Result<pb::ClusterStatus, Status> {
 /// `Admin.FileInfo`: the attributes of a path and where each of its chunks is.
 pub fn file_info(core: &Core, r: &pb::FileInfoRequest) -> Result<pb::FileInfoReply, Status> {
     core.read(|i| {
-        if !r.path.starts_with('/') {
-            return err(
-                libc::EINVAL,
-                format!(
-                    "path '{}' is not absolute: give it from the filesystem root",
-                    r.path
-                ),
-            );
-        }
-        let ino = i.state.resolve(ROOT_INODE, &r.path)?;
+        let ino = i.state.resolve_absolute(&r.path)?;
         let f = i.state.get(ino)?;
         let mut chunks = Vec::new();
         if let Some(list) = f.chunks() {
