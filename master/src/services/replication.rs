@@ -58,7 +58,7 @@ impl Replication for ReplicationService {
     ) -> Result<Response<Self::FetchSnapshotStream>, Status> {
         let r = req.into_inner();
         replication::check(&self.core, &r.metalogger_id, r.seen_epoch)?;
-        let (version, bytes) = replication::snapshot(&self.core).await?;
+        let (version, bytes) = replication::snapshot(&self.core);
         let epoch = self.core.epoch;
         tracing::info!(
             metalogger = %r.metalogger_id,
