@@ -6,10 +6,12 @@
 //! - [`chunk_master`]: `ChunkMaster`, the service chunkservers call.
 //! - [`admin`]: `Admin`, the service administrators (`alces`) call.
 //! - [`replication`]: `Replication`, the service metaloggers call.
+//! - [`metalogger`]: `Metalogger`, the service a metalogger serves (status, promotion).
 
 pub mod admin;
 pub mod chunk_master;
 pub mod master;
+pub mod metalogger;
 pub mod replication;
 
 use tonic::{Response, Status};
