@@ -11,8 +11,8 @@
 //! - [`follower`]: following the master's changelog, and the checks of a promotion.
 //! - this module: starting a metalogger, and promoting it to master.
 
-pub mod follower;
-pub mod replica;
+pub(crate) mod follower;
+pub(crate) mod replica;
 
 use std::net::SocketAddr;
 use std::path::Path;
