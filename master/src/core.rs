@@ -271,6 +271,61 @@ impl Core {
         Ok(r)
     }
 
+    /// Runs `f` under the lock for writable session `session` (see
+    /// [`Core::check_writable`]), then waits for the version it committed.
+    pub async fn mutate_as<R>(
+        &self,
+        session: u64,
+        f: impl FnOnce(&Core, &mut Inner) -> FsResult<(Option<u64>, R)>,
+    ) -> Result<R, Status> {
+        self.mutate(|core, inner| {
+            core.check_writable(inner, session)?;
+            f(core, inner)
+        })
+        .await
+    }
+
+    /// Commits `op` for writable session `session`, waits until it is durable
+    /// and answers with `reply` of the state after it.
+    pub async fn commit_as<R>(
+        &self,
+        session: u64,
+        op: Op,
+        reply: impl FnOnce(&Inner) -> FsResult<R>,
+    ) -> Result<R, Status> {
+        self.mutate_as(session, |core, inner| {
+            let v = core.commit(inner, op)?;
+            Ok((Some(v), reply(inner)?))
+        })
+        .await
+    }
+
+    /// Runs the read-only `f` under the lock.
+    pub fn read<T>(&self, f: impl FnOnce(&Inner) -> FsResult<T>) -> Result<T, Status> {
+        let g = self.inner.lock();
+        f(&g).map_err(Status::from)
+    }
+
+    /// Fences this master when a peer has seen a newer epoch than its
+    /// own: a newer master exists, so this one accepts no more mutations.
+    pub fn check_epoch(&self, seen: u64) -> Result<(), Status> {
+        if seen > self.epoch {
+            if !self.hub.is_fenced() {
+                tracing::error!(
+                    epoch = self.epoch,
+                    newer = seen,
+                    "a peer has seen a newer master epoch: this master is deposed and stops accepting mutations"
+                );
+            }
+            self.hub.set_fence(seen);
+            return Err(Status::failed_precondition(format!(
+                "this master's epoch {} is older than epoch {seen} already seen: it has been replaced by a newer master",
+                self.epoch
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses mutations from read-only sessions and from sessions this master
     /// does not know (the client re-registers, so its read-only flag is known
     /// again before anything changes).

@@ -23,9 +23,11 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::{Args, Tuning};
 use crate::core::{now_ns, Core, Settings};
 use crate::disk::datadir::{self, DirLock};
-use crate::grpc::Services;
 use crate::metrics::Metrics;
-use crate::replication_grpc::ReplicationService;
+use crate::services::admin::AdminService;
+use crate::services::chunk_master::ChunkMasterService;
+use crate::services::master::MasterService;
+use crate::services::replication::ReplicationService;
 
 /// How a master is started.
 #[derive(Debug, Clone)]
@@ -159,18 +161,17 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {}: {e}", opts.listen))?;
     let grpc_addr = listener.local_addr()?;
-    let svc = Services::new(core.clone());
     let auth = ServerAuth::new(opts.secret.clone());
-    let master = MasterServer::new(svc.clone())
+    let master = MasterServer::new(MasterService::new(core.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let chunk = ChunkMasterServer::new(svc.clone())
+    let chunk = ChunkMasterServer::new(ChunkMasterService::new(core.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let replication = ReplicationServer::new(ReplicationService::new(core.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServer::new(svc)
+    let admin = AdminServer::new(AdminService::new(core.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -8,6 +8,8 @@
 //! - [`telemetry`]: logging setup and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`geometry`]: chunk and block sizes.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod checksum;
 pub mod errno;

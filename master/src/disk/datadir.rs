@@ -261,7 +261,7 @@ mod tests {
     use super::*;
     use crate::disk::changelog::Writer;
     use crate::state::namespace::ROOT_INODE;
-    use crate::state::ops::{prepare_create, Owner};
+    use crate::state::ops::{prepare_create, NewInode, Owner};
     use alces_proto::pb::{ChangelogRecord, FileType};
     use prometheus_client::metrics::histogram::Histogram;
 
@@ -272,14 +272,16 @@ mod tests {
     fn mkdir_record(st: &State, name: &str) -> ChangelogRecord {
         let op = prepare_create(
             st,
-            ROOT_INODE,
-            name.as_bytes(),
-            FileType::Directory,
-            0o755,
-            0,
-            0,
-            Owner::default(),
-            b"",
+            &NewInode {
+                parent: ROOT_INODE,
+                name: name.as_bytes(),
+                kind: FileType::Directory,
+                mode: 0o755,
+                umask: 0,
+                rdev: 0,
+                owner: Owner::default(),
+                target: b"",
+            },
         )
         .unwrap();
         ChangelogRecord {

@@ -9,6 +9,6 @@
 //! - [`datadir`]: the data directory: lock, epoch, recovery, retention.
 
 pub mod changelog;
-pub mod datadir;
-pub mod frame;
+pub(crate) mod datadir;
+pub(crate) mod frame;
 pub mod snapshot;

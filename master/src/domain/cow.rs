@@ -30,6 +30,7 @@ use alces_proto::pb::changelog_record::Op;
 use alces_proto::pb::{self, chunkserver_client::ChunkserverClient, ChunkLocation};
 
 use crate::core::{Core, Inner};
+use crate::runtime::tails::{recheck, Growth};
 use crate::state::error::{err, FsResult};
 use crate::state::ops::check_regular;
 
@@ -53,18 +54,34 @@ pub struct Plan {
     pub holders: Vec<ChunkLocation>,
 }
 
-/// Reserves the id of a private copy of `src` (chunk `index` of `inode`):
-/// commits the reservation and marks the copy as being made. Returns the
-/// plan and the version to wait for.
+/// The shared chunk a write session needs a private copy of.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    /// The file.
+    pub inode: u64,
+    /// Index of the chunk in the file.
+    pub index: u64,
+    /// The shared chunk.
+    pub chunk_id: u64,
+    /// Its version.
+    pub version: u64,
+}
+
+/// Reserves the id of a private copy of `src` (valid on `holders`): commits
+/// the reservation and marks the copy as being made. Returns the plan and the
+/// version to wait for.
 pub fn reserve(
     core: &Core,
     inner: &mut Inner,
-    inode: u64,
-    index: u64,
-    src: u64,
-    src_version: u64,
+    src: Source,
     holders: &[u64],
 ) -> FsResult<(u64, Plan)> {
+    let Source {
+        inode,
+        index,
+        chunk_id: src,
+        version: src_version,
+    } = src;
     if inner.chunks.is_copying(inode, index) {
         return err(
             libc::EAGAIN,
@@ -160,7 +177,7 @@ pub fn finish(
     core: &Core,
     inner: &mut Inner,
     session: u64,
-    growth: crate::runtime::tails::Growth,
+    growth: Growth,
     plan: &Plan,
     copied: &[u64],
 ) -> FsResult<(u64, pb::WriteChunkReply)> {
@@ -206,7 +223,7 @@ fn decide(
     core: &Core,
     inner: &mut Inner,
     session: u64,
-    growth: crate::runtime::tails::Growth,
+    growth: Growth,
     plan: &Plan,
     copied: &[u64],
 ) -> FsResult<(u64, u64, Vec<u64>)> {
@@ -242,7 +259,7 @@ fn decide(
             ),
         );
     }
-    crate::runtime::tails::recheck(&inner.tails, &inner.state, session, plan.inode, growth)?;
+    recheck(&inner.tails, &inner.state, session, plan.inode, growth)?;
     let v = core.commit(
         inner,
         Op::WriteChunk(pb::WriteChunkOp {

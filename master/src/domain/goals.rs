@@ -1,31 +1,15 @@
-//! Goals (copies per chunk): the `SetGoal` changelog op, deciding it from a path
-//! (optionally a whole tree) and applying it.
+//! Goals (copies per chunk) set by administrators: the `SetGoal` op decided
+//! from a path (optionally a whole tree), and the goal of a path.
 
 use alces_proto::pb::{self, changelog_record::Op};
 
+use tonic::Status;
+
+use crate::core::Core;
 use crate::state::ops::check_goal;
 
-use crate::state::error::{err, FsError, FsResult};
-use crate::state::namespace::{State, ROOT_INODE};
-
-/// Resolves an absolute admin path to an inode, with errors naming the path.
-pub fn resolve_path(st: &State, path: &str) -> FsResult<u64> {
-    if !path.starts_with('/') {
-        return err(
-            libc::EINVAL,
-            format!("path '{path}' is not absolute: give it from the filesystem root"),
-        );
-    }
-    if path.contains('\0') {
-        return err(libc::EINVAL, format!("path '{path}' contains NUL"));
-    }
-    st.resolve(ROOT_INODE, path).map_err(|e| {
-        FsError::new(
-            e.errno,
-            format!("no such file or directory '{path}': {}", e.message),
-        )
-    })
-}
+use crate::state::error::FsResult;
+use crate::state::namespace::State;
 
 /// Decides the op setting `goal` on `path` (and, when `recursive`, on every
 /// inode below it). Returns the op (None when nothing changes) and the number
@@ -37,7 +21,7 @@ pub fn prepare_set_goal(
     recursive: bool,
 ) -> FsResult<(Option<Op>, u64)> {
     check_goal(goal)?;
-    let ino = resolve_path(st, path)?;
+    let ino = st.resolve_absolute(path)?;
     let mut todo = vec![ino];
     let mut inodes = Vec::new();
     let mut visited = 0u64;
@@ -60,6 +44,41 @@ pub fn prepare_set_goal(
         return Ok((None, visited));
     }
     Ok((Some(Op::SetGoal(pb::SetGoalOp { inodes, goal })), visited))
+}
+
+/// Sets the goal of a path (or a tree); logged in the changelog.
+pub async fn set_goal(core: &Core, r: pb::SetGoalRequest) -> Result<pb::SetGoalReply, Status> {
+    core.mutate(|core, inner| {
+        let (op, visited) = prepare_set_goal(&inner.state, &r.path, r.goal, r.recursive)?;
+        let Some(op) = op else {
+            return Ok((
+                None,
+                pb::SetGoalReply {
+                    changed: 0,
+                    visited,
+                },
+            ));
+        };
+        let changed = match &op {
+            pb::changelog_record::Op::SetGoal(o) => o.inodes.len() as u64,
+            _ => 0,
+        };
+        let v = core.commit(inner, op)?;
+        tracing::info!(path = %r.path, goal = r.goal, recursive = r.recursive, changed, "goal set");
+        Ok((Some(v), pb::SetGoalReply { changed, visited }))
+    })
+    .await
+}
+
+/// The goal of a path.
+pub fn get_goal(core: &Core, path: &str) -> Result<pb::GetGoalReply, Status> {
+    core.read(|inner| {
+        let ino = inner.state.resolve_absolute(path)?;
+        Ok(pb::GetGoalReply {
+            goal: u32::from(inner.state.get(ino)?.goal),
+            inode: ino,
+        })
+    })
 }
 
 #[cfg(test)]

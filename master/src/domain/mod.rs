@@ -4,16 +4,26 @@
 //! functions and their results into replies; nothing here knows how a
 //! request arrived.
 //!
-//! - [`admin`]: draining chunkservers and the tuning shown in the status.
-//! - [`goals`]: goals (copies per chunk) of a path or a tree.
-//! - [`volumes`]: quotas, snapshots, the trash, `du` and the consistency check.
+//! - [`sessions`]: client sessions: registration, renewal, closing.
+//! - [`metadata`]: lookups, attributes, entries, xattrs, statfs.
+//! - [`io`]: open/release, read locations and write sessions (placement, quotas, copy-on-write, tails).
 //! - [`cow`]: copy-on-write of a chunk shared with a snapshot.
 //! - [`tails`]: cutting bytes stored past a file's end before the file grows over them.
+//! - [`chunkservers`]: registration, heartbeats, drains and the status row of a chunkserver.
+//! - [`goals`]: goals (copies per chunk) of a path or a tree.
+//! - [`volumes`]: quotas, snapshots, the trash, `du` and the consistency check.
+//! - [`status`]: the cluster status, file info and tuning.
+//! - [`replication`]: snapshots, changelog batches and step-down for metaloggers.
 //! - [`maintenance`]: the once-a-second tick.
 
-pub mod admin;
+pub mod chunkservers;
 pub mod cow;
 pub mod goals;
+pub mod io;
 pub mod maintenance;
+pub mod metadata;
+pub mod replication;
+pub mod sessions;
+pub mod status;
 pub mod tails;
 pub mod volumes;

@@ -206,6 +206,18 @@ fn failed_server(st: &Status, chain: &[ChunkLocation]) -> Option<u64> {
     chain.first().map(|l| l.server_id)
 }
 
+/// [`settle`] for a request of `session`, which must be a known, writable
+/// session.
+pub async fn settle_as(
+    core: &Core,
+    session: u64,
+    inode: u64,
+    growth: Growth,
+) -> Result<(), Status> {
+    core.read(|i| core.check_writable(i, session))?;
+    settle(core, session, inode, growth).await
+}
+
 /// Makes sure no chunk `growth` covers holds unrecorded bytes past the end of
 /// `inode` before `session` grows the file: cuts them, or waits for the
 /// write sessions that may own them, up to [`WAIT`] (then `EAGAIN`).

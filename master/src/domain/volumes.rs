@@ -10,32 +10,13 @@ use tonic::Status;
 
 use crate::core::{now_ns, Core, Inner};
 use crate::state::error::{err, FsError, FsResult};
-use crate::state::namespace::{check_name, State, ROOT_INODE};
+use crate::state::namespace::{check_absolute, check_name, State, ROOT_INODE};
 use crate::state::namespace::{Quota, Trashed, Usage};
 use crate::state::volumes;
 
-/// An error for a path that must be absolute.
-fn absolute(path: &str) -> FsResult<()> {
-    if !path.starts_with('/') {
-        return Err(FsError::new(
-            libc::EINVAL,
-            format!("path '{path}' is not absolute: give it from the filesystem root"),
-        ));
-    }
-    Ok(())
-}
-
-fn resolve(st: &State, path: &str) -> FsResult<u64> {
-    absolute(path)?;
-    if path.contains('\0') {
-        return err(libc::EINVAL, "path contains NUL");
-    }
-    st.resolve(ROOT_INODE, path)
-}
-
 /// Splits an absolute path into (parent directory inode, last name).
 fn parent_and_name(st: &State, path: &str) -> FsResult<(u64, Vec<u8>)> {
-    absolute(path)?;
+    check_absolute(path)?;
     let trimmed = path.trim_end_matches('/');
     let (dir, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
     if name.is_empty() || name == "." || name == ".." {
@@ -97,7 +78,7 @@ pub fn quota_statfs(st: &State, dir: u64, q: &Quota, reply: &mut pb::StatfsReply
 pub async fn set_quota(core: &Core, r: pb::SetQuotaRequest) -> Result<pb::QuotaInfo, Status> {
     core.mutate(|core, inner| {
         let st = &inner.state;
-        let dir = resolve(st, &r.path)?;
+        let dir = st.resolve_absolute(&r.path)?;
         if !st.get(dir)?.is_dir() {
             return err(
                 libc::ENOTDIR,
@@ -139,16 +120,11 @@ pub async fn set_quota(core: &Core, r: pb::SetQuotaRequest) -> Result<pb::QuotaI
     .await
 }
 
-fn read<T>(core: &Core, f: impl FnOnce(&Inner) -> FsResult<T>) -> Result<T, Status> {
-    let g = core.inner.lock();
-    f(&g).map_err(Status::from)
-}
-
 /// `GetQuota`.
 pub fn get_quota(core: &Core, r: pb::PathRequest) -> Result<pb::QuotaInfo, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let st = &inner.state;
-        let dir = resolve(st, &r.path)?;
+        let dir = st.resolve_absolute(&r.path)?;
         let q = st
             .quotas
             .get(&dir)
@@ -160,7 +136,7 @@ pub fn get_quota(core: &Core, r: pb::PathRequest) -> Result<pb::QuotaInfo, Statu
 /// `RemoveQuota`.
 pub async fn remove_quota(core: &Core, r: pb::PathRequest) -> Result<pb::Empty, Status> {
     core.mutate(|core, inner| {
-        let dir = resolve(&inner.state, &r.path)?;
+        let dir = inner.state.resolve_absolute(&r.path)?;
         if !inner.state.quotas.contains_key(&dir) {
             return err(libc::ENOENT, format!("'{}' has no quota", r.path));
         }
@@ -201,7 +177,9 @@ fn tree_busy(inner: &Inner, ino: u64) -> bool {
 pub async fn snapshot(core: &Core, r: pb::SnapshotRequest) -> Result<pb::SnapshotReply, Status> {
     let deadline = std::time::Instant::now() + SNAPSHOT_BUSY_WAIT;
     loop {
-        let src = read(core, |inner| resolve(&inner.state, &r.source)).ok();
+        let src = core
+            .read(|inner| inner.state.resolve_absolute(&r.source))
+            .ok();
         if let Some(src) = src {
             crate::domain::tails::clean_tree(core, src).await?;
         }
@@ -220,7 +198,7 @@ pub async fn snapshot(core: &Core, r: pb::SnapshotRequest) -> Result<pb::Snapsho
 async fn snapshot_once(core: &Core, r: &pb::SnapshotRequest) -> Result<pb::SnapshotReply, Status> {
     core.mutate(|core, inner| {
         let st = &inner.state;
-        let src = resolve(st, &r.source).map_err(|e| {
+        let src = st.resolve_absolute(&r.source).map_err(|e| {
             FsError::new(
                 e.errno,
                 format!("snapshot source '{}': {}", r.source, e.message),
@@ -292,7 +270,7 @@ pub async fn set_trash_time(
     r: pb::SetTrashTimeRequest,
 ) -> Result<pb::TrashTimeReply, Status> {
     core.mutate(|core, inner| {
-        let dir = resolve(&inner.state, &r.path)?;
+        let dir = inner.state.resolve_absolute(&r.path)?;
         let v = core.commit(
             inner,
             Op::SetTrashTime(pb::SetTrashTimeOp {
@@ -314,9 +292,9 @@ pub async fn set_trash_time(
 
 /// `GetTrashTime`.
 pub fn get_trash_time(core: &Core, r: pb::PathRequest) -> Result<pb::TrashTimeReply, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let st = &inner.state;
-        let ino = resolve(st, &r.path)?;
+        let ino = st.resolve_absolute(&r.path)?;
         let dir = match st.get(ino)? {
             i if i.is_dir() => ino,
             i => i.parent,
@@ -342,7 +320,7 @@ fn entry(st: &State, ino: u64, e: &Trashed) -> pb::TrashEntry {
 
 /// `ListTrash`.
 pub fn list_trash(core: &Core) -> Result<pb::TrashList, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let st = &inner.state;
         Ok(pb::TrashList {
             entries: st.trash.iter().map(|(i, e)| entry(st, *i, e)).collect(),
@@ -506,8 +484,8 @@ pub fn purge_expired(core: &Core, inner: &mut Inner) {
 
 /// `DiskUsage`.
 pub fn disk_usage(core: &Core, r: pb::PathRequest) -> Result<pb::DiskUsageReply, Status> {
-    read(core, |inner| {
-        let ino = resolve(&inner.state, &r.path)?;
+    core.read(|inner| {
+        let ino = inner.state.resolve_absolute(&r.path)?;
         let u = volumes::subtree(&inner.state, ino);
         Ok(pb::DiskUsageReply {
             path: r.path.clone(),
@@ -519,7 +497,7 @@ pub fn disk_usage(core: &Core, r: pb::PathRequest) -> Result<pb::DiskUsageReply,
 
 /// `CheckConsistency`.
 pub fn check_consistency(core: &Core) -> Result<pb::ConsistencyReport, Status> {
-    read(core, |inner| {
+    core.read(|inner| {
         let st = &inner.state;
         let problems = volumes::check(st);
         let mut on_servers: HashSet<u64> = HashSet::new();

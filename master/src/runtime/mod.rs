@@ -12,6 +12,6 @@
 
 pub mod chunkmap;
 pub mod replication;
-pub mod sessions;
-pub mod tails;
-pub mod window;
+pub(crate) mod sessions;
+pub(crate) mod tails;
+pub(crate) mod window;

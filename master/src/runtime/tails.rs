@@ -372,7 +372,7 @@ pub fn recheck(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::ops::{apply, prepare_create, Owner};
+    use crate::state::ops::{apply, prepare_create, NewInode, Owner};
     use alces_proto::pb::changelog_record::Op;
     use alces_proto::pb::{ChangelogRecord, FileType};
 
@@ -391,14 +391,16 @@ mod tests {
     fn file(st: &mut State, name: &str, size: u64, indexes: &[u64]) -> (u64, Vec<u64>) {
         let op = prepare_create(
             st,
-            crate::state::namespace::ROOT_INODE,
-            name.as_bytes(),
-            FileType::Regular,
-            0o644,
-            0,
-            0,
-            Owner { uid: 1, gid: 1 },
-            b"",
+            &NewInode {
+                parent: crate::state::namespace::ROOT_INODE,
+                name: name.as_bytes(),
+                kind: FileType::Regular,
+                mode: 0o644,
+                umask: 0,
+                rdev: 0,
+                owner: Owner { uid: 1, gid: 1 },
+                target: b"",
+            },
         )
         .expect("create");
         let ino = match &op {

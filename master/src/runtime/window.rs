@@ -77,16 +77,13 @@ impl RecordWindow {
     }
 
     /// Number of records held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count
     }
 
-    /// True when no record is held.
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
-
     /// Memory held, counted against the limit.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

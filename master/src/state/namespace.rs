@@ -57,6 +57,17 @@ pub fn show(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
+/// Checks that a path an administrator gives is absolute (EINVAL otherwise).
+pub fn check_absolute(path: &str) -> FsResult<()> {
+    if !path.starts_with('/') {
+        return err(
+            libc::EINVAL,
+            format!("path '{path}' is not absolute: give it from the filesystem root"),
+        );
+    }
+    Ok(())
+}
+
 /// A page of directory entries (name, inode) and whether it ends the listing.
 pub type DirPage<'a> = (Vec<(&'a [u8], u64)>, bool);
 
@@ -278,6 +289,21 @@ impl State {
             })?;
         }
         Ok(cur)
+    }
+
+    /// Resolves an absolute path an administrator or a tool gives (`alces
+    /// goal`, quotas, snapshots, the trash, `du`, file info): EINVAL when it is
+    /// not absolute or contains NUL, else the errors of [`State::resolve`],
+    /// which name the path and the component that failed.
+    pub fn resolve_absolute(&self, path: &str) -> FsResult<u64> {
+        check_absolute(path)?;
+        if path.contains('\0') {
+            return err(
+                libc::EINVAL,
+                format!("path '{}' contains NUL", path.replace('\0', "\\0")),
+            );
+        }
+        self.resolve(ROOT_INODE, path)
     }
 
     /// Target of symlink `ino` (EINVAL when not a symlink).

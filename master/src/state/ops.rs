@@ -43,21 +43,41 @@ pub struct Owner {
     pub gid: u32,
 }
 
+/// A new inode as a caller asks for it (see [`prepare_create`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewInode<'a> {
+    /// Directory of the new entry.
+    pub parent: u64,
+    /// Name of the new entry.
+    pub name: &'a [u8],
+    /// Kind of inode.
+    pub kind: FileType,
+    /// Permission bits asked for (before `umask`).
+    pub mode: u32,
+    /// The caller's umask.
+    pub umask: u32,
+    /// Device number (devices only).
+    pub rdev: u64,
+    /// Who creates it.
+    pub owner: Owner,
+    /// Symlink target (symlinks only).
+    pub target: &'a [u8],
+}
+
 /// Decides a [`pb::CreateOp`]: the next inode number, the mode after umask, and
 /// the owner with set-gid inheritance (gid of a set-gid parent; directories
 /// inherit the set-gid bit).
-#[allow(clippy::too_many_arguments)]
-pub fn prepare_create(
-    st: &State,
-    parent: u64,
-    name: &[u8],
-    kind: FileType,
-    mode: u32,
-    umask: u32,
-    rdev: u64,
-    owner: Owner,
-    target: &[u8],
-) -> FsResult<Op> {
+pub fn prepare_create(st: &State, n: &NewInode) -> FsResult<Op> {
+    let NewInode {
+        parent,
+        name,
+        kind,
+        mode,
+        umask,
+        rdev,
+        owner,
+        target,
+    } = *n;
     let p = st.get(parent)?;
     if !p.is_dir() {
         return err(libc::ENOTDIR, format!("inode {parent} is not a directory"));

@@ -68,14 +68,16 @@ impl Fs {
         };
         let op = prepare_create(
             &self.st,
-            parent,
-            name.as_bytes(),
-            kind,
-            mode,
-            0o022,
-            7,
-            o,
-            target,
+            &NewInode {
+                parent,
+                name: name.as_bytes(),
+                kind,
+                mode,
+                umask: 0o022,
+                rdev: 7,
+                owner: o,
+                target,
+            },
         )?;
         let ino = match &op {
             Op::Create(c) => c.inode,
@@ -224,41 +226,47 @@ fn every_kind_is_created_with_linux_attributes() {
     let long = vec![b'a'; 4096];
     let op = prepare_create(
         &fs.st,
-        ROOT_INODE,
-        b"l",
-        FileType::Symlink,
-        0,
-        0,
-        0,
-        Owner::default(),
-        &long,
+        &NewInode {
+            parent: ROOT_INODE,
+            name: b"l",
+            kind: FileType::Symlink,
+            mode: 0,
+            umask: 0,
+            rdev: 0,
+            owner: Owner::default(),
+            target: &long,
+        },
     )
     .unwrap();
     assert_eq!(fs.errno(op), libc::ENAMETOOLONG);
     let op = prepare_create(
         &fs.st,
-        ROOT_INODE,
-        b"l",
-        FileType::Symlink,
-        0,
-        0,
-        0,
-        Owner::default(),
-        b"",
+        &NewInode {
+            parent: ROOT_INODE,
+            name: b"l",
+            kind: FileType::Symlink,
+            mode: 0,
+            umask: 0,
+            rdev: 0,
+            owner: Owner::default(),
+            target: b"",
+        },
     )
     .unwrap();
     assert_eq!(fs.errno(op), libc::ENOENT);
     // Bad kind.
     let mut op = prepare_create(
         &fs.st,
-        ROOT_INODE,
-        b"z",
-        FileType::Regular,
-        0,
-        0,
-        0,
-        Owner::default(),
-        b"",
+        &NewInode {
+            parent: ROOT_INODE,
+            name: b"z",
+            kind: FileType::Regular,
+            mode: 0,
+            umask: 0,
+            rdev: 0,
+            owner: Owner::default(),
+            target: b"",
+        },
     )
     .unwrap();
     if let Op::Create(c) = &mut op {

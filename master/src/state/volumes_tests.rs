@@ -2,7 +2,7 @@
 //! a recomputation from scratch after every step.
 
 use super::*;
-use crate::state::ops::{apply, prepare_create, Applied, Owner};
+use crate::state::ops::{apply, prepare_create, Applied, NewInode, Owner};
 use alces_proto::pb::changelog_record::Op;
 use alces_proto::pb::ChangelogRecord;
 
@@ -48,14 +48,16 @@ impl Fs {
     fn mk(&mut self, parent: u64, name: &str, kind: FileType) -> u64 {
         let op = prepare_create(
             &self.st,
-            parent,
-            name.as_bytes(),
-            kind,
-            0o755,
-            0,
-            0,
-            Owner { uid: 1, gid: 1 },
-            b"",
+            &NewInode {
+                parent,
+                name: name.as_bytes(),
+                kind,
+                mode: 0o755,
+                umask: 0,
+                rdev: 0,
+                owner: Owner { uid: 1, gid: 1 },
+                target: b"",
+            },
         )
         .unwrap();
         let ino = match &op {
