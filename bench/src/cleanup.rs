@@ -1,10 +1,20 @@
 //! Undoing what a run started (mounts, processes, the network namespace), also on
-//! Ctrl-C, SIGTERM and panic.
+//! Ctrl-C, SIGTERM and panic, whatever phase the run is in.
 //!
 //! Every resource registers an undo action in one process-wide list and holds a
-//! [`Guard`] whose drop runs (and unregisters) that action. A signal handler only sets a
-//! flag; a watcher thread notices it, runs every registered action newest first and exits.
-//! A panic hook does the same before the default hook reports the panic.
+//! [`Guard`] whose drop runs (and unregisters) that action. Every step that starts
+//! processes, mounts or the namespace runs inside [`starting`], which refuses to begin
+//! once a signal arrived. A signal handler only sets a flag; a watcher thread notices it
+//! and then:
+//!
+//! 1. sweeps once (the sweep installed with [`install`]: stop every process of the run,
+//!    unmount its mounts, delete the namespace), which also cuts short a step that is
+//!    still starting things (a killed `alces local up` returns at once);
+//! 2. waits until no step is starting anything, and keeps any new one from beginning;
+//! 3. runs every registered action, newest first;
+//! 4. sweeps again (whatever a step started between 1 and 2) and exits with status 130.
+//!
+//! A panic hook runs the registered actions before the default hook reports the panic.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -31,6 +41,26 @@ fn registry() -> &'static Mutex<Vec<Entry>> {
 fn running() -> &'static Mutex<()> {
     static R: OnceLock<Mutex<()>> = OnceLock::new();
     R.get_or_init(|| Mutex::new(()))
+}
+
+/// Held by a step that starts processes, mounts or the namespace ([`starting`]), and
+/// by the signal watcher from when it has swept once until the process exits.
+fn starting_lock() -> &'static Mutex<()> {
+    static S: OnceLock<Mutex<()>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(()))
+}
+
+type Sweep = Box<dyn Fn() + Send + Sync>;
+
+fn sweep_slot() -> &'static Mutex<Option<Sweep>> {
+    static S: OnceLock<Mutex<Option<Sweep>>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(None))
+}
+
+fn sweep() {
+    if let Some(s) = sweep_slot().lock().as_ref() {
+        s();
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -89,6 +119,17 @@ pub fn run_all() {
     }
 }
 
+/// Runs `step`, which starts processes, mounts or the namespace (and registers their
+/// [`Guard`]s), unless a signal already arrived; the signal watcher waits for a step
+/// under way to end before it cleans up, so nothing a step starts is missed.
+pub fn starting<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let _starting = starting_lock().lock();
+    if interrupted() {
+        anyhow::bail!("interrupted before {what}");
+    }
+    step()
+}
+
 /// True once SIGINT or SIGTERM arrived; long loops stop early when it is set.
 pub fn interrupted() -> bool {
     SIGNALLED.load(Ordering::Relaxed)
@@ -98,8 +139,11 @@ extern "C" fn on_signal(_sig: libc::c_int) {
     SIGNALLED.store(true, Ordering::SeqCst);
 }
 
-/// Installs the SIGINT/SIGTERM handler, its watcher thread and the panic hook.
-pub fn install() {
+/// Installs the SIGINT/SIGTERM handler, its watcher thread and the panic hook;
+/// `sweep` stops and removes everything of the run that may be left (processes,
+/// mounts, the namespace), whether or not a guard was registered for it yet.
+pub fn install(sweep_fn: impl Fn() + Send + Sync + 'static) {
+    *sweep_slot().lock() = Some(Box::new(sweep_fn));
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
@@ -113,8 +157,11 @@ pub fn install() {
         std::thread::sleep(Duration::from_millis(100));
         if SIGNALLED.load(Ordering::SeqCst) {
             eprintln!("alces-bench: interrupted, cleaning up");
-            run_all();
+            sweep();
             // Keep the main thread from starting anything new while the process ends.
+            let _starting = starting_lock().lock();
+            run_all();
+            sweep();
             let _running = running().lock();
             std::process::exit(130);
         }

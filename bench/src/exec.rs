@@ -1,6 +1,5 @@
 //! Running external commands, waiting for conditions, and handling mounts.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,22 +50,7 @@ pub fn run_quiet(args: &[&str]) {
 /// Makes `cmd` run inside the network namespace `ns` (only the network: the mount
 /// namespace stays shared, so FUSE mounts made by the child are visible here).
 pub fn in_netns(cmd: &mut Command, ns: &str) -> Result<()> {
-    let path = PathBuf::from("/run/netns").join(ns);
-    let file = std::fs::File::open(&path)
-        .with_context(|| format!("network namespace {} is missing", path.display()))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    // SAFETY: setns is async-signal-safe; the fd stays open because `file` is moved
-    // into the closure, which lives as long as the Command.
-    unsafe {
-        cmd.pre_exec(move || {
-            let _keep = &file;
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(())
+    alces_e2e::netns::enter_net(cmd, ns).map_err(anyhow::Error::msg)
 }
 
 /// Starts `cmd` in the background with stdout and stderr appended to `log`.
@@ -90,6 +74,9 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -
     loop {
         if cond() {
             return Ok(());
+        }
+        if crate::cleanup::interrupted() {
+            bail!("interrupted while waiting for {what}");
         }
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
@@ -196,13 +183,14 @@ pub fn vm_rss(pid: i32) -> Result<u64> {
 }
 
 /// Programs a run starts (as `/proc/<pid>/comm` shows them, cut to 15 bytes).
-const OUR_PROGRAMS: [&str; 8] = [
+const OUR_PROGRAMS: [&str; 9] = [
     "mfsmaster",
     "mfschunkserver",
     "mfsmount",
     "alces",
     "alces-master",
     "alces-chunkserv",
+    "alces-metalogge",
     "alces-mount",
     "fio",
 ];

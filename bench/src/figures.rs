@@ -57,16 +57,6 @@ pub enum MetaPhase {
 }
 
 impl MetaPhase {
-    /// Every phase, in run order.
-    pub const ALL: [MetaPhase; 6] = [
-        MetaPhase::Create,
-        MetaPhase::Stat,
-        MetaPhase::List,
-        MetaPhase::Rename,
-        MetaPhase::Unlink,
-        MetaPhase::Mkdir,
-    ];
-
     fn name(self) -> &'static str {
         match self {
             MetaPhase::Create => "create",
@@ -118,11 +108,6 @@ impl Figure {
             | Figure::MultiSmallRead => "files/s",
             Figure::RssPerFile => "bytes/file",
         }
-    }
-
-    /// True when a larger value is better (false for memory).
-    pub fn higher_is_better(self) -> bool {
-        self != Figure::RssPerFile
     }
 }
 

@@ -1,18 +1,24 @@
 //! Whole-system benchmarks of Alces, run side by side with MooseFS 3.0, a local
 //! directory and a no-op FUSE filesystem on the same machine in the same run
 //! (`alces-bench all`).
+//!
+//! Public are what `main.rs` uses: [`cli`] (the command line), [`runner`] (`all`),
+//! [`cluster_figures`] (`failover`, `repair`, `snapshot`) and [`cleanup`] (undoing
+//! what a run started, also on a signal). The systems run on the cluster harness
+//! of `alces-e2e` (Alces) and in the private network namespace made by its
+//! `netns` helper.
 
 #![warn(missing_docs)]
 
 pub mod cleanup;
 pub mod cli;
 pub mod cluster_figures;
-pub mod data;
-pub mod exec;
-pub mod figures;
-pub mod netns;
-pub mod noopfs;
-pub mod report;
+mod data;
+mod exec;
+mod figures;
+mod netns;
+mod noopfs;
+mod report;
 pub mod runner;
-pub mod systems;
-pub mod workloads;
+mod systems;
+mod workloads;

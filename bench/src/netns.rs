@@ -3,13 +3,11 @@
 //! MooseFS chunkservers refuse a master on a 127.x address, so MooseFS (and Alces, for
 //! the same conditions) runs in a namespace of its own with a veth pair whose two ends
 //! both live inside it and carry private addresses: no traffic leaves the namespace.
-
-use std::process::Command;
+//! The namespace itself is made by the harness's one helper, [`alces_e2e::netns`].
 
 use anyhow::Result;
 
 use crate::cleanup::Guard;
-use crate::exec::{run, run_quiet};
 
 /// Name of the namespace.
 pub const NAME: &str = "alces-bench";
@@ -17,51 +15,31 @@ pub const NAME: &str = "alces-bench";
 pub const ADDR_A: &str = "10.213.0.1";
 /// Address of the second veth end.
 pub const ADDR_B: &str = "10.213.0.2";
+/// The subnet of [`ADDR_A`] and [`ADDR_B`].
+const NET: &str = "10.213.0";
+/// Prefix of the veth ends' names (`abv0`, `abv1`).
+const VETH: &str = "abv";
 
-/// A created namespace; deleted when dropped.
+/// The created namespace; deleted when dropped (and by the cleanup on a signal).
 pub struct Netns {
+    _ns: alces_e2e::netns::Netns,
     _guard: Guard,
-}
-
-fn ip(args: &[&str]) -> Result<String> {
-    run(Command::new("ip").args(args))
 }
 
 /// Deletes the namespace if it exists (leftover of a crashed run).
 pub fn delete() {
-    run_quiet(&["ip", "netns", "delete", NAME]);
+    alces_e2e::netns::delete(NAME);
 }
 
 impl Netns {
     /// Creates the namespace with loopback up and the veth pair addressed.
     pub fn create() -> Result<Netns> {
-        delete();
-        ip(&["netns", "add", NAME])?;
         let guard = Guard::new(format!("network namespace {NAME}"), delete);
-        ip(&["-n", NAME, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n", NAME, "link", "add", "abv0", "type", "veth", "peer", "name", "abv1",
-        ])?;
-        ip(&[
-            "-n",
-            NAME,
-            "addr",
-            "add",
-            &format!("{ADDR_A}/24"),
-            "dev",
-            "abv0",
-        ])?;
-        ip(&[
-            "-n",
-            NAME,
-            "addr",
-            "add",
-            &format!("{ADDR_B}/24"),
-            "dev",
-            "abv1",
-        ])?;
-        ip(&["-n", NAME, "link", "set", "abv0", "up"])?;
-        ip(&["-n", NAME, "link", "set", "abv1", "up"])?;
-        Ok(Netns { _guard: guard })
+        let ns = alces_e2e::netns::Netns::isolated(NAME, VETH, NET).map_err(anyhow::Error::msg)?;
+        debug_assert_eq!((ns.host_ip.as_str(), ns.ns_ip.as_str()), (ADDR_A, ADDR_B));
+        Ok(Netns {
+            _ns: ns,
+            _guard: guard,
+        })
     }
 }

@@ -15,7 +15,7 @@ use crate::netns::{self, Netns};
 use crate::report::{self, Machine};
 use crate::systems::alces::{self, Alces};
 use crate::systems::local::Local;
-use crate::systems::moosefs::Moosefs;
+use crate::systems::moosefs::{self, Moosefs};
 use crate::systems::noop::Noop;
 use crate::systems::System;
 use crate::workloads::{self, meta, rss, seq, small, Params};
@@ -58,11 +58,19 @@ fn start(kind: SystemKind, args: &RunArgs, bin_dir: &Path) -> Result<Box<dyn Sys
                 eprintln!("alces-bench: building the Alces binaries (cargo build --release)");
                 alces::build()?;
             }
+            // Alces::start takes the starting lock for each cluster it starts.
             Box::new(Alces::start(bin_dir.to_path_buf(), base)?)
         }
-        SystemKind::Moosefs => Box::new(Moosefs::start(base)?),
+        SystemKind::Moosefs => {
+            moosefs::ensure_installed()?;
+            Box::new(cleanup::starting("starting MooseFS", || {
+                Moosefs::start(base)
+            })?)
+        }
         SystemKind::Local => Box::new(Local::start(base)?),
-        SystemKind::Noop => Box::new(Noop::start(base)?),
+        SystemKind::Noop => Box::new(cleanup::starting("starting the no-op mount", || {
+            Noop::start(base)
+        })?),
     })
 }
 
@@ -144,7 +152,10 @@ fn run_one(
 
 /// Runs `alces-bench all`; returns the process exit status.
 pub fn run(args: RunArgs) -> Result<i32> {
-    cleanup::install();
+    {
+        let work_dir = args.work_dir.clone();
+        cleanup::install(move || clean_leftovers(&work_dir));
+    }
     let mut p = if args.quick {
         Params::quick()
     } else {
@@ -198,11 +209,15 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .versions
             .push(("fio".into(), workloads::fio::ensure_installed()?));
     }
-    let _netns = Netns::create().context("cannot create the network namespace")?;
+    let _netns = cleanup::starting("creating the network namespace", Netns::create)
+        .context("cannot create the network namespace")?;
 
     let mut results = Results::default();
     let mut systems: Vec<Box<dyn System>> = Vec::new();
     for kind in kinds {
+        if interrupted() {
+            break;
+        }
         eprintln!("alces-bench: starting {}", kind.title());
         match start(kind, &args, &bin_dir) {
             Ok(s) => {

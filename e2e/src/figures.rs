@@ -269,11 +269,12 @@ pub fn repair(data_mib: u64, loss_timeout_secs: u64, baseline_secs: u64) -> Repa
         metaloggers: 0,
         chunkservers: 3,
         goal: Some(2),
-        chunk_size: "64MiB".into(),
+        chunk_size: Some("64MiB".into()),
         env: vec![(
             "ALCES_CHUNKSERVER_TIMEOUT".into(),
             loss_timeout_secs.to_string(),
         )],
+        ..Options::default()
     })
     .expect("cluster");
 

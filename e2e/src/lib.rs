@@ -1,9 +1,15 @@
-//! Building blocks of the Alces end-to-end tests: a [`Cluster`] started with
-//! `alces local up --detach` in a temporary directory (real master, chunkservers
-//! and FUSE mount), with ways to kill and restart each process, extra mounts, and
-//! gRPC clients for the daemons. Everything is torn down when the value is dropped,
-//! also when a test panics (the processes' log tails are printed first).
-//! [`replication`] adds goal polling, extra chunkservers and network namespaces.
+//! The one cluster harness of Alces, used by the end-to-end tests, the client
+//! library's cluster tests (`tests/client_library.rs`) and the benchmark: a
+//! [`Cluster`] started with `alces local up --detach` in a temporary directory
+//! (or one given, optionally inside a network namespace): real master,
+//! chunkservers, metaloggers and FUSE mount, with ways to kill and restart each
+//! process, extra mounts, and gRPC clients for the daemons. Everything is torn
+//! down when the value is dropped, also when a test panics (the processes' log
+//! tails are printed first). [`free_port`] is the one port allocator,
+//! [`netns`] the one network-namespace helper; [`replication`] adds goal
+//! polling and extra chunkservers.
+
+#![warn(missing_docs)]
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -20,8 +26,15 @@ use anyhow::{bail, Context};
 
 pub mod figures;
 pub mod master_netns;
+pub mod netns;
 pub mod replication;
 pub mod storm;
+
+/// A TCP port free on every address and never handed out before by this
+/// process (the allocator `alces local` uses too).
+pub fn free_port() -> u16 {
+    alces_cli::ports::free_port().expect("a free TCP port")
+}
 
 /// Polls `cond` every 50 ms until it returns true; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -155,24 +168,34 @@ pub fn errno() -> i32 {
 pub struct Options {
     /// Number of chunkservers.
     pub chunkservers: u32,
-    /// Chunk size (small in tests so files span several chunks).
-    pub chunk_size: String,
+    /// Chunk size (small in tests so files span several chunks); `None` = the
+    /// master's default.
+    pub chunk_size: Option<String>,
     /// Default goal of the filesystem; `None` = the master's default.
     pub goal: Option<u32>,
     /// Extra environment for every daemon (e.g. `ALCES_SESSION_TIMEOUT`).
     pub env: Vec<(String, String)>,
     /// Number of metaloggers.
     pub metaloggers: u32,
+    /// Directory to run the cluster in (`ROOT/cluster`, mounted at
+    /// `ROOT/mnt`), kept after the cluster stops; `None` = a temporary
+    /// directory removed on drop.
+    pub root: Option<PathBuf>,
+    /// Network namespace every daemon runs in (network only: the mount stays
+    /// visible here); `None` = the host's network.
+    pub netns: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             chunkservers: 3,
-            chunk_size: "1MiB".into(),
+            chunk_size: Some("1MiB".into()),
             goal: None,
             env: Vec::new(),
             metaloggers: 1,
+            root: None,
+            netns: None,
         }
     }
 }
@@ -216,6 +239,11 @@ impl ExtraMount {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
+
+    /// The exit status of the alces-mount process once it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for ExtraMount {
@@ -252,20 +280,24 @@ pub struct Cluster {
     pub secret_file: PathBuf,
     /// How it was started.
     pub opts: Options,
+    /// The `alces` binary that started it (and stops it).
+    alces: PathBuf,
     tmp: Option<tempfile::TempDir>,
     children: Mutex<Vec<Child>>,
     launcher: Mutex<Launcher>,
-    rt: tokio::runtime::Runtime,
+    /// Taken on drop and shut down without blocking, so a cluster may also be
+    /// dropped inside an async test.
+    rt: Option<tokio::runtime::Runtime>,
 }
+
+/// Numbers the CLI runs of a test process (their output files).
+static CLI_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A shell started before any file on the mount is open, which starts restarted
 /// daemons on request. A daemon forked straight from the test process would
 /// inherit the test's open files on the mount; closing them at exec sends FUSE
 /// FLUSH requests, which block while the master is down, so a restarted master
 /// could never finish its exec.
-/// Numbers the CLI runs of a test process (their output files).
-static CLI_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 struct Launcher {
     child: Child,
     stdin: std::process::ChildStdin,
@@ -273,8 +305,11 @@ struct Launcher {
 }
 
 impl Launcher {
-    fn start(env: &[(String, String)]) -> anyhow::Result<Self> {
+    fn start(env: &[(String, String)], netns: Option<&str>) -> anyhow::Result<Self> {
         let mut cmd = Command::new("sh");
+        if let Some(ns) = netns {
+            netns::enter_net(&mut cmd, ns).map_err(anyhow::Error::msg)?;
+        }
         cmd.arg("-c")
             .arg("while IFS= read -r line; do eval \"$line\"; echo $!; done")
             .stdin(Stdio::piped())
@@ -310,15 +345,36 @@ impl Cluster {
 
     /// Starts a cluster with `alces local up --detach`.
     pub fn start(opts: Options) -> anyhow::Result<Self> {
-        let tmp = tempfile::Builder::new().prefix("alces-e2e-").tempdir()?;
+        Self::start_with(&bin("alces"), opts)
+    }
+
+    /// Starts a cluster with `alces local up --detach`, running the `alces`
+    /// binary at `alces` (the other binaries are found next to it).
+    pub fn start_with(alces: &Path, opts: Options) -> anyhow::Result<Self> {
+        let (tmp, root) = match &opts.root {
+            Some(r) => {
+                std::fs::create_dir_all(r)
+                    .with_context(|| format!("cannot create {}", r.display()))?;
+                (None, r.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("alces-e2e-").tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
         // Other users (tests that switch uid) must be able to reach the mounts.
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
         }
-        let dir = tmp.path().join("cluster");
-        let mnt = tmp.path().join("mnt");
-        let mut cmd = Command::new(bin("alces"));
+        let dir = root.join("cluster");
+        let mnt = root.join("mnt");
+        std::fs::create_dir_all(&mnt)?;
+        let mut cmd = Command::new(alces);
+        if let Some(ns) = &opts.netns {
+            netns::enter_net(&mut cmd, ns).map_err(anyhow::Error::msg)?;
+        }
         cmd.arg("local")
             .arg("up")
             .arg("--dir")
@@ -329,11 +385,12 @@ impl Cluster {
             .arg(opts.chunkservers.to_string())
             .arg("--metaloggers")
             .arg(opts.metaloggers.to_string())
-            .arg("--chunk-size")
-            .arg(&opts.chunk_size)
             .arg("--timeout")
             .arg("60")
             .arg("--detach");
+        if let Some(cs) = &opts.chunk_size {
+            cmd.arg("--chunk-size").arg(cs);
+        }
         if let Some(g) = opts.goal {
             cmd.arg("--default-goal").arg(g.to_string());
         }
@@ -350,7 +407,7 @@ impl Cluster {
         }
         let out = cmd.output().context("cannot run alces local up")?;
         if !out.status.success() {
-            let _ = Command::new(bin("alces"))
+            let _ = Command::new(alces)
                 .args(["local", "down", "--dir"])
                 .arg(&dir)
                 .output();
@@ -374,17 +431,18 @@ impl Cluster {
             .enable_all()
             .build()?;
         let mnt = std::fs::canonicalize(&mnt)?;
-        let launcher = Launcher::start(&opts.env)?;
+        let launcher = Launcher::start(&opts.env, opts.netns.as_deref())?;
         Ok(Self {
             dir,
             mnt,
             master,
             secret_file,
             opts,
-            tmp: Some(tmp),
+            alces: alces.to_path_buf(),
+            tmp,
             children: Mutex::new(Vec::new()),
             launcher: Mutex::new(launcher),
-            rt,
+            rt: Some(rt),
         })
     }
 
@@ -420,9 +478,31 @@ impl Cluster {
         ]
     }
 
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt
+            .as_ref()
+            .expect("the cluster's runtime lives until drop")
+    }
+
+    /// The master's HTTP address (`/metrics`, `/healthz`), from its command line.
+    pub fn master_http(&self) -> String {
+        let cmd: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.proc_dir(Proc::Master).join("command.json"))
+                .expect("master command.json"),
+        )
+        .expect("command.json is JSON");
+        let args = cmd["args"].as_array().expect("args");
+        args.iter()
+            .position(|a| a == "--http-listen")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|a| a.as_str())
+            .expect("the master's --http-listen")
+            .to_string()
+    }
+
     /// Runs the async `f` on the cluster's runtime.
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
+        self.rt().block_on(f)
     }
 
     /// The folder of a process.
@@ -644,14 +724,14 @@ impl Cluster {
     /// An authenticated channel to `addr` presenting `secret`.
     pub fn channel_with_secret(&self, addr: &str, secret: &str) -> AuthChannel {
         let auth = ClientAuth::new(secret).expect("secret");
-        let _g = self.rt.enter();
+        let _g = self.rt().enter();
         alces_proto::net::channel(addr, &auth).expect("channel")
     }
 
     /// Admin.Status of the master.
     pub fn status(&self) -> Result<pb::ClusterStatus, tonic::Status> {
         let ch = self.channel(&self.master);
-        self.rt.block_on(async move {
+        self.rt().block_on(async move {
             let mut c = pb::admin_client::AdminClient::new(ch);
             tokio::time::timeout(Duration::from_secs(5), c.status(pb::Empty {}))
                 .await
@@ -664,7 +744,7 @@ impl Cluster {
     pub fn file_info(&self, fs_path: &str) -> Result<pb::FileInfoReply, tonic::Status> {
         let ch = self.channel(&self.master);
         let path = fs_path.to_string();
-        self.rt.block_on(async move {
+        self.rt().block_on(async move {
             let mut c = pb::admin_client::AdminClient::new(ch);
             c.file_info(pb::FileInfoRequest { path })
                 .await
@@ -723,7 +803,7 @@ impl Cluster {
             line.push_str(&quote(&format!("{k}={v}")));
         }
         line.push(' ');
-        line.push_str(&quote(&bin("alces").to_string_lossy()));
+        line.push_str(&quote(&self.alces.to_string_lossy()));
         for a in args {
             line.push(' ');
             line.push_str(&quote(a));
@@ -863,7 +943,7 @@ impl Cluster {
     /// Metalogger.Status of metalogger `i`.
     pub fn ml_status(&self, i: u32) -> Result<pb::MetaloggerInfo, tonic::Status> {
         let ch = self.channel(&self.ml_addr(i));
-        self.rt.block_on(async move {
+        self.rt().block_on(async move {
             let mut c = pb::metalogger_client::MetaloggerClient::new(ch);
             tokio::time::timeout(Duration::from_secs(5), c.status(pb::Empty {}))
                 .await
@@ -910,7 +990,7 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             self.dump_logs();
         }
-        let _ = Command::new(bin("alces"))
+        let _ = Command::new(&self.alces)
             .args(["local", "down", "--dir"])
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -922,6 +1002,9 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
         if std::env::var_os("ALCES_E2E_KEEP").is_some() {
             if let Some(t) = self.tmp.take() {
                 eprintln!("keeping {}", t.keep().display());
@@ -930,7 +1013,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A C string of a path (panics on an interior NUL, which tests never build).
 /// Where the records of a changelog file end. The master writes records into
 /// zero-filled space it allocates ahead (`[u32 length][u32 crc][payload]`
 /// frames, never empty), so after a SIGKILL the file is longer than its
@@ -948,6 +1030,7 @@ pub fn changelog_records_end(path: &Path) -> u64 {
     pos as u64
 }
 
+/// A C string of a path (panics on an interior NUL, which tests never build).
 pub fn cpath(p: &Path) -> std::ffi::CString {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path without NUL")

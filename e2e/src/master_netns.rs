@@ -10,7 +10,8 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::replication::{free_port, ip, Netns};
+use crate::free_port;
+use crate::netns::{ip, Netns};
 use crate::{is_mount_point, tail, Cluster, ExtraMount, Proc};
 
 /// An address of the host's network namespace, on an interface of its own (one

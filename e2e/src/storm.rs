@@ -15,17 +15,24 @@ use crate::{pattern, write_synced};
 pub enum Done {
     /// A file written and fsynced.
     File {
+        /// Where it is.
         path: PathBuf,
+        /// Seed of its [`pattern`] content.
         seed: u64,
+        /// Its length.
         len: usize,
     },
     /// A directory created.
     Dir(PathBuf),
     /// A file written, fsynced, renamed, and its directory fsynced.
     Rename {
+        /// Where it was written.
         from: PathBuf,
+        /// Where it was renamed to.
         to: PathBuf,
+        /// Seed of its [`pattern`] content.
         seed: u64,
+        /// Its length.
         len: usize,
     },
 }

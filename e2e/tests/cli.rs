@@ -4,14 +4,9 @@
 use std::process::Command;
 
 use alces_e2e::{bin, pattern, write_synced, Cluster, Proc};
+use common::{stderr, stdout};
 
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
 
 #[test]
 fn cli() {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use alces_e2e::{pattern, wait_until, write_synced, Cluster, Options, Proc};
 
-const MIB: usize = 1024 * 1024;
+use common::MIB;
+
+mod common;
 
 /// The status entry of chunkserver `id` (None while it is not registered).
 fn server(c: &Cluster, id: u64) -> Option<serde_json::Value> {

@@ -5,11 +5,13 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use alces_e2e::replication::Netns;
+use alces_e2e::netns::Netns;
 use alces_e2e::{pattern, wait_until, write_synced, Cluster, Options};
 use alces_proto::pb;
 
-const MIB: usize = 1024 * 1024;
+use common::MIB;
+
+mod common;
 
 /// Reads every listed copy of every chunk of `path` straight from its
 /// chunkserver at the listed version; each answer must be the expected bytes

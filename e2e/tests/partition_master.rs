@@ -38,7 +38,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use alces_e2e::master_netns::{changelog_records, FloatingIp};
-use alces_e2e::replication::Netns;
+use alces_e2e::netns::Netns;
 use alces_e2e::storm::{verify, Storm};
 use alces_e2e::{wait_until, Cluster, Options, Proc};
 use alces_proto::pb::changelog_record::Op;

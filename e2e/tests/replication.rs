@@ -10,15 +10,12 @@ use std::time::Duration;
 
 use alces_e2e::{pattern, sha256, wait_until, write_synced, Cluster, Options, Proc};
 use alces_proto::pb;
+use common::{stderr, MIB};
 
-const MIB: usize = 1024 * 1024;
+mod common;
 
 fn fast_failure_detection() -> Vec<(String, String)> {
     vec![("ALCES_CHUNKSERVER_TIMEOUT".into(), "3".into())]
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// SHA-256 of bytes (written to a scratch file, hashed with sha256sum).

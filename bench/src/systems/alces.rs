@@ -10,9 +10,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{mkdirs, System};
-use crate::cleanup::Guard;
+use crate::cleanup::{self, Guard};
 use crate::cli::SystemKind;
-use crate::exec::{in_netns, is_mounted, run, spawn_logged, stop_child, unmount, wait_for};
+use alces_e2e::{Options, Proc};
+
+use crate::exec::{
+    in_netns, is_mounted, pids_mentioning, run, spawn_logged, stop_child, stop_pid, unmount,
+    wait_for,
+};
 use crate::netns;
 
 /// Goal of the main cluster (the default goal of the other workloads).
@@ -72,62 +77,57 @@ pub fn check_binaries(bin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One `alces local` cluster.
+/// One `alces local` cluster, started by the harness of `alces-e2e` in the private
+/// network namespace, with a guard that stops it also on a signal.
 struct Cluster {
-    root: PathBuf,
-    master: String,
-    secret_file: PathBuf,
-    master_pid: Option<i32>,
+    cluster: alces_e2e::Cluster,
     _guard: Guard,
 }
 
-fn read_env(dir: &Path) -> Result<(String, PathBuf)> {
-    let text = std::fs::read_to_string(dir.join("env"))
-        .with_context(|| format!("`alces local up` wrote no {}", dir.join("env").display()))?;
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
-            .map(str::to_owned)
-    };
-    let master = get("ALCES_MASTER").context("no ALCES_MASTER in the env file")?;
-    let secret = get("ALCES_SECRET_FILE").context("no ALCES_SECRET_FILE in the env file")?;
-    Ok((master, PathBuf::from(secret)))
+/// Stops the cluster in `root`: first an `alces local up` still starting it (so it
+/// starts nothing more), then `alces local down`, then whatever process of it is left.
+fn stop_cluster(alces: &Path, root: &Path) {
+    let dir = root.join("cluster");
+    let needle = dir.to_string_lossy().into_owned();
+    for pid in pids_mentioning(&needle) {
+        let is_cli =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "alces");
+        if is_cli {
+            stop_pid(pid, Duration::from_secs(5));
+        }
+    }
+    let _ = Command::new(alces)
+        .args(["local", "down", "--dir"])
+        .arg(&dir)
+        .output();
+    for pid in pids_mentioning(&root.to_string_lossy()) {
+        stop_pid(pid, Duration::from_secs(10));
+    }
+    unmount(&root.join("mnt"));
 }
 
 impl Cluster {
     fn start(bin_dir: &Path, base: &Path, goal: u32) -> Result<Cluster> {
-        let dir = base.join(format!("cluster-g{goal}"));
-        let mnt = base.join(format!("mnt-g{goal}"));
+        let root = base.join(format!("g{goal}"));
         mkdirs(base)?;
         let alces = bin_dir.join("alces");
-        let down = {
-            let (alces, dir) = (alces.clone(), dir.clone());
-            move || {
-                let _ = Command::new(&alces)
-                    .args(["local", "down", "--dir"])
-                    .arg(&dir)
-                    .output();
-            }
+        let guard = Guard::new(format!("Alces cluster {}", root.display()), {
+            let (alces, root) = (alces.clone(), root.clone());
+            move || stop_cluster(&alces, &root)
+        });
+        let opts = Options {
+            chunkservers: 3,
+            chunk_size: None,
+            goal: Some(goal),
+            env: Vec::new(),
+            metaloggers: 1,
+            root: Some(root),
+            netns: Some(netns::NAME.into()),
         };
-        let guard = Guard::new(format!("Alces cluster {}", dir.display()), down);
-        let mut c = Command::new(&alces);
-        in_netns(&mut c, netns::NAME)?;
-        c.args(["local", "up", "--dir"])
-            .arg(&dir)
-            .arg("--mount")
-            .arg(&mnt)
-            .args(["--chunkservers", "3", "--detach", "--default-goal"])
-            .arg(goal.to_string());
-        run(&mut c).context("`alces local up` failed")?;
-        let (master, secret_file) = read_env(&dir)?;
-        let master_pid = std::fs::read_to_string(dir.join("master").join("pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let cluster =
+            alces_e2e::Cluster::start_with(&alces, opts).context("`alces local up` failed")?;
         Ok(Cluster {
-            root: mnt,
-            master,
-            secret_file,
-            master_pid,
+            cluster,
             _guard: guard,
         })
     }
@@ -152,7 +152,9 @@ impl Alces {
     /// Starts the main (goal 2) cluster under `base` with the binaries of `bin_dir`.
     pub fn start(bin_dir: PathBuf, base: PathBuf) -> Result<Alces> {
         check_binaries(&bin_dir)?;
-        let main = Cluster::start(&bin_dir, &base, MAIN_GOAL)?;
+        let main = cleanup::starting("starting Alces", || {
+            Cluster::start(&bin_dir, &base, MAIN_GOAL)
+        })?;
         let mut clusters = BTreeMap::new();
         clusters.insert(MAIN_GOAL, main);
         Ok(Alces {
@@ -199,19 +201,21 @@ impl System for Alces {
 
     fn make_dir(&mut self, rel: &str, goal: u32) -> Result<PathBuf> {
         if !self.clusters.contains_key(&goal) {
-            let c = Cluster::start(&self.bin_dir, &self.base, goal)
-                .with_context(|| format!("cannot start an Alces cluster with goal {goal}"))?;
+            let c = cleanup::starting("starting an Alces cluster", || {
+                Cluster::start(&self.bin_dir, &self.base, goal)
+            })
+            .with_context(|| format!("cannot start an Alces cluster with goal {goal}"))?;
             self.clusters.insert(goal, c);
         }
         let c = self.clusters.get(&goal).context("cluster vanished")?;
-        let p = c.root.join(rel);
+        let p = c.cluster.mnt.join(rel);
         mkdirs(&p)?;
         Ok(p)
     }
 
     fn open_mounts(&mut self, n: usize) -> Result<Vec<PathBuf>> {
         let (master, secret) = {
-            let m = self.main()?;
+            let m = &self.main()?.cluster;
             (m.master.clone(), m.secret_file.clone())
         };
         let mut roots = Vec::new();
@@ -226,7 +230,7 @@ impl System for Alces {
                 .arg(&master)
                 .arg("--secret-file")
                 .arg(&secret);
-            let mut child = spawn_logged(&mut c, &log)?;
+            let mut child = cleanup::starting("starting a mount", || spawn_logged(&mut c, &log))?;
             let ok = wait_for(
                 &format!("alces-mount on {}", at.display()),
                 Duration::from_secs(30),
@@ -258,6 +262,6 @@ impl System for Alces {
     }
 
     fn master_pid(&self) -> Option<i32> {
-        self.main().ok().and_then(|c| c.master_pid)
+        self.main().ok().and_then(|c| c.cluster.pid(Proc::Master))
     }
 }

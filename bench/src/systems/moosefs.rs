@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{mkdirs, System};
-use crate::cleanup::Guard;
+use crate::cleanup::{self, Guard};
 use crate::cli::SystemKind;
 use crate::exec::{in_netns, is_mounted, run, spawn_logged, stop_child, unmount, wait_for};
 use crate::netns;
@@ -243,8 +243,9 @@ impl System for Moosefs {
         let mut roots = Vec::new();
         for i in 0..n {
             let at = self.base.join(format!("mnt-extra{i}"));
+            let log = self.base.join(format!("mount-extra{i}.log"));
             self.extra
-                .push(mount(&at, &self.base.join(format!("mount-extra{i}.log")))?);
+                .push(cleanup::starting("mounting MooseFS", || mount(&at, &log))?);
             roots.push(at);
         }
         Ok(roots)

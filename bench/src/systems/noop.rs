@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 use super::{mkdirs, System};
-use crate::cleanup::Guard;
+use crate::cleanup::{self, Guard};
 use crate::cli::SystemKind;
 use crate::exec::{is_mounted, unmount, wait_for};
 use crate::noopfs::NoopFs;
@@ -109,7 +109,10 @@ impl System for Noop {
         let mut roots = Vec::new();
         for i in 0..n {
             let at = self.base.join(format!("mnt-extra{i}"));
-            self.extra.push(NoopMount::mount(&self.fs, &at)?);
+            let mount = cleanup::starting("mounting the no-op filesystem", || {
+                NoopMount::mount(&self.fs, &at)
+            })?;
+            self.extra.push(mount);
             roots.push(at);
         }
         Ok(roots)

@@ -1,214 +1,17 @@
-//! End-to-end tests of the client library and `alces-mount` against a real
-//! master and two chunkservers on 127.0.0.1.
+//! The client library and `alces-mount` against a real master and two
+//! chunkservers on 127.0.0.1, started by the one cluster harness (these tests
+//! live here rather than in the client crate because `alces-e2e` depends on
+//! the client library).
+
+mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use alces_client::{Caller, Client, ClientConfig, FileType, NewNode};
-use alces_proto::pb::admin_client::AdminClient;
-use alces_proto::pb::Empty;
 
 const MIB: u64 = 1 << 20;
-const SECRET: &str = "integration-test-secret-0123456789";
-
-/// Child processes killed (and mounts removed) when the test ends, even on panic.
-struct Procs {
-    children: Vec<(String, Child)>,
-    mounts: Vec<PathBuf>,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for m in &self.mounts {
-            if is_mount_point(m) {
-                let _ = Command::new("fusermount3")
-                    .arg("-u")
-                    .arg("-z")
-                    .arg(m)
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn bin(name: &str) -> PathBuf {
-    // Tests run from target/<profile>/deps; the binaries live one level up.
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not found: build it first with cargo build -p alces-master -p alces-chunkserver",
-        p.display()
-    );
-    p
-}
-
-struct Cluster {
-    procs: Procs,
-    master: String,
-    dir: tempfile::TempDir,
-    secret_file: PathBuf,
-    master_http: String,
-    /// (address, data dir) of each chunkserver.
-    chunkservers: Vec<(String, PathBuf)>,
-}
-
-impl Cluster {
-    /// SIGKILLs the master and starts it again on the same address and data.
-    fn restart_master(&mut self) {
-        let (_, m) = &mut self.procs.children[0];
-        m.kill().expect("kill master");
-        m.wait().expect("reap master");
-        let restarted = self
-            .master_command()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("restart master");
-        self.procs.children[0] = ("master".into(), restarted);
-    }
-
-    fn master_command(&self) -> Command {
-        master_command(
-            &self.master,
-            &self.master_http,
-            &self.dir.path().join("master"),
-            &self.secret_file,
-        )
-    }
-}
-
-fn master_command(listen: &str, http: &str, data: &Path, secret_file: &Path) -> Command {
-    let mut c = Command::new(bin("alces-master"));
-    c.arg("--listen")
-        .arg(listen)
-        .arg("--http-listen")
-        .arg(http)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--secret-file")
-        .arg(secret_file)
-        .arg("--chunk-size")
-        .arg("1MiB")
-        .arg("--default-goal")
-        .arg("2")
-        .arg("--session-timeout")
-        .arg("10");
-    c
-}
-
-fn spawn(procs: &mut Procs, name: &str, cmd: &mut Command, log: &Path) {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file clone");
-    let child = cmd
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    procs.children.push((name.to_string(), child));
-}
-
-async fn start_cluster() -> Cluster {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, SECRET).expect("write secret");
-    let mut procs = Procs {
-        children: Vec::new(),
-        mounts: Vec::new(),
-    };
-    let port = free_port();
-    let master = format!("127.0.0.1:{port}");
-    let mdir = dir.path().join("master");
-    std::fs::create_dir_all(&mdir).expect("master dir");
-    let master_http = format!("127.0.0.1:{}", free_port());
-    spawn(
-        &mut procs,
-        "master",
-        &mut master_command(&master, &master_http, &mdir, &secret_file),
-        &dir.path().join("master.log"),
-    );
-    let mut chunkservers = Vec::new();
-    for i in 1..=2 {
-        let d = dir.path().join(format!("cs{i}"));
-        std::fs::create_dir_all(&d).expect("chunkserver dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        chunkservers.push((addr.clone(), d.clone()));
-        spawn(
-            &mut procs,
-            "chunkserver",
-            Command::new(bin("alces-chunkserver"))
-                .arg("--master")
-                .arg(&master)
-                .arg("--listen")
-                .arg(&addr)
-                .arg("--http-listen")
-                .arg(format!("127.0.0.1:{}", free_port()))
-                .arg("--data-dir")
-                .arg(&d)
-                .arg("--label")
-                .arg(format!("zone{i}"))
-                .arg("--secret-file")
-                .arg(&secret_file),
-            &dir.path().join(format!("cs{i}.log")),
-        );
-    }
-    // Wait until the master sees both chunkservers.
-    let auth = alces_proto::auth::ClientAuth::new(SECRET).expect("auth");
-    let ch = alces_proto::net::channel(&master, &auth).expect("channel");
-    let mut admin = AdminClient::new(ch);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        for (name, c) in &mut procs.children {
-            if let Ok(Some(st)) = c.try_wait() {
-                let logs = std::fs::read_dir(dir.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("\n---\n");
-                panic!("{name} exited early with {st}; logs:\n{logs}");
-            }
-        }
-        if let Ok(s) = admin.status(Empty {}).await {
-            let s = s.into_inner();
-            if s.chunkservers.iter().filter(|c| c.connected).count() >= 2 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster did not come up within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Cluster {
-        procs,
-        master,
-        dir,
-        secret_file,
-        master_http,
-        chunkservers,
-    }
-}
-
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
         .wrapping_mul(6364136223846793005)
@@ -225,8 +28,8 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn library_write_read_truncate_across_chunks() {
-    let cluster = start_cluster().await;
-    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    let cluster = common::start_library_cluster().await;
+    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
     cfg.client_name = "library test".into();
     cfg.reconnect_timeout = Duration::from_secs(20);
     let client = Client::connect(cfg).await.expect("connect");
@@ -382,53 +185,14 @@ async fn library_write_read_truncate_across_chunks() {
         .await
         .expect("unlink");
     client.close().await.expect("close");
-    drop(cluster.procs);
-}
-
-fn is_mount_point(p: &Path) -> bool {
-    let (Ok(a), Some(parent)) = (std::fs::metadata(p), p.parent()) else {
-        return false;
-    };
-    let Ok(b) = std::fs::metadata(parent) else {
-        return false;
-    };
-    a.dev() != b.dev()
+    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_create_write_rename_unlink() {
-    let mut cluster = start_cluster().await;
-    let mnt = cluster.dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).expect("mount dir");
-    let log = cluster.dir.path().join("mount.log");
-    spawn(
-        &mut cluster.procs,
-        "alces-mount",
-        Command::new(env!("CARGO_BIN_EXE_alces-mount"))
-            .arg(&mnt)
-            .arg("--master")
-            .arg(&cluster.master)
-            .arg("--secret-file")
-            .arg(&cluster.secret_file),
-        &log,
-    );
-    cluster.procs.mounts.push(mnt.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !is_mount_point(&mnt) {
-        if let Some((_, c)) = cluster.procs.children.last_mut() {
-            if let Ok(Some(st)) = c.try_wait() {
-                panic!(
-                    "alces-mount exited with {st}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mount did not appear within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cluster = common::start_library_cluster().await;
+    let mut mount = tokio::task::block_in_place(|| cluster.mount_extra("lib-mnt", &[]));
+    let (mnt, log) = (mount.path.clone(), mount.log.clone());
 
     let m = mnt.clone();
     tokio::task::spawn_blocking(move || {
@@ -534,12 +298,11 @@ async fn mount_create_write_rename_unlink() {
     .expect("file operations");
 
     // SIGTERM unmounts cleanly and exits 0.
-    let (_, child) = cluster.procs.children.last_mut().expect("mount process");
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(mount.pid(), libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
+        if let Some(st) = mount.try_wait() {
             break st;
         }
         assert!(
@@ -553,13 +316,13 @@ async fn mount_create_write_rename_unlink() {
         "alces-mount exited with {status}: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert!(!is_mount_point(&mnt), "still mounted after exit");
+    assert!(!alces_e2e::is_mount_point(&mnt), "still mounted after exit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn session_survives_master_restart_and_times_out_when_down() {
-    let mut cluster = start_cluster().await;
-    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    let cluster = common::start_library_cluster().await;
+    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
     cfg.reconnect_timeout = Duration::from_secs(30);
     let client = Client::connect(cfg).await.expect("connect");
     let caller = Caller::current();
@@ -588,7 +351,7 @@ async fn session_survives_master_restart_and_times_out_when_down() {
     let session = client.session_id();
 
     // kill -9 the master and start it again on the same address and data.
-    cluster.restart_master();
+    common::restart_master(&cluster);
 
     // The open handle keeps working through the restart with the same session.
     h.write(3 * MIB, b"after restart")
@@ -610,12 +373,10 @@ async fn session_survives_master_restart_and_times_out_when_down() {
     client.close().await.expect("close");
 
     // With the master gone for good, calls fail with EIO after the bounded time.
-    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
     cfg.reconnect_timeout = Duration::from_secs(2);
     let short = Client::connect(cfg).await.expect("connect");
-    let (_, m) = &mut cluster.procs.children[0];
-    m.kill().expect("kill master");
-    m.wait().expect("reap master");
+    common::kill_master(&cluster);
     let started = Instant::now();
     let e = short
         .getattr(short.root())
@@ -647,8 +408,8 @@ fn on_own_thread<T: Send + 'static>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn calls_on_a_threads_own_master_connection_fall_back_to_the_shared_one() {
-    let mut cluster = start_cluster().await;
-    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    let cluster = common::start_library_cluster().await;
+    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
     cfg.reconnect_timeout = Duration::from_secs(30);
     let client = Client::connect(cfg).await.expect("connect");
     let root = client.root();
@@ -677,7 +438,7 @@ async fn calls_on_a_threads_own_master_connection_fall_back_to_the_shared_one() 
     });
     tx.send(()).unwrap();
     done_rx.recv().unwrap().expect("call on the own connection");
-    cluster.restart_master();
+    common::restart_master(&cluster);
     for _ in 0..3 {
         tx.send(()).unwrap();
         done_rx
@@ -689,12 +450,13 @@ async fn calls_on_a_threads_own_master_connection_fall_back_to_the_shared_one() 
     worker.join().unwrap();
 
     // An own connection that can never connect: every call still succeeds.
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", alces_e2e::free_port());
+    let secret = cluster.secret();
     let c = client.clone();
     let r = on_own_thread(move |rt| {
         let bogus = {
             let _in = rt.enter();
-            let auth = alces_proto::auth::ClientAuth::new(SECRET).expect("auth");
+            let auth = alces_proto::auth::ClientAuth::new(&secret).expect("auth");
             let ch = alces_proto::net::channel(&dead, &auth).expect("channel");
             alces_proto::pb::master_client::MasterClient::new(ch)
         };
@@ -707,9 +469,9 @@ async fn calls_on_a_threads_own_master_connection_fall_back_to_the_shared_one() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_write_session_is_reopened_and_read_only_is_enforced() {
-    let cluster = start_cluster().await;
+    let cluster = common::start_library_cluster().await;
     let connect = |read_only: bool| {
-        let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+        let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
         cfg.read_only = read_only;
         cfg.write_flush_bytes = MIB;
         Client::connect(cfg)
@@ -799,10 +561,13 @@ async fn stale_write_session_is_reopened_and_read_only_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
-    let cluster = start_cluster().await;
-    let client = Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)))
-        .await
-        .expect("connect");
+    let cluster = common::start_library_cluster().await;
+    let client = Client::connect(ClientConfig::new(
+        cluster.master.clone(),
+        cluster.secret().into(),
+    ))
+    .await
+    .expect("connect");
     let caller = Caller::current();
     let attr = client
         .mknod(
@@ -829,7 +594,7 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
     h.release().await.expect("release");
 
     // Corrupt the copy the master lists first, in its data block area.
-    let auth = alces_proto::auth::ClientAuth::new(SECRET).expect("auth");
+    let auth = alces_proto::auth::ClientAuth::new(&cluster.secret()).expect("auth");
     let mut master = alces_proto::pb::master_client::MasterClient::new(
         alces_proto::net::channel(&cluster.master, &auth).expect("channel"),
     );
@@ -844,12 +609,10 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
         .into_inner();
     assert_eq!(loc.locations.len(), 2, "goal 2 must give two copies");
     let first = &loc.locations[0].address;
-    let dir = &cluster
-        .chunkservers
-        .iter()
-        .find(|(a, _)| a == first)
-        .expect("first copy is on a test chunkserver")
-        .1;
+    let dir = &(1..=2)
+        .find(|i| cluster.cs_addr(*i) == *first)
+        .map(|i| cluster.cs_data(i))
+        .expect("first copy is on a test chunkserver");
     let file = dir
         .join("chunks")
         .join(format!("{:02x}", loc.chunk_id & 0xff))
@@ -860,9 +623,12 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
     }
     std::fs::write(&file, &bytes).expect("corrupt chunk file");
 
-    let fresh = Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)))
-        .await
-        .expect("connect again");
+    let fresh = Client::connect(ClientConfig::new(
+        cluster.master.clone(),
+        cluster.secret().into(),
+    ))
+    .await
+    .expect("connect again");
     let h = fresh
         .open(attr.inode, libc::O_RDONLY, &caller)
         .await
@@ -877,8 +643,8 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_io_matches_a_model() {
-    let cluster = start_cluster().await;
-    let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    let cluster = common::start_library_cluster().await;
+    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
     cfg.write_flush_bytes = 256 * 1024;
     let client = Client::connect(cfg).await.expect("connect");
     let caller = Caller::current();
@@ -962,10 +728,13 @@ async fn random_io_matches_a_model() {
 /// as zeros. Attributes report the size including buffered writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_after_an_extending_write_see_the_new_size() {
-    let cluster = start_cluster().await;
-    let client = Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)))
-        .await
-        .expect("connect");
+    let cluster = common::start_library_cluster().await;
+    let client = Client::connect(ClientConfig::new(
+        cluster.master.clone(),
+        cluster.secret().into(),
+    ))
+    .await
+    .expect("connect");
     let caller = Caller::current();
     let attr = client
         .mknod(
@@ -1042,8 +811,13 @@ async fn reads_after_an_extending_write_see_the_new_size() {
 /// with EDQUOT) must read as zeros when the file is later extended over them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bytes_past_the_end_read_as_zeros_when_the_file_grows() {
-    let cluster = start_cluster().await;
-    let connect = || Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)));
+    let cluster = common::start_library_cluster().await;
+    let connect = || {
+        Client::connect(ClientConfig::new(
+            cluster.master.clone(),
+            cluster.secret().into(),
+        ))
+    };
     let client = connect().await.expect("connect");
     let caller = Caller::current();
     let dir = client.mkdir_p("/q", 0o755).await.expect("mkdir");
@@ -1117,8 +891,13 @@ async fn bytes_past_the_end_read_as_zeros_when_the_file_grows() {
 /// that chunk, and in a chunk wholly past the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gap_written_past_the_end_reads_as_zeros_over_refused_bytes() {
-    let cluster = start_cluster().await;
-    let connect = || Client::connect(ClientConfig::new(cluster.master.clone(), Arc::from(SECRET)));
+    let cluster = common::start_library_cluster().await;
+    let connect = || {
+        Client::connect(ClientConfig::new(
+            cluster.master.clone(),
+            cluster.secret().into(),
+        ))
+    };
     let writer = connect().await.expect("connect");
     let other = connect().await.expect("connect");
     let caller = Caller::current();
@@ -1220,9 +999,9 @@ async fn a_gap_written_past_the_end_reads_as_zeros_over_refused_bytes() {
 /// next session closes: a stale session's length is never forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stale_sessions_length_is_still_recorded() {
-    let cluster = start_cluster().await;
+    let cluster = common::start_library_cluster().await;
     let connect = || {
-        let mut cfg = ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+        let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
         cfg.write_flush_bytes = MIB;
         Client::connect(cfg)
     };
@@ -1308,8 +1087,8 @@ fn master_rpcs(http: &str, rpc: &str) -> u64 {
 /// master for the chunk; an O_TRUNC open frees the chunk and keeps no location.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_file_is_read_without_asking_the_master_for_its_chunk() {
-    let cluster = start_cluster().await;
-    let config = || ClientConfig::new(cluster.master.clone(), Arc::from(SECRET));
+    let cluster = common::start_library_cluster().await;
+    let config = || ClientConfig::new(cluster.master.clone(), cluster.secret().into());
     let writer = Client::connect(config()).await.expect("connect writer");
     let caller = Caller::current();
     let attr = writer
@@ -1337,7 +1116,7 @@ async fn a_small_file_is_read_without_asking_the_master_for_its_chunk() {
     h.release().await.expect("release");
 
     let reader = Client::connect(config()).await.expect("connect reader");
-    let before = master_rpcs(&cluster.master_http, "ReadChunk");
+    let before = master_rpcs(&cluster.master_http(), "ReadChunk");
     let r = reader
         .open(attr.inode, libc::O_RDONLY, &caller)
         .await
@@ -1345,7 +1124,7 @@ async fn a_small_file_is_read_without_asking_the_master_for_its_chunk() {
     let got = r.read(0, 65536).await.expect("read");
     assert!(got[..] == data[..], "the file reads back");
     assert_eq!(
-        master_rpcs(&cluster.master_http, "ReadChunk"),
+        master_rpcs(&cluster.master_http(), "ReadChunk"),
         before,
         "the read asked the master where chunk 0 is"
     );
