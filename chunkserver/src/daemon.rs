@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use alces_proto::auth::{ClientAuth, ServerAuth};
 use alces_proto::pb::chunkserver_server::ChunkserverServer;
-use alces_proto::telemetry::Health;
 use alces_proto::MAX_MESSAGE_BYTES;
+use alces_telemetry::Health;
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -140,7 +140,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     metrics.register(&mut registry);
     let health = Health::new(registry);
     let http_addr = match cfg.http_listen {
-        Some(a) => Some(alces_proto::telemetry::serve_http(a, health.clone()).await?),
+        Some(a) => Some(alces_telemetry::serve_http(a, health.clone()).await?),
         None => None,
     };
 

@@ -10,7 +10,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    alces_proto::telemetry::init_logging(args.log_json);
+    alces_telemetry::init_logging(args.log_json);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,7 +37,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let running = daemon::start(cfg).await?;
     running
-        .run_until(alces_proto::telemetry::shutdown_signal())
+        .run_until(alces_telemetry::shutdown_signal())
         .await?;
     tracing::info!("chunkserver stopped");
     Ok(())

@@ -110,7 +110,7 @@ fn user_allow_other() -> bool {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    alces_proto::telemetry::init_logging(args.log_json);
+    alces_telemetry::init_logging(args.log_json);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -155,9 +155,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let health = alces_proto::telemetry::Health::new(registry);
+    let health = alces_telemetry::Health::new(registry);
     if let Some(addr) = args.http_listen {
-        let bound = rt.block_on(alces_proto::telemetry::serve_http(addr, health.clone()))?;
+        let bound = rt.block_on(alces_telemetry::serve_http(addr, health.clone()))?;
         tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     }
 
@@ -211,7 +211,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mountpoint = args.mountpoint.clone();
     let closing = client.clone();
     rt.spawn(async move {
-        alces_proto::telemetry::shutdown_signal().await;
+        alces_telemetry::shutdown_signal().await;
         tracing::info!(mountpoint = %mountpoint.display(), "unmounting");
         let mp = mountpoint.clone();
         let r = tokio::task::spawn_blocking(move || match unmounter.unmount() {

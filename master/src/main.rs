@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() {
     alces_master::core::limit_allocator_arenas();
     let args = alces_master::config::Args::parse();
-    alces_proto::telemetry::init_logging(args.log_json);
+    alces_telemetry::init_logging(args.log_json);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

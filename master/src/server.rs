@@ -12,8 +12,8 @@ use alces_proto::pb::{
     admin_server::AdminServer, chunk_master_server::ChunkMasterServer, master_server::MasterServer,
     replication_server::ReplicationServer,
 };
-use alces_proto::telemetry::Health;
 use alces_proto::MAX_MESSAGE_BYTES;
+use alces_telemetry::Health;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -154,7 +154,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     core.update_gauges(&core.inner.lock());
 
     let http_addr = match opts.http_listen {
-        Some(a) => Some(alces_proto::telemetry::serve_http(a, health.clone()).await?),
+        Some(a) => Some(alces_telemetry::serve_http(a, health.clone()).await?),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -285,7 +285,7 @@ pub enum Ended {
 pub async fn serve(running: Running) -> anyhow::Result<Ended> {
     let mut fence = running.core.hub.fence_rx();
     tokio::select! {
-        _ = alces_proto::telemetry::shutdown_signal() => {
+        _ = alces_telemetry::shutdown_signal() => {
             running.stop().await?;
             Ok(Ended::Stopped)
         }

@@ -2,60 +2,15 @@
 //! survives a master restart both by changelog replay and through a snapshot,
 //! and a drained server the master does not see (yet) can still be undrained.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use alces_master::server::{start, Options, Running};
-use alces_proto::auth::ClientAuth;
+use alces_master::server::{start, Running};
 use alces_proto::errno;
-use alces_proto::net::{channel, AuthChannel};
-use alces_proto::pb::{self, admin_client::AdminClient, chunk_master_client::ChunkMasterClient};
-
-const SECRET: &str = "test-secret-0123456789";
-
-fn options(dir: &std::path::Path) -> Options {
-    Options {
-        replication: alces_master::runtime::chunkmap::Policy::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: None,
-        data_dir: dir.to_path_buf(),
-        secret: Arc::from(SECRET),
-        chunk_size: 1 << 20,
-        default_goal: 2,
-        session_timeout: Duration::from_secs(30),
-        chunkserver_timeout: Duration::from_secs(60),
-        snapshot_interval: Duration::from_secs(3600),
-        sync_metaloggers: 0,
-        sync_timeout: Duration::from_secs(5),
-    }
-}
-
-fn chan(m: &Running) -> AuthChannel {
-    channel(&m.grpc_addr.to_string(), &ClientAuth::new(SECRET).unwrap()).unwrap()
-}
-
-async fn register(m: &Running, id: u64) {
-    ChunkMasterClient::new(chan(m))
-        .register_chunkserver(pb::RegisterChunkserverRequest {
-            server_id: id,
-            address: format!("127.0.0.1:{}", 20000 + id),
-            label: format!("l{id}"),
-            disks: vec![pb::DiskInfo {
-                path: "/d".into(),
-                total_bytes: 1 << 40,
-                free_bytes: 1 << 39,
-                used_bytes: 1 << 39,
-                ..Default::default()
-            }],
-            chunks: vec![],
-            seen_epoch: 1,
-        })
-        .await
-        .unwrap();
-}
+use alces_proto::pb;
+use common::{admin, options, register};
 
 async fn drain(m: &Running, id: u64, on: bool) -> Result<pb::ChunkserverStatus, tonic::Status> {
-    AdminClient::new(chan(m))
+    admin(m)
         .drain_chunkserver(pb::DrainRequest {
             server_id: id,
             drain: on,
@@ -66,7 +21,7 @@ async fn drain(m: &Running, id: u64, on: bool) -> Result<pb::ChunkserverStatus, 
 
 /// (server id, draining) of every chunkserver in the status.
 async fn draining(m: &Running) -> Vec<(u64, bool)> {
-    let mut v: Vec<(u64, bool)> = AdminClient::new(chan(m))
+    let mut v: Vec<(u64, bool)> = admin(m)
         .status(pb::Empty {})
         .await
         .unwrap()

@@ -1,8 +1,11 @@
 //! Starts a real master on 127.0.0.1:0 in-process and drives it through real
-//! tonic clients: sessions, the namespace, chunk placement and bookkeeping,
-//! authentication, bad input, metrics, and restarts (snapshot and replay).
+//! tonic clients, one scenario per test: authentication, sessions, the
+//! namespace, bad input, chunk placement and bookkeeping, read-only and
+//! subdirectory sessions, open files that outlive their unlink, metrics, and
+//! restarts (snapshot and replay).
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use alces_master::server::{start, Options, Running};
@@ -10,52 +13,14 @@ use alces_proto::auth::ClientAuth;
 use alces_proto::errno;
 use alces_proto::net::{channel, AuthChannel};
 use alces_proto::pb::{
-    self, admin_client::AdminClient, chunk_command::Command,
-    chunk_master_client::ChunkMasterClient, master_client::MasterClient, FileType,
+    self, admin_client::AdminClient, chunk_command::Command, master_client::MasterClient, FileType,
+};
+use common::{
+    caller, chan, chunk_master, errno_of, heartbeat, info, master, options, register_cs, session,
+    started, MIB,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-
-const SECRET: &str = "test-secret-0123456789";
-const MIB: u64 = 1 << 20;
-
-fn options(dir: &std::path::Path) -> Options {
-    Options {
-        replication: alces_master::runtime::chunkmap::Policy::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: dir.to_path_buf(),
-        secret: Arc::from(SECRET),
-        chunk_size: MIB,
-        default_goal: 2,
-        session_timeout: Duration::from_secs(30),
-        chunkserver_timeout: Duration::from_secs(60),
-        snapshot_interval: Duration::from_secs(3600),
-        sync_metaloggers: 0,
-        sync_timeout: Duration::from_secs(5),
-    }
-}
-
-fn chan(m: &Running) -> AuthChannel {
-    channel(&m.grpc_addr.to_string(), &ClientAuth::new(SECRET).unwrap()).unwrap()
-}
-
-fn master(m: &Running) -> MasterClient<AuthChannel> {
-    MasterClient::new(chan(m))
-}
-
-fn caller() -> Option<pb::Caller> {
-    Some(pb::Caller {
-        uid: 1000,
-        gid: 100,
-        groups: vec![],
-        pid: 1,
-    })
-}
-
-fn errno_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> i32 {
-    errno::of(&r.expect_err("the call should have failed"))
-}
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -67,69 +32,27 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-fn disk(free: u64) -> pb::DiskInfo {
-    pb::DiskInfo {
-        path: "/d".into(),
-        total_bytes: 1 << 40,
-        used_bytes: (1 << 40) - free,
-        free_bytes: free,
-        ..Default::default()
-    }
-}
-
-async fn register_cs(
-    c: &mut ChunkMasterClient<AuthChannel>,
-    id: u64,
-    label: &str,
-    free: u64,
-    chunks: Vec<pb::ChunkInfo>,
+/// A master with a session, directory `/dir` and an empty file `/dir/file`.
+async fn with_a_file() -> (
+    tempfile::TempDir,
+    Running,
+    MasterClient<AuthChannel>,
+    u64,
+    pb::Attr,
+    pb::Attr,
 ) {
-    let r = c
-        .register_chunkserver(pb::RegisterChunkserverRequest {
-            server_id: id,
-            address: format!("127.0.0.1:{}", 20000 + id),
-            label: label.into(),
-            disks: vec![disk(free)],
-            chunks,
-            seen_epoch: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.epoch, 1);
-}
-
-async fn heartbeat(
-    c: &mut ChunkMasterClient<AuthChannel>,
-    id: u64,
-    changed: Vec<pb::ChunkInfo>,
-) -> pb::ChunkserverHeartbeatReply {
-    c.chunkserver_heartbeat(pb::ChunkserverHeartbeatRequest {
-        server_id: id,
-        changed,
-        seen_epoch: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-fn info(chunk_id: u64, version: u64) -> pb::ChunkInfo {
-    pb::ChunkInfo {
-        chunk_id,
-        version,
-        disk: 0,
-        length: 100,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn master_serves_clients_chunkservers_and_admins() {
-    let tmp = tempfile::tempdir().unwrap();
-    let m = start(options(tmp.path())).await.unwrap();
+    let (tmp, m) = started().await;
     let mut c = master(&m);
+    let sid = session(&mut c).await;
+    let dir = common::mkdir(&mut c, sid, 1, "dir").await;
+    let file = common::file(&mut c, sid, dir.inode, "file").await;
+    (tmp, m, c, sid, dir, file)
+}
 
+/// Calls without the cluster secret, or with another one, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_is_required() {
+    let (_tmp, m) = started().await;
     // Authentication.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc_addr))
         .unwrap()
@@ -152,7 +75,14 @@ async fn master_serves_clients_chunkservers_and_admins() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    m.stop().await.unwrap();
+}
 
+/// A session registers, renews its lease; an unknown one is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_register_renew_and_unknown_ones_are_refused() {
+    let (_tmp, m) = started().await;
+    let mut c = master(&m);
     // Sessions.
     let s = c
         .register_session(pb::RegisterSessionRequest {
@@ -177,7 +107,15 @@ async fn master_serves_clients_chunkservers_and_admins() {
         .await
         .unwrap_err();
     assert!(alces_proto::errno::is_session_unknown(&lost), "{lost:?}");
+    m.stop().await.unwrap();
+}
 
+/// Directories, files (exclusive or not), lookups, paged readdir, symlinks, fifos and xattrs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_entries_readdir_and_xattrs() {
+    let (_tmp, m) = started().await;
+    let mut c = master(&m);
+    let sid = session(&mut c).await;
     // Namespace.
     let dir = c
         .mkdir(pb::MkdirRequest {
@@ -343,7 +281,13 @@ async fn master_serves_clients_chunkservers_and_admins() {
         ),
         libc::ENODATA
     );
+    m.stop().await.unwrap();
+}
 
+/// Bad input of every kind is refused with the errno that says what was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_errno() {
+    let (_tmp, m, mut c, sid, _dir, file) = with_a_file().await;
     // Bad input.
     assert_eq!(
         errno_of(
@@ -464,7 +408,13 @@ async fn master_serves_clients_chunkservers_and_admins() {
         )
         .await;
     assert_ne!(r.unwrap_err().code(), Code::Ok);
+    m.stop().await.unwrap();
+}
 
+/// Placement across failure domains, write sessions and versions, reads, status and file info, stale copies deleted and under-goal chunks replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_placed_versioned_and_replicated() {
+    let (_tmp, m, mut c, sid, _dir, file) = with_a_file().await;
     // Chunks: nothing to place them on yet.
     assert_eq!(
         errno_of(
@@ -477,7 +427,7 @@ async fn master_serves_clients_chunkservers_and_admins() {
         ),
         libc::ENOSPC
     );
-    let mut cm = ChunkMasterClient::new(chan(&m));
+    let mut cm = chunk_master(&m);
     register_cs(&mut cm, 1, "a", 100 << 30, vec![]).await;
     register_cs(&mut cm, 2, "b", 50 << 30, vec![]).await;
     register_cs(&mut cm, 3, "a", 80 << 30, vec![info(777, 1)]).await;
@@ -703,7 +653,13 @@ async fn master_serves_clients_chunkservers_and_admins() {
     heartbeat(&mut cm, repl.0, vec![info(chunk, 2)]).await;
     let st = admin.status(pb::Empty {}).await.unwrap().into_inner();
     assert_eq!(st.chunk_counts.unwrap().at_goal, 1);
+    m.stop().await.unwrap();
+}
 
+/// Read-only sessions are refused mutations; a session can be rooted in a subdirectory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_and_subdirectory_sessions() {
+    let (_tmp, m, mut c, _sid, dir, file) = with_a_file().await;
     // Read-only and subdirectory sessions.
     let ro = c
         .register_session(pb::RegisterSessionRequest {
@@ -779,7 +735,50 @@ async fn master_serves_clients_chunkservers_and_admins() {
     })
     .await
     .unwrap();
+    m.stop().await.unwrap();
+}
 
+/// An unlinked file stays while open and its chunk is deleted once released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_file_outlives_its_unlink() {
+    let (_tmp, m, mut c, sid, dir, file) = with_a_file().await;
+    c.symlink(pb::SymlinkRequest {
+        session_id: sid,
+        parent: 1,
+        name: b"ln".to_vec(),
+        target: b"dir/file".to_vec(),
+        caller: caller(),
+    })
+    .await
+    .unwrap();
+    let mut cm = chunk_master(&m);
+    register_cs(&mut cm, 1, "a", 100 << 30, vec![]).await;
+    register_cs(&mut cm, 2, "b", 50 << 30, vec![]).await;
+    let chunk = c
+        .write_chunk(pb::ChunkRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chunk_id;
+    heartbeat(&mut cm, 1, vec![info(chunk, 1)]).await;
+    heartbeat(&mut cm, 2, vec![info(chunk, 1)]).await;
+    c.write_chunk_end(pb::WriteChunkEndRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+        chunk_id: chunk,
+        file_size: 100,
+        failed_servers: vec![],
+        modified: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut admin = common::admin(&m);
     // An open file survives its unlink until released; its chunk is then deleted
     // (with the trash disabled: trash time 0).
     admin
@@ -852,7 +851,22 @@ async fn master_serves_clients_chunkservers_and_admins() {
         ),
         libc::ENOTDIR
     );
+    m.stop().await.unwrap();
+}
 
+/// `/metrics` counts the calls, `/readyz` answers once ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = start(Options {
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..options(tmp.path())
+    })
+    .await
+    .unwrap();
+    let mut c = master(&m);
+    let sid = session(&mut c).await;
+    common::mkdir(&mut c, sid, 1, "dir").await;
     // Metrics and health.
     let http = m.http_addr.unwrap();
     let metrics = http_get(http, "/metrics").await;
@@ -862,7 +876,22 @@ async fn master_serves_clients_chunkservers_and_admins() {
     );
     assert!(metrics.contains("alces_master_changelog_fsync_seconds_bucket"));
     assert!(http_get(http, "/readyz").await.starts_with("HTTP/1.1 200"));
+    m.stop().await.unwrap();
+}
 
+/// A graceful stop (final snapshot) and a stop without one (replay) both restart with the same metadata; two masters cannot share a data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_keep_the_metadata() {
+    let (tmp, m, mut c, sid, dir, _file) = with_a_file().await;
+    c.symlink(pb::SymlinkRequest {
+        session_id: sid,
+        parent: 1,
+        name: b"ln".to_vec(),
+        target: b"dir/file".to_vec(),
+        caller: caller(),
+    })
+    .await
+    .unwrap();
     // Restart after a graceful stop (final snapshot), then after a stop without
     // a snapshot (replay): the metadata is the same.
     let live = m.core.inner.lock().state.clone();

@@ -6,68 +6,33 @@
 //! Also `Replication.Identify`, the probe a cut-off master sends to the master
 //! address.
 
-use std::sync::Arc;
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use alces_master::runtime::replication::QUORUM_WINDOW;
 use alces_master::server::{start, Options, Running};
-use alces_proto::auth::ClientAuth;
-use alces_proto::net::{channel, AuthChannel};
-use alces_proto::pb::{
-    self, admin_client::AdminClient, chunk_master_client::ChunkMasterClient,
-    master_client::MasterClient, replication_client::ReplicationClient,
-};
+use alces_proto::pb::{self, master_client::MasterClient, replication_client::ReplicationClient};
+use common::{admin, chan, chunk_master, register};
 use tonic::Code;
 
-const SECRET: &str = "test-secret-0123456789";
-
-fn options(dir: &std::path::Path) -> Options {
+fn options(dir: &Path) -> Options {
     Options {
-        replication: alces_master::runtime::chunkmap::Policy::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: None,
-        data_dir: dir.to_path_buf(),
-        secret: Arc::from(SECRET),
-        chunk_size: 1 << 20,
         default_goal: 1,
-        session_timeout: Duration::from_secs(30),
         // Servers 2 and 3 are declared lost during the test: lost servers
         // that were not drained still count against the quorum.
         chunkserver_timeout: Duration::from_secs(2),
-        snapshot_interval: Duration::from_secs(3600),
         sync_metaloggers: 1,
         sync_timeout: Duration::from_millis(300),
+        ..common::options(dir)
     }
-}
-
-fn chan(m: &Running) -> AuthChannel {
-    channel(&m.grpc_addr.to_string(), &ClientAuth::new(SECRET).unwrap()).unwrap()
-}
-
-async fn register(m: &Running, id: u64) {
-    ChunkMasterClient::new(chan(m))
-        .register_chunkserver(pb::RegisterChunkserverRequest {
-            server_id: id,
-            address: format!("127.0.0.1:{}", 20000 + id),
-            label: format!("l{id}"),
-            disks: vec![pb::DiskInfo {
-                path: "/d".into(),
-                total_bytes: 1 << 40,
-                free_bytes: 1 << 39,
-                used_bytes: 1 << 39,
-                ..Default::default()
-            }],
-            chunks: vec![],
-            seen_epoch: 1,
-        })
-        .await
-        .unwrap();
 }
 
 /// Heartbeats servers `ids` every 300 ms until the returned sender is dropped.
 fn heartbeats(m: &Running, ids: Vec<u64>) -> tokio::sync::oneshot::Sender<()> {
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-    let mut c = ChunkMasterClient::new(chan(m));
+    let mut c = chunk_master(m);
     tokio::spawn(async move {
         loop {
             for id in &ids {
@@ -89,7 +54,7 @@ fn heartbeats(m: &Running, ids: Vec<u64>) -> tokio::sync::oneshot::Sender<()> {
 }
 
 async fn conditions(m: &Running) -> Vec<String> {
-    AdminClient::new(chan(m))
+    admin(m)
         .status(pb::Empty {})
         .await
         .unwrap()

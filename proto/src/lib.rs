@@ -5,7 +5,6 @@
 //! - [`auth`]: the cluster secret every peer presents, and the protocol version check.
 //! - [`checksum`]: CRC32C of chunk blocks and on-disk records.
 //! - [`net`]: building channels to peers (DNS re-resolved on every reconnect).
-//! - [`telemetry`]: logging setup and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`geometry`]: chunk and block sizes.
 
 #![warn(missing_docs)]
@@ -15,7 +14,6 @@ pub mod checksum;
 pub mod errno;
 pub mod geometry;
 pub mod net;
-pub mod telemetry;
 
 /// Generated protobuf messages and tonic services of package `alces.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

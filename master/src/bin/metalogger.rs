@@ -6,7 +6,7 @@ fn main() {
     // A metalogger holds the whole namespace too, and serves it once promoted.
     alces_master::core::limit_allocator_arenas();
     let args = alces_master::config::MetaloggerArgs::parse();
-    alces_proto::telemetry::init_logging(args.log_json);
+    alces_telemetry::init_logging(args.log_json);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

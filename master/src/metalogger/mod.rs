@@ -24,8 +24,8 @@ use alces_proto::pb::{
     self, admin_client::AdminClient, metalogger_server::MetaloggerServer,
     replication_client::ReplicationClient,
 };
-use alces_proto::telemetry::Health;
 use alces_proto::MAX_MESSAGE_BYTES;
+use alces_telemetry::Health;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
@@ -103,7 +103,7 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
     });
     let health = Health::new(Registry::default());
     if let Some(a) = args.http_listen {
-        alces_proto::telemetry::serve_http(a, health.clone()).await?;
+        alces_telemetry::serve_http(a, health.clone()).await?;
     }
     let svc = MetaloggerServer::new(MetaloggerService::new(shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -130,7 +130,7 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
     };
     health.set_ready(true);
     tracing::info!(id = %id, grpc = %bound, master = %args.master, data_dir = %args.data_dir.display(), "alces-metalogger ready");
-    let signal = alces_proto::telemetry::shutdown_signal();
+    let signal = alces_telemetry::shutdown_signal();
     tokio::pin!(signal);
     let mut retries = RetryLog::default();
     let outcome = loop {

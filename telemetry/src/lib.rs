@@ -1,4 +1,7 @@
-//! Logging, metrics and health endpoints shared by every daemon.
+//! Logging, metrics and health endpoints shared by every Alces daemon
+//! (master, metalogger, chunkserver, client). Depends on no other Alces crate.
+
+#![warn(missing_docs)]
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
