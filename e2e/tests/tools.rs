@@ -29,14 +29,8 @@ fn diff_trees(a: &Path, b: &Path) {
         String::from_utf8_lossy(&out.stdout)
     );
 }
-
-#[test]
-fn tools() {
-    let c = Cluster::start_default();
-    let scratch = c.scratch("src");
-    make_tree(&scratch);
-
-    // cp -a into the mount and back out.
+/// cp -a into the mount and back out.
+fn copy_a_tree_in_and_out(c: &Cluster, scratch: &Path) {
     run_ok(
         "cp",
         &[
@@ -62,8 +56,10 @@ fn tools() {
         &c.mnt,
     );
     diff_trees(&scratch.join("a"), &back.join("a"));
+}
 
-    // tar c | x round trip, compared by sha256.
+/// tar c | x round trip, compared by sha256.
+fn tar_round_trip(c: &Cluster, scratch: &Path) {
     let tarfile = c.path("tree.tar");
     run_ok(
         "tar",
@@ -105,8 +101,10 @@ fn tools() {
         sha256(&scratch.join("a/b/big.bin"))
     );
     assert_eq!(sha256(&tarfile), sha256(&c.path("tree.tar")));
+}
 
-    // git.
+/// git.
+fn git(c: &Cluster) {
     if have("git") {
         let repo = c.path("repo");
         fs::create_dir(&repo).unwrap();
@@ -136,8 +134,10 @@ fn tools() {
     } else {
         println!("SKIPPED: git not installed");
     }
+}
 
-    // sqlite through python3's sqlite3 module.
+/// sqlite through python3's sqlite3 module.
+fn sqlite(c: &Cluster) {
     let db = c.path("test.db");
     let script = format!(
         "import sqlite3\n\
@@ -165,8 +165,10 @@ fn tools() {
     } else {
         println!("SKIPPED: sqlite3 not installed");
     }
+}
 
-    // rsync.
+/// rsync.
+fn rsync(c: &Cluster, scratch: &Path) {
     if have("rsync") {
         let dst = c.path("rsynced");
         run_ok(
@@ -194,8 +196,10 @@ fn tools() {
     } else {
         println!("SKIPPED: rsync not installed");
     }
+}
 
-    // Compile and run a C program stored on the mount.
+/// Compile and run a C program stored on the mount.
+fn compile_and_run_c(c: &Cluster) {
     if have("cc") {
         let src = c.path("hello.c");
         fs::write(
@@ -209,4 +213,17 @@ fn tools() {
     } else {
         println!("SKIPPED: cc not installed");
     }
+}
+
+#[test]
+fn tools() {
+    let c = Cluster::start_default();
+    let scratch = c.scratch("src");
+    make_tree(&scratch);
+    copy_a_tree_in_and_out(&c, &scratch);
+    tar_round_trip(&c, &scratch);
+    git(&c);
+    sqlite(&c);
+    rsync(&c, &scratch);
+    compile_and_run_c(&c);
 }
