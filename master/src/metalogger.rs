@@ -88,6 +88,7 @@ struct Info {
     master_version: u64,
     role: &'static str,
     peers: BTreeMap<String, String>,
+    holds_metadata: bool,
 }
 
 type PromoteReplyTx = oneshot::Sender<Result<pb::PromoteReply, Status>>;
@@ -132,6 +133,7 @@ impl pb::metalogger_server::Metalogger for Service {
             master_connected: i.master_connected,
             role: i.role.to_string(),
             master_version: i.master_version,
+            holds_metadata: i.holds_metadata,
         }))
     }
 
@@ -225,6 +227,14 @@ impl Replica {
         Ok(())
     }
 
+    /// True when the data directory holds metadata (or a promotion's epoch).
+    fn holds_metadata(&self) -> bool {
+        self.state.is_some()
+            || datadir::list(&self.dir)
+                .map(|l| !l.snapshots.is_empty() || !l.changelogs.is_empty())
+                .unwrap_or(true)
+    }
+
     /// Forgets the local metadata; with `keep`, moves its files to
     /// `dropped.<time>/` instead of deleting them.
     fn drop_local(&mut self, keep: bool) -> anyhow::Result<()> {
@@ -303,6 +313,18 @@ struct Follower {
     rx: mpsc::Receiver<(pb::PromoteRequest, PromoteReplyTx)>,
 }
 
+/// Refuses a requested epoch that is not higher than every epoch seen (0
+/// asks for the highest seen + 1).
+fn check_epoch(req: &pb::PromoteRequest, seen_epoch: u64) -> Result<(), Status> {
+    if req.epoch != 0 && req.epoch <= seen_epoch {
+        return Err(Status::failed_precondition(format!(
+            "epoch {} refused: this metalogger has already seen epoch {seen_epoch}; a promotion must take a higher epoch (re-read the highest epoch and decide again)",
+            req.epoch
+        )));
+    }
+    Ok(())
+}
+
 fn grpc_err(e: anyhow::Error) -> Status {
     Status::internal(format!("{e:#}"))
 }
@@ -314,7 +336,18 @@ impl Follower {
 
     /// Refuses a promotion while the master answers (unless a switchover) or
     /// while a reachable metalogger holds more (unless forced).
-    async fn preflight(&self, req: &pb::PromoteRequest, mine: u64) -> Result<(), Status> {
+    async fn preflight(
+        &self,
+        req: &pb::PromoteRequest,
+        mine: u64,
+        seen_epoch: u64,
+    ) -> Result<(), Status> {
+        check_epoch(req, seen_epoch)?;
+        if req.bootstrap {
+            return Err(Status::failed_precondition(
+                "bootstrap refused: this metalogger follows a master (the filesystem exists); a bootstrap formats a new filesystem and is only for a metalogger that never saw a master",
+            ));
+        }
         if !req.switchover {
             let alive =
                 tokio::time::timeout(PROBE_TIMEOUT, self.admin.clone().status(pb::Empty {})).await;
@@ -353,6 +386,38 @@ impl Follower {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Allows a bootstrap (format a new filesystem) only on a metalogger that
+    /// never saw a master and holds no metadata, while nothing answers at
+    /// the master address.
+    async fn preflight_bootstrap(
+        &self,
+        req: &pb::PromoteRequest,
+        rep: &Replica,
+    ) -> Result<(), Status> {
+        check_epoch(req, rep.seen_epoch)?;
+        if req.switchover {
+            return Err(Status::invalid_argument(
+                "bootstrap and switchover exclude each other: a bootstrap creates a new filesystem, a switchover takes over a running one",
+            ));
+        }
+        if rep.seen_epoch != 0 || rep.holds_metadata() {
+            return Err(Status::failed_precondition(format!(
+                "bootstrap refused: this metalogger holds metadata or has followed a master (epoch {} seen); formatting would discard a filesystem. Promote without bootstrap instead",
+                rep.seen_epoch
+            )));
+        }
+        let probe =
+            tokio::time::timeout(PROBE_TIMEOUT, self.admin.clone().status(pb::Empty {})).await;
+        if let Ok(Ok(s)) = probe {
+            let s = s.into_inner();
+            return Err(Status::failed_precondition(format!(
+                "bootstrap refused: a master answers at {} (epoch {}, cluster {}): the filesystem exists",
+                self.shared.master, s.epoch, s.cluster_id
+            )));
         }
         Ok(())
     }
@@ -397,6 +462,7 @@ impl Follower {
             i.applied = version;
             i.durable = version;
             i.seen_epoch = rep.seen_epoch;
+            i.holds_metadata = true;
         });
         Ok(())
     }
@@ -472,7 +538,7 @@ impl Follower {
                 p = self.rx.recv(), if step_down.is_none() => {
                     let Some((req, tx)) = p else { anyhow::bail!("service stopped") };
                     let mine = rep.version().unwrap_or(0);
-                    if let Err(s) = self.preflight(&req, mine).await {
+                    if let Err(s) = self.preflight(&req, mine, rep.seen_epoch).await {
                         let _ = tx.send(Err(s));
                         continue;
                     }
@@ -482,7 +548,7 @@ impl Follower {
                     let started = Instant::now();
                     let mut repl = self.repl.clone();
                     let sd = pb::StepDownRequest {
-                        new_epoch: rep.seen_epoch + 1,
+                        new_epoch: if req.epoch > 0 { req.epoch } else { rep.seen_epoch + 1 },
                         metalogger_id: self.shared.id.clone(),
                     };
                     let task = tokio::spawn(async move {
@@ -643,6 +709,7 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             durable: rep.version().unwrap_or(0),
             seen_epoch: rep.seen_epoch,
             role: "metalogger",
+            holds_metadata: rep.holds_metadata(),
             ..Info::default()
         }),
         promote_tx,
@@ -708,11 +775,17 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             p = f.rx.recv() => {
                 let Some((req, tx)) = p else { continue };
                 let mine = rep.version().unwrap_or(0);
+                if req.bootstrap {
+                    match f.preflight_bootstrap(&req, &rep).await {
+                        Ok(()) => break Outcome::Promote(req, tx, None),
+                        Err(s) => { let _ = tx.send(Err(s)); continue; }
+                    }
+                }
                 if rep.state.is_none() {
                     let _ = tx.send(Err(Status::failed_precondition("this metalogger holds no metadata yet")));
                     continue;
                 }
-                match f.preflight(&req, mine).await {
+                match f.preflight(&req, mine, rep.seen_epoch).await {
                     Err(s) => { let _ = tx.send(Err(s)); }
                     Ok(()) if req.switchover => {
                         let _ = tx.send(Err(Status::failed_precondition("a switchover needs a live master, and this metalogger is not connected to it")));
@@ -722,8 +795,8 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let Outcome::Promote(_req, tx, started) = outcome;
-    let res = promote(&args, &secret, &mut rep, &shared).await;
+    let Outcome::Promote(req, tx, started) = outcome;
+    let res = promote(&args, &secret, &mut rep, &shared, &req).await;
     let pause_ms = started.map_or(0, |s| s.elapsed().as_millis() as u64);
     match res {
         Ok((running, epoch, version)) => {
@@ -767,14 +840,24 @@ async fn promote(
     secret: &Arc<str>,
     rep: &mut Replica,
     shared: &Arc<Shared>,
+    req: &pb::PromoteRequest,
 ) -> anyhow::Result<(server::Running, u64, u64)> {
     shared.info.lock().role = "promoting";
-    let version = rep
-        .version()
-        .ok_or_else(|| anyhow::anyhow!("this metalogger holds no metadata yet"))?;
-    let epoch = rep.seen_epoch + 1;
+    let version = match rep.version() {
+        Some(v) => v,
+        // A bootstrap formats a new filesystem (checked by preflight_bootstrap).
+        None if req.bootstrap => 0,
+        None => anyhow::bail!("this metalogger holds no metadata yet"),
+    };
+    let epoch = if req.epoch > 0 {
+        req.epoch
+    } else {
+        rep.seen_epoch + 1
+    };
     rep.writer = None;
     datadir::write_epoch(&rep.dir, epoch)?;
+    rep.seen_epoch = epoch;
+    shared.info.lock().seen_epoch = epoch;
     rep.state = None;
     rep._lock = None;
     tracing::warn!(epoch, version, listen = %args.promote_listen, "PROMOTING this metalogger to master");
