@@ -1125,6 +1125,7 @@ impl Admin for Services {
                     under_goal: c.under,
                     at_goal: c.at,
                     over_goal: c.over,
+                    max_goal: c.max_goal as u32,
                 }),
                 metaloggers: self.core.hub.status(i.state.version),
                 sessions: i.sessions.map.len() as u64,
