@@ -30,7 +30,7 @@ fn default_true() -> bool {
     true
 }
 fn default_grace() -> u32 {
-    5
+    2
 }
 
 /// Desired state of an Alces cluster: its metadata servers (one active master
