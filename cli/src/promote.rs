@@ -51,6 +51,7 @@ pub async fn run(global: &Global, a: &PromoteArgs) -> anyhow::Result<()> {
         .promote(PromoteRequest {
             switchover: a.switchover,
             force: a.force,
+            ..Default::default()
         })
         .await
         .map_err(|s| anyhow::anyhow!("metalogger {addr} refused the promotion: {}", s.message()))?

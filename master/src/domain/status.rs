@@ -45,6 +45,7 @@ pub fn status(core: &Core) -> Result<pb::ClusterStatus, Status> {
                 under_goal: c.under,
                 at_goal: c.at,
                 over_goal: c.over,
+                max_goal: c.max_goal as u32,
             }),
             metaloggers: core.hub.status(i.state.version),
             sessions: i.sessions.map.len() as u64,

@@ -70,6 +70,7 @@ pub(crate) struct Info {
     pub(crate) master_version: u64,
     pub(crate) role: &'static str,
     pub(crate) peers: BTreeMap<String, String>,
+    pub(crate) holds_metadata: bool,
 }
 
 pub(crate) type PromoteReplyTx = oneshot::Sender<Result<pb::PromoteReply, Status>>;
@@ -104,6 +105,18 @@ pub(crate) struct Follower {
     pub(crate) rx: mpsc::Receiver<(pb::PromoteRequest, PromoteReplyTx)>,
 }
 
+/// Refuses a requested epoch that is not higher than every epoch seen (0
+/// asks for the highest seen + 1).
+fn check_epoch(req: &pb::PromoteRequest, seen_epoch: u64) -> Result<(), Status> {
+    if req.epoch != 0 && req.epoch <= seen_epoch {
+        return Err(Status::failed_precondition(format!(
+            "epoch {} refused: this metalogger has already seen epoch {seen_epoch}; a promotion must take a higher epoch (re-read the highest epoch and decide again)",
+            req.epoch
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn grpc_err(e: anyhow::Error) -> Status {
     Status::internal(format!("{e:#}"))
 }
@@ -119,7 +132,14 @@ impl Follower {
         &self,
         req: &pb::PromoteRequest,
         mine: u64,
+        seen_epoch: u64,
     ) -> Result<(), Status> {
+        check_epoch(req, seen_epoch)?;
+        if req.bootstrap {
+            return Err(Status::failed_precondition(
+                "bootstrap refused: this metalogger follows a master (the filesystem exists); a bootstrap formats a new filesystem and is only for a metalogger that never saw a master",
+            ));
+        }
         if !req.switchover {
             let alive =
                 tokio::time::timeout(PROBE_TIMEOUT, self.admin.clone().status(pb::Empty {})).await;
@@ -158,6 +178,38 @@ impl Follower {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Allows a bootstrap (format a new filesystem) only on a metalogger that
+    /// never saw a master and holds no metadata, while nothing answers at
+    /// the master address.
+    pub(crate) async fn preflight_bootstrap(
+        &self,
+        req: &pb::PromoteRequest,
+        rep: &Replica,
+    ) -> Result<(), Status> {
+        check_epoch(req, rep.seen_epoch)?;
+        if req.switchover {
+            return Err(Status::invalid_argument(
+                "bootstrap and switchover exclude each other: a bootstrap creates a new filesystem, a switchover takes over a running one",
+            ));
+        }
+        if rep.seen_epoch != 0 || rep.holds_metadata() {
+            return Err(Status::failed_precondition(format!(
+                "bootstrap refused: this metalogger holds metadata or has followed a master (epoch {} seen); formatting would discard a filesystem. Promote without bootstrap instead",
+                rep.seen_epoch
+            )));
+        }
+        let probe =
+            tokio::time::timeout(PROBE_TIMEOUT, self.admin.clone().status(pb::Empty {})).await;
+        if let Ok(Ok(s)) = probe {
+            let s = s.into_inner();
+            return Err(Status::failed_precondition(format!(
+                "bootstrap refused: a master answers at {} (epoch {}, cluster {}): the filesystem exists",
+                self.shared.master, s.epoch, s.cluster_id
+            )));
         }
         Ok(())
     }
@@ -202,6 +254,7 @@ impl Follower {
             i.applied = version;
             i.durable = version;
             i.seen_epoch = rep.seen_epoch;
+            i.holds_metadata = true;
         });
         Ok(())
     }
@@ -277,7 +330,7 @@ impl Follower {
                 p = self.rx.recv(), if step_down.is_none() => {
                     let Some((req, tx)) = p else { anyhow::bail!("service stopped") };
                     let mine = rep.version().unwrap_or(0);
-                    if let Err(s) = self.preflight(&req, mine).await {
+                    if let Err(s) = self.preflight(&req, mine, rep.seen_epoch).await {
                         let _ = tx.send(Err(s));
                         continue;
                     }
@@ -287,7 +340,7 @@ impl Follower {
                     let started = Instant::now();
                     let mut repl = self.repl.clone();
                     let sd = pb::StepDownRequest {
-                        new_epoch: rep.seen_epoch + 1,
+                        new_epoch: if req.epoch > 0 { req.epoch } else { rep.seen_epoch + 1 },
                         metalogger_id: self.shared.id.clone(),
                     };
                     let task = tokio::spawn(async move {

@@ -97,6 +97,7 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             durable: rep.version().unwrap_or(0),
             seen_epoch: rep.seen_epoch,
             role: "metalogger",
+            holds_metadata: rep.holds_metadata(),
             ..Info::default()
         }),
         promote_tx,
@@ -160,11 +161,17 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             p = f.rx.recv() => {
                 let Some((req, tx)) = p else { continue };
                 let mine = rep.version().unwrap_or(0);
+                if req.bootstrap {
+                    match f.preflight_bootstrap(&req, &rep).await {
+                        Ok(()) => break Outcome::Promote(req, tx, None),
+                        Err(s) => { let _ = tx.send(Err(s)); continue; }
+                    }
+                }
                 if rep.state.is_none() {
                     let _ = tx.send(Err(Status::failed_precondition("this metalogger holds no metadata yet")));
                     continue;
                 }
-                match f.preflight(&req, mine).await {
+                match f.preflight(&req, mine, rep.seen_epoch).await {
                     Err(s) => { let _ = tx.send(Err(s)); }
                     Ok(()) if req.switchover => {
                         let _ = tx.send(Err(Status::failed_precondition("a switchover needs a live master, and this metalogger is not connected to it")));
@@ -174,8 +181,8 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let Outcome::Promote(_req, tx, started) = outcome;
-    let res = promote(&args, &secret, &mut rep, &shared).await;
+    let Outcome::Promote(req, tx, started) = outcome;
+    let res = promote(&args, &secret, &mut rep, &shared, &req).await;
     let pause_ms = started.map_or(0, |s| s.elapsed().as_millis() as u64);
     match res {
         Ok((running, epoch, version)) => {
@@ -219,14 +226,24 @@ async fn promote(
     secret: &Arc<str>,
     rep: &mut Replica,
     shared: &Arc<Shared>,
+    req: &pb::PromoteRequest,
 ) -> anyhow::Result<(server::Running, u64, u64)> {
     shared.info.lock().role = "promoting";
-    let version = rep
-        .version()
-        .ok_or_else(|| anyhow::anyhow!("this metalogger holds no metadata yet"))?;
-    let epoch = rep.seen_epoch + 1;
+    let version = match rep.version() {
+        Some(v) => v,
+        // A bootstrap formats a new filesystem (checked by preflight_bootstrap).
+        None if req.bootstrap => 0,
+        None => anyhow::bail!("this metalogger holds no metadata yet"),
+    };
+    let epoch = if req.epoch > 0 {
+        req.epoch
+    } else {
+        rep.seen_epoch + 1
+    };
     rep.writer = None;
     datadir::write_epoch(&rep.dir, epoch)?;
+    rep.seen_epoch = epoch;
+    shared.info.lock().seen_epoch = epoch;
     rep.state = None;
     rep._lock = None;
     tracing::warn!(epoch, version, listen = %args.promote_listen, "PROMOTING this metalogger to master");

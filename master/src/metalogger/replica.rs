@@ -109,6 +109,14 @@ impl Replica {
         Ok(())
     }
 
+    /// True when the data directory holds metadata (or a promotion's epoch).
+    pub(crate) fn holds_metadata(&self) -> bool {
+        self.state.is_some()
+            || datadir::list(&self.dir)
+                .map(|l| !l.snapshots.is_empty() || !l.changelogs.is_empty())
+                .unwrap_or(true)
+    }
+
     pub(crate) fn version(&self) -> Option<u64> {
         self.state.as_ref().map(|s| s.version)
     }

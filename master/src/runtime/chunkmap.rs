@@ -152,6 +152,8 @@ pub struct Counts {
     pub at: u64,
     /// More than the goal.
     pub over: u64,
+    /// Highest goal of any chunk (0 without chunks).
+    pub max_goal: usize,
 }
 
 impl ChunkMap {
@@ -832,6 +834,7 @@ impl ChunkMap {
         let mut c = Counts::default();
         for (id, meta) in &st.chunks {
             let goal = goal_of(st, meta);
+            c.max_goal = c.max_goal.max(goal);
             let valid = self.valid(*id, meta.version);
             // Copies on draining servers do not count toward the goal.
             let n = valid.iter().filter(|s| !s.draining).count();

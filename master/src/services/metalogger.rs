@@ -39,6 +39,7 @@ impl pb::metalogger_server::Metalogger for MetaloggerService {
             master_connected: i.master_connected,
             role: i.role.to_string(),
             master_version: i.master_version,
+            holds_metadata: i.holds_metadata,
         }))
     }
 

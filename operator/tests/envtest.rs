@@ -1,0 +1,309 @@
+//! Against a real API server (`../shared/k8s`: kube-apiserver 1.20 with the
+//! current CRD server for CEL rules), started and stopped by this test: the
+//! CRD is accepted, invalid specs are refused by the server, and a reconcile
+//! creates every object and then reaches a steady state with no further write.
+//!
+//! When the envtest binaries are missing the test prints `SKIPPED: <reason>`,
+//! unless `ALCES_REQUIRE_ENVTEST=1` (set by `e2e/test-all`), which makes that a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alces_operator::controller::{self, target::PodDns, Context};
+use alces_operator::crd::AlcesCluster;
+use alces_operator::metrics::Metrics;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s")
+}
+
+fn envtest_dir() -> PathBuf {
+    std::env::var_os("ALCES_ENVTEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/alces-envtest"))
+}
+
+/// A running control plane, stopped on drop.
+struct Env {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Env {
+    fn start() -> Option<Self> {
+        let bins = envtest_dir().join("bin");
+        let missing: Vec<&str> = ["kube-apiserver", "etcd", "apiextensions-apiserver"]
+            .into_iter()
+            .filter(|b| !bins.join(b).is_file())
+            .collect();
+        let up = shared().join("up");
+        if !missing.is_empty() || !up.is_file() {
+            let why = format!(
+                "envtest binaries {missing:?} not in {} or {} missing; build them with ../shared/k8s/build --with-crd-server",
+                bins.display(),
+                up.display()
+            );
+            if std::env::var_os("ALCES_REQUIRE_ENVTEST").is_some() {
+                panic!("ALCES_REQUIRE_ENVTEST is set but {why}");
+            }
+            println!("SKIPPED: {why}");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("alces-envtest-")
+            .tempdir()
+            .expect("tempdir");
+        let state = dir.path().join("state");
+        let out = Command::new(&up)
+            .arg(&state)
+            .args(["--with-crd-server", "alces.io/v1alpha1"])
+            .output()
+            .expect("run shared/k8s/up");
+        assert!(
+            out.status.success(),
+            "shared/k8s/up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Self {
+            kubeconfig: state.join("kubeconfig"),
+            dir,
+        })
+    }
+
+    async fn client(&self) -> Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        Client::try_from(cfg).expect("client")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = Command::new(shared().join("down"))
+            .arg(self.dir.path().join("state"))
+            .output();
+    }
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "alcesclusters.alces.io",
+        &PatchParams::apply("alces-test").force(),
+        &Patch::Apply(AlcesCluster::crd()),
+    )
+    .await
+    .expect("the CRD is accepted by the API server");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = crds.get("alcesclusters.alces.io").await.expect("get CRD");
+        let est = c.status.and_then(|s| s.conditions).is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        if est {
+            break;
+        }
+        assert!(Instant::now() < deadline, "CRD not Established in 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The custom resources become reachable through the aggregator shortly after.
+    let api: Api<AlcesCluster> = Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.list(&Default::default()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "AlcesClusters not served in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn cluster(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "alces.io/v1alpha1",
+        "kind": "AlcesCluster",
+        "metadata": { "name": name },
+        "spec": {
+            "image": "alces:test",
+            "chunkservers": { "pools": [
+                { "name": "a", "replicas": 3, "disks": [{ "name": "d0", "volumeClaim": { "size": "1Gi" } }] }
+            ] }
+        }
+    })
+}
+
+async fn create(api: &Api<DynamicObject>, v: serde_json::Value) -> Result<DynamicObject, String> {
+    let o: DynamicObject = serde_json::from_value(v).expect("object");
+    api.create(&PostParams::default(), &o)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn crd_is_accepted_invalid_specs_are_refused_and_reconcile_reaches_a_steady_state() {
+    let Some(env) = Env::start() else { return };
+    rt().block_on(async {
+        let client = env.client().await;
+        install_crd(&client).await;
+        let ns = "alces-test";
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let n: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("ns");
+        nss.create(&PostParams::default(), &n).await.expect("namespace");
+        let ar = ApiResource::erase::<AlcesCluster>(&());
+        let dynapi: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+
+        // Invalid specs: refused by the server, each naming the field.
+        let mut cases: Vec<(&str, serde_json::Value, &str)> = Vec::new();
+        let mut v = cluster("bad-goal");
+        v["spec"]["defaultGoal"] = json!(0);
+        cases.push(("goal 0", v, "defaultGoal"));
+        let mut v = cluster("bad-goal-type");
+        v["spec"]["defaultGoal"] = json!("three");
+        cases.push(("goal of the wrong type", v, "defaultGoal"));
+        let mut v = cluster("bad-ml");
+        v["spec"]["metaloggers"] = json!({ "replicas": 9 });
+        cases.push(("9 metaloggers", v, "replicas"));
+        let mut v = cluster("dup-pools");
+        let p = v["spec"]["chunkservers"]["pools"][0].clone();
+        v["spec"]["chunkservers"]["pools"] = json!([p.clone(), p]);
+        cases.push(("duplicate pool names", v, "pools"));
+        let mut v = cluster("no-image");
+        v["spec"]["image"] = json!("");
+        cases.push(("empty image (CEL)", v, "image"));
+        let mut v = cluster("two-sources");
+        v["spec"]["chunkservers"]["pools"][0]["disks"][0]["hostPath"] = json!("/x");
+        cases.push(("disk with two sources (CEL)", v, "hostPath or volumeClaim"));
+        let mut v = cluster("no-pools");
+        v["spec"]["chunkservers"]["pools"] = json!([]);
+        cases.push(("no pool", v, "pools"));
+        let mut v = cluster("Bad_Name");
+        v["metadata"]["name"] = json!("Bad_Name");
+        cases.push(("bad object name", v, "Bad_Name"));
+        for (what, v, field) in cases {
+            let e = create(&dynapi, v).await.expect_err(what);
+            assert!(e.contains(field), "{what}: the refusal does not name {field}: {e}");
+        }
+
+        // A valid cluster: the reconcile makes every object.
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), Arc::new(PodDns)));
+        create(&dynapi, cluster("demo")).await.expect("a valid cluster is accepted");
+        let api: Api<AlcesCluster> = Api::namespaced(client.clone(), ns);
+        let mut rounds = 0;
+        loop {
+            let c = api.get("demo").await.expect("get");
+            controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+            rounds += 1;
+            let c = api.get("demo").await.expect("get");
+            if c.status.as_ref().and_then(|s| s.observed_generation).is_some() {
+                break;
+            }
+            assert!(rounds < 10, "no status after {rounds} reconciles");
+        }
+        let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+        let md = sts.get("demo-metadata").await.expect("metadata StatefulSet");
+        assert_eq!(md.spec.replicas, Some(3));
+        sts.get("demo-cs-a").await.expect("pool StatefulSet");
+        let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+        for s in ["demo-master", "demo-metadata", "demo-chunkservers"] {
+            svcs.get(s).await.unwrap_or_else(|e| panic!("service {s}: {e}"));
+        }
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let cm = cms.get("demo-metadata").await.expect("metadata ConfigMap");
+        assert_eq!(cm.data.expect("data")["ALCES_SYNC_METALOGGERS"], "1");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let secret = secrets.get("demo-secret").await.expect("generated secret");
+        // On a 1.20 server the PodDisruptionBudget is found by discovery in policy/v1beta1.
+        let pdb = ApiResource {
+            group: "policy".into(),
+            version: "v1beta1".into(),
+            api_version: "policy/v1beta1".into(),
+            kind: "PodDisruptionBudget".into(),
+            plural: "poddisruptionbudgets".into(),
+        };
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &pdb)
+            .get("demo-metadata")
+            .await
+            .expect("metadata PDB (policy/v1beta1)");
+        let c = api.get("demo").await.expect("get");
+        let st = c.status.clone().expect("status");
+        assert_eq!(st.observed_generation, c.metadata.generation);
+        assert!(c.finalizers().iter().any(|f| f == controller::FINALIZER));
+        let available = st.conditions.iter().find(|c| c.type_ == "Available").expect("Available");
+        assert_eq!(available.status, "False", "no pod runs on this server: no master yet");
+
+        // Steady state: more reconciles write nothing.
+        let writes = metrics.api_writes.get();
+        let mut took = Vec::new();
+        for _ in 0..5 {
+            let c = api.get("demo").await.expect("get");
+            let t = Instant::now();
+            controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+            took.push(t.elapsed());
+        }
+        assert_eq!(metrics.api_writes.get(), writes, "a steady-state reconcile wrote to the API server");
+        // The secret is never rewritten.
+        let again = secrets.get("demo-secret").await.expect("secret");
+        assert_eq!(again.metadata.resource_version, secret.metadata.resource_version);
+        took.sort();
+        println!(
+            "envtest: steady-state reconcile writes: 0 over 5 reconciles; reconcile duration median {:.0} ms, max {:.0} ms (no pod runs here: the metadata pods do not answer)",
+            took[2].as_secs_f64() * 1000.0,
+            took[4].as_secs_f64() * 1000.0
+        );
+
+        // A changed disk layout is refused by the CEL transition rule.
+        let e = api
+            .patch(
+                "demo",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "chunkservers": { "pools": [
+                    { "name": "a", "replicas": 3, "disks": [{ "name": "d0", "volumeClaim": { "size": "2Gi" } }] }
+                ] } } })),
+            )
+            .await
+            .expect_err("a changed disk layout must be refused");
+        assert!(e.to_string().contains("disk layout"), "{e}");
+
+        // A missing secret reference: Degraded, naming the field.
+        let mut v = cluster("ext");
+        v["spec"]["secretRef"] = json!({ "name": "nope" });
+        create(&dynapi, v).await.expect("accepted by the schema");
+        for _ in 0..3 {
+            let c = api.get("ext").await.expect("get");
+            controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+        }
+        let c = api.get("ext").await.expect("get");
+        let d = c
+            .status
+            .expect("status")
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded")
+            .expect("Degraded");
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "MissingSecret"));
+        assert!(d.message.contains("spec.secretRef"), "{}", d.message);
+        assert!(sts.get_opt("ext-metadata").await.expect("get").is_none(), "nothing applied without the secret");
+    });
+}
