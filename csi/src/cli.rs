@@ -13,6 +13,7 @@ use crate::controller::{ControllerConfig, ControllerService};
 use crate::identity::{IdentityService, ProbeFn};
 use crate::ids::ClusterRef;
 use crate::metrics::CsiMetrics;
+use crate::node::{NodeConfig, NodeService};
 use crate::pb;
 use crate::server::{bind_unix, socket_path, MetricsLayer};
 
@@ -39,6 +40,82 @@ pub enum Role {
     /// Serve the Identity and Controller services (one replica per cluster,
     /// next to the CSI provisioner, snapshotter and resizer sidecars).
     Controller(ControllerArgs),
+    /// Serve the Identity and Node services (one per node, privileged, with
+    /// the kubelet directory mounted with Bidirectional propagation).
+    Node(NodeArgs),
+    /// Serve Identity, Controller and Node on one socket (tests, single-node
+    /// setups).
+    All(AllArgs),
+}
+
+/// Flags of the node plugin.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Endpoint and telemetry.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// This node's id (NodeGetInfo); default: the host name.
+    #[arg(long, env = "ALCES_CSI_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The kubelet's directory: staging and target paths outside it are refused.
+    #[arg(
+        long,
+        env = "ALCES_CSI_KUBELET_DIR",
+        default_value = "/var/lib/kubelet"
+    )]
+    pub kubelet_dir: PathBuf,
+
+    /// Directory on the host for records of staged volumes and mount logs
+    /// (a hostPath on Kubernetes, so a restarted plugin finds them).
+    #[arg(
+        long,
+        env = "ALCES_CSI_STATE_DIR",
+        default_value = "/var/lib/alces-csi"
+    )]
+    pub state_dir: PathBuf,
+
+    /// The alces-mount binary (default: next to alces-csi, else on PATH).
+    #[arg(long, env = "ALCES_CSI_MOUNT_BIN")]
+    pub mount_bin: Option<PathBuf>,
+
+    /// File holding the cluster secret used when a call carries none (else
+    /// ALCES_SECRET, if set).
+    #[arg(long, env = "ALCES_SECRET_FILE")]
+    pub node_secret_file: Option<PathBuf>,
+}
+
+/// Flags of the combined plugin.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AllArgs {
+    /// Controller flags.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+
+    /// This node's id (NodeGetInfo); default: the host name.
+    #[arg(long, env = "ALCES_CSI_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The kubelet's directory: staging and target paths outside it are refused.
+    #[arg(
+        long,
+        env = "ALCES_CSI_KUBELET_DIR",
+        default_value = "/var/lib/kubelet"
+    )]
+    pub kubelet_dir: PathBuf,
+
+    /// Directory for records of staged volumes and mount logs.
+    #[arg(
+        long,
+        env = "ALCES_CSI_STATE_DIR",
+        default_value = "/var/lib/alces-csi"
+    )]
+    pub state_dir: PathBuf,
+
+    /// The alces-mount binary (default: next to alces-csi, else on PATH).
+    #[arg(long, env = "ALCES_CSI_MOUNT_BIN")]
+    pub mount_bin: Option<PathBuf>,
 }
 
 /// Flags shared by every gRPC-serving role.
@@ -124,11 +201,62 @@ fn default_secret(file: Option<&std::path::Path>) -> anyhow::Result<Option<Arc<s
 
 async fn run(role: Role) -> anyhow::Result<()> {
     match role {
-        Role::Controller(a) => run_controller(a).await,
+        Role::Controller(a) => {
+            let (c, probe) = controller_service(&a)?;
+            serve(&a.serve, probe, Some(c), None).await
+        }
+        Role::Node(a) => {
+            let secret = default_secret(a.node_secret_file.as_deref())?;
+            let n = node_service(a.node_id, a.kubelet_dir, a.state_dir, a.mount_bin, secret)?;
+            let probe: ProbeFn = Arc::new(|| Box::pin(async { Ok(()) }));
+            serve(&a.serve, probe, None, Some(n)).await
+        }
+        Role::All(a) => {
+            let (c, probe) = controller_service(&a.controller)?;
+            let secret = default_secret(a.controller.secret_file.as_deref())?;
+            let n = node_service(a.node_id, a.kubelet_dir, a.state_dir, a.mount_bin, secret)?;
+            serve(&a.controller.serve, probe, Some(c), Some(n)).await
+        }
     }
 }
 
-async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
+fn node_service(
+    node_id: Option<String>,
+    kubelet_dir: PathBuf,
+    state_dir: PathBuf,
+    mount_bin: Option<PathBuf>,
+    default_secret: Option<Arc<str>>,
+) -> anyhow::Result<NodeService> {
+    let node_id = match node_id {
+        Some(n) if !n.trim().is_empty() => n,
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .map_err(|e| anyhow::anyhow!("no --node-id and cannot read the host name: {e}"))?,
+    };
+    if !kubelet_dir.is_absolute() {
+        anyhow::bail!(
+            "--kubelet-dir {} must be an absolute path",
+            kubelet_dir.display()
+        );
+    }
+    let mount_bin = match mount_bin {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("alces-mount")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("alces-mount")),
+    };
+    NodeService::new(NodeConfig {
+        node_id,
+        kubelet_dir,
+        state_dir,
+        mount_bin,
+        default_secret,
+    })
+}
+
+fn controller_service(a: &ControllerArgs) -> anyhow::Result<(ControllerService, ProbeFn)> {
     let default = a
         .master
         .as_deref()
@@ -146,9 +274,8 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
             list_root,
         },
     );
-    let probe_clusters = clusters.clone();
     let probe: ProbeFn = Arc::new(move || {
-        let c = probe_clusters.clone();
+        let c = clusters.clone();
         Box::pin(async move {
             match c.default_cluster() {
                 None => Ok(()),
@@ -160,16 +287,31 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
             }
         })
     });
-    let (metrics, health) = telemetry(&a.serve).await?;
-    let identity = IdentityService::new(true, probe);
-    let path = socket_path(&a.serve.endpoint).map_err(anyhow::Error::msg)?;
+    Ok((controller, probe))
+}
+
+async fn serve(
+    args: &ServeArgs,
+    probe: ProbeFn,
+    controller: Option<ControllerService>,
+    node: Option<NodeService>,
+) -> anyhow::Result<()> {
+    let (metrics, health) = telemetry(args).await?;
+    let identity = IdentityService::new(controller.is_some(), probe);
+    let path = socket_path(&args.endpoint).map_err(anyhow::Error::msg)?;
     let listener = bind_unix(&path)?;
-    tracing::info!(endpoint = %path.display(), "serving CSI Identity and Controller");
+    tracing::info!(
+        endpoint = %path.display(),
+        controller = controller.is_some(),
+        node = node.is_some(),
+        "serving CSI"
+    );
     health.set_ready(true);
     tonic::transport::Server::builder()
         .layer(MetricsLayer(metrics))
         .add_service(pb::identity_server::IdentityServer::new(identity))
-        .add_service(pb::controller_server::ControllerServer::new(controller))
+        .add_optional_service(controller.map(pb::controller_server::ControllerServer::new))
+        .add_optional_service(node.map(pb::node_server::NodeServer::new))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
             alces_proto::telemetry::shutdown_signal(),

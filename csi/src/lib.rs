@@ -3,10 +3,8 @@
 //!
 //! - [`identity`], [`controller`], [`node`]: the CSI services (package
 //!   `csi.v1`, generated into [`pb`] from the specification's protobuf).
-//! - [`mountd`]: the mount service that owns the kernel FUSE connections of
-//!   staged volumes and runs one `alces-mount` daemon per volume, replacing a
-//!   daemon that dies on the same connection; [`fdpass`] carries the
-//!   connections' descriptors between processes.
+//! - [`node`]: staging starts one `alces-mount` daemon per volume in a
+//!   session of its own, so mounts outlive the node plugin.
 //! - [`ids`], [`params`]: volume/snapshot ids and StorageClass parameters.
 //! - [`clusters`]: client sessions with the Alces clusters volumes live in.
 //!
@@ -22,6 +20,7 @@ pub mod identity;
 pub mod ids;
 pub mod locks;
 pub mod metrics;
+pub mod node;
 pub mod params;
 pub mod pb;
 pub mod server;
