@@ -536,6 +536,7 @@ fn rpc_cap(t: pb::controller_service_capability::rpc::Type) -> pb::ControllerSer
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
+    #[tracing::instrument(name = "csi", skip_all, fields(name = %shown(&request.get_ref().name)))]
     async fn create_volume(
         &self,
         request: Request<pb::CreateVolumeRequest>,
@@ -544,6 +545,7 @@ impl Controller for ControllerService {
         Ok(Response::new(pb::CreateVolumeResponse { volume: Some(v) }))
     }
 
+    #[tracing::instrument(name = "csi", skip_all, fields(volume_id = %shown(&request.get_ref().volume_id)))]
     async fn delete_volume(
         &self,
         request: Request<pb::DeleteVolumeRequest>,
@@ -600,6 +602,7 @@ impl Controller for ControllerService {
         ))
     }
 
+    #[tracing::instrument(name = "csi", skip_all, fields(volume_id = %shown(&request.get_ref().volume_id)))]
     async fn validate_volume_capabilities(
         &self,
         request: Request<pb::ValidateVolumeCapabilitiesRequest>,
@@ -760,6 +763,7 @@ impl Controller for ControllerService {
         }))
     }
 
+    #[tracing::instrument(name = "csi", skip_all, fields(volume_id = %shown(&request.get_ref().source_volume_id), snapshot = %shown(&request.get_ref().name)))]
     async fn create_snapshot(
         &self,
         request: Request<pb::CreateSnapshotRequest>,
@@ -847,6 +851,7 @@ impl Controller for ControllerService {
         }))
     }
 
+    #[tracing::instrument(name = "csi", skip_all, fields(snapshot_id = %shown(&request.get_ref().snapshot_id)))]
     async fn delete_snapshot(
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
@@ -938,6 +943,7 @@ impl Controller for ControllerService {
         Ok(Response::new(page))
     }
 
+    #[tracing::instrument(name = "csi", skip_all, fields(snapshot_id = %shown(&request.get_ref().snapshot_id)))]
     async fn get_snapshot(
         &self,
         request: Request<pb::GetSnapshotRequest>,
@@ -954,6 +960,7 @@ impl Controller for ControllerService {
         }))
     }
 
+    #[tracing::instrument(name = "csi", skip_all, fields(volume_id = %shown(&request.get_ref().volume_id)))]
     async fn controller_expand_volume(
         &self,
         request: Request<pb::ControllerExpandVolumeRequest>,
@@ -1004,6 +1011,7 @@ impl Controller for ControllerService {
         }))
     }
 
+    #[tracing::instrument(name = "csi", skip_all, fields(volume_id = %shown(&request.get_ref().volume_id)))]
     async fn controller_get_volume(
         &self,
         request: Request<pb::ControllerGetVolumeRequest>,
@@ -1039,6 +1047,7 @@ impl Controller for ControllerService {
         }))
     }
 
+    #[tracing::instrument(name = "csi", skip_all, fields(volume_id = %shown(&request.get_ref().volume_id)))]
     async fn controller_modify_volume(
         &self,
         request: Request<pb::ControllerModifyVolumeRequest>,
