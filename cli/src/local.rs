@@ -449,7 +449,7 @@ async fn start_all(
     }
 
     // Mount.
-    let args = vec![
+    let mut args = vec![
         os(mnt),
         os("--master"),
         os(&master),
@@ -458,6 +458,12 @@ async fn start_all(
         os("--secret-file"),
         sf.clone(),
     ];
+    // Run as root, the mount serves every local user, the kernel checking
+    // permissions (default_permissions): as a system mount would.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        args.push(os("--allow-other"));
+    }
     eprintln!("alces: mounting at {}", mnt.display());
     let (child, log) = spawn_process(dir, "mount", mount_bin, &args)?;
     std::fs::write(

@@ -1,4 +1,4 @@
-//! Volume administration through the client library: directory quotas,
+//! Volume administration through the client library: directory quotas, goals,
 //! copy-on-write snapshots, the trash, `du` and the master's consistency check
 //! (the master's Admin service). Paths are relative to the client's root (its
 //! subdirectory); trash entries carry paths from the filesystem root.
@@ -11,8 +11,8 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 
 pub use alces_proto::pb::{
-    ConsistencyReport, DiskUsageReply, PurgeTrashReply, QuotaInfo, SnapshotReply, TrashEntry,
-    TrashTimeReply,
+    ConsistencyReport, DiskUsageReply, GetGoalReply, PurgeTrashReply, QuotaInfo, SetGoalReply,
+    SnapshotReply, TrashEntry, TrashTimeReply,
 };
 
 /// Limits of a directory quota; 0 means no limit.
@@ -144,6 +144,25 @@ impl Client {
             id: id.unwrap_or(0),
         };
         admin_call(self.admin()?.purge_trash(req).await)
+    }
+
+    /// Sets the goal (copies of each chunk, 1-9) of `path`, and with `recursive`
+    /// of every entry below it; new entries inherit a directory's goal.
+    pub async fn goal_set(&self, path: &str, goal: u32, recursive: bool) -> Result<SetGoalReply> {
+        let req = pb::SetGoalRequest {
+            path: self.fs_path(path),
+            goal,
+            recursive,
+        };
+        admin_call(self.admin()?.set_goal(req).await)
+    }
+
+    /// The goal of `path`.
+    pub async fn goal_get(&self, path: &str) -> Result<GetGoalReply> {
+        let req = pb::GetGoalRequest {
+            path: self.fs_path(path),
+        };
+        admin_call(self.admin()?.get_goal(req).await)
     }
 
     /// Size and inode count of the tree at `path`, from the master's counters.

@@ -140,3 +140,46 @@ fn cli() {
     );
     assert!(!alces_e2e::is_mount_point(&c.mnt));
 }
+
+/// `alces local up` run as root mounts with allow_other and default_permissions:
+/// every local user can use the mount, the kernel checking permissions.
+#[test]
+fn local_up_mount_serves_every_user_with_kernel_permission_checks() {
+    use std::os::unix::process::CommandExt;
+    let c = Cluster::start_default();
+    let shared = c.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(c.path("root-only"), b"secret").unwrap();
+    std::fs::set_permissions(
+        c.path("root-only"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let as_user = |script: String| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .uid(5151)
+            .gid(5151)
+            .output()
+            .unwrap()
+    };
+    let ok = as_user(format!(
+        "echo mine > {}/f && cat {}/f",
+        shared.display(),
+        shared.display()
+    ));
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(stdout(&ok).trim(), "mine");
+    let denied = as_user(format!("cat {}", c.path("root-only").display()));
+    assert!(
+        !denied.status.success(),
+        "a 0600 root file was readable by another user"
+    );
+    assert!(
+        stderr(&denied).contains("Permission denied"),
+        "{}",
+        stderr(&denied)
+    );
+}

@@ -1,0 +1,932 @@
+//! The CSI driver driven over its unix socket by a tonic client, as the kubelet
+//! and the CSI sidecars do, against a real local cluster, with real FUSE mounts
+//! at real staging and target paths.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alces_csi::pb;
+use alces_csi::pb::controller_client::ControllerClient;
+use alces_csi::pb::identity_client::IdentityClient;
+use alces_csi::pb::node_client::NodeClient;
+use alces_e2e::{bin, is_mount_point, wait_until, Cluster};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const MIB: i64 = 1 << 20;
+
+/// A running `alces-csi all` with its socket and kubelet directory.
+struct Driver {
+    child: Option<Child>,
+    sock: PathBuf,
+    kubelet: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    master: String,
+    secret_file: PathBuf,
+}
+
+impl Driver {
+    fn start(c: &Cluster) -> Self {
+        let base = c.scratch("csi");
+        let mut d = Driver {
+            child: None,
+            sock: base.join("csi.sock"),
+            kubelet: base.join("kubelet"),
+            state: base.join("state"),
+            log: base.join("alces-csi.log"),
+            master: c.master.clone(),
+            secret_file: c.secret_file.clone(),
+        };
+        std::fs::create_dir_all(d.kubelet.join("pods")).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin("alces-csi"))
+            .arg("all")
+            .arg("--endpoint")
+            .arg(format!("unix://{}", self.sock.display()))
+            .arg("--master")
+            .arg(&self.master)
+            .arg("--secret-file")
+            .arg(&self.secret_file)
+            .arg("--kubelet-dir")
+            .arg(&self.kubelet)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--node-id")
+            .arg("node-1")
+            .arg("--default-capacity")
+            .arg("4MiB")
+            .env_remove("ALCES_SECRET")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start alces-csi");
+        self.child = Some(child);
+        let sock = self.sock.clone();
+        wait_until("the CSI socket", Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        alces_csi::uds::connect(self.sock.clone())
+            .await
+            .expect("connect to the CSI socket")
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.kubelet.join(rel)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Unmount whatever a failed test left, so the cluster can go down.
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let k = self.kubelet.display().to_string();
+        let mut points: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|p| p.starts_with(&k))
+            .collect();
+        points.reverse();
+        for p in points {
+            let _ = Command::new("umount").arg("-l").arg(&p).status();
+        }
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- alces-csi log ----\n{}",
+                alces_e2e::tail(&self.log, 60)
+            );
+        }
+    }
+}
+
+fn mount_cap(mode: pb::volume_capability::access_mode::Mode) -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_type: Some(pb::volume_capability::AccessType::Mount(
+            pb::volume_capability::MountVolume::default(),
+        )),
+        access_mode: Some(pb::volume_capability::AccessMode { mode: mode as i32 }),
+    }
+}
+
+fn rwx() -> pb::VolumeCapability {
+    mount_cap(pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter)
+}
+
+fn create_req(name: &str, bytes: i64, params: &[(&str, &str)]) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(pb::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![rwx()],
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => {
+            assert!(!s.message().is_empty(), "error without a message");
+            s.code()
+        }
+    }
+}
+
+#[test]
+fn controller_rpcs_good_bad_and_idempotent() {
+    let c = Cluster::start_default();
+    let d = Driver::start(&c);
+    let q = c.client();
+    c.block_on(async {
+        let ch = d.channel().await;
+        let mut id = IdentityClient::new(ch.clone());
+        let mut ctl = ControllerClient::new(ch.clone());
+
+        let info = id
+            .get_plugin_info(pb::GetPluginInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.name, "csi.alces.io");
+        assert!(!info.vendor_version.is_empty());
+        let probe = id.probe(pb::ProbeRequest {}).await.unwrap().into_inner();
+        assert_eq!(probe.ready, Some(true));
+        let caps = ctl
+            .controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(caps.capabilities.len() >= 8);
+
+        // Bad input: each refused with the right code, nothing created.
+        let long = "x".repeat(1024);
+        for name in ["", "..", ".", "a/b", "a\0b", "vé", long.as_str(), "-x"] {
+            let r = ctl.create_volume(create_req(name, MIB, &[])).await;
+            assert_eq!(code(r), Code::InvalidArgument, "name {name:?}");
+        }
+        let mut no_caps = create_req("v-nocaps", MIB, &[]);
+        no_caps.volume_capabilities.clear();
+        assert_eq!(
+            code(ctl.create_volume(no_caps).await),
+            Code::InvalidArgument
+        );
+        let mut block = create_req("v-block", MIB, &[]);
+        block.volume_capabilities[0].access_type = Some(pb::volume_capability::AccessType::Block(
+            pb::volume_capability::BlockVolume {},
+        ));
+        assert_eq!(code(ctl.create_volume(block).await), Code::InvalidArgument);
+        for p in [
+            [("goal", "0")],
+            [("trashTime", "soon")],
+            [("gaol", "2")],
+            [("root", "/a/../b")],
+        ] {
+            assert_eq!(
+                code(ctl.create_volume(create_req("v-bad", MIB, &p)).await),
+                Code::InvalidArgument,
+                "{p:?}"
+            );
+        }
+        assert_eq!(
+            code(ctl.create_volume(create_req("v-huge", i64::MAX, &[])).await),
+            Code::OutOfRange
+        );
+        let mut neg = create_req("v-neg", MIB, &[]);
+        neg.capacity_range = Some(pb::CapacityRange {
+            required_bytes: 5 * MIB,
+            limit_bytes: MIB,
+        });
+        assert_eq!(code(ctl.create_volume(neg).await), Code::InvalidArgument);
+
+        // Create, and create again: the same volume; incompatible repeats refused.
+        let v1 = ctl
+            .create_volume(create_req(
+                "v1",
+                8 * MIB,
+                &[("goal", "2"), ("trashTime", "1h")],
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(v1.capacity_bytes, 8 * MIB);
+        assert!(
+            v1.volume_id.ends_with("#/csi/volumes/v1"),
+            "{}",
+            v1.volume_id
+        );
+        let again = ctl
+            .create_volume(create_req(
+                "v1",
+                8 * MIB,
+                &[("goal", "2"), ("trashTime", "1h")],
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(again.volume_id, v1.volume_id);
+        assert_eq!(
+            code(
+                ctl.create_volume(create_req("v1", 8 * MIB, &[("goal", "3")]))
+                    .await
+            ),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(
+                ctl.create_volume(create_req(
+                    "v1",
+                    16 * MIB,
+                    &[("goal", "2"), ("trashTime", "1h")]
+                ))
+                .await
+            ),
+            Code::AlreadyExists
+        );
+        let vdir = c.path("csi/volumes/v1");
+        assert!(vdir.is_dir());
+        let quota = c.block_on_nested(q.quota_get("/csi/volumes/v1")).unwrap();
+        assert_eq!(quota.hard_bytes, 8 << 20);
+        assert_eq!(
+            c.block_on_nested(q.goal_get("/csi/volumes/v1"))
+                .unwrap()
+                .goal,
+            2
+        );
+
+        // Validate.
+        let vr = ctl
+            .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+                volume_id: v1.volume_id.clone(),
+                volume_capabilities: vec![rwx()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(vr.confirmed.is_some());
+        for bad in [
+            "",
+            "nonsense",
+            "a1#127.0.0.1:1#/csi/volumes/../x",
+            &format!("a1#{}#/csi/volumes/nope", c.master),
+        ] {
+            let r = ctl
+                .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+                    volume_id: bad.to_string(),
+                    volume_capabilities: vec![rwx()],
+                    ..Default::default()
+                })
+                .await;
+            let want = if bad.is_empty() {
+                Code::InvalidArgument
+            } else {
+                Code::NotFound
+            };
+            assert_eq!(code(r), want, "{bad:?}");
+        }
+
+        // Expand (idempotent; never shrinks).
+        let exp = |bytes: i64| pb::ControllerExpandVolumeRequest {
+            volume_id: v1.volume_id.clone(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: bytes,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            let r = ctl
+                .controller_expand_volume(exp(12 * MIB))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.capacity_bytes, 12 * MIB);
+            assert!(!r.node_expansion_required);
+        }
+        assert_eq!(
+            ctl.controller_expand_volume(exp(MIB))
+                .await
+                .unwrap()
+                .into_inner()
+                .capacity_bytes,
+            12 * MIB
+        );
+        let mut no_range = exp(MIB);
+        no_range.capacity_range = None;
+        assert_eq!(
+            code(ctl.controller_expand_volume(no_range).await),
+            Code::InvalidArgument
+        );
+
+        // Modify goal and trash time; unknown keys refused.
+        let modify = |k: &str, v: &str| pb::ControllerModifyVolumeRequest {
+            volume_id: v1.volume_id.clone(),
+            mutable_parameters: HashMap::from([(k.to_string(), v.to_string())]),
+            ..Default::default()
+        };
+        ctl.controller_modify_volume(modify("goal", "1"))
+            .await
+            .unwrap();
+        ctl.controller_modify_volume(modify("goal", "1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.block_on_nested(q.goal_get("/csi/volumes/v1"))
+                .unwrap()
+                .goal,
+            1
+        );
+        assert_eq!(
+            code(ctl.controller_modify_volume(modify("root", "/x")).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(ctl.controller_modify_volume(modify("goal", "12")).await),
+            Code::InvalidArgument
+        );
+
+        // Content, snapshot, clone: byte for byte.
+        let before: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(vdir.join("data"), &before).unwrap();
+        let snap_req = |name: &str, src: &str| pb::CreateSnapshotRequest {
+            source_volume_id: src.to_string(),
+            name: name.to_string(),
+            ..Default::default()
+        };
+        let s1 = ctl
+            .create_snapshot(snap_req("s1", &v1.volume_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert!(s1.ready_to_use);
+        assert_eq!(s1.size_bytes, before.len() as i64);
+        assert_eq!(s1.source_volume_id, v1.volume_id);
+        let s1b = ctl
+            .create_snapshot(snap_req("s1", &v1.volume_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!(s1b.snapshot_id, s1.snapshot_id);
+        assert_eq!(s1b.creation_time, s1.creation_time);
+        let after: Vec<u8> = before.iter().map(|b| b.wrapping_add(1)).collect();
+        std::fs::write(vdir.join("data"), &after).unwrap();
+        let v2 = ctl
+            .create_volume(create_req("v2", 8 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(
+            code(ctl.create_snapshot(snap_req("s1", &v2.volume_id)).await),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(ctl.create_snapshot(snap_req("s-x", "nonsense")).await),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(ctl.create_snapshot(snap_req("../s", &v1.volume_id)).await),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(ctl.create_snapshot(snap_req("s2", "")).await),
+            Code::InvalidArgument
+        );
+
+        let mut from_snap = create_req("restored", 8 * MIB, &[]);
+        from_snap.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(pb::volume_content_source::Type::Snapshot(
+                pb::volume_content_source::SnapshotSource {
+                    snapshot_id: s1.snapshot_id.clone(),
+                },
+            )),
+        });
+        let restored = ctl
+            .create_volume(from_snap.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert!(restored.content_source.is_some());
+        assert_eq!(
+            std::fs::read(c.path("csi/volumes/restored/data")).unwrap(),
+            before
+        );
+        let mut too_small = from_snap.clone();
+        too_small.name = "too-small".into();
+        too_small.capacity_range = Some(pb::CapacityRange {
+            required_bytes: 1000,
+            limit_bytes: 0,
+        });
+        assert_eq!(code(ctl.create_volume(too_small).await), Code::OutOfRange);
+        let mut missing = from_snap.clone();
+        missing.name = "from-missing".into();
+        missing.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(pb::volume_content_source::Type::Snapshot(
+                pb::volume_content_source::SnapshotSource {
+                    snapshot_id: s1.snapshot_id.replace("/s1", "/nope"),
+                },
+            )),
+        });
+        assert_eq!(code(ctl.create_volume(missing).await), Code::NotFound);
+        let mut clone = create_req("cloned", 8 * MIB, &[]);
+        clone.volume_content_source = Some(pb::VolumeContentSource {
+            r#type: Some(pb::volume_content_source::Type::Volume(
+                pb::volume_content_source::VolumeSource {
+                    volume_id: v1.volume_id.clone(),
+                },
+            )),
+        });
+        ctl.create_volume(clone).await.unwrap();
+        assert_eq!(
+            std::fs::read(c.path("csi/volumes/cloned/data")).unwrap(),
+            after
+        );
+
+        // Listing with pagination.
+        let mut names = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = ctl
+                .list_volumes(pb::ListVolumesRequest {
+                    max_entries: 2,
+                    starting_token: token.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.entries.len() <= 2);
+            names.extend(
+                page.entries
+                    .iter()
+                    .map(|e| e.volume.as_ref().unwrap().volume_id.clone()),
+            );
+            if page.next_token.is_empty() {
+                break;
+            }
+            token = page.next_token;
+        }
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(names.contains(&v1.volume_id));
+        assert_eq!(
+            code(
+                ctl.list_volumes(pb::ListVolumesRequest {
+                    max_entries: 1,
+                    starting_token: "../zz".into()
+                })
+                .await
+            ),
+            Code::Aborted
+        );
+        assert_eq!(
+            code(
+                ctl.list_volumes(pb::ListVolumesRequest {
+                    max_entries: -1,
+                    starting_token: String::new()
+                })
+                .await
+            ),
+            Code::InvalidArgument
+        );
+        ctl.create_snapshot(snap_req("s2", &v1.volume_id))
+            .await
+            .unwrap();
+        ctl.create_snapshot(snap_req("s3", &v2.volume_id))
+            .await
+            .unwrap();
+        let of_v1 = ctl
+            .list_snapshots(pb::ListSnapshotsRequest {
+                source_volume_id: v1.volume_id.clone(),
+                max_entries: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(of_v1.entries.len(), 1);
+        assert!(!of_v1.next_token.is_empty());
+        let rest = ctl
+            .list_snapshots(pb::ListSnapshotsRequest {
+                source_volume_id: v1.volume_id.clone(),
+                starting_token: of_v1.next_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rest.entries.len(), 1);
+        assert!(rest.next_token.is_empty());
+        let all = ctl
+            .list_snapshots(pb::ListSnapshotsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.entries.len(), 3);
+        let one = ctl
+            .list_snapshots(pb::ListSnapshotsRequest {
+                snapshot_id: s1.snapshot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(one.entries.len(), 1);
+        let none = ctl
+            .list_snapshots(pb::ListSnapshotsRequest {
+                snapshot_id: "garbage".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(none.entries.is_empty());
+
+        let cap = ctl
+            .get_capacity(pb::GetCapacityRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(cap.available_capacity > 0);
+
+        // Deleting: idempotent; a volume with snapshots can go, its snapshots stay usable.
+        let del = |vid: &str| pb::DeleteVolumeRequest {
+            volume_id: vid.to_string(),
+            ..Default::default()
+        };
+        ctl.delete_volume(del(&v1.volume_id)).await.unwrap();
+        ctl.delete_volume(del(&v1.volume_id)).await.unwrap();
+        ctl.delete_volume(del("not-an-alces-id")).await.unwrap();
+        assert_eq!(
+            code(ctl.delete_volume(del("")).await),
+            Code::InvalidArgument
+        );
+        // The main mount's kernel entry cache may show it for its timeout.
+        wait_until(
+            "the deleted volume to vanish",
+            Duration::from_secs(5),
+            || !vdir.exists(),
+        );
+        let mut again_from_snap = from_snap.clone();
+        again_from_snap.name = "after-delete".into();
+        ctl.create_volume(again_from_snap).await.unwrap();
+        assert_eq!(
+            std::fs::read(c.path("csi/volumes/after-delete/data")).unwrap(),
+            before
+        );
+        let dels = |sid: &str| pb::DeleteSnapshotRequest {
+            snapshot_id: sid.to_string(),
+            ..Default::default()
+        };
+        ctl.delete_snapshot(dels(&s1.snapshot_id)).await.unwrap();
+        ctl.delete_snapshot(dels(&s1.snapshot_id)).await.unwrap();
+        wait_until(
+            "the deleted snapshot to vanish",
+            Duration::from_secs(5),
+            || !c.path("csi/snapshots/s1").exists(),
+        );
+        // A directory this driver did not make is never deleted.
+        std::fs::create_dir_all(c.path("csi/volumes/foreign")).unwrap();
+        let foreign = v1.volume_id.replace("/v1", "/foreign");
+        assert_eq!(
+            code(ctl.delete_volume(del(&foreign)).await),
+            Code::FailedPrecondition
+        );
+        assert!(c.path("csi/volumes/foreign").exists());
+    });
+}
+
+/// Writes and fsyncs `path` in a loop until `stop`, recording every fsynced
+/// length and the longest time between two completed fsyncs.
+struct App {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(u64, Duration, Option<String>)>>,
+    path: PathBuf,
+}
+
+fn pattern(off: u64) -> u8 {
+    (off.wrapping_mul(31) % 253) as u8
+}
+
+impl App {
+    fn start(path: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let p = path.clone();
+        let handle = std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&p)
+                .unwrap();
+            let mut synced = 0u64;
+            let mut longest = Duration::ZERO;
+            let mut last = Instant::now();
+            let mut err = None;
+            while !s.load(Ordering::SeqCst) {
+                let chunk: Vec<u8> = (synced..synced + 4096).map(pattern).collect();
+                if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+                    err = Some(format!("at {synced}: {e}"));
+                    break;
+                }
+                synced += 4096;
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (synced, longest, err)
+        });
+        App {
+            stop,
+            handle: Some(handle),
+            path,
+        }
+    }
+
+    /// Stops the loop; panics if the application saw an error; checks every
+    /// fsynced byte and returns the longest pause.
+    fn finish(mut self) -> Duration {
+        self.stop.store(true, Ordering::SeqCst);
+        let (synced, longest, err) = self.handle.take().unwrap().join().unwrap();
+        assert!(err.is_none(), "the application saw an error: {err:?}");
+        assert!(synced > 0);
+        let mut data = Vec::new();
+        std::fs::File::open(&self.path)
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        assert!(data.len() as u64 >= synced, "{} < {synced}", data.len());
+        for (i, b) in data[..synced as usize].iter().enumerate() {
+            assert_eq!(*b, pattern(i as u64), "fsynced byte {i} differs");
+        }
+        longest
+    }
+}
+
+#[test]
+fn node_stage_publish_quota_readonly_users_and_plugin_restart() {
+    let c = Cluster::start_default();
+    let mut d = Driver::start(&c);
+    let pause = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let info = node
+            .node_get_info(pb::NodeGetInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.node_id, "node-1");
+        let vol = ctl
+            .create_volume(create_req("pvc-a", 4 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/abc/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        let stage = |p: &Path| pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: p.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        };
+        // Paths outside the kubelet directory and hostile ids are refused.
+        for bad in [
+            "/tmp/x",
+            "relative",
+            &format!("{}/../x", d.kubelet.display()),
+        ] {
+            assert_eq!(
+                code(node.node_stage_volume(stage(Path::new(bad))).await),
+                Code::InvalidArgument,
+                "{bad}"
+            );
+        }
+        let mut bad_id = stage(&staging);
+        bad_id.volume_id = "a1#127.0.0.1:1#/csi/volumes/..".into();
+        assert_eq!(code(node.node_stage_volume(bad_id).await), Code::NotFound);
+        node.node_stage_volume(stage(&staging)).await.unwrap();
+        node.node_stage_volume(stage(&staging)).await.unwrap();
+        assert!(is_mount_point(&staging));
+
+        let publish = |target: &Path, ro: bool| pb::NodePublishVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rwx()),
+            readonly: ro,
+            ..Default::default()
+        };
+        let t1 = d.path("pods/p1/volumes/kubernetes.io~csi/pvc-a/mount");
+        let t2 = d.path("pods/p2/volumes/kubernetes.io~csi/pvc-a/mount");
+        std::fs::create_dir_all(t1.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(t2.parent().unwrap()).unwrap();
+        node.node_publish_volume(publish(&t1, false)).await.unwrap();
+        node.node_publish_volume(publish(&t1, false)).await.unwrap();
+        assert_eq!(
+            code(node.node_publish_volume(publish(&t1, true)).await),
+            Code::AlreadyExists
+        );
+        node.node_publish_volume(publish(&t2, true)).await.unwrap();
+        assert_eq!(
+            code(
+                node.node_publish_volume(publish(Path::new("/etc/x"), false))
+                    .await
+            ),
+            Code::InvalidArgument
+        );
+
+        // Read-only publish honoured; the same files through both.
+        std::fs::write(t1.join("hello"), b"hi").unwrap();
+        assert_eq!(std::fs::read(t2.join("hello")).unwrap(), b"hi");
+        let e = std::fs::write(t2.join("nope"), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+
+        // A non-root user writes through the mount (the kernel checks permissions).
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo user > {}/by-user && id -u", t1.display()))
+            .uid(4242)
+            .gid(4242)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta = std::fs::metadata(t1.join("by-user")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 4242);
+        let denied = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo x >> {}/hello", t1.display()))
+            .uid(4243)
+            .gid(4243)
+            .output()
+            .unwrap();
+        assert!(
+            !denied.status.success(),
+            "another user could write root's 0644 file"
+        );
+
+        // Capacity: writing past the size fails with EDQUOT; expansion is seen by df.
+        let mut f = std::fs::File::create(t1.join("big")).unwrap();
+        let buf = vec![7u8; 1 << 20];
+        let mut err = None;
+        for _ in 0..8 {
+            if let Err(e) = f.write_all(&buf).and_then(|()| f.sync_all()) {
+                err = Some(e);
+                break;
+            }
+        }
+        let e = err.expect("writing 8 MiB into a 4 MiB volume succeeded");
+        assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+        drop(f);
+        std::fs::remove_file(t1.join("big")).unwrap();
+        let stats = |p: &Path| pb::NodeGetVolumeStatsRequest {
+            volume_id: vid.clone(),
+            volume_path: p.display().to_string(),
+            staging_target_path: String::new(),
+        };
+        let st = node
+            .node_get_volume_stats(stats(&t1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.usage[0].total, 4 * MIB);
+        assert!(!st.volume_condition.unwrap().abnormal);
+        ctl.controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: vid.clone(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: 10 * MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let df = Command::new("df")
+            .arg("-B1")
+            .arg("--output=size")
+            .arg(&t1)
+            .output()
+            .unwrap();
+        let size: i64 = String::from_utf8_lossy(&df.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(size, 10 * MIB, "df after expansion");
+        let mut f = std::fs::File::create(t1.join("big")).unwrap();
+        f.write_all(&vec![1u8; 6 << 20]).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        std::fs::remove_file(t1.join("big")).unwrap();
+        assert_eq!(
+            code(
+                node.node_get_volume_stats(stats(&d.path("pods/none")))
+                    .await
+            ),
+            Code::NotFound
+        );
+
+        // (a) SIGKILL of the plugin while an application writes and fsyncs.
+        let app = App::start(t1.join("app.log"));
+        std::thread::sleep(Duration::from_millis(500));
+        d.kill9();
+        std::thread::sleep(Duration::from_millis(1000));
+        d.spawn();
+        let ch = d.channel().await;
+        let mut node = NodeClient::new(ch);
+        // The restarted plugin answers for the volume staged before it started.
+        let st = node
+            .node_get_volume_stats(stats(&t1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!st.volume_condition.unwrap().abnormal);
+        node.node_stage_volume(stage(&staging)).await.unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let pause = app.finish();
+
+        // Unpublish and unstage, twice each; also on a target already gone.
+        let unpublish = |t: &Path| pb::NodeUnpublishVolumeRequest {
+            volume_id: vid.clone(),
+            target_path: t.display().to_string(),
+        };
+        for t in [&t1, &t2, &t1, &t2] {
+            node.node_unpublish_volume(unpublish(t)).await.unwrap();
+        }
+        assert!(!t1.exists() && !t2.exists());
+        let unstage = pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        };
+        node.node_unstage_volume(unstage.clone()).await.unwrap();
+        node.node_unstage_volume(unstage).await.unwrap();
+        assert!(!is_mount_point(&staging));
+        pause
+    });
+    println!("FIGURE csi plugin SIGKILL: longest pause between fsyncs seen by the application: {pause:?}");
+}
+
+trait BlockOnNested {
+    fn block_on_nested<F: std::future::Future>(&self, f: F) -> F::Output;
+}
+
+impl BlockOnNested for Cluster {
+    /// Runs `f` from inside the cluster's runtime (on a helper thread).
+    fn block_on_nested<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+    }
+}
