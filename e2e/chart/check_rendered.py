@@ -37,6 +37,19 @@ def containers(obj):
     return spec.get("containers", []) + spec.get("initContainers", [])
 
 
+def strict(schema):
+    """The CRD schema as the API server applies it to fields: an unknown field is an
+    error here (the server would drop it silently), except where the schema keeps
+    unknown fields."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+    elif isinstance(schema, list):
+        schema = [strict(v) for v in schema]
+    return schema
+
+
 def main():
     rendered, case = sys.argv[1], sys.argv[2]
     crd_dir = pathlib.Path(sys.argv[3]) if len(sys.argv) > 3 else None
@@ -113,7 +126,8 @@ def main():
         for o in kinds["Deployment"] + kinds["DaemonSet"]:
             check(o["spec"]["template"]["spec"].get("imagePullSecrets") == [{"name": "registry-credentials"}],
                   f'{o["metadata"]["name"]} has no imagePullSecrets')
-        check(all(o["metadata"]["labels"].get("team") == "storage" for o in objs), "commonLabels missing")
+        check(all(o["metadata"].get("labels", {}).get("team") == "storage"
+                  for o in objs if o["kind"] != "CustomResourceDefinition"), "commonLabels missing")
 
     scs = kinds.get("StorageClass", [])
     if case == "no-storageclass":
@@ -142,14 +156,14 @@ def main():
                 if crd and crd.get("kind") == "CustomResourceDefinition":
                     for v in crd["spec"]["versions"]:
                         key = (f'{crd["spec"]["group"]}/{v["name"]}', crd["spec"]["names"]["kind"])
-                        schemas[key] = v["schema"]["openAPIV3Schema"]
+                        schemas[key] = strict(v["schema"]["openAPIV3Schema"]["properties"]["spec"])
         for o in objs:
             schema = schemas.get((o["apiVersion"], o["kind"]))
             if schema is not None:
                 try:
-                    jsonschema.validate(o, schema)
+                    jsonschema.validate(o["spec"], schema)
                 except jsonschema.ValidationError as e:
-                    check(False, f'{o["kind"]}/{o["metadata"]["name"]} is refused by its CRD: {e.message}')
+                    check(False, f'{o["kind"]}/{o["metadata"]["name"]} is refused by its CRD at spec{"".join("." + str(p) for p in e.absolute_path)}: {e.message}')
 
     for f in failures:
         print(f"FAIL [{case}]: {f}")
