@@ -320,9 +320,7 @@ async fn serve(
     Ok(())
 }
 
-async fn telemetry(
-    serve: &ServeArgs,
-) -> anyhow::Result<(CsiMetrics, alces_telemetry::Health)> {
+async fn telemetry(serve: &ServeArgs) -> anyhow::Result<(CsiMetrics, alces_telemetry::Health)> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = CsiMetrics::new(&mut registry);
     let health = alces_telemetry::Health::new(registry);
