@@ -1,5 +1,7 @@
 //! `alces-bench`: see `alces-bench --help`.
 
+#![warn(missing_docs)]
+
 use alces_bench::cli::{Cli, Command};
 use clap::Parser;
 

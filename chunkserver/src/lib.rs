@@ -4,8 +4,8 @@
 //!
 //! - [`format`]: the on-disk chunk file format and paths.
 //! - [`store`]: the chunk store (files, chunk list, per-chunk locks, change deltas).
-//! - [`open_files`]: the bounded cache of open chunk files.
-//! - [`identity`]: server id, cluster id and highest seen master epoch.
+//! - `open_files`: the bounded cache of open chunk files.
+//! - `identity`: server id, cluster id and highest seen master epoch.
 //! - [`service`]: the `Chunkserver` gRPC service with chain forwarding.
 //! - [`peers`]: cached channels to other chunkservers.
 //! - [`master_link`]: registration, heartbeats, delete/replicate commands.
@@ -13,16 +13,19 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`config`]: command-line flags.
 //! - [`daemon`]: starting and stopping a whole chunkserver.
+//!
+//! Public are the modules the binary, the tests and the benchmarks use;
+//! `identity` and `open_files` are private to the crate.
 
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod daemon;
 pub mod format;
-pub mod identity;
+mod identity;
 pub mod master_link;
 pub mod metrics;
-pub mod open_files;
+mod open_files;
 pub mod peers;
 pub mod scrubber;
 pub mod service;

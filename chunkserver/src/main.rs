@@ -1,5 +1,7 @@
 //! `alces-chunkserver`: stores chunks on local disks and serves them.
 
+#![warn(missing_docs)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -90,17 +90,13 @@ impl OpenFiles {
         }
     }
 
-    /// Most files kept open.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Number of files open now.
     pub fn len(&self) -> usize {
         self.inner.lock().entries.len()
     }
 
     /// True when no file is kept open.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,5 +1,7 @@
 //! `alces`: the Alces admin command line.
 
+#![warn(missing_docs)]
+
 use clap::Parser;
 
 fn main() {

@@ -1,7 +1,7 @@
 //! A directory listing captured at opendir: readdir offsets are indexes into it,
 //! so a listing stays consistent while entries are added or removed.
 
-use crate::namespace::{Attr, DirEntry, FileType};
+use alces_proto::pb::{Attr, DirEntry, FileType};
 
 /// One entry of a snapshot.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,6 +1,8 @@
 //! `alces-mount`: mounts an Alces filesystem with FUSE and serves it in the
 //! foreground until it is unmounted or receives SIGTERM/SIGINT.
 
+#![warn(missing_docs)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

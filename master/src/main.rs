@@ -1,5 +1,7 @@
 //! `alces-master`: see `alces-master --help`.
 
+#![warn(missing_docs)]
+
 use clap::Parser;
 
 fn main() {

@@ -1,5 +1,6 @@
 //! Logging, metrics and health endpoints shared by every Alces daemon
-//! (master, metalogger, chunkserver, client). Depends on no other Alces crate.
+//! (master, metalogger, chunkserver, mount, operator, CSI driver). Depends on
+//! no other Alces crate.
 
 #![warn(missing_docs)]
 

@@ -1,5 +1,7 @@
 //! `alces-metalogger`: see `alces-metalogger --help`.
 
+#![warn(missing_docs)]
+
 use clap::Parser;
 
 fn main() {
