@@ -1,6 +1,6 @@
 //! Alces, started with `alces local up` (three chunkservers) in the private network
-//! namespace. Alces has no per-directory goal yet, so each goal gets its own cluster
-//! started with `--default-goal`; the goal-2 cluster is the main one.
+//! namespace. Each goal gets its own cluster started with `--default-goal` (not a
+//! directory goal set with `alces goal set`); the goal-2 cluster is the main one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
