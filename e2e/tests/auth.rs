@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use alces_e2e::{bin, is_mount_point, retry, tail, Cluster};
+use alces_e2e::{bin, free_port, is_mount_point, retry, tail, Cluster};
 
 #[test]
 fn auth() {
@@ -79,11 +79,7 @@ fn auth() {
     let data = c.dir.join("cs-wrong");
     std::fs::create_dir_all(&data).unwrap();
     let cslog = c.dir.join("cs-wrong.log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let f = std::fs::File::create(&cslog).unwrap();
     let mut cs = Command::new(bin("alces-chunkserver"))

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use alces_e2e::{bin, pattern, write_synced, Cluster, Proc};
+use alces_e2e::{bin, free_port, pattern, write_synced, Cluster, Proc};
 use common::{stderr, stdout};
 
 mod common;
@@ -57,11 +57,7 @@ fn cli() {
     assert!(!o.status.success() && stderr(&o).contains("not inside an Alces mount"));
 
     // Unreachable master.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let o = Command::new(bin("alces"))
         .args(["--master", &format!("127.0.0.1:{port}"), "--secret-file"])
         .arg(&c.secret_file)
