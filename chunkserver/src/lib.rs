@@ -2,7 +2,7 @@
 //! served over gRPC and forwarded down replication chains, registered with the
 //! master through heartbeats.
 //!
-//! - [`format`]: the on-disk chunk file format and paths.
+//! - [`format`](mod@format): the on-disk chunk file format and paths.
 //! - [`store`]: the chunk store (files, chunk list, per-chunk locks, change deltas).
 //! - `open_files`: the bounded cache of open chunk files.
 //! - `identity`: server id, cluster id and highest seen master epoch.

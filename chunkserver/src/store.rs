@@ -251,7 +251,7 @@ fn join_err(e: tokio::task::JoinError) -> StoreError {
 impl ChunkStore {
     /// Opens the store over `dirs` (creating their folders) and scans them for
     /// chunks. Files with a bad header are moved to `<dir>/damaged/`. Keeps up
-    /// to [`DEFAULT_OPEN_FILES`] chunk files open.
+    /// to `DEFAULT_OPEN_FILES` (1024) chunk files open.
     pub fn open(dirs: &[PathBuf], metrics: Metrics) -> anyhow::Result<Self> {
         Self::open_with(dirs, metrics, DEFAULT_OPEN_FILES)
     }

@@ -72,7 +72,7 @@ pub enum SetTime {
     At(i64),
 }
 
-/// Attribute changes of [`Client::setattr`]; `None` leaves a field alone.
+/// Attribute changes of [`Client::setattr`](crate::Client::setattr); `None` leaves a field alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetAttr {
     /// Permission bits (07777).
@@ -91,7 +91,7 @@ pub struct SetAttr {
     pub ctime: Option<i64>,
 }
 
-/// Flags of [`Client::rename`] (Linux renameat2 values).
+/// Flags of [`Client::rename`](crate::Client::rename) (Linux renameat2 values).
 pub mod rename_flags {
     /// Fail with `EEXIST` when the target exists.
     pub const NOREPLACE: u32 = 1;

@@ -49,7 +49,7 @@ pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
 
 impl Netns {
     /// Creates namespace `alces-e2e-<pid>` with a veth pair on subnet
-    /// 10.<a>.<b>.0/24 derived from the pid.
+    /// `10.<a>.<b>.0/24` derived from the pid.
     pub fn new() -> Result<Self, String> {
         let pid = std::process::id();
         let name = format!("alces-e2e-{pid}");

@@ -1,8 +1,8 @@
 //! The master's shared state and the commit path: the metadata, sessions and
 //! chunk map behind one lock, the changelog writer, durability waits and
-//! background snapshots. The domain operations ([`crate::domain`]) are built on
+//! background snapshots. The domain operations (`domain`) are built on
 //! it; it knows nothing of them (the periodic maintenance is
-//! [`crate::domain::maintenance`]).
+//! `domain::maintenance`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

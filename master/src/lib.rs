@@ -5,7 +5,7 @@
 //! Modules form layers; each uses only the layers below it (checked by
 //! `tests/layers.rs`):
 //!
-//! 1. [`state`](crate::state): the replicated metadata and its deterministic
+//! 1. `state`: the replicated metadata and its deterministic
 //!    `apply` (namespace, inodes, volumes, changelog ops). Pure: no lock, no
 //!    I/O.
 //! 2. [`disk`] (changelog, snapshots, data directory) and [`runtime`]
@@ -13,10 +13,10 @@
 //!    replication window): what is persisted, and what is known only while
 //!    running.
 //! 3. [`core`]: the master lock, the commit path, durability waits, snapshots.
-//! 4. [`domain`](crate::domain): what the master decides for each request
+//! 4. `domain`: what the master decides for each request
 //!    (placement, quotas, copy-on-write, goals, drains, volumes, replication
 //!    to metaloggers, the maintenance tick), over [`core`].
-//! 5. [`services`](crate::services): the gRPC transport, one file per
+//! 5. `services`: the gRPC transport, one file per
 //!    service, each handler a call of a domain function.
 //! 6. [`server`] and [`metalogger`]: starting, running and stopping a master or
 //!    a metalogger; [`config`]: their flags.

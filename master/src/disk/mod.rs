@@ -1,12 +1,12 @@
 //! The master's files on disk: record framing, the changelog and its
 //! group-committing writer, snapshot files, and the data directory (lock,
 //! epoch, recovery, retention). Below the master's live logic: these modules
-//! know the state ([`crate::state`]) and nothing above it.
+//! know the state (`state`) and nothing above it.
 //!
-//! - [`frame`]: length + CRC32C record framing of on-disk files.
+//! - `frame`: length + CRC32C record framing of on-disk files.
 //! - [`changelog`]: changelog files and the group-committing writer.
 //! - [`snapshot`]: snapshot files.
-//! - [`datadir`]: the data directory: lock, epoch, recovery, retention.
+//! - `datadir`: the data directory: lock, epoch, recovery, retention.
 
 pub mod changelog;
 pub(crate) mod datadir;

@@ -1,14 +1,14 @@
 //! The metalogger role: a warm replica of the master's metadata.
 //!
 //! It downloads a snapshot, follows the changelog stream, applies every record
-//! with [`ops::apply`](crate::state::ops::apply) to an in-memory [`State`], appends it to
+//! with `ops::apply` to an in-memory `State`, appends it to
 //! its own changelog (group-committed like the master's) and reports the durable
 //! version back, so the master can count it for `sync_metaloggers`. Its data
 //! directory has the master's layout; after `Promote` it is recovered by a master
 //! started in the same process on the promote address.
 //!
-//! - [`replica`]: the local metadata, changelog writer and data directory.
-//! - [`follower`]: following the master's changelog, and the checks of a promotion.
+//! - `replica`: the local metadata, changelog writer and data directory.
+//! - `follower`: following the master's changelog, and the checks of a promotion.
 //! - this module: starting a metalogger, and promoting it to master.
 
 pub(crate) mod follower;

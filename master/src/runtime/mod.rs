@@ -2,13 +2,13 @@
 //! restart from registrations and reports): client sessions, chunkservers and
 //! their copies, chunks that may hold bytes past their file's end, and the
 //! replication window and metalogger table. These modules know the state
-//! ([`crate::state`]) and nothing above it.
+//! (`state`) and nothing above it.
 //!
-//! - [`sessions`]: client sessions, leases and open files.
+//! - `sessions`: client sessions, leases and open files.
 //! - [`chunkmap`]: chunkservers, copies, placement and replication planning.
-//! - [`tails`]: chunks that may hold bytes past their file's end, and open write sessions.
+//! - `tails`: chunks that may hold bytes past their file's end, and open write sessions.
 //! - [`replication`]: the changelog window, metalogger table, sync acknowledgements and fencing.
-//! - [`window`]: the window's storage: recent records, encoded, in reused blocks.
+//! - `window`: the window's storage: recent records, encoded, in reused blocks.
 
 pub mod chunkmap;
 pub mod replication;
