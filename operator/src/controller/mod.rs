@@ -615,11 +615,12 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
                 builders::pool_statefulset(&c, pool, plan.replicas, &cs_hash),
             )
             .await?;
-        let ready = live
+        let sts_ready = live
             .as_ref()
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0);
+        let ready = pools::ready(&name, pool, plan.replicas, sts_ready, ms.as_ref());
         pool_status.push(PoolStatus {
             name: pool.name.clone(),
             ready,
