@@ -22,8 +22,13 @@ use kube::core::ApiResource;
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 
+mod common;
+
+/// `../shared/k8s` beside the repository, or `ALCES_K8S_DIR`.
 fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s")
+    std::env::var_os("ALCES_K8S_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s"))
 }
 
 fn envtest_dir() -> PathBuf {
@@ -36,6 +41,8 @@ fn envtest_dir() -> PathBuf {
 struct Env {
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
+    /// An API server this test restarted (stopped by `down`, reaped on drop).
+    restarted: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
 impl Env {
@@ -76,6 +83,7 @@ impl Env {
         Some(Self {
             kubeconfig: state.join("kubeconfig"),
             dir,
+            restarted: Default::default(),
         })
     }
 
@@ -88,11 +96,63 @@ impl Env {
     }
 }
 
+impl Env {
+    /// SIGKILLs the kube-apiserver, leaves it down for `down_for`, then starts
+    /// it again with the same command line (etcd and its data stay).
+    fn restart_apiserver(&self, down_for: Duration) {
+        let pidfile = self.dir.path().join("state/run/kube-apiserver.pid");
+        let pid = std::fs::read_to_string(&pidfile).expect("apiserver pid file");
+        let pid = pid.trim().to_string();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("apiserver cmdline");
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert!(
+            args[0].contains("kube-apiserver"),
+            "pid file names {args:?}"
+        );
+        let st = Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        while Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(down_for);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.path().join("state/logs/kube-apiserver.log"))
+            .expect("log");
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("restart kube-apiserver");
+        std::fs::write(&pidfile, child.id().to_string()).expect("pid file");
+        self.restarted.lock().unwrap().push(child);
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         let _ = Command::new(shared().join("down"))
             .arg(self.dir.path().join("state"))
             .output();
+        for mut c in self.restarted.lock().unwrap().drain(..) {
+            let _ = c.wait();
+        }
     }
 }
 
@@ -305,5 +365,177 @@ fn crd_is_accepted_invalid_specs_are_refused_and_reconcile_reaches_a_steady_stat
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "MissingSecret"));
         assert!(d.message.contains("spec.secretRef"), "{}", d.message);
         assert!(sts.get_opt("ext-metadata").await.expect("get").is_none(), "nothing applied without the secret");
+    });
+}
+
+/// Runs the controller as the operator does (watches, requeues) and checks
+/// that it carries on through an outage of the API server: a change made
+/// after the server is back is reconciled.
+#[test]
+fn the_controller_survives_the_api_server_going_away_and_coming_back() {
+    let Some(env) = Env::start() else { return };
+    rt().block_on(async {
+        let client = env.client().await;
+        install_crd(&client).await;
+        let ns = "outage";
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let n: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("ns");
+        nss.create(&PostParams::default(), &n).await.expect("namespace");
+        let ar = ApiResource::erase::<AlcesCluster>(&());
+        let dynapi: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let mut ctx = Context::new(client.clone(), metrics.clone(), Arc::new(PodDns));
+        ctx.poll = Duration::from_millis(500);
+        let running = tokio::spawn(controller::run(Arc::new(ctx), Some(ns.to_string())));
+        create(&dynapi, cluster("demo")).await.expect("cluster");
+        let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+        let replicas = |want: i32| {
+            let sts = sts.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let got = sts.get_opt("demo-cs-a").await.ok().flatten().and_then(|s| s.spec.replicas);
+                    if got == Some(want) {
+                        return;
+                    }
+                    assert!(Instant::now() < deadline, "pool StatefulSet at {got:?}, not {want}, after 120 s");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        replicas(3).await;
+
+        // The API server goes away for a while, then comes back.
+        let errors = metrics.reconcile_errors.get();
+        tokio::task::block_in_place(|| env.restart_apiserver(Duration::from_secs(8)));
+        assert!(!running.is_finished(), "the controller stopped when the API server went away");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let api: Api<AlcesCluster> = Api::namespaced(client.clone(), ns);
+        // The custom resources are served again once the aggregator found
+        // the CRD server again.
+        while api.list(&Default::default()).await.is_err() {
+            assert!(Instant::now() < deadline, "the API server did not come back");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        api.patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "chunkservers": { "pools": [
+                { "name": "a", "replicas": 4, "disks": [{ "name": "d0", "volumeClaim": { "size": "1Gi" } }] }
+            ] } } })),
+        )
+        .await
+        .expect("scale the pool after the outage");
+        replicas(4).await;
+        assert!(!running.is_finished(), "the controller stopped");
+        println!(
+            "outage: {} reconcile errors during and after the outage, then the change was reconciled",
+            metrics.reconcile_errors.get() - errors
+        );
+        running.abort();
+    });
+}
+
+/// Two operators (two controller contexts, as after a lost lease) race for
+/// the same failover on a real API server: the resourceVersion precondition
+/// lets one record win, so every Promote carries the same pod and epoch.
+/// Then an operator restarted after recording a promotion (and before
+/// calling Promote) resumes it with the recorded epoch.
+#[test]
+fn two_operators_race_for_a_failover_and_a_restarted_one_resumes() {
+    let Some(env) = Env::start() else { return };
+    rt().block_on(async {
+        let client = env.client().await;
+        install_crd(&client).await;
+        let ns = "race";
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let n: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("ns");
+        nss.create(&PostParams::default(), &n).await.expect("namespace");
+        let ar = ApiResource::erase::<AlcesCluster>(&());
+        let dynapi: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let s: Secret = serde_json::from_value(json!({ "metadata": { "name": "demo-secret" }, "stringData": { "secret": "race-secret-0123456789" } })).unwrap();
+        secrets.create(&PostParams::default(), &s).await.expect("secret");
+        let mut v = cluster("demo");
+        v["spec"]["failover"] = json!({ "detectionGraceSeconds": 1 });
+        create(&dynapi, v).await.expect("cluster");
+        let api: Api<AlcesCluster> = Api::namespaced(client.clone(), ns);
+        api.patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "activeMaster": "demo-metadata-0", "epoch": 1, "initialized": true } })),
+        )
+        .await
+        .expect("status");
+        // Stand-in metadata pods: 0 (the master) is dead, 1 is ahead of 2.
+        let journal = common::Api::default();
+        let info = |v: u64| alces_proto::pb::MetaloggerInfo {
+            role: "metalogger".into(),
+            durable_version: v,
+            applied_version: v,
+            seen_epoch: 1,
+            holds_metadata: true,
+            ..Default::default()
+        };
+        let (m1, a1, _t1) = common::FakeMetalogger::serve(&journal, "demo-metadata-1", info(10)).await;
+        let (m2, a2, _t2) = common::FakeMetalogger::serve(&journal, "demo-metadata-2", info(8)).await;
+        let addrs = common::Addresses::default();
+        addrs.set("demo-metadata-1", alces_operator::builders::METALOGGER_PORT, a1);
+        addrs.set("demo-metadata-2", alces_operator::builders::METALOGGER_PORT, a2);
+        let ctx = |addrs: &common::Addresses| {
+            let mut registry = prometheus_client::registry::Registry::default();
+            Arc::new(Context::new(client.clone(), Metrics::new(&mut registry), Arc::new(addrs.clone())))
+        };
+        let (ca, cb) = (ctx(&addrs), ctx(&addrs));
+        // The finalizer first (two concurrent adds: one fails and is retried,
+        // which is not what this test is about).
+        let c = api.get("demo").await.expect("get");
+        controller::reconcile(Arc::new(c), ca.clone()).await.expect("reconcile");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (c1, c2) = (api.get("demo").await.expect("get"), api.get("demo").await.expect("get"));
+            let (r1, r2) = tokio::join!(
+                controller::reconcile(Arc::new(c1), ca.clone()),
+                controller::reconcile(Arc::new(c2), cb.clone())
+            );
+            r1.expect("reconcile A");
+            r2.expect("reconcile B");
+            let st = api.get("demo").await.expect("get").status.unwrap_or_default();
+            if st.active_master.as_deref() == Some("demo-metadata-1") && st.promotion.is_none() {
+                assert_eq!(st.epoch, 2);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no failover in 60 s: {st:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let epochs: Vec<u64> = m1.promotes.lock().iter().map(|p| p.epoch).collect();
+        assert!(!epochs.is_empty() && epochs.iter().all(|e| *e == 2), "Promote calls: {epochs:?}");
+        assert!(m2.promotes.lock().is_empty(), "two different promotions");
+
+        // An operator recorded a promotion of pod 2 and died before calling
+        // Promote; a new one (fresh state) resumes it with the same epoch.
+        api.patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "promotion": { "pod": "demo-metadata-2", "epoch": 9, "kind": "Failover", "from": "demo-metadata-1" } } })),
+        )
+        .await
+        .expect("status");
+        let fresh = ctx(&addrs);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = api.get("demo").await.expect("get");
+            controller::reconcile(Arc::new(c), fresh.clone()).await.expect("reconcile");
+            let st = api.get("demo").await.expect("get").status.unwrap_or_default();
+            if st.active_master.as_deref() == Some("demo-metadata-2") && st.promotion.is_none() {
+                assert_eq!(st.epoch, 9);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the recorded promotion was not resumed: {st:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let epochs: Vec<u64> = m2.promotes.lock().iter().map(|p| p.epoch).collect();
+        assert_eq!(epochs, [9], "resumed with the recorded epoch");
     });
 }
