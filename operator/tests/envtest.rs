@@ -539,3 +539,153 @@ fn two_operators_race_for_a_failover_and_a_restarted_one_resumes() {
         assert_eq!(epochs, [9], "resumed with the recorded epoch");
     });
 }
+
+/// Figures for the closing note (measured, not asserted; run with
+/// `ALCES_K8S_DIR=... cargo test -p alces-operator --test envtest -- --ignored --nocapture figures`):
+/// API writes per steady-state reconcile and reconcile duration, against a
+/// real API server with a real master answering (in-process, three
+/// chunkservers registered) and stand-in metalogger pods, so every
+/// reconcile makes its data-plane calls too. `ALCES_FIGURES_RECONCILES`
+/// reconciles (default 50).
+#[test]
+#[ignore = "figures: run explicitly with --ignored"]
+fn figures_steady_state_reconcile_writes_and_duration() {
+    let Some(env) = Env::start() else { return };
+    let n: usize = std::env::var("ALCES_FIGURES_RECONCILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    rt().block_on(async {
+        let secret = "figures-secret-0123456789";
+        let dir = tempfile::tempdir().unwrap();
+        let master = alces_master::server::start(alces_master::server::Options {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: None,
+            data_dir: dir.path().to_path_buf(),
+            secret: Arc::from(secret),
+            chunk_size: 1 << 20,
+            default_goal: 2,
+            session_timeout: Duration::from_secs(30),
+            chunkserver_timeout: Duration::from_secs(600),
+            chunkserver_disconnect: Duration::from_secs(600),
+            snapshot_interval: Duration::from_secs(3600),
+            replication: Default::default(),
+            sync_metaloggers: 0,
+            sync_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("master");
+        let auth = alces_proto::auth::ClientAuth::new(secret).unwrap();
+        let ch = alces_proto::net::channel(&master.grpc_addr.to_string(), &auth).unwrap();
+        let mut cm = alces_proto::pb::chunk_master_client::ChunkMasterClient::new(ch);
+        for i in 0..3u64 {
+            cm.register_chunkserver(alces_proto::pb::RegisterChunkserverRequest {
+                server_id: 100 + i,
+                address: format!("demo-cs-a-{i}.demo-chunkservers.figures.svc:9422"),
+                seen_epoch: 1,
+                disks: vec![alces_proto::pb::DiskInfo {
+                    path: "/d".into(),
+                    total_bytes: 1 << 30,
+                    free_bytes: 1 << 30,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .expect("register");
+        }
+        let epoch = master.core.epoch;
+
+        let client = env.client().await;
+        install_crd(&client).await;
+        let ns = "figures";
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let nsobj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("ns");
+        nss.create(&PostParams::default(), &nsobj).await.expect("namespace");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let s: Secret = serde_json::from_value(json!({ "metadata": { "name": "demo-secret" }, "stringData": { "secret": secret } })).unwrap();
+        secrets.create(&PostParams::default(), &s).await.expect("secret");
+        let ar = ApiResource::erase::<AlcesCluster>(&());
+        let dynapi: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        create(&dynapi, cluster("demo")).await.expect("cluster");
+        let api: Api<AlcesCluster> = Api::namespaced(client.clone(), ns);
+        api.patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "activeMaster": "demo-metadata-0", "epoch": epoch, "initialized": true } })),
+        )
+        .await
+        .expect("status");
+        let typed = api.get("demo").await.expect("get");
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+        for i in 0..3 {
+            let p: k8s_openapi::api::core::v1::Pod =
+                serde_json::from_value(common::metadata_pod(&typed, i)).unwrap();
+            pods.create(&PostParams::default(), &p).await.expect("pod");
+        }
+        let journal = common::Api::default();
+        let info = |role: &str, v: u64| alces_proto::pb::MetaloggerInfo {
+            role: role.into(),
+            durable_version: v,
+            applied_version: v,
+            seen_epoch: epoch,
+            holds_metadata: true,
+            ..Default::default()
+        };
+        let addrs = common::Addresses::default();
+        addrs.set("demo-metadata-0", alces_operator::builders::MASTER_PORT, master.grpc_addr);
+        let mut keep = Vec::new();
+        for (i, role) in ["master", "metalogger", "metalogger"].iter().enumerate() {
+            let pod = format!("demo-metadata-{i}");
+            let (m, a, t) = common::FakeMetalogger::serve(&journal, &pod, info(role, 1)).await;
+            addrs.set(&pod, alces_operator::builders::METALOGGER_PORT, a);
+            keep.push((m, t));
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), Arc::new(addrs)));
+
+        // The finalizer, then every object, then settle (the status takes a
+        // few rounds).
+        let c = api.get("demo").await.expect("get");
+        controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+        let t = Instant::now();
+        let c = api.get("demo").await.expect("get");
+        controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+        let first = t.elapsed();
+        let mut settle = 0;
+        loop {
+            let before = metrics.api_writes.get();
+            let c = api.get("demo").await.expect("get");
+            controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+            settle += 1;
+            if metrics.api_writes.get() == before || settle > 20 {
+                break;
+            }
+        }
+        let c = api.get("demo").await.expect("get");
+        let st = c.status.clone().expect("status");
+        assert_eq!(st.active_master.as_deref(), Some("demo-metadata-0"), "{st:?}");
+        let writes = metrics.api_writes.get();
+        let mut took = Vec::new();
+        for _ in 0..n {
+            let c = api.get("demo").await.expect("get");
+            let t = Instant::now();
+            controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+            took.push(t.elapsed());
+        }
+        let steady_writes = metrics.api_writes.get() - writes;
+        took.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "FIGURE reconcile (real API server 1.20 on loopback, master answering, 3 chunkservers, debug build): the reconcile that creates every object {:.0} ms, settled after {settle} more; steady state over {n} reconciles: {steady_writes} API writes ({:.2} per reconcile); duration median {:.1} ms, p90 {:.1} ms, max {:.1} ms; status {}",
+            ms(first),
+            steady_writes as f64 / n as f64,
+            ms(took[n / 2]),
+            ms(took[n * 9 / 10]),
+            ms(took[n - 1]),
+            st.conditions.iter().map(|c| format!("{}={}({})", c.type_, c.status, c.reason)).collect::<Vec<_>>().join(" ")
+        );
+        master.stop().await.unwrap();
+    });
+}
