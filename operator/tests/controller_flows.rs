@@ -186,19 +186,23 @@ async fn register_chunkservers(addr: std::net::SocketAddr, n: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_down_drains_first_and_is_refused_below_the_largest_goal() {
-    let dir = tempfile::tempdir().unwrap();
+/// A real master in-process (chunkservers shown disconnected after
+/// `disconnect`), three stand-in chunkservers registered, and the cluster
+/// recorded with it as the active master, reconciled once.
+async fn with_master(
+    dir: &std::path::Path,
+    disconnect: Duration,
+) -> (alces_master::server::Running, Api, Arc<Context>) {
     let master = alces_master::server::start(alces_master::server::Options {
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: None,
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         secret: Arc::from(SECRET),
         chunk_size: 1 << 20,
         default_goal: 2,
         session_timeout: Duration::from_secs(30),
         chunkserver_timeout: Duration::from_secs(600),
-        chunkserver_disconnect: Duration::from_secs(600),
+        chunkserver_disconnect: disconnect,
         snapshot_interval: Duration::from_secs(3600),
         replication: Default::default(),
         sync_metaloggers: 0,
@@ -208,7 +212,6 @@ async fn scale_down_drains_first_and_is_refused_below_the_largest_goal() {
     .expect("master");
     register_chunkservers(master.grpc_addr, 3).await;
     let epoch = master.core.epoch;
-
     let (api, client) = Api::start();
     let addrs = Addresses::default();
     addrs.set("c-metadata-0", MASTER_PORT, master.grpc_addr);
@@ -220,10 +223,55 @@ async fn scale_down_drains_first_and_is_refused_below_the_largest_goal() {
     let typed = api.cluster("c");
     api.put("pods", metadata_pod(&typed, 0));
     reconcile(&api, &ctx).await.expect("reconcile");
-    // The pods of the pool are up.
+    // The pods of the pool are up, as Kubernetes sees them.
     api.edit("statefulsets", "c-cs-a", |s| {
         s["status"] = json!({ "replicas": 3, "readyReplicas": 3 })
     });
+    (master, api, ctx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_chunkservers_are_those_the_master_shows_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, api, ctx) = with_master(dir.path(), Duration::from_secs(1)).await;
+    reconcile(&api, &ctx).await.expect("reconcile");
+    let st = api.get("alcesclusters", "c").unwrap()["status"].clone();
+    assert_eq!(st["chunkserversReady"], "3/3", "{st}");
+    // c-cs-a-2 dies: its pod still looks ready to Kubernetes, but its
+    // heartbeats stop (0 and 1 keep sending theirs).
+    let auth = alces_proto::auth::ClientAuth::new(SECRET).unwrap();
+    let ch = alces_proto::net::channel(&master.grpc_addr.to_string(), &auth).unwrap();
+    let mut cm = pb::chunk_master_client::ChunkMasterClient::new(ch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for id in [100, 101] {
+            cm.chunkserver_heartbeat(pb::ChunkserverHeartbeatRequest {
+                server_id: id,
+                seen_epoch: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("heartbeat");
+        }
+        reconcile(&api, &ctx).await.expect("reconcile");
+        let st = api.get("alcesclusters", "c").unwrap()["status"].clone();
+        if st["chunkserversReady"] == "2/3" {
+            assert_eq!(st["pools"][0]["ready"], 2, "{st}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still counted ready: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    master.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_drains_first_and_is_refused_below_the_largest_goal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, api, ctx) = with_master(dir.path(), Duration::from_secs(600)).await;
     reconcile(&api, &ctx).await.expect("reconcile");
     let st = api.get("alcesclusters", "c").unwrap()["status"].clone();
     assert_eq!(st["chunkserversReady"], "3/3", "{st}");

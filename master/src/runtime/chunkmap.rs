@@ -1310,6 +1310,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn sessions_and_replications_avoid_a_disconnected_holder_unless_none_is_connected() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t0 = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t0, &st);
+        m.register(&reg(2, "b", 50, &[(1, 1)]), t0, &st);
+        let g = grace(Duration::from_secs(60));
+        let quiet = Policy {
+            per_tick: 0,
+            ..Policy::default()
+        };
+        // Server 1 (more free space) goes silent; 2 keeps sending heartbeats.
+        let later = t0 + Duration::from_secs(4);
+        let alive = pb::ChunkserverHeartbeatRequest {
+            server_id: 2,
+            ..Default::default()
+        };
+        assert!(m.heartbeat(&alive, later, &st).is_some());
+        m.tick(&st, later, g, Duration::from_secs(3600), &quiet);
+        assert!(!m.servers[&1].connected && m.servers[&2].connected);
+        // Both copies count; readers get the connected one first.
+        let valid: Vec<u64> = m.valid(1, 1).iter().map(|s| s.id).collect();
+        assert_eq!(valid, [2, 1]);
+        assert_eq!(m.holders(1, 1), [2]);
+        // Server 2 goes silent too: every counted copy is tried.
+        m.tick(
+            &st,
+            later + Duration::from_secs(4),
+            g,
+            Duration::from_secs(3600),
+            &quiet,
+        );
+        let mut all = m.holders(1, 1);
+        all.sort_unstable();
+        assert_eq!(all, [1, 2]);
+    }
+
     fn hb(
         m: &mut ChunkMap,
         st: &State,
