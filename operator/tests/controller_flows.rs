@@ -5,7 +5,7 @@
 //! order), deletion (finalizer; disks kept unless the cleanup policy says
 //! otherwise), and the faults the operator must survive: the API server
 //! going away and coming back, conflicts on its writes, and its own restart
-//! in the middle of a failover.
+//! in the middle of a failover or a scale-down.
 //!
 //! The master of the scale-down flow is a real master started in-process
 //! (chunkservers registered over its ChunkMaster service); the metadata pods
@@ -340,7 +340,16 @@ async fn scale_down_drains_first_and_is_refused_below_the_largest_goal() {
         api.get("statefulsets", "c-cs-a").unwrap()["spec"]["replicas"],
         3
     );
-    // It holds no chunk: safe to remove, so the next pass shrinks.
+    // The operator restarts mid-way (no state kept in memory): the drain is
+    // in the master's metadata and the size in the StatefulSet, so the new
+    // one carries on. The server holds no chunk: safe to remove, so its
+    // first pass shrinks.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let ctx = Arc::new(Context::new(
+        ctx.client.clone(),
+        Metrics::new(&mut registry),
+        ctx.resolver.clone(),
+    ));
     api.clear();
     reconcile(&api, &ctx).await.expect("reconcile");
     assert!(
