@@ -373,6 +373,8 @@ fn crd_is_accepted_invalid_specs_are_refused_and_reconcile_reaches_a_steady_stat
 /// after the server is back is reconciled.
 #[test]
 fn the_controller_survives_the_api_server_going_away_and_coming_back() {
+    // The controller's logs (RUST_LOG) explain a failure.
+    alces_telemetry::init_logging(false);
     let Some(env) = Env::start() else { return };
     rt().block_on(async {
         let client = env.client().await;

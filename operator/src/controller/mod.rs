@@ -78,6 +78,9 @@ pub struct Context {
     pub pdb_version: tokio::sync::OnceCell<Option<&'static str>>,
     /// Requeue period while the master is healthy and nothing is in progress.
     pub poll: Duration,
+    /// gRPC clients per cluster (`ns/name`) with the secret they use: their
+    /// channels outlive a reconcile.
+    pub dataplanes: Mutex<HashMap<String, (String, DataPlane)>>,
 }
 
 impl Context {
@@ -94,7 +97,21 @@ impl Context {
             drivers: Mutex::new(HashMap::new()),
             pdb_version: tokio::sync::OnceCell::new(),
             poll: Duration::from_secs(2),
+            dataplanes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The gRPC client of cluster `key`, made anew when its secret changed.
+    fn dataplane(&self, key: &str, secret: &str) -> Result<DataPlane, Error> {
+        let mut m = self.dataplanes.lock();
+        if let Some((s, dp)) = m.get(key) {
+            if s == secret {
+                return Ok(dp.clone());
+            }
+        }
+        let dp = DataPlane::new(secret).map_err(|e| Error::Other(e.to_string()))?;
+        m.insert(key.to_string(), (secret.to_string(), dp.clone()));
+        Ok(dp)
     }
 }
 
@@ -468,7 +485,7 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
         ctx.client.clone(),
         (*c).clone(),
         applier.clone(),
-        DataPlane::new(&secret).map_err(|e| Error::Other(e.to_string()))?,
+        ctx.dataplane(&format!("{ns}/{name}"), &secret)?,
         ctx.resolver.clone(),
     );
     let rec = KubeTarget::record_of(&c);
@@ -722,6 +739,11 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
 /// only once no PersistentVolume bound to them is left. With `Retain` (the
 /// default) everything owned is garbage-collected and the claims are kept.
 async fn cleanup(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
+    ctx.dataplanes.lock().remove(&format!(
+        "{}/{}",
+        c.namespace().unwrap_or_default(),
+        c.name_any()
+    ));
     if c.spec.cleanup_policy != CleanupPolicy::Delete {
         tracing::info!(cluster = %c.name_any(), "deleted; disks retained (cleanupPolicy Retain)");
         return Ok(Action::await_change());
