@@ -154,6 +154,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
             },
         )
+        .trigger_backoff(TriggerBackoff::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -162,6 +163,45 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             }
         })
         .await;
+}
+
+/// Backoff of the controller's watches after an error: 200 ms doubling up to
+/// 3 s, back to 200 ms after any event. kube-runtime applies one backoff to
+/// all the watches merged, and after an API server restart each of them
+/// fails once ("410 Gone: too old resource version") before it lists again;
+/// with the default (up to 30 s, jittered, reset only after 120 s) those
+/// errors, one after another, kept the controller blind to changes for
+/// minutes after the server was back.
+#[derive(Debug, Clone)]
+pub struct TriggerBackoff {
+    next: Duration,
+}
+
+impl TriggerBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(3);
+}
+
+impl Default for TriggerBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (d * 2).min(Self::MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 fn error_policy(_c: Arc<AlcesCluster>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -803,4 +843,20 @@ async fn cleanup(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
     }
     tracing::info!(cluster = %name, claims = claims.len(), "deleted with its disks (cleanupPolicy Delete)");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TriggerBackoff;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn trigger_backoff_doubles_to_its_cap_and_resets() {
+        let mut b = TriggerBackoff::default();
+        let first: Vec<u64> = (&mut b).take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, [200, 400, 800, 1600, 3000, 3000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(200)));
+    }
 }
