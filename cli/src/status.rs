@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use alces_proto::pb::{ClusterStatus, Empty};
+use alces_proto::pb::{ChunkserverStatus, ClusterStatus, Empty};
 use serde_json::json;
 
 use crate::args::Global;
@@ -87,6 +87,10 @@ pub fn to_json(st: &ClusterStatus, dir: Option<&Path>) -> serde_json::Value {
                     "corrupt_chunks": d.corrupt_chunks,
                 })).collect::<Vec<_>>(),
             });
+            // Set apart from the literal above (serde_json's macro recursion limit).
+            v["disconnected_ms"] = json!(c.disconnected_ms);
+            v["copies_count"] = json!(c.copies_count);
+            v["copies_count_for_ms"] = json!(c.copies_count_for_ms);
             if let Some(pid) = local_pid(dir, &c.address) {
                 v["pid"] = json!(pid);
             }
@@ -99,6 +103,7 @@ pub fn to_json(st: &ClusterStatus, dir: Option<&Path>) -> serde_json::Value {
             "replications_per_server": t.replications_per_server,
             "rebalance_threshold": t.rebalance_threshold,
             "chunkserver_timeout_secs": t.chunkserver_timeout_secs,
+            "chunkserver_disconnect_ms": t.chunkserver_disconnect_ms,
             "session_timeout_secs": t.session_timeout_secs,
             "snapshot_interval_secs": t.snapshot_interval_secs,
             "sync_timeout_ms": t.sync_timeout_ms,
@@ -138,11 +143,12 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
     );
     if let Some(t) = &st.tuning {
         out += &format!(
-            "tuning: replication {}/s, {} per server, rebalance above {} points; chunkserver timeout {} s; session timeout {} s\n",
+            "tuning: replication {}/s, {} per server, rebalance above {} points; chunkserver timeout {} s (shown disconnected after {} ms); session timeout {} s\n",
             t.replication_rate,
             t.replications_per_server,
             t.rebalance_threshold,
             t.chunkserver_timeout_secs,
+            t.chunkserver_disconnect_ms,
             t.session_timeout_secs
         );
     }
@@ -156,7 +162,7 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
         st.replications_in_flight
     );
     out += &format!(
-        "{:<20} {:<22} {:>7} {:<8} {:>5} {:>10} {:>10} {:>8} {:<9} {}\n",
+        "{:<20} {:<22} {:>7} {:<8} {:>5} {:>10} {:>10} {:>8} {:<36} {}\n",
         "CHUNKSERVER",
         "ADDRESS",
         "PID",
@@ -173,7 +179,7 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
             .map(|p| p.to_string())
             .unwrap_or_else(|| "-".into());
         out += &format!(
-            "{:<20} {:<22} {:>7} {:<8} {:>5} {:>10} {:>10} {:>8} {:<9} {}\n",
+            "{:<20} {:<22} {:>7} {:<8} {:>5} {:>10} {:>10} {:>8} {:<36} {}\n",
             c.server_id,
             c.address,
             pid,
@@ -182,7 +188,7 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
             human_bytes(c.used_bytes),
             human_bytes(c.total_bytes),
             c.chunks,
-            if c.connected { "yes" } else { "NO" },
+            connection(c),
             match (c.draining, c.safe_to_remove) {
                 (false, _) => "-".to_string(),
                 (true, true) => "drained: safe to remove".to_string(),
@@ -233,4 +239,22 @@ pub async fn run(global: &Global) -> anyhow::Result<()> {
         print!("{}", to_text(&st, dir.as_deref()));
     }
     Ok(())
+}
+
+/// The CONNECTED column: "yes", or since when it is not and whether its
+/// copies still count (the grace before re-replication).
+fn connection(c: &ChunkserverStatus) -> String {
+    let secs = |ms: u64| ms.div_ceil(1000);
+    match (c.connected, c.copies_count) {
+        (true, _) => "yes".to_string(),
+        (false, true) => format!(
+            "NO for {} s; copies count {} s more",
+            secs(c.disconnected_ms),
+            secs(c.copies_count_for_ms)
+        ),
+        (false, false) => format!(
+            "NO for {} s; lost: its chunks are re-replicated",
+            secs(c.last_seen_ms)
+        ),
+    }
 }

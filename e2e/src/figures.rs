@@ -308,7 +308,7 @@ pub fn repair(data_mib: u64, loss_timeout_secs: u64, baseline_secs: u64) -> Repa
         while c.status().is_ok_and(|s| {
             s.chunkservers
                 .iter()
-                .any(|x| x.server_id == victim && x.connected)
+                .any(|x| x.server_id == victim && x.copies_count)
         }) {
             std::thread::sleep(Duration::from_millis(100));
         }

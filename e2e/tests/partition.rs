@@ -120,7 +120,7 @@ fn partitioned_chunkserver_stale_copies_never_served() {
             c.status().is_ok_and(|s| {
                 s.chunkservers
                     .iter()
-                    .any(|x| x.server_id == cut_id && !x.connected)
+                    .any(|x| x.server_id == cut_id && !x.copies_count)
             })
         },
     );

@@ -1,6 +1,8 @@
 //! Goals, self-healing and data integrity with real processes: goal errors,
 //! a chunkserver killed (SIGKILL) during a sustained write and a sustained
-//! read, a flipped byte in one copy, goal 3 on two chunkservers, and draining.
+//! read, a flipped byte in one copy, goal 3 on two chunkservers, draining, and
+//! a killed chunkserver shown disconnected at once while its copies count
+//! through the grace.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -56,12 +58,12 @@ fn assert_copies(c: &Cluster, path: &str, goal: usize, not_on: Option<u64>) {
 fn wait_lost(c: &Cluster, id: u64) {
     wait_until(
         "the killed chunkserver to be declared lost",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || {
             c.status().is_ok_and(|s| {
                 s.chunkservers
                     .iter()
-                    .any(|x| x.server_id == id && !x.connected)
+                    .any(|x| x.server_id == id && !x.copies_count)
             })
         },
     );
@@ -440,8 +442,109 @@ fn a_short_chunkserver_restart_causes_no_copies() {
     c.wait_at_goal(Duration::from_secs(10));
     assert_eq!(per_server(&c), before);
     assert!(
-        c.grep_log(Proc::Master, "chunkserver missed its heartbeats")
+        c.grep_log(Proc::Master, "its copies no longer count")
             .is_empty(),
         "the restarted chunkserver was declared lost"
     );
+}
+
+/// A SIGKILLed chunkserver is shown disconnected within seconds (its
+/// heartbeats stop), while its copies keep counting for the grace
+/// (`--chunkserver-timeout`): nothing is re-replicated, reads go to the live
+/// copies and new chunks avoid it. Once the grace ends its chunks are copied
+/// elsewhere.
+#[test]
+fn a_killed_chunkserver_is_disconnected_at_once_and_its_copies_count_until_the_grace_ends() {
+    let grace_secs = 40;
+    let c = Cluster::start(Options {
+        chunkservers: 3,
+        goal: Some(2),
+        env: vec![
+            ("ALCES_CHUNKSERVER_TIMEOUT".into(), grace_secs.to_string()),
+            ("ALCES_CHUNKSERVER_DISCONNECT_MS".into(), "2000".into()),
+        ],
+        ..Options::default()
+    })
+    .expect("cluster");
+    let data = pattern(47, 8 * MIB);
+    write_synced(&c.path("f"), &data).unwrap();
+    c.wait_at_goal(Duration::from_secs(60));
+    let want = sha_of(&c, &data);
+    let info = c.file_info("/f").unwrap();
+    let victim = info.chunks[0].copies[0].server_id;
+    let victim_addr = info.chunks[0].copies[0].address.clone();
+    c.kill9(Proc::Chunkserver(cs_index(&c, &victim_addr)));
+
+    let mut seen = None;
+    wait_until(
+        "the killed chunkserver to be shown disconnected",
+        Duration::from_secs(30),
+        || {
+            let st = c.status().expect("status");
+            let row = st
+                .chunkservers
+                .iter()
+                .find(|x| x.server_id == victim)
+                .cloned();
+            let disconnected = row.as_ref().is_some_and(|x| !x.connected);
+            if disconnected {
+                seen = Some((st, row.unwrap()));
+            }
+            disconnected
+        },
+    );
+    let (st, row) = seen.unwrap();
+    assert!(
+        row.copies_count && row.copies_count_for_ms > 0 && row.disconnected_ms > 0,
+        "a disconnected chunkserver's copies count during the grace: {row:?}"
+    );
+    let counts = st.chunk_counts.unwrap();
+    assert_eq!(
+        (counts.missing, counts.under_goal),
+        (0, 0),
+        "its copies still count: {counts:?}"
+    );
+    assert_eq!(
+        st.replications_in_flight, 0,
+        "re-replication started during the grace"
+    );
+    let tuning = st.tuning.unwrap();
+    assert_eq!(
+        (
+            tuning.chunkserver_timeout_secs,
+            tuning.chunkserver_disconnect_ms
+        ),
+        (grace_secs, 2000)
+    );
+    // `alces status` says so, in text and JSON.
+    let text = String::from_utf8_lossy(&c.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("copies count"), "{text}");
+    let json = c.status_json().unwrap();
+    let j = json["chunkservers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"].as_u64() == Some(victim))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&j["connected"], &j["copies_count"]),
+        (&false.into(), &true.into()),
+        "{j}"
+    );
+    // Reads are served by the live copies; a new file avoids the dead server.
+    assert_eq!(sha256(&c.path("f")), want);
+    write_synced(&c.path("g"), &pattern(48, 2 * MIB)).unwrap();
+    for ch in &c.file_info("/g").unwrap().chunks {
+        assert!(
+            ch.copies.iter().all(|l| l.server_id != victim),
+            "a new chunk was placed on a disconnected chunkserver: {:?}",
+            ch.copies
+        );
+    }
+    // The grace ends: its copies stop counting and are made again elsewhere.
+    wait_lost(&c, victim);
+    c.wait_at_goal(Duration::from_secs(120));
+    assert_copies(&c, "/f", 2, Some(victim));
+    assert_eq!(sha256(&c.path("f")), want);
 }

@@ -82,9 +82,19 @@ pub struct Tuning {
     #[arg(long, env = "ALCES_SESSION_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=86400))]
     pub session_timeout: u32,
 
-    /// Seconds without a heartbeat after which a chunkserver's copies stop counting.
+    /// Grace in seconds, counted from a chunkserver's last heartbeat, before its
+    /// copies stop counting toward goals and are re-replicated elsewhere. The
+    /// server is shown disconnected long before (--chunkserver-disconnect-ms);
+    /// one back within the grace keeps its copies and nothing is re-copied.
     #[arg(long, env = "ALCES_CHUNKSERVER_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub chunkserver_timeout: u64,
+
+    /// Milliseconds without a heartbeat (sent every second) after which a
+    /// chunkserver is shown disconnected (`alces status`, Admin.Status): it
+    /// gets no new chunks, sessions and replications avoid it, but its copies
+    /// still count until --chunkserver-timeout.
+    #[arg(long, env = "ALCES_CHUNKSERVER_DISCONNECT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(2000..=600_000))]
+    pub chunkserver_disconnect_ms: u64,
 
     /// Seconds between background snapshots (one is also taken after 1,000,000
     /// changelog records and on graceful shutdown).
@@ -135,13 +145,17 @@ impl Tuning {
     /// process of the cluster, e.g. a deposed master rejoining as a metalogger,
     /// with the same tuning).
     pub fn to_flags(&self) -> Vec<std::ffi::OsString> {
-        let pairs: [(&str, String); 10] = [
+        let pairs: [(&str, String); 11] = [
             ("--chunk-size", self.chunk_size.to_string()),
             ("--default-goal", self.default_goal.to_string()),
             ("--session-timeout", self.session_timeout.to_string()),
             (
                 "--chunkserver-timeout",
                 self.chunkserver_timeout.to_string(),
+            ),
+            (
+                "--chunkserver-disconnect-ms",
+                self.chunkserver_disconnect_ms.to_string(),
             ),
             ("--snapshot-interval", self.snapshot_interval.to_string()),
             ("--replication-rate", self.replication_rate.to_string()),
@@ -248,6 +262,8 @@ mod tests {
             "21",
             "--chunkserver-timeout",
             "9",
+            "--chunkserver-disconnect-ms",
+            "2500",
             "--snapshot-interval",
             "77",
             "--replication-rate",
@@ -303,6 +319,7 @@ mod tests {
         );
         assert_eq!(b.rebalance_threshold, 25.5);
         assert_eq!((b.sync_metaloggers, b.sync_timeout_ms), (1, 1234));
+        assert_eq!(b.chunkserver_disconnect_ms, 2500);
         let p = b.policy();
         assert_eq!((p.per_tick, p.per_server), (7, 3));
     }

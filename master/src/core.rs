@@ -41,8 +41,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Client lease.
     pub session_timeout: Duration,
-    /// Chunkserver heartbeat timeout.
+    /// Grace after a chunkserver's last heartbeat before its copies stop counting.
     pub chunkserver_timeout: Duration,
+    /// Silence after which a chunkserver is shown disconnected (its copies
+    /// still count until `chunkserver_timeout`).
+    pub chunkserver_disconnect: Duration,
     /// Time between periodic snapshots.
     pub snapshot_interval: Duration,
     /// Pace of replication, drain and rebalancing.

@@ -46,8 +46,11 @@ pub struct Options {
     pub default_goal: u32,
     /// Client lease.
     pub session_timeout: Duration,
-    /// Chunkserver heartbeat timeout.
+    /// Grace after a chunkserver's last heartbeat before its copies stop counting.
     pub chunkserver_timeout: Duration,
+    /// Silence after which a chunkserver is shown disconnected (its copies
+    /// still count until `chunkserver_timeout`).
+    pub chunkserver_disconnect: Duration,
     /// Time between periodic snapshots.
     pub snapshot_interval: Duration,
     /// Pace of replication, drain and rebalancing.
@@ -88,6 +91,7 @@ impl Options {
             default_goal: t.default_goal,
             session_timeout: Duration::from_secs(u64::from(t.session_timeout)),
             chunkserver_timeout: Duration::from_secs(t.chunkserver_timeout),
+            chunkserver_disconnect: Duration::from_millis(t.chunkserver_disconnect_ms),
             snapshot_interval: Duration::from_secs(t.snapshot_interval),
             replication: t.policy(),
             sync_metaloggers: t.sync_metaloggers as usize,
@@ -127,6 +131,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         data_dir: opts.data_dir.clone(),
         session_timeout: opts.session_timeout,
         chunkserver_timeout: opts.chunkserver_timeout,
+        chunkserver_disconnect: opts.chunkserver_disconnect,
         snapshot_interval: opts.snapshot_interval,
         replication: opts.replication,
         sync_metaloggers: opts.sync_metaloggers,

@@ -195,6 +195,10 @@ pub fn metadata_env(c: &AlcesCluster) -> BTreeMap<String, String> {
         t.chunkserver_timeout_seconds.map(|v| v.to_string()),
     );
     opt(
+        "ALCES_CHUNKSERVER_DISCONNECT_MS",
+        t.chunkserver_disconnect_ms.map(|v| v.to_string()),
+    );
+    opt(
         "ALCES_SNAPSHOT_INTERVAL",
         t.snapshot_interval_seconds.map(|v| v.to_string()),
     );

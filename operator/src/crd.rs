@@ -195,11 +195,18 @@ pub struct MasterTuning {
     #[schemars(range(min = 1, max = 86400))]
     pub session_timeout_seconds: Option<u32>,
     /// Seconds after a chunkserver was last heard before its copies stop
-    /// counting (the master shows it disconnected at once; this is the grace
-    /// before it re-replicates its chunks elsewhere).
+    /// counting (the master shows it disconnected long before, after
+    /// `chunkserverDisconnectMs`; this is the grace before it re-replicates
+    /// its chunks elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub chunkserver_timeout_seconds: Option<u32>,
+    /// Milliseconds without a heartbeat after which the master shows a
+    /// chunkserver disconnected (no new chunks go to it; its copies still
+    /// count until `chunkserverTimeoutSeconds`). Default 3000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2000, max = 600000))]
+    pub chunkserver_disconnect_ms: Option<u32>,
     /// Seconds between background snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31536000))]

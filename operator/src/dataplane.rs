@@ -1,8 +1,13 @@
 //! The operator's gRPC calls to the Alces daemons (it speaks to them like any
 //! peer, with the cluster secret): the master's Admin service and each
 //! metadata pod's Metalogger service. Every call has a short timeout, so an
-//! unreachable pod costs the reconcile at most that long.
+//! unreachable pod costs the reconcile at most that long. Channels are kept
+//! per address between calls (one connection per daemon, not one per call)
+//! and dropped after any failed call, so the next call connects afresh (a
+//! pod that came back elsewhere, a connection left half-open).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alces_proto::auth::ClientAuth;
@@ -29,11 +34,12 @@ pub enum CallError {
     Status(String, tonic::Code, String),
 }
 
-/// Client of the daemons' gRPC services.
+/// Client of the daemons' gRPC services. Clones share their channels.
 #[derive(Clone)]
 pub struct DataPlane {
     auth: ClientAuth,
     timeout: Duration,
+    channels: Arc<parking_lot::Mutex<HashMap<String, alces_proto::net::AuthChannel>>>,
 }
 
 impl DataPlane {
@@ -42,11 +48,18 @@ impl DataPlane {
         Ok(Self {
             auth: ClientAuth::new(secret)?,
             timeout: CALL_TIMEOUT,
+            channels: Arc::default(),
         })
     }
 
     fn channel(&self, addr: &str) -> Result<alces_proto::net::AuthChannel, CallError> {
-        alces_proto::net::channel(addr, &self.auth).map_err(|e| CallError::Address(addr.into(), e))
+        if let Some(c) = self.channels.lock().get(addr) {
+            return Ok(c.clone());
+        }
+        let c = alces_proto::net::channel(addr, &self.auth)
+            .map_err(|e| CallError::Address(addr.into(), e))?;
+        self.channels.lock().insert(addr.to_string(), c.clone());
+        Ok(c)
     }
 
     async fn call<T>(
@@ -55,7 +68,7 @@ impl DataPlane {
         timeout: Duration,
         f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, CallError> {
-        match tokio::time::timeout(timeout, f).await {
+        let res = match tokio::time::timeout(timeout, f).await {
             Err(_) => Err(CallError::Timeout(addr.into(), timeout)),
             Ok(Err(s)) => Err(CallError::Status(
                 addr.into(),
@@ -63,7 +76,11 @@ impl DataPlane {
                 s.message().to_string(),
             )),
             Ok(Ok(r)) => Ok(r.into_inner()),
+        };
+        if res.is_err() {
+            self.channels.lock().remove(addr);
         }
+        res
     }
 
     /// Admin.Status of the master at `addr`.

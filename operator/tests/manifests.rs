@@ -45,7 +45,7 @@ spec:
   imagePullPolicy: IfNotPresent
   master:
     resources: { requests: { memory: 4Gi, cpu: "1" } }
-    tuning: { chunkserverTimeoutSeconds: 30, replicationRate: 64 }
+    tuning: { chunkserverTimeoutSeconds: 30, chunkserverDisconnectMs: 2500, replicationRate: 64 }
   chunkservers:
     pools:
       - name: ssd

@@ -3,7 +3,7 @@
 //! handed out, the chunkserver quorum kept current), drains, and the status
 //! row of one server.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use alces_proto::pb;
 use alces_proto::pb::changelog_record::Op;
@@ -83,8 +83,25 @@ pub fn heartbeat(
     Ok(reply)
 }
 
-/// The status row of chunkserver `s`, heard last `last_seen_ms` ago.
-pub fn status_of(inner: &Inner, s: &Server, last_seen_ms: u64) -> pb::ChunkserverStatus {
+/// The status row of chunkserver `s` at `now`; its copies count for `grace`
+/// after its last heartbeat.
+pub fn status_of(
+    inner: &Inner,
+    s: &Server,
+    now: Instant,
+    grace: Duration,
+) -> pb::ChunkserverStatus {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let silent = now.saturating_duration_since(s.last_seen);
+    let disconnected_ms = match (s.connected, s.disconnected_at) {
+        (false, Some(at)) => ms(now.saturating_duration_since(at)).max(1),
+        _ => 0,
+    };
+    let copies_count_for_ms = if !s.connected && s.counted {
+        ms(grace.saturating_sub(silent))
+    } else {
+        0
+    };
     let (t, u, f) = s.space();
     let to_move = inner.chunks.chunks_to_move(&inner.state, s.id);
     pb::ChunkserverStatus {
@@ -97,10 +114,13 @@ pub fn status_of(inner: &Inner, s: &Server, last_seen_ms: u64) -> pb::Chunkserve
         total_bytes: t,
         used_bytes: u,
         free_bytes: f,
-        last_seen_ms,
+        last_seen_ms: ms(silent),
         draining: s.draining,
         safe_to_remove: s.draining && to_move == 0,
         chunks_to_move: to_move,
+        disconnected_ms,
+        copies_count: s.counted,
+        copies_count_for_ms,
     }
 }
 
@@ -146,7 +166,7 @@ pub async fn drain(core: &Core, r: pb::DrainRequest) -> Result<pb::ChunkserverSt
             "chunkserver drain changed"
         );
         let status = match inner.chunks.servers.get(&r.server_id) {
-            Some(s) => status_of(inner, s, 0),
+            Some(s) => status_of(inner, s, Instant::now(), core.settings.chunkserver_timeout),
             None => pb::ChunkserverStatus {
                 server_id: r.server_id,
                 ..Default::default()

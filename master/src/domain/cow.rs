@@ -248,7 +248,7 @@ fn decide(
     let chain: Vec<u64> = copied
         .iter()
         .copied()
-        .filter(|s| inner.chunks.servers.get(s).is_some_and(|s| s.connected))
+        .filter(|s| inner.chunks.servers.get(s).is_some_and(|s| s.counted))
         .collect();
     if chain.is_empty() {
         return err(

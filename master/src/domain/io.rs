@@ -224,12 +224,7 @@ fn open_session(
                 format!("chunk {current} is missing from the chunk table"),
             )
         })?;
-    let holders: Vec<u64> = inner
-        .chunks
-        .valid(current, old)
-        .iter()
-        .map(|s| s.id)
-        .collect();
+    let holders: Vec<u64> = inner.chunks.holders(current, old);
     if holders.is_empty() {
         return err(
             libc::EIO,

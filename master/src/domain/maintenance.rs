@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::core::{Core, SNAPSHOT_RECORDS};
 use crate::domain::volumes::purge_expired;
+use crate::runtime::chunkmap::Liveness;
 use crate::runtime::replication::chunkserver_quorum;
 
 /// Periodic work: expires sessions, purges orphans, plans replication,
@@ -36,7 +37,10 @@ pub fn tick(core: &Core) -> bool {
     let adoptions = inner.chunks.tick(
         &inner.state,
         now,
-        core.settings.chunkserver_timeout,
+        Liveness {
+            disconnect: core.settings.chunkserver_disconnect,
+            grace: core.settings.chunkserver_timeout,
+        },
         core.settings.session_timeout * 4,
         &core.settings.replication,
     );

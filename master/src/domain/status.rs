@@ -21,10 +21,7 @@ pub fn status(core: &Core) -> Result<pb::ClusterStatus, Status> {
             .chunks
             .servers
             .values()
-            .map(|s| {
-                let last_seen = now.saturating_duration_since(s.last_seen).as_millis() as u64;
-                status_of(i, s, last_seen)
-            })
+            .map(|s| status_of(i, s, now, core.settings.chunkserver_timeout))
             .collect();
         servers.sort_by(|a, b| {
             a.address
@@ -104,5 +101,6 @@ pub fn tuning(s: &Settings) -> pb::MasterTuning {
         session_timeout_secs: s.session_timeout.as_secs(),
         snapshot_interval_secs: s.snapshot_interval.as_secs(),
         sync_timeout_ms: s.sync_timeout.as_millis() as u64,
+        chunkserver_disconnect_ms: s.chunkserver_disconnect.as_millis() as u64,
     }
 }

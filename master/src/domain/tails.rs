@@ -56,7 +56,7 @@ pub async fn cut(core: &Core, inode: u64, index: u64) -> Result<(), Status> {
                 return Ok((None, None));
             }
             let old = meta.version;
-            let holders: Vec<u64> = inner.chunks.valid(chunk, old).iter().map(|s| s.id).collect();
+            let holders: Vec<u64> = inner.chunks.holders(chunk, old);
             if holders.is_empty() {
                 return Err(FsError::new(
                     libc::EIO,

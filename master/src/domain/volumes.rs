@@ -501,7 +501,7 @@ pub fn check_consistency(core: &Core) -> Result<pb::ConsistencyReport, Status> {
         let st = &inner.state;
         let problems = volumes::check(st);
         let mut on_servers: HashSet<u64> = HashSet::new();
-        for s in inner.chunks.servers.values().filter(|s| s.connected) {
+        for s in inner.chunks.servers.values().filter(|s| s.counted) {
             on_servers.extend(s.held.iter().copied());
         }
         let unknown = on_servers

@@ -30,6 +30,18 @@ impl Default for Policy {
         }
     }
 }
+/// When a silent chunkserver is shown disconnected, and when its copies stop
+/// counting.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// Silence after which it is disconnected: no new chunks, sessions or
+    /// replications go to it.
+    pub disconnect: Duration,
+    /// Silence after which its copies stop counting toward goals (and are
+    /// replicated elsewhere); it must then register again.
+    pub grace: Duration,
+}
+
 /// How long a replication may take before it is planned again.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -46,8 +58,14 @@ pub struct Server {
     pub disks: Vec<pb::DiskInfo>,
     /// Last registration or heartbeat.
     pub last_seen: Instant,
-    /// False once it missed heartbeats for the timeout (its copies stop counting).
+    /// Heard within the disconnect delay: it gets new chunks, write sessions
+    /// and replications. False as soon as its heartbeats stop for that delay.
     pub connected: bool,
+    /// When it was last seen disconnected (None while connected).
+    pub disconnected_at: Option<Instant>,
+    /// Its copies count toward goals: true until it has been silent for the
+    /// grace (`--chunkserver-timeout`); then it must register again.
+    pub counted: bool,
     /// Commands waiting for the next heartbeat reply.
     pub commands: Vec<ChunkCommand>,
     /// Chunks this server holds (any version).
@@ -183,6 +201,8 @@ impl ChunkMap {
                 disks: req.disks.clone(),
                 last_seen: now,
                 connected: true,
+                disconnected_at: None,
+                counted: true,
                 commands,
                 held: HashSet::with_capacity(req.chunks.len()),
                 needs_report: false,
@@ -207,8 +227,14 @@ impl ChunkMap {
         st: &State,
     ) -> Option<(Vec<ChunkCommand>, Vec<Adoption>)> {
         let s = self.servers.get_mut(&req.server_id)?;
-        if !s.connected || s.needs_report {
+        if !s.counted || s.needs_report {
             return None;
+        }
+        if !s.connected {
+            // Back within the grace: its copies never stopped counting.
+            tracing::info!(server = s.id, address = %s.address, "chunkserver connected again");
+            s.connected = true;
+            s.disconnected_at = None;
         }
         s.last_seen = now;
         s.suspect = false;
@@ -296,8 +322,8 @@ impl ChunkMap {
         }
     }
 
-    fn is_connected(&self, sid: u64) -> bool {
-        self.servers.get(&sid).is_some_and(|s| s.connected)
+    fn is_counted(&self, sid: u64) -> bool {
+        self.servers.get(&sid).is_some_and(|s| s.counted)
     }
 
     /// Deletes stale copies of `chunk_id` when a valid copy exists; otherwise
@@ -312,7 +338,7 @@ impl ChunkMap {
         let list = self.copies.get(&chunk_id)?.clone();
         let live: Vec<Copy> = list
             .into_iter()
-            .filter(|c| self.is_connected(c.server))
+            .filter(|c| self.is_counted(c.server))
             .collect();
         if live.iter().any(|c| c.version == meta.version) {
             for c in live.iter().filter(|c| c.version != meta.version) {
@@ -417,7 +443,8 @@ impl ChunkMap {
         }
     }
 
-    /// Servers holding a valid (connected, current version) copy, most free space first.
+    /// Servers holding a valid copy (current version, on a server whose copies
+    /// count): connected servers first, then most free space first.
     pub fn valid(&self, chunk_id: u64, version: u64) -> Vec<&Server> {
         let mut v: Vec<&Server> = self
             .copies
@@ -426,12 +453,25 @@ impl ChunkMap {
                 l.iter()
                     .filter(|c| c.version == version)
                     .filter_map(|c| self.servers.get(&c.server))
-                    .filter(|s| s.connected)
+                    .filter(|s| s.counted)
                     .collect()
             })
             .unwrap_or_default();
-        v.sort_by_key(|s| std::cmp::Reverse(s.space().2));
+        v.sort_by_key(|s| (!s.connected, std::cmp::Reverse(s.space().2)));
         v
+    }
+
+    /// The valid copies a write session or a copy should go through: those on
+    /// connected servers, or, when none is connected, every valid one (a
+    /// server silent for a few seconds may well answer).
+    pub fn holders(&self, chunk_id: u64, version: u64) -> Vec<u64> {
+        let valid = self.valid(chunk_id, version);
+        let connected: Vec<u64> = valid.iter().filter(|s| s.connected).map(|s| s.id).collect();
+        if connected.is_empty() {
+            valid.iter().map(|s| s.id).collect()
+        } else {
+            connected
+        }
     }
 
     /// True while a write session is open on the chunk.
@@ -439,11 +479,11 @@ impl ChunkMap {
         self.writing.contains_key(&chunk_id)
     }
 
-    /// Number of valid (connected, current version) copies.
+    /// Number of valid copies (current version, counted).
     pub fn valid_count(&self, chunk_id: u64, version: u64) -> usize {
         self.copies.get(&chunk_id).map_or(0, |l| {
             l.iter()
-                .filter(|c| c.version == version && self.is_connected(c.server))
+                .filter(|c| c.version == version && self.is_counted(c.server))
                 .count()
         })
     }
@@ -562,24 +602,31 @@ impl ChunkMap {
         }
     }
 
-    /// Periodic work: disconnects silent servers, deletes stale and surplus
-    /// copies, plans up to `policy.per_tick` replications (most endangered first) and
-    /// returns versions to adopt.
+    /// Periodic work: marks servers silent for `liveness.disconnect` disconnected
+    /// and stops counting the copies of those silent for `liveness.grace`,
+    /// deletes stale and surplus copies, plans up to `policy.per_tick`
+    /// replications (most endangered first) and returns versions to adopt.
     pub fn tick(
         &mut self,
         st: &State,
         now: Instant,
-        server_timeout: Duration,
+        liveness: Liveness,
         write_timeout: Duration,
         policy: &Policy,
     ) -> Vec<Adoption> {
         for s in self.servers.values_mut() {
-            if s.connected && now.saturating_duration_since(s.last_seen) > server_timeout {
-                tracing::warn!(server = s.id, address = %s.address, "chunkserver missed its heartbeats: its copies no longer count");
+            let silent = now.saturating_duration_since(s.last_seen);
+            if s.connected && silent > liveness.disconnect {
+                tracing::warn!(server = s.id, address = %s.address, silent_ms = silent.as_millis() as u64, grace_secs = liveness.grace.as_secs(), "chunkserver disconnected (no heartbeat): its copies count until the grace ends");
                 s.connected = false;
+                s.disconnected_at = Some(now);
                 // Replications queued for it would never run.
                 s.commands
                     .retain(|c| !matches!(c.command, Some(Command::Replicate(_))));
+            }
+            if s.counted && silent > liveness.grace {
+                tracing::warn!(server = s.id, address = %s.address, "chunkserver silent past its grace: its copies no longer count");
+                s.counted = false;
             }
         }
         // Replications to servers that went away are planned again elsewhere.
@@ -713,7 +760,9 @@ impl ChunkMap {
                 }
             }
         };
+        // Sources a destination can reach: copies on connected servers.
         let mut sources: Vec<&Server> = self.valid(id, meta.version);
+        sources.retain(|s| s.connected);
         // Copies on servers not being drained are read first.
         sources.sort_by_key(|s| s.draining);
         let sources: Vec<ChunkLocation> = sources.iter().map(|s| s.location()).collect();
@@ -1126,7 +1175,7 @@ mod tests {
         m.tick(
             &st,
             later,
-            Duration::from_secs(3600),
+            grace(Duration::from_secs(3600)),
             timeout,
             &Policy::default(),
         );
@@ -1190,7 +1239,7 @@ mod tests {
         let adopt = m.tick(
             &st,
             t0 + Duration::from_secs(1),
-            Duration::from_secs(60),
+            grace(Duration::from_secs(60)),
             Duration::from_secs(60),
             &Policy::default(),
         );
@@ -1224,19 +1273,79 @@ mod tests {
         assert_eq!(deletes(&mut m, 2), vec![(1, 0)]);
         let c = m.counts(&st);
         assert_eq!((c.under, c.missing), (1, 0));
-        // Server 1 goes silent: its copy stops counting.
-        m.tick(
-            &st,
-            t0 + Duration::from_secs(100),
-            Duration::from_secs(60),
-            Duration::from_secs(3600),
-            &Policy {
-                per_tick: 0,
-                ..Policy::default()
-            },
+        let quiet = Policy {
+            per_tick: 0,
+            ..Policy::default()
+        };
+        // Server 1 goes silent: it is disconnected after a few seconds, but
+        // its copy counts during the grace.
+        let (g, long) = (grace(Duration::from_secs(60)), Duration::from_secs(3600));
+        m.tick(&st, t0 + Duration::from_secs(4), g, long, &quiet);
+        let s1 = &m.servers[&1];
+        assert!(!s1.connected && s1.counted && s1.disconnected_at.is_some());
+        assert_eq!(m.counts(&st), c);
+        assert_eq!(m.valid(1, 1).len(), 1);
+        assert!(
+            m.place(2, &[]).iter().all(|id| *id != 1),
+            "a disconnected server gets no new chunk"
         );
+        // Back within the grace: connected again, nothing lost.
+        let back = pb::ChunkserverHeartbeatRequest {
+            server_id: 1,
+            ..Default::default()
+        };
+        assert!(m
+            .heartbeat(&back, t0 + Duration::from_secs(5), &st)
+            .is_some());
+        assert!(m.servers[&1].connected && m.servers[&1].disconnected_at.is_none());
+        // Silent past the grace: its copy stops counting.
+        m.tick(&st, t0 + Duration::from_secs(100), g, long, &quiet);
+        assert!(!m.servers[&1].counted);
         assert_eq!(m.counts(&st).missing, 1);
         assert!(m.valid(1, 1).is_empty());
+        assert!(
+            m.heartbeat(&back, t0 + Duration::from_secs(100), &st)
+                .is_none(),
+            "must register again"
+        );
+    }
+
+    #[test]
+    fn sessions_and_replications_avoid_a_disconnected_holder_unless_none_is_connected() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t0 = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t0, &st);
+        m.register(&reg(2, "b", 50, &[(1, 1)]), t0, &st);
+        let g = grace(Duration::from_secs(60));
+        let quiet = Policy {
+            per_tick: 0,
+            ..Policy::default()
+        };
+        // Server 1 (more free space) goes silent; 2 keeps sending heartbeats.
+        let later = t0 + Duration::from_secs(4);
+        let alive = pb::ChunkserverHeartbeatRequest {
+            server_id: 2,
+            ..Default::default()
+        };
+        assert!(m.heartbeat(&alive, later, &st).is_some());
+        m.tick(&st, later, g, Duration::from_secs(3600), &quiet);
+        assert!(!m.servers[&1].connected && m.servers[&2].connected);
+        // Both copies count; readers get the connected one first.
+        let valid: Vec<u64> = m.valid(1, 1).iter().map(|s| s.id).collect();
+        assert_eq!(valid, [2, 1]);
+        assert_eq!(m.holders(1, 1), [2]);
+        // Server 2 goes silent too: every counted copy is tried.
+        m.tick(
+            &st,
+            later + Duration::from_secs(4),
+            g,
+            Duration::from_secs(3600),
+            &quiet,
+        );
+        let mut all = m.holders(1, 1);
+        all.sort_unstable();
+        assert_eq!(all, [1, 2]);
     }
 
     fn hb(
@@ -1268,7 +1377,15 @@ mod tests {
 
     fn tick(m: &mut ChunkMap, st: &State, now: Instant) {
         let long = Duration::from_secs(3600);
-        m.tick(st, now, long, long, &Policy::default());
+        m.tick(st, now, grace(long), long, &Policy::default());
+    }
+
+    /// Disconnected after 3 s, copies counted for `grace`.
+    fn grace(grace: Duration) -> Liveness {
+        Liveness {
+            disconnect: Duration::from_secs(3),
+            grace,
+        }
     }
 
     fn with_usage(id: u64, used_pct: u64, chunks: &[(u64, u64)]) -> pb::RegisterChunkserverRequest {
@@ -1406,7 +1523,7 @@ mod tests {
         hb(&mut m, &st, 1, &[(1, 1)], t);
         m.end_write(1, 2, &[]);
         let long = Duration::from_secs(3600);
-        let adopt = m.tick(&st, t, long, long, &Policy::default());
+        let adopt = m.tick(&st, t, grace(long), long, &Policy::default());
         assert!(adopt.is_empty(), "adopted {adopt:?}");
         assert_eq!(m.valid_count(1, 2), 2);
     }

@@ -38,7 +38,7 @@ const RECHECK: Duration = Duration::from_millis(200);
 pub fn chunkserver_quorum(chunks: &ChunkMap, now: Instant) -> bool {
     let (mut known, mut fresh) = (0usize, 0usize);
     for s in chunks.servers.values() {
-        if s.draining && !s.connected {
+        if s.draining && !s.counted {
             continue;
         }
         known += 1;

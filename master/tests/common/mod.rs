@@ -36,6 +36,7 @@ pub fn options(dir: &std::path::Path) -> Options {
         default_goal: 2,
         session_timeout: Duration::from_secs(30),
         chunkserver_timeout: Duration::from_secs(60),
+        chunkserver_disconnect: Duration::from_secs(2),
         snapshot_interval: Duration::from_secs(3600),
         sync_metaloggers: 0,
         sync_timeout: Duration::from_secs(5),

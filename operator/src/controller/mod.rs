@@ -78,6 +78,9 @@ pub struct Context {
     pub pdb_version: tokio::sync::OnceCell<Option<&'static str>>,
     /// Requeue period while the master is healthy and nothing is in progress.
     pub poll: Duration,
+    /// gRPC clients per cluster (`ns/name`) with the secret they use: their
+    /// channels outlive a reconcile.
+    pub dataplanes: Mutex<HashMap<String, (String, DataPlane)>>,
 }
 
 impl Context {
@@ -94,7 +97,21 @@ impl Context {
             drivers: Mutex::new(HashMap::new()),
             pdb_version: tokio::sync::OnceCell::new(),
             poll: Duration::from_secs(2),
+            dataplanes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The gRPC client of cluster `key`, made anew when its secret changed.
+    fn dataplane(&self, key: &str, secret: &str) -> Result<DataPlane, Error> {
+        let mut m = self.dataplanes.lock();
+        if let Some((s, dp)) = m.get(key) {
+            if s == secret {
+                return Ok(dp.clone());
+            }
+        }
+        let dp = DataPlane::new(secret).map_err(|e| Error::Other(e.to_string()))?;
+        m.insert(key.to_string(), (secret.to_string(), dp.clone()));
+        Ok(dp)
     }
 }
 
@@ -137,6 +154,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
             },
         )
+        .trigger_backoff(TriggerBackoff::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -145,6 +163,45 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             }
         })
         .await;
+}
+
+/// Backoff of the controller's watches after an error: 200 ms doubling up to
+/// 3 s, back to 200 ms after any event. kube-runtime applies one backoff to
+/// all the watches merged, and after an API server restart each of them
+/// fails once ("410 Gone: too old resource version") before it lists again;
+/// with the default (up to 30 s, jittered, reset only after 120 s) those
+/// errors, one after another, kept the controller blind to changes for
+/// minutes after the server was back.
+#[derive(Debug, Clone)]
+pub struct TriggerBackoff {
+    next: Duration,
+}
+
+impl TriggerBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(3);
+}
+
+impl Default for TriggerBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (d * 2).min(Self::MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 fn error_policy(_c: Arc<AlcesCluster>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -468,7 +525,7 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
         ctx.client.clone(),
         (*c).clone(),
         applier.clone(),
-        DataPlane::new(&secret).map_err(|e| Error::Other(e.to_string()))?,
+        ctx.dataplane(&format!("{ns}/{name}"), &secret)?,
         ctx.resolver.clone(),
     );
     let rec = KubeTarget::record_of(&c);
@@ -615,11 +672,12 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
                 builders::pool_statefulset(&c, pool, plan.replicas, &cs_hash),
             )
             .await?;
-        let ready = live
+        let sts_ready = live
             .as_ref()
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0);
+        let ready = pools::ready(&name, pool, plan.replicas, sts_ready, ms.as_ref());
         pool_status.push(PoolStatus {
             name: pool.name.clone(),
             ready,
@@ -721,6 +779,11 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
 /// only once no PersistentVolume bound to them is left. With `Retain` (the
 /// default) everything owned is garbage-collected and the claims are kept.
 async fn cleanup(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
+    ctx.dataplanes.lock().remove(&format!(
+        "{}/{}",
+        c.namespace().unwrap_or_default(),
+        c.name_any()
+    ));
     if c.spec.cleanup_policy != CleanupPolicy::Delete {
         tracing::info!(cluster = %c.name_any(), "deleted; disks retained (cleanupPolicy Retain)");
         return Ok(Action::await_change());
@@ -780,4 +843,20 @@ async fn cleanup(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
     }
     tracing::info!(cluster = %name, claims = claims.len(), "deleted with its disks (cleanupPolicy Delete)");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TriggerBackoff;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn trigger_backoff_doubles_to_its_cap_and_resets() {
+        let mut b = TriggerBackoff::default();
+        let first: Vec<u64> = (&mut b).take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, [200, 400, 800, 1600, 3000, 3000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(200)));
+    }
 }

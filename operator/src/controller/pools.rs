@@ -106,6 +106,27 @@ pub fn plan(
     plan
 }
 
+/// Ready chunkservers of a pool: its pods Kubernetes reports ready
+/// (`sts_ready`) and, when the master answered, no more than the pods whose
+/// chunkserver the master shows connected. The master sees a dead chunkserver
+/// within seconds (its heartbeats stop), before a readiness probe fails.
+pub fn ready(
+    cluster: &str,
+    pool: &ChunkserverPool,
+    pods: i32,
+    sts_ready: i32,
+    ms: Option<&pb::ClusterStatus>,
+) -> i32 {
+    let Some(ms) = ms else {
+        return sts_ready;
+    };
+    let sts = names::pool(cluster, &pool.name);
+    let connected = (0..pods.max(0))
+        .filter(|i| server_of(ms, &names::pod(&sts, *i)).is_some_and(|s| s.connected))
+        .count() as i32;
+    sts_ready.min(connected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +224,37 @@ mod tests {
         let servers = vec![cs(0, 1, false, false), cs(1, 2, true, false)];
         let p = plan("c", &pool(2), Some(2), 2, Some(&status(servers, 2)));
         assert_eq!(p.drains, [(2, false, "c-cs-a-1".to_string())]);
+    }
+
+    #[test]
+    fn ready_counts_only_chunkservers_the_master_shows_connected() {
+        let mut servers: Vec<_> = (0..3)
+            .map(|i| cs(i, 100 + i as u64, false, false))
+            .collect();
+        assert_eq!(
+            ready("c", &pool(3), 3, 3, Some(&status(servers.clone(), 2))),
+            3
+        );
+        // SIGKILLed: the pod still looks ready, the master already knows.
+        servers[1].connected = false;
+        assert_eq!(
+            ready("c", &pool(3), 3, 3, Some(&status(servers.clone(), 2))),
+            2
+        );
+        // Kubernetes knows first (or the master never saw the pod).
+        assert_eq!(ready("c", &pool(3), 3, 1, Some(&status(servers, 2))), 1);
+        assert_eq!(
+            ready(
+                "c",
+                &pool(4),
+                4,
+                4,
+                Some(&status(vec![cs(0, 1, false, false)], 2))
+            ),
+            1
+        );
+        // No master answer: Kubernetes' count.
+        assert_eq!(ready("c", &pool(3), 3, 3, None), 3);
     }
 
     #[test]
