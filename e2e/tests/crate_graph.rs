@@ -26,7 +26,11 @@ const ALLOWED: &[(&str, &[&str], &[&str])] = &[
         &["alces-client", "alces-proto", "alces-telemetry"],
         &[],
     ),
-    ("alces-operator", &["alces-proto", "alces-telemetry"], &[]),
+    (
+        "alces-operator",
+        &["alces-proto", "alces-telemetry"],
+        &["alces-master"],
+    ),
     (
         "alces-e2e",
         &["alces-cli", "alces-client", "alces-csi", "alces-proto"],
