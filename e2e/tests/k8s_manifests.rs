@@ -171,6 +171,8 @@ fn chart_objects() -> Vec<Value> {
             &format!("image.tag={tag}"),
             "--set",
             "operator.watchNamespace=storage",
+            "--set",
+            "storageClass.cluster=storage/demo",
         ])
         .output()
         .expect("helm (e2e/chart-test installs it) runs");
@@ -959,6 +961,23 @@ struct Kubelet {
     next: usize,
 }
 
+impl Drop for Kubelet {
+    /// Kills what a pod left running (a mount daemon of the node plugin): every
+    /// process whose root directory is a pod's.
+    fn drop(&mut self) {
+        let pods = self.work.join("pods");
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(&pods)) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// One pod to start.
 struct PodSpec<'a> {
     name: &'a str,
@@ -1685,9 +1704,7 @@ fn pods_start_become_ready_and_serve() {
             "the metadata claim of demo-metadata-{i} holds nothing but lost+found"
         );
     }
-    drop(pods);
-
-    // The chart's CSI plugins.
+    // The chart's CSI plugins, resolving the cluster's names like any pod.
     let chart = chart_objects();
     let mut csi_pods = Vec::new();
     let empty = BTreeMap::new();
@@ -1708,7 +1725,7 @@ fn pods_start_become_ready_and_serve() {
                 claims: &[],
             };
             let pod = kubelet
-                .start(&p, &empty, &empty, "127.0.0.1 localhost\n")
+                .start(&p, &empty, &empty, &hosts)
                 .unwrap_or_else(|e| panic!("{e}"));
             csi_pods.push((pod, c, o.clone()));
         }
@@ -1803,4 +1820,150 @@ fn pods_start_become_ready_and_serve() {
             }
         }
     }
+
+    // A volume through the chart's StorageClass: CreateVolume on the
+    // controller's socket with the class's parameters (the provisioner drops
+    // the csi.storage.k8s.io/ keys and passes the Secret they name), then
+    // NodeStageVolume and NodePublishVolume on the node plugin's: alces-mount
+    // from the image mounts it with the pod's /dev/fuse.
+    let class = chart
+        .iter()
+        .find(|o| o["kind"] == "StorageClass")
+        .expect("a StorageClass");
+    let params: std::collections::HashMap<String, String> = class["parameters"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/"))
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
+    assert_eq!(
+        class["parameters"]["csi.storage.k8s.io/provisioner-secret-name"],
+        "demo-secret"
+    );
+    assert_eq!(
+        class["parameters"]["csi.storage.k8s.io/provisioner-secret-namespace"],
+        "storage"
+    );
+    let secrets =
+        std::collections::HashMap::from([(builders::SECRET_KEY.to_string(), SECRET.to_string())]);
+    let ctl_sock = work
+        .path()
+        .join("pods/alces-csi-controller-0/volumes/socket-dir/csi.sock");
+    let node_sock = node_root.join("var/lib/kubelet/plugins/csi.alces.io/csi.sock");
+    let kubelet_dir = "/var/lib/kubelet";
+    let staging = format!("{kubelet_dir}/plugins/kubernetes.io/csi/csi.alces.io/k8m/globalmount");
+    let target = format!("{kubelet_dir}/pods/p1/volumes/kubernetes.io~csi/pvc-k8m/mount");
+    std::fs::create_dir_all(node_root.join(staging.trim_start_matches('/'))).unwrap();
+    std::fs::create_dir_all(
+        node_root
+            .join(target.trim_start_matches('/'))
+            .parent()
+            .unwrap(),
+    )
+    .unwrap();
+    let rwx = alces_csi::pb::VolumeCapability {
+        access_type: Some(alces_csi::pb::volume_capability::AccessType::Mount(
+            Default::default(),
+        )),
+        access_mode: Some(alces_csi::pb::volume_capability::AccessMode {
+            mode: alces_csi::pb::volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
+        }),
+    };
+    let csi_logs = || {
+        csi_pods
+            .iter()
+            .map(|(p, _, _)| format!("\n--- {} log:\n{}", p.name, p.log_tail()))
+            .collect::<String>()
+    };
+    let stats = rt.block_on(async {
+        use alces_csi::pb;
+        let ctl = alces_csi::uds::connect(ctl_sock.clone())
+            .await
+            .expect("controller socket");
+        let node = alces_csi::uds::connect(node_sock.clone())
+            .await
+            .expect("node plugin socket");
+        let mut ctl = pb::controller_client::ControllerClient::new(ctl);
+        let mut node = pb::node_client::NodeClient::new(node);
+        let vol = ctl
+            .create_volume(pb::CreateVolumeRequest {
+                name: "pvc-k8m".into(),
+                capacity_range: Some(pb::CapacityRange {
+                    required_bytes: 64 << 20,
+                    limit_bytes: 0,
+                }),
+                volume_capabilities: vec![rwx.clone()],
+                parameters: params.clone(),
+                secrets: secrets.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| {
+                format!("CreateVolume with the chart's StorageClass parameters {params:?}: {s}")
+            })?
+            .into_inner()
+            .volume
+            .ok_or("CreateVolume returned no volume")?;
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.clone(),
+            volume_capability: Some(rwx.clone()),
+            secrets: secrets.clone(),
+            volume_context: vol.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| format!("NodeStageVolume: {s}"))?;
+        node.node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.clone(),
+            target_path: target.clone(),
+            volume_capability: Some(rwx.clone()),
+            secrets: secrets.clone(),
+            volume_context: vol.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| format!("NodePublishVolume: {s}"))?;
+        let st = node
+            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: vol.volume_id.clone(),
+                volume_path: target.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| format!("NodeGetVolumeStats: {s}"))?
+            .into_inner();
+        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: target.clone(),
+        })
+        .await
+        .map_err(|s| format!("NodeUnpublishVolume: {s}"))?;
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.clone(),
+        })
+        .await
+        .map_err(|s| format!("NodeUnstageVolume: {s}"))?;
+        Ok::<_, String>(st)
+    });
+    let stats =
+        stats.unwrap_or_else(|e| panic!("a volume through the CSI pods: {e}{}", csi_logs()));
+    let bytes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == alces_csi::pb::volume_usage::Unit::Bytes as i32);
+    assert_eq!(
+        bytes.map(|u| u.total),
+        Some(64 << 20),
+        "the mounted volume's size in the node plugin pod: {stats:?}"
+    );
+    assert!(
+        stats.volume_condition.as_ref().is_none_or(|c| !c.abnormal),
+        "volume condition: {stats:?}"
+    );
+    drop(csi_pods);
+    drop(pods);
 }
