@@ -534,6 +534,10 @@ pub fn metadata_statefulset(c: &AlcesCluster, config_hash: &str) -> Value {
             { "name": "master-http", "containerPort": MASTER_HTTP_PORT, "protocol": "TCP" },
             { "name": "http", "containerPort": METALOGGER_HTTP_PORT, "protocol": "TCP" },
         ],
+        // alces-metalogger loads its metadata (snapshot and changelogs) before
+        // it serves HTTP: minutes for a large filesystem. The liveness probe
+        // starts only once /healthz answers, within an hour.
+        "startupProbe": probe("/healthz", METALOGGER_HTTP_PORT, 5, 720),
         "livenessProbe": probe("/healthz", METALOGGER_HTTP_PORT, 10, 6),
         "readinessProbe": probe("/readyz", METALOGGER_HTTP_PORT, 2, 2),
         "securityContext": container_security(),
