@@ -146,6 +146,11 @@ def main():
             check(all(isinstance(v, str) for v in p.values()), "StorageClass parameters must be strings")
             default = sc["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class")
             check((default == "true") == (case == "hostpath-disks"), f"default-class annotation is {default}")
+            # The provisioner (with the controller's account) reads the Secret the class names.
+            secret_ns = p["csi.storage.k8s.io/provisioner-secret-namespace"]
+            check(any(r["metadata"]["namespace"] == secret_ns and r["metadata"]["name"].endswith("-csi-controller-secrets")
+                      for r in kinds.get("Role", [])),
+                  f"the CSI controller may not read Secrets in {secret_ns}, where the StorageClass's Secret is")
             if case == "pvc-disks":
                 check(p["cluster"] == "alces/shared" and p["goal"] == "3", f"StorageClass parameters {p}")
                 check(p["csi.storage.k8s.io/provisioner-secret-name"] == "shared-secret", "wrong secret")
