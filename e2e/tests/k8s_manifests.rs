@@ -27,7 +27,14 @@
 //! sidecars look for it. Not emulated: capabilities (a root container keeps
 //! them here), seccomp, resource limits.
 //!
-//! Needs root (namespaces, mounts, `chroot`); otherwise it prints `SKIPPED:`.
+//! And the chart's operator container, started with the in-cluster
+//! configuration a kubelet gives it, reconciles an AlcesCluster on the real
+//! API server of `../shared/k8s` (RBAC enforced) with only the chart's RBAC.
+//!
+//! Needs root (namespaces, mounts, `chroot`), and `../shared/k8s` (or
+//! `$ALCES_SHARED_DIR/k8s`) for the operator; otherwise they print `SKIPPED:`
+//! (with `ALCES_REQUIRE_ENVTEST` set, as `e2e/test-all` sets it, a missing API
+//! server fails).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -985,6 +992,13 @@ struct PodSpec<'a> {
     spec: &'a Value,
     container: &'a Value,
     claims: &'a [Value],
+    /// `hostNetwork`: the test's own network namespace (to reach an API server
+    /// on loopback).
+    host_network: bool,
+    /// What the kubelet adds itself: (host directory, mount path) read-only
+    /// (the service account token), and variables (KUBERNETES_SERVICE_*).
+    extra_mounts: Vec<(PathBuf, String)>,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Kubelet {
@@ -998,7 +1012,11 @@ impl Kubelet {
     ) -> Result<Pod, String> {
         let i = self.next;
         self.next += 1;
-        let (ns, ip) = self.net.add(i)?;
+        let (ns, ip) = if p.host_network {
+            (String::new(), "127.0.0.1".to_string())
+        } else {
+            self.net.add(i)?
+        };
         let dir = self.work.join(format!("pods/{}", p.name));
         std::fs::create_dir_all(dir.join("upper/etc")).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(dir.join("work")).map_err(|e| e.to_string())?;
@@ -1032,6 +1050,7 @@ impl Kubelet {
         let mut env = container_env(c, &info, config_maps, secrets)?;
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
         env.insert("HOSTNAME".into(), p.name.into());
+        env.extend(p.extra_env.iter().cloned());
         // Volumes, as the kubelet prepares them on the node.
         let mut vol_src: BTreeMap<String, PathBuf> = BTreeMap::new();
         for v in p.spec["volumes"].as_array().into_iter().flatten() {
@@ -1161,6 +1180,13 @@ impl Kubelet {
                 s += &format!("mount -o remount,bind,ro {target}\n");
             }
         }
+        for (src, path) in &p.extra_mounts {
+            let target = format!("{r}{}", q(path));
+            s += &format!(
+                "mkdir -p {target}\nmount --bind {} {target}\nmount -o remount,bind,ro {target}\n",
+                q(&src.display().to_string())
+            );
+        }
         s += &format!("hostname {}\n", q(p.name));
         if csc["readOnlyRootFilesystem"] == true {
             s += &format!("mount -o remount,ro {r}\n");
@@ -1191,19 +1217,15 @@ impl Kubelet {
         std::fs::write(dir.join("start.sh"), &s).map_err(|e| e.to_string())?;
         let log = dir.join("log");
         let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "unshare",
-                "--mount",
-                "--uts",
-                "--propagation",
-                "private",
-                "bash",
-                "-e",
-            ])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns]);
+        if p.host_network {
+            cmd = Command::new("unshare");
+        } else {
+            cmd.arg("unshare");
+        }
+        let child = cmd
+            .args(["--mount", "--uts", "--propagation", "private", "bash", "-e"])
             .arg(dir.join("start.sh"))
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
@@ -1566,6 +1588,9 @@ fn pods_start_become_ready_and_serve() {
             spec: &sts["spec"]["template"]["spec"],
             container: c,
             claims: &claims,
+            host_network: false,
+            extra_mounts: Vec::new(),
+            extra_env: Vec::new(),
         };
         let pod = kubelet
             .start(&p, &op.config_maps, &op.secrets, &hosts)
@@ -1723,6 +1748,9 @@ fn pods_start_become_ready_and_serve() {
                 spec: &o["spec"]["template"]["spec"],
                 container: &c,
                 claims: &[],
+                host_network: false,
+                extra_mounts: Vec::new(),
+                extra_env: Vec::new(),
             };
             let pod = kubelet
                 .start(&p, &empty, &empty, &hosts)
@@ -1966,4 +1994,251 @@ fn pods_start_become_ready_and_serve() {
     );
     drop(csi_pods);
     drop(pods);
+}
+
+/// `../shared/k8s` beside the workspace (or `$ALCES_SHARED_DIR/k8s`).
+fn shared_k8s_dir() -> PathBuf {
+    std::env::var_os("ALCES_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared"))
+        .join("k8s")
+}
+
+/// The kubectl of `../shared/k8s` (a kube-apiserver with RBAC and the CRD
+/// server), or why there is none.
+fn shared_k8s() -> Result<PathBuf, String> {
+    let up = shared_k8s_dir().join("up");
+    let bins = std::env::var_os("ALCES_ENVTEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/alces-envtest"))
+        .join("bin");
+    if !up.is_file() || !bins.join("kube-apiserver").is_file() || !bins.join("kubectl").is_file() {
+        return Err(format!(
+            "{} or the envtest binaries in {} are missing (../shared/k8s/build --with-crd-server)",
+            up.display(),
+            bins.display()
+        ));
+    }
+    Ok(bins.join("kubectl"))
+}
+
+/// The chart's operator container, started as its pod would be (in-cluster
+/// configuration: the service account's token and the API server's address),
+/// reconciles an AlcesCluster on a real API server with RBAC using only the
+/// chart's RBAC: every object is made, the status is written, the Lease is
+/// taken, nothing is forbidden.
+#[test]
+fn operator_runs_with_the_charts_rbac() {
+    if !is_root() {
+        println!("SKIPPED: running pods like a kubelet needs root (namespaces, mounts, chroot)");
+        return;
+    }
+    let kubectl = match shared_k8s() {
+        Ok(k) => k,
+        Err(why) if std::env::var_os("ALCES_REQUIRE_ENVTEST").is_none() => {
+            println!("SKIPPED: {why}");
+            return;
+        }
+        Err(why) => panic!("ALCES_REQUIRE_ENVTEST is set but {why}"),
+    };
+    let work = tempfile::Builder::new()
+        .prefix("alces-k8s-operator")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let state = work.path().join("envtest");
+    let up = shared_k8s_dir().join("up");
+    sh(&format!(
+        "{} {} --with-crd-server alces.io/v1alpha1 >/dev/null 2>{}.log </dev/null",
+        up.display(),
+        state.display(),
+        state.display()
+    ))
+    .expect("../shared/k8s/up");
+    struct Down(PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = sh(&format!(
+                "{} {} >/dev/null 2>&1 </dev/null",
+                shared_k8s_dir().join("down").display(),
+                self.0.display()
+            ));
+        }
+    }
+    let _down = Down(state.clone());
+    let kc = state.join("kubeconfig");
+    let k = |args: &str| {
+        sh(&format!(
+            "{} --kubeconfig {} {args}",
+            kubectl.display(),
+            kc.display()
+        ))
+    };
+    k("create namespace alces").unwrap();
+    k("create namespace storage").unwrap();
+    k(&format!(
+        "apply --server-side --validate=false -f {}/crds/",
+        workspace().display()
+    ))
+    .unwrap();
+    until(
+        "the CRD served",
+        Duration::from_secs(60),
+        String::new,
+        || k("get alcesclusters -A").map(|_| ()),
+    );
+    // The chart's objects (the operator watching one namespace, the
+    // narrowest RBAC; no CSI, which needs no API server here).
+    let (repo, tag) = IMAGE.rsplit_once(':').unwrap();
+    let rendered = work.path().join("chart.yaml");
+    sh(&format!(
+        "cd {} && helm template alces charts/alces --namespace alces --set image.repository={repo} --set image.tag={tag} \
+         --set operator.watchNamespace=storage --set operator.replicas=1 --set csi.enabled=false --set storageClass.enabled=false > {}",
+        workspace().display(),
+        rendered.display()
+    ))
+    .unwrap();
+    k(&format!("apply --validate=false -f {}", rendered.display())).unwrap();
+    let chart: Vec<Value> = std::fs::read_to_string(&rendered)
+        .unwrap()
+        .split("\n---")
+        .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
+        .filter(|v| v.is_object())
+        .collect();
+    let deploy = chart
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "alces-operator")
+        .expect("the operator Deployment");
+    let sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    // The token a kubelet would mount (a 1.20 API server keeps it in a Secret).
+    let token_dir = work.path().join("sa");
+    std::fs::create_dir_all(&token_dir).unwrap();
+    let token = until(
+        "the service account's token",
+        Duration::from_secs(30),
+        String::new,
+        || {
+            let name = k(&format!(
+                "-n alces get sa {sa} -o jsonpath={{.secrets[0].name}}"
+            ))?;
+            if name.trim().is_empty() {
+                return Err("no token Secret yet".into());
+            }
+            k(&format!(
+                "-n alces get secret {} -o jsonpath={{.data.token}}",
+                name.trim()
+            ))
+        },
+    );
+    sh(&format!(
+        "echo {} | base64 -d > {d}/token; echo -n alces > {d}/namespace; \
+         {kubectl} --kubeconfig {kc} config view --raw -o jsonpath='{{.clusters[0].cluster.certificate-authority-data}}' | base64 -d > {d}/ca.crt",
+        token.trim(),
+        d = token_dir.display(),
+        kubectl = kubectl.display(),
+        kc = kc.display()
+    ))
+    .unwrap();
+    let server = k("config view -o jsonpath={.clusters[0].cluster.server}").unwrap();
+    let port = server.trim().rsplit(':').next().unwrap().to_string();
+    let mut kubelet = Kubelet {
+        rootfs: work.path().join("rootfs"),
+        work: work.path().to_path_buf(),
+        node_root: work.path().join("node"),
+        net: Net::new().expect("network namespaces"),
+        next: 0,
+    };
+    sh(&format!(
+        "{}/image/build-oci --profile dev --no-build --rootfs-only {}",
+        workspace().display(),
+        kubelet.rootfs.display()
+    ))
+    .expect("image/build-oci --rootfs-only");
+    let c = &alces_containers(deploy)[0];
+    let p = PodSpec {
+        name: "alces-operator-7d9f-x1",
+        namespace: "alces",
+        spec: &deploy["spec"]["template"]["spec"],
+        container: c,
+        claims: &[],
+        host_network: true,
+        extra_mounts: vec![(
+            token_dir.clone(),
+            "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+        )],
+        extra_env: vec![
+            ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
+            ("KUBERNETES_SERVICE_PORT".into(), port),
+        ],
+    };
+    let empty = BTreeMap::new();
+    let mut pod = kubelet
+        .start(&p, &empty, &empty, "127.0.0.1 localhost\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    until(
+        "the operator's probes",
+        Duration::from_secs(30),
+        String::new,
+        || probe_ok(&mut pod, c),
+    );
+    let mut cluster = serde_json::to_value(sample_cluster()).unwrap();
+    cluster["metadata"] = json!({ "name": "demo", "namespace": "storage" });
+    let f = work.path().join("cluster.json");
+    std::fs::write(&f, cluster.to_string()).unwrap();
+    k(&format!("apply --validate=false -f {}", f.display())).unwrap();
+    let log = || format!("\n--- operator log:\n{}", pod.log_tail());
+    until(
+        "the operator makes every object of the cluster",
+        Duration::from_secs(60),
+        log,
+        || {
+            let have = k("-n storage get statefulsets,services,configmaps,secrets -o name")?;
+            let want = [
+                "statefulset.apps/demo-metadata",
+                "statefulset.apps/demo-cs-hdd",
+                "statefulset.apps/demo-cs-ssd",
+                "service/demo-master",
+                "service/demo-metadata",
+                "service/demo-chunkservers",
+                "configmap/demo-metadata",
+                "configmap/demo-chunkserver",
+                "secret/demo-secret",
+            ];
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|w| !have.lines().any(|l| l == **w))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        },
+    );
+    until(
+        "the operator writes the status",
+        Duration::from_secs(60),
+        log,
+        || {
+            let g = k("-n storage get alcescluster demo -o jsonpath={.status.observedGeneration}")?;
+            if g.trim() == "1" {
+                Ok(())
+            } else {
+                Err(format!("observedGeneration '{g}'"))
+            }
+        },
+    );
+    let holder = k("-n alces get lease alces-operator -o jsonpath={.spec.holderIdentity}").unwrap();
+    assert_eq!(
+        holder.trim(),
+        "alces-operator-7d9f-x1",
+        "the Lease is held by the pod (POD_NAME)"
+    );
+    let text = std::fs::read_to_string(&pod.log).unwrap_or_default();
+    assert!(
+        !text.contains("forbidden"),
+        "the operator was refused something by the chart's RBAC:{}",
+        log()
+    );
 }
