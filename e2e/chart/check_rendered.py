@@ -96,17 +96,17 @@ def main():
         vols = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
         check(vols.get("fuse-device", {}).get("hostPath", {}).get("type") == "CharDevice",
               "/dev/fuse is not mounted as a CharDevice")
+        # The mount daemons of a node live in its node plugin pod: replacing the pod
+        # breaks every running mount, so the chart never does it on its own.
         strategy = ds["spec"]["updateStrategy"]
-        if case == "no-storageclass":
-            check(strategy == {"type": "OnDelete"}, f"updateStrategy should be OnDelete, is {strategy}")
-        else:
-            check(strategy.get("rollingUpdate", {}).get("maxUnavailable") == 0,
-                  f"a node plugin pod would stop before its replacement runs: {strategy}")
+        check(strategy == {"type": "OnDelete"},
+              f"an upgrade would replace node plugin pods and break the mounts they serve: updateStrategy {strategy}")
 
     for d in kinds.get("CSIDriver", []):
         check(d["spec"]["attachRequired"] is False, "CSIDriver requires attach")
         check(d["spec"]["podInfoOnMount"] is True, "CSIDriver has no pod info on mount")
-        check(d["spec"]["fsGroupPolicy"] == "File", "CSIDriver fsGroupPolicy is not File")
+        check(d["spec"]["fsGroupPolicy"] == "None",
+              "CSIDriver fsGroupPolicy is not None (volume roots are 0777; File chowns shared volumes at every mount)")
 
     # ClusterRoles: only the ones the chart justifies.
     cluster_roles = sorted(o["metadata"]["name"].removeprefix("alces-") for o in kinds.get("ClusterRole", []))
@@ -146,6 +146,11 @@ def main():
             check(all(isinstance(v, str) for v in p.values()), "StorageClass parameters must be strings")
             default = sc["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class")
             check((default == "true") == (case == "hostpath-disks"), f"default-class annotation is {default}")
+            # The provisioner (with the controller's account) reads the Secret the class names.
+            secret_ns = p["csi.storage.k8s.io/provisioner-secret-namespace"]
+            check(any(r["metadata"]["namespace"] == secret_ns and r["metadata"]["name"].endswith("-csi-controller-secrets")
+                      for r in kinds.get("Role", [])),
+                  f"the CSI controller may not read Secrets in {secret_ns}, where the StorageClass's Secret is")
             if case == "pvc-disks":
                 check(p["cluster"] == "alces/shared" and p["goal"] == "3", f"StorageClass parameters {p}")
                 check(p["csi.storage.k8s.io/provisioner-secret-name"] == "shared-secret", "wrong secret")

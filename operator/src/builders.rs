@@ -53,6 +53,9 @@ pub const SECRET_DIR: &str = "/etc/alces/secret";
 pub const METADATA: &str = "metadata";
 /// Component label of chunkserver pods.
 pub const CHUNKSERVER: &str = "chunkserver";
+/// The image's non-root user and group (`image/build-oci`), which the daemons
+/// run as unless a hostPath disk needs root.
+pub const RUN_AS: i64 = 65532;
 
 /// Names of a cluster's objects.
 pub mod names {
@@ -319,16 +322,37 @@ fn probe(path: &str, port: u16, period: i32, failures: i32) -> Value {
     })
 }
 
-fn placement(spec: &mut serde_json::Map<String, Value>, p: &crate::crd::Placement) {
+/// The pod's placement. Unless the spec's affinity has a `podAntiAffinity`
+/// of its own, pods of a role (`spread`: the metadata pods, or every
+/// chunkserver of the cluster) preferably go to different nodes: a master and
+/// its metaloggers on one node, or two copies of a chunk on one node's
+/// disks, would not survive that node.
+fn placement(
+    spec: &mut serde_json::Map<String, Value>,
+    p: &crate::crd::Placement,
+    spread: BTreeMap<String, String>,
+) {
     if !p.node_selector.is_empty() {
         spec.insert("nodeSelector".into(), json!(p.node_selector));
     }
-    if let Some(a) = &p.affinity {
-        spec.insert(
-            "affinity".into(),
-            serde_json::to_value(a).unwrap_or(Value::Null),
-        );
+    let mut affinity = p
+        .affinity
+        .as_ref()
+        .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    if affinity.get("podAntiAffinity").is_none() {
+        affinity["podAntiAffinity"] = json!({
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": { "matchLabels": spread },
+                },
+            }],
+        });
     }
+    spec.insert("affinity".into(), affinity);
     if !p.tolerations.is_empty() {
         spec.insert("tolerations".into(), json!(p.tolerations));
     }
@@ -338,6 +362,40 @@ fn placement(spec: &mut serde_json::Map<String, Value>, p: &crate::crd::Placemen
             json!(p.topology_spread_constraints),
         );
     }
+}
+
+/// The pod's security context. The daemons run as the image's non-root user,
+/// with `fsGroup` so that volume claims and the secret (mode 0400, made 0440
+/// group-readable by the kubelet) are theirs. A hostPath disk is not touched
+/// by `fsGroup`: the kubelet creates it (and the per-pod `subPathExpr`
+/// directory) owned by root with mode 0755, so a pod with one runs as root —
+/// with no capability (see [`container_security`]), writing only where root
+/// owns the directory.
+fn pod_security(host_path: bool) -> Value {
+    let (uid, non_root) = if host_path {
+        (0, false)
+    } else {
+        (RUN_AS, true)
+    };
+    json!({
+        "runAsNonRoot": non_root,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+/// A daemon container's security context: no capability, no privilege
+/// escalation, a read-only root filesystem (the daemons write only to their
+/// data directories).
+fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": { "drop": ["ALL"] },
+    })
 }
 
 /// Merges `overlay` into `base`: objects key by key, anything else replaced.
@@ -480,8 +538,13 @@ pub fn metadata_statefulset(c: &AlcesCluster, config_hash: &str) -> Value {
             { "name": "master-http", "containerPort": MASTER_HTTP_PORT, "protocol": "TCP" },
             { "name": "http", "containerPort": METALOGGER_HTTP_PORT, "protocol": "TCP" },
         ],
+        // alces-metalogger loads its metadata (snapshot and changelogs) before
+        // it serves HTTP: minutes for a large filesystem. The liveness probe
+        // starts only once /healthz answers, within an hour.
+        "startupProbe": probe("/healthz", METALOGGER_HTTP_PORT, 5, 720),
         "livenessProbe": probe("/healthz", METALOGGER_HTTP_PORT, 10, 6),
         "readinessProbe": probe("/readyz", METALOGGER_HTTP_PORT, 2, 2),
+        "securityContext": container_security(),
         "volumeMounts": [
             mount,
             { "name": "secret", "mountPath": SECRET_DIR, "readOnly": true },
@@ -491,15 +554,17 @@ pub fn metadata_statefulset(c: &AlcesCluster, config_hash: &str) -> Value {
     if let Some(r) = &c.spec.master.resources {
         container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
     }
+    let host_path = src.host_path.is_some();
     let mut volumes = vec![secret_volume(c)];
     volumes.extend(vol);
     let mut pod = serde_json::Map::new();
     pod.insert("automountServiceAccountToken".into(), json!(false));
+    pod.insert("securityContext".into(), pod_security(host_path));
     // The master writes a final snapshot on SIGTERM.
     pod.insert("terminationGracePeriodSeconds".into(), json!(60));
     pod.insert("containers".into(), json!([container]));
     pod.insert("volumes".into(), Value::Array(volumes));
-    placement(&mut pod, &c.spec.master.placement);
+    placement(&mut pod, &c.spec.master.placement, selector(c, METADATA));
     let name = names::metadata(&cname);
     statefulset(
         c,
@@ -562,18 +627,21 @@ pub fn pool_statefulset(
         ],
         "livenessProbe": probe("/healthz", CHUNKSERVER_HTTP_PORT, 10, 6),
         "readinessProbe": probe("/readyz", CHUNKSERVER_HTTP_PORT, 5, 2),
+        "securityContext": container_security(),
         "volumeMounts": mounts,
     });
     image_fields(c, &mut container);
     if let Some(r) = &pool.resources {
         container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
     }
+    let host_path = pool.disks.iter().any(|d| d.source().host_path.is_some());
     let mut pod = serde_json::Map::new();
     pod.insert("automountServiceAccountToken".into(), json!(false));
+    pod.insert("securityContext".into(), pod_security(host_path));
     pod.insert("terminationGracePeriodSeconds".into(), json!(30));
     pod.insert("containers".into(), json!([container]));
     pod.insert("volumes".into(), Value::Array(volumes));
-    placement(&mut pod, &pool.placement);
+    placement(&mut pod, &pool.placement, selector(c, CHUNKSERVER));
     let mut pod_labels = labels(c, CHUNKSERVER);
     pod_labels.insert(POOL_LABEL.into(), pool.name.clone());
     statefulset(

@@ -1,11 +1,11 @@
 {{/* Names and labels shared by every template. */}}
 
-{{/* The base name of the release's objects: <release>-alces, or the release name when it already says alces. */}}
+{{/* The base name of the release's objects: <release>-alces, or the release name when it already says alces. At most 48 characters: Service names (DNS labels, 63) add up to 15 ("-csi-controller"). */}}
 {{- define "alces.fullname" -}}
 {{- if contains "alces" .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 48 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-alces" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-alces" .Release.Name | trunc 48 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 

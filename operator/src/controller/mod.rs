@@ -147,7 +147,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         // so a master pod that dies triggers a reconcile at once.
         .watches(
             pods,
-            watcher::Config::default().labels("app.kubernetes.io/name=alces"),
+            // Only the pods the operator made: the chart's own pods (operator,
+            // CSI) carry app.kubernetes.io/name=alces too, with the release as
+            // their instance, which would map them to a cluster of that name.
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=alces-operator"),
             |p: Pod| {
                 let ns = p.namespace()?;
                 let name = p.labels().get("app.kubernetes.io/instance")?.clone();
