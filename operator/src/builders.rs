@@ -451,18 +451,35 @@ fn image_fields(c: &AlcesCluster, container: &mut Value) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn statefulset(
-    c: &AlcesCluster,
-    name: &str,
-    service: &str,
+/// What differs between the operator's StatefulSets (metadata, one per pool).
+struct SetParts<'a> {
+    /// The StatefulSet's name.
+    name: &'a str,
+    /// The headless Service that gives its pods stable names.
+    service: &'a str,
+    /// The selector (also the StatefulSet's own role labels).
     sel: BTreeMap<String, String>,
+    /// The pod template's labels.
     pod_labels: BTreeMap<String, String>,
     replicas: i32,
-    config_hash: &str,
-    mut pod_spec: Value,
+    /// Hash of the role's ConfigMap, as a pod annotation (a change rolls pods).
+    config_hash: &'a str,
+    pod_spec: Value,
+    /// Its volumeClaimTemplates.
     claims: Vec<Value>,
-) -> Value {
+}
+
+fn statefulset(c: &AlcesCluster, parts: SetParts<'_>) -> Value {
+    let SetParts {
+        name,
+        service,
+        sel,
+        pod_labels,
+        replicas,
+        config_hash,
+        mut pod_spec,
+        claims,
+    } = parts;
     if !c.spec.image_pull_secrets.is_empty() {
         pod_spec["imagePullSecrets"] = json!(c
             .spec
@@ -568,14 +585,16 @@ pub fn metadata_statefulset(c: &AlcesCluster, config_hash: &str) -> Value {
     let name = names::metadata(&cname);
     statefulset(
         c,
-        &name,
-        &name,
-        selector(c, METADATA),
-        labels(c, METADATA),
-        c.spec.metadata_replicas(),
-        config_hash,
-        Value::Object(pod),
-        claim.into_iter().collect(),
+        SetParts {
+            name: &name,
+            service: &name,
+            sel: selector(c, METADATA),
+            pod_labels: labels(c, METADATA),
+            replicas: c.spec.metadata_replicas(),
+            config_hash,
+            pod_spec: Value::Object(pod),
+            claims: claim.into_iter().collect(),
+        },
     )
 }
 
@@ -646,14 +665,16 @@ pub fn pool_statefulset(
     pod_labels.insert(POOL_LABEL.into(), pool.name.clone());
     statefulset(
         c,
-        &names::pool(&cname, &pool.name),
-        &names::chunkservers(&cname),
-        pool_selector(c, &pool.name),
-        pod_labels,
-        replicas,
-        config_hash,
-        Value::Object(pod),
-        claims,
+        SetParts {
+            name: &names::pool(&cname, &pool.name),
+            service: &names::chunkservers(&cname),
+            sel: pool_selector(c, &pool.name),
+            pod_labels,
+            replicas,
+            config_hash,
+            pod_spec: Value::Object(pod),
+            claims,
+        },
     )
 }
 

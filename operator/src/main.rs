@@ -1,4 +1,5 @@
 //! `alces-operator`: see `alces_operator::config::Args` and `operator/ARCHITECTURE.md`.
+#![warn(missing_docs)]
 
 use clap::Parser;
 

@@ -59,19 +59,32 @@ fn outdated<'a>(sts: &StatefulSet, pods: &[&'a Pod]) -> Vec<&'a Pod> {
     v
 }
 
+/// What a round of the upgrade looks at: the cluster's StatefulSets as they
+/// are, and the master's view of the data plane.
+pub struct Observed<'a> {
+    /// Each pool's StatefulSet (`None`: not created yet).
+    pub pools: &'a [Option<StatefulSet>],
+    /// The metadata StatefulSet.
+    pub metadata: Option<&'a StatefulSet>,
+    /// The master's status, when it answered.
+    pub master: Option<&'a pb::ClusterStatus>,
+}
+
 /// One round of the rolling upgrade.
-#[allow(clippy::too_many_arguments)]
 pub async fn step(
     ctx: &Context,
     c: &AlcesCluster,
     target: &mut KubeTarget,
-    pools: &[Option<StatefulSet>],
-    metadata: Option<&StatefulSet>,
-    ms: Option<&pb::ClusterStatus>,
+    seen: Observed<'_>,
     rec: &Record,
     policy: &Policy,
     dstate: &mut DriverState,
 ) -> Result<Step, Error> {
+    let Observed {
+        pools,
+        metadata,
+        master: ms,
+    } = seen;
     let ns = c.namespace().unwrap_or_default();
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let sel = format!(
