@@ -297,6 +297,10 @@ async fn serve(
     node: Option<NodeService>,
 ) -> anyhow::Result<()> {
     let (metrics, health) = telemetry(args).await?;
+    if let Some(n) = &node {
+        n.set_metrics(metrics.clone());
+    }
+    let keepers = node.as_ref().map(NodeService::keepers);
     let identity = IdentityService::new(controller.is_some(), probe);
     let path = socket_path(&args.endpoint).map_err(anyhow::Error::msg)?;
     let listener = bind_unix(&path)?;
@@ -317,6 +321,9 @@ async fn serve(
             alces_telemetry::shutdown_signal(),
         )
         .await?;
+    if let Some(k) = keepers {
+        crate::node::stop_supervising(&k);
+    }
     Ok(())
 }
 
