@@ -27,8 +27,15 @@ use std::os::unix::fs::FileExt;
 /// Bit 63 of a request id: the kernel resent this request after a
 /// `FUSE_NOTIFY_RESEND` (a daemon read it before and did not answer).
 pub const RESENT: u64 = 1 << 63;
-/// Bytes at the start of the state file that hold the session record.
+/// Bytes at the start of the state file before the journal: the session
+/// record, then the keeper's note.
 pub const STATE_BYTES: u64 = 4096;
+/// Bytes of the session record (written by the daemon).
+pub const RECORD_BYTES: u64 = 2048;
+/// Where the keeper's note begins: `STATE_BYTES - KEEPER_NOTE` bytes that the
+/// process keeping the connection writes and the daemon never touches (what a
+/// later keeper needs to start a daemon, held in memory only).
+pub const KEEPER_NOTE: u64 = RECORD_BYTES;
 /// The first line of a session record (its format version).
 const STATE_MAGIC: &str = "alces-mount-state 1";
 /// `FUSE_NOTIFY_RESEND`, the notification code (Linux >= 6.9).
@@ -73,7 +80,7 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    /// The text form (at most [`STATE_BYTES`]).
+    /// The text form (at most [`RECORD_BYTES`]).
     pub fn encode(&self) -> String {
         let i = &self.init;
         format!(
@@ -223,7 +230,7 @@ impl StateFile {
 
     /// The recorded session, if any.
     pub fn read_record(&self) -> io::Result<Option<SessionRecord>> {
-        let mut buf = vec![0u8; STATE_BYTES as usize];
+        let mut buf = vec![0u8; RECORD_BYTES as usize];
         let mut got = 0;
         while got < buf.len() {
             let n = self.file.read_at(&mut buf[got..], got as u64)?;
@@ -238,10 +245,10 @@ impl StateFile {
     /// Replaces the recorded session.
     pub fn write_record(&self, r: &SessionRecord) -> io::Result<()> {
         let mut buf = r.encode().into_bytes();
-        if buf.len() > STATE_BYTES as usize {
+        if buf.len() > RECORD_BYTES as usize {
             return Err(io::Error::other("session record too long"));
         }
-        buf.resize(STATE_BYTES as usize, 0);
+        buf.resize(RECORD_BYTES as usize, 0);
         self.file.write_all_at(&buf, 0)
     }
 }

@@ -134,6 +134,76 @@ pub fn recover_fds(pid: u32) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((fuse, state))
 }
 
+/// What a keeper notes in the connection's state memfd (after the daemon's
+/// session record, [`alces_client::takeover::KEEPER_NOTE`]) so that any later
+/// keeper holding the memfd can start a daemon: held in memory only, never on
+/// disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeeperNote {
+    /// Master address.
+    pub master: String,
+    /// The volume's directory.
+    pub subdir: String,
+    /// Cluster secret.
+    pub secret: String,
+}
+
+const NOTE_MAGIC: &str = "alces-keeper-note 1";
+
+impl KeeperNote {
+    /// Writes the note into the state memfd `state`.
+    pub fn write(&self, state: &OwnedFd) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text = format!(
+            "{NOTE_MAGIC}\nmaster {}\nsubdir {}\nsecret {}\n",
+            self.master, self.subdir, self.secret
+        );
+        let room =
+            (alces_client::takeover::STATE_BYTES - alces_client::takeover::KEEPER_NOTE) as usize;
+        if text.len() > room
+            || [&self.master, &self.subdir, &self.secret]
+                .iter()
+                .any(|v| v.contains('\n'))
+        {
+            return Err(io::Error::other("the keeper note does not fit"));
+        }
+        let mut buf = text.into_bytes();
+        buf.resize(room, 0);
+        let f = std::fs::File::from(state.try_clone()?);
+        f.write_all_at(&buf, alces_client::takeover::KEEPER_NOTE)
+    }
+
+    /// Reads the note from the state memfd `state`.
+    pub fn read(state: &OwnedFd) -> io::Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let room =
+            (alces_client::takeover::STATE_BYTES - alces_client::takeover::KEEPER_NOTE) as usize;
+        let mut buf = vec![0u8; room];
+        let f = std::fs::File::from(state.try_clone()?);
+        let n = f.read_at(&mut buf, alces_client::takeover::KEEPER_NOTE)?;
+        let end = buf[..n].iter().position(|&b| b == 0).unwrap_or(n);
+        let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let mut lines = text.lines();
+        if lines.next() != Some(NOTE_MAGIC) {
+            return Err(io::Error::other("the state memfd holds no keeper note"));
+        }
+        let mut note = Self {
+            master: String::new(),
+            subdir: String::new(),
+            secret: String::new(),
+        };
+        for l in lines {
+            match l.split_once(' ') {
+                Some(("master", v)) => note.master = v.into(),
+                Some(("subdir", v)) => note.subdir = v.into(),
+                Some(("secret", v)) => note.secret = v.into(),
+                _ => {}
+            }
+        }
+        Ok(note)
+    }
+}
+
 /// How to start a volume's daemon.
 #[derive(Debug, Clone)]
 pub struct DaemonSpec {
@@ -410,6 +480,15 @@ mod tests {
         let me = std::process::id();
         let dup = pidfd_getfd(me, f.as_raw_fd()).unwrap();
         assert!(std::fs::File::from(dup).metadata().unwrap().is_file());
+        let state = new_state("note").unwrap();
+        let note = KeeperNote {
+            master: "m:9421".into(),
+            subdir: "/csi/volumes/v".into(),
+            secret: "s3cret".into(),
+        };
+        assert!(KeeperNote::read(&state).is_err());
+        note.write(&state).unwrap();
+        assert_eq!(KeeperNote::read(&state).unwrap(), note);
         // A process's non-FUSE descriptor is refused as a FUSE connection.
         let e = alces_client::takeover::check_fuse_device(&OwnedFd::from(f)).unwrap_err();
         assert!(e.to_string().contains("not /dev/fuse"), "{e}");

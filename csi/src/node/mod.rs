@@ -11,6 +11,7 @@
 //! (`<state-dir>/volumes/*.json`), and the running daemons, from which it takes
 //! its copies of the descriptors back.
 
+pub mod holder;
 pub mod keeper;
 pub mod sys;
 
@@ -75,6 +76,10 @@ pub struct StagedRecord {
     /// The volume's directory.
     #[serde(default)]
     pub subdir: String,
+    /// Device (major:minor) of the kept connection's mount: it changes when
+    /// the volume is mounted again on a new connection.
+    #[serde(default)]
+    pub dev: String,
 }
 
 /// The kept connections of a node plugin, by volume id.
@@ -187,23 +192,35 @@ impl NodeService {
                 .ok()
                 .flatten()
                 .is_some_and(|m| sys::is_alces(&m));
-            if !mounted || !pid_alive(r.pid) || !is_mount_daemon(r.pid) {
+            if !mounted {
                 tracing::warn!(
                     pid = r.pid,
-                    mounted,
-                    "the volume's daemon is gone; the next NodeStageVolume mounts it again"
+                    "the volume is not mounted any more; the next NodeStageVolume mounts it again"
                 );
                 continue;
             }
-            let (fuse, state) = match keeper::recover_fds(r.pid) {
+            let daemon = pid_alive(r.pid) && is_mount_daemon(r.pid);
+            let got = if daemon {
+                keeper::recover_fds(r.pid)
+            } else {
+                // The daemon died with (or while) the plugin was down: the
+                // holder (`alces-csi hold`) kept the connection.
+                self.fds_from_holder(&r)
+            };
+            let (fuse, state) = match got {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!(pid = r.pid, error = %e, "cannot take the volume's descriptors back from its daemon");
+                    tracing::warn!(pid = r.pid, daemon, error = %e, "cannot take the volume's descriptors back; the next NodeStageVolume mounts it again");
                     continue;
                 }
             };
-            let Some(secret) = secret_of(r.pid).or_else(|| self.config.default_secret.clone())
-            else {
+            let note = keeper::KeeperNote::read(&state).ok();
+            let secret = note
+                .as_ref()
+                .map(|n| Arc::<str>::from(n.secret.as_str()))
+                .or_else(|| secret_of(r.pid))
+                .or_else(|| self.config.default_secret.clone());
+            let Some(secret) = secret else {
                 tracing::warn!(pid = r.pid, "no cluster secret for the volume's daemon");
                 continue;
             };
@@ -213,6 +230,39 @@ impl NodeService {
             self.kept.lock().insert(r.volume_id.clone(), k);
             tracing::info!(pid = r.pid, "keeping the volume's connection again");
         }
+    }
+
+    /// The descriptors of `r`'s connection from the holder, when one holds
+    /// them for the same mount.
+    fn fds_from_holder(
+        &self,
+        r: &StagedRecord,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        let path = holder::held_path(&self.record_path(&r.volume_id));
+        let text = std::fs::read(&path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the daemon is gone and no holder holds the connection ({}: {e})",
+                    path.display()
+                ),
+            )
+        })?;
+        let h: holder::HeldFile = serde_json::from_slice(&text).map_err(std::io::Error::other)?;
+        if h.dev != r.dev {
+            return Err(std::io::Error::other(format!(
+                "the holder holds another connection ({}, the mount is {})",
+                h.dev, r.dev
+            )));
+        }
+        let fuse = keeper::pidfd_getfd(h.pid, h.fuse_fd)?;
+        alces_client::takeover::check_fuse_device(&fuse)?;
+        let state = keeper::pidfd_getfd(h.pid, h.state_fd)?;
+        tracing::info!(
+            holder = h.pid,
+            "took the volume's descriptors back from the holder"
+        );
+        Ok((fuse, state))
     }
 
     fn spec(&self, r: &StagedRecord, secret: Arc<str>) -> keeper::DaemonSpec {
@@ -348,7 +398,7 @@ impl NodeService {
                 invalid("no cluster secret: reference a Secret with the key 'secret' in the StorageClass (csi.storage.k8s.io/node-stage-secret-name) or start the node plugin with --secret-file")
             })?,
         };
-        let record = StagedRecord {
+        let mut record = StagedRecord {
             volume_id: req.volume_id.clone(),
             staging_path: staging.clone(),
             read_only,
@@ -356,14 +406,27 @@ impl NodeService {
             kept: true,
             master: id.cluster.master_address(),
             subdir: id.path().to_string(),
+            dev: String::new(),
         };
         let spec = self.spec(&record, secret);
         let fuse = keeper::open_fuse().map_err(|e| Status::failed_precondition(e.to_string()))?;
         let source = format!("alces:{}{}", record.master, record.subdir);
         keeper::mount_fuse(&fuse, &staging, &source, read_only, true)
             .map_err(|e| io_status("mounting the volume", &e))?;
-        let started = keeper::new_state("alces-mount-state")
-            .and_then(|state| keeper::spawn(&spec, &fuse, &state, false).map(|c| (state, c)));
+        record.dev = sys::mount_at(&staging)
+            .ok()
+            .flatten()
+            .map(|m| m.dev)
+            .unwrap_or_default();
+        let note = keeper::KeeperNote {
+            master: record.master.clone(),
+            subdir: record.subdir.clone(),
+            secret: spec.secret.to_string(),
+        };
+        let started = keeper::new_state("alces-mount-state").and_then(|state| {
+            note.write(&state)?;
+            keeper::spawn(&spec, &fuse, &state, false).map(|c| (state, c))
+        });
         let (state, mut child) = match started {
             Ok(x) => x,
             Err(e) => {
