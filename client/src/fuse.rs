@@ -1487,6 +1487,45 @@ mod tests {
     }
 
     #[test]
+    fn resent_requests_found_done_only_when_evidently_ours() {
+        let now = 1_000_000_000_000_000i64;
+        let a = Attr {
+            inode: 9,
+            kind: FileType::Directory as i32,
+            uid: 1000,
+            ctime_ns: now - 1_000_000_000,
+            ..Default::default()
+        };
+        assert!(resent_entry_done(
+            &a,
+            Want::Kind(FileType::Directory),
+            1000,
+            now
+        ));
+        // Another owner, another type, or an old entry: a genuine EEXIST.
+        assert!(!resent_entry_done(
+            &a,
+            Want::Kind(FileType::Directory),
+            1001,
+            now
+        ));
+        assert!(!resent_entry_done(
+            &a,
+            Want::Kind(FileType::Regular),
+            1000,
+            now
+        ));
+        assert!(!resent_entry_done(
+            &a,
+            Want::Kind(FileType::Directory),
+            1000,
+            now + RESENT_WINDOW_NS
+        ));
+        assert!(resent_entry_done(&a, Want::Link(9), 0, now));
+        assert!(!resent_entry_done(&a, Want::Link(8), 0, now));
+    }
+
+    #[test]
     fn xattr_sizes() {
         assert_eq!(xattr_fit(b"abc", 0), Ok(None));
         assert_eq!(xattr_fit(b"abc", 3), Ok(Some(&b"abc"[..])));
