@@ -314,6 +314,16 @@ impl Client {
         self.files.truncate(inode, size, caller).await
     }
 
+    /// Closes the session `session_id` of a process that died (a FUSE daemon
+    /// whose connection this client takes over): its write sessions end, so
+    /// this client can write the chunks they held at once.
+    pub async fn close_dead_session(&self, session_id: u64) -> Result<()> {
+        if session_id == 0 || session_id == self.session_id() {
+            return Ok(());
+        }
+        self.ns.session.close_other(session_id).await
+    }
+
     /// Flushes every file's buffered writes and closes the session with the master.
     pub async fn close(&self) -> Result<()> {
         let flushed = self.files.flush_all().await;

@@ -30,8 +30,10 @@ use crate::client::Client;
 use crate::dirsnap::DirSnapshot;
 use crate::error::Error;
 use crate::file::FileHandle;
+use crate::journal::{Journal, SOFT_CAP};
 use crate::metrics::Metrics;
 use crate::namespace::{rename_flags, Attr, Caller, FileType, NewNode, SetAttr, SetTime};
+use crate::takeover::{is_resent, KernelInit};
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -43,6 +45,12 @@ const BLOCK_SIZE: u32 = 65536;
 const ABSENT_XATTRS: usize = 10_000;
 /// Most inodes remembered as having no extended attribute at all.
 const XATTR_FREE_INODES: usize = 100_000;
+/// File handles carry the daemon's generation in their bits from here up, so
+/// a daemon that takes over a connection never reuses a handle of the dead one.
+const GENERATION_SHIFT: u32 = 40;
+/// How recent an entry must be for a resent create/mkdir that finds it to
+/// count as done by the dead daemon.
+const RESENT_WINDOW_NS: i64 = 300_000_000_000;
 
 /// Settings of the FUSE filesystem.
 #[derive(Clone, Debug)]
@@ -51,6 +59,9 @@ pub struct FsOptions {
     pub attr_ttl: Duration,
     /// How long the kernel may cache name lookups.
     pub entry_ttl: Duration,
+    /// Handle generation: 0 for a daemon that mounted, one more than the dead
+    /// daemon's for a takeover. File handles carry it.
+    pub generation: u64,
 }
 
 impl Default for FsOptions {
@@ -58,6 +69,7 @@ impl Default for FsOptions {
         Self {
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
+            generation: 0,
         }
     }
 }
@@ -69,6 +81,10 @@ struct Shared {
     dirs: Mutex<HashMap<u64, Arc<DirSnapshot>>>,
     next_fh: AtomicU64,
     metrics: Option<Metrics>,
+    /// Acknowledged writes not yet durable, for a daemon taking over.
+    journal: Option<Arc<Journal>>,
+    /// The kernel's INIT, once received.
+    kernel_init: Arc<Mutex<Option<KernelInit>>>,
     /// Extended attributes known to be absent (the kernel asks for
     /// `security.capability` before every write), kept for the attribute TTL.
     no_xattr: BoundedCache<(u64, Vec<u8>), ()>,
@@ -190,6 +206,31 @@ pub fn mknod_kind(mode: u32) -> Option<FileType> {
     }
 }
 
+/// What a resent create-like request wanted to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// A new node of this type.
+    Kind(FileType),
+    /// A new name for this inode (link).
+    Link(u64),
+}
+
+/// Whether `existing`, found by a resent create/mknod/mkdir/symlink/link that
+/// failed with EEXIST, is what the dead daemon made when it first ran the
+/// request: a link to the same inode, or a node of the wanted type owned by
+/// the caller and changed within the last five minutes. Anything else (an
+/// older entry, another owner) is a genuine EEXIST.
+pub fn resent_entry_done(existing: &Attr, want: Want, uid: u32, now_ns: i64) -> bool {
+    match want {
+        Want::Link(ino) => existing.inode == ino,
+        Want::Kind(k) => {
+            existing.kind == k as i32
+                && existing.uid == uid
+                && now_ns.saturating_sub(existing.ctime_ns) < RESENT_WINDOW_NS
+        }
+    }
+}
+
 /// Fits `value` into a reply buffer of `size` bytes as getxattr/listxattr must:
 /// `Ok(None)` means "answer with the size", `Err` means `ERANGE`.
 pub fn xattr_fit(value: &[u8], size: u32) -> Result<Option<&[u8]>, Errno> {
@@ -249,10 +290,117 @@ impl Shared {
         self.files.lock().get(&fh.0).cloned()
     }
 
+    /// A new handle number: the generation, a counter, and the access mode
+    /// (so a handle of a dead daemon can be reopened: [`Self::handle`]).
+    fn new_fh(&self, flags: i32) -> u64 {
+        let n = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let acc = (flags & libc::O_ACCMODE) as u64 & 3;
+        (self.opts.generation << GENERATION_SHIFT) | (n << 2) | acc
+    }
+
     fn add_file(&self, h: FileHandle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.new_fh(h.flags());
         self.files.lock().insert(fh, Arc::new(h));
         fh
+    }
+
+    /// The open file `fh` of `ino`. A handle this daemon does not know was
+    /// opened by a daemon that served the connection before (a takeover): the
+    /// file is opened again with the access mode the handle carries (the kernel
+    /// checked the permissions when the application opened it).
+    async fn handle(&self, ino: INodeNo, fh: Fh) -> Result<Arc<FileHandle>, Error> {
+        if let Some(h) = self.file(fh) {
+            return Ok(h);
+        }
+        let acc = match (fh.0 & 3) as i32 {
+            libc::O_WRONLY => libc::O_WRONLY,
+            libc::O_RDWR => libc::O_RDWR,
+            _ => libc::O_RDONLY,
+        };
+        let inode = self.real(ino);
+        let h = Arc::new(self.client.open(inode, acc, &Caller::new(0, 0, 0)).await?);
+        tracing::info!(
+            inode,
+            fh = fh.0,
+            "reopened a file handle of an earlier daemon"
+        );
+        let existing = {
+            let mut files = self.files.lock();
+            match files.get(&fh.0) {
+                Some(e) => Some(e.clone()),
+                None => {
+                    files.insert(fh.0, h.clone());
+                    None
+                }
+            }
+        };
+        match existing {
+            Some(e) => {
+                let _ = h.release().await;
+                Ok(e)
+            }
+            None => Ok(h),
+        }
+    }
+
+    /// Marks the journal before an operation that makes `inode`'s writes durable.
+    fn journal_mark(&self) -> Option<u64> {
+        self.journal.as_ref().map(|j| j.mark())
+    }
+
+    /// Frees the journal records of `inode` below `mark` once that operation succeeded.
+    fn journal_settle(&self, inode: u64, mark: Option<u64>, ok: bool) {
+        if let (Some(j), Some(m), true) = (&self.journal, mark, ok) {
+            j.settle(inode, m);
+        }
+    }
+
+    /// Journals a write the kernel is about to be told succeeded. A write that
+    /// cannot be journalled is made durable instead (flushed); past
+    /// [`SOFT_CAP`] live journal bytes the writer flushes its file.
+    async fn journal_write(&self, h: &FileHandle, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let flush = match j.append(h.inode(), offset, data) {
+            Ok(()) => j.live_bytes() > SOFT_CAP,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot journal a write; flushing it instead");
+                true
+            }
+        };
+        if flush {
+            let mark = j.mark();
+            h.flush().await?;
+            j.settle(h.inode(), mark);
+        }
+        Ok(())
+    }
+
+    /// For a request the kernel resent after a takeover that failed with
+    /// EEXIST: the entry, if the dead daemon evidently made it (see
+    /// [`resent_entry_done`]).
+    async fn resent_entry(
+        &self,
+        req_unique: u64,
+        err: &Error,
+        parent: u64,
+        name: &[u8],
+        c: &Caller,
+        want: Want,
+    ) -> Option<Attr> {
+        if !is_resent(req_unique) || err.errno() != libc::EEXIST {
+            return None;
+        }
+        let a = self.client.lookup(parent, name, c).await.ok()?;
+        let now = time_to_ns(SystemTime::now());
+        resent_entry_done(&a, want, c.uid, now).then(|| {
+            tracing::info!(
+                inode = a.inode,
+                "a resent request had already been done by the previous daemon"
+            );
+            a
+        })
     }
 
     fn reply_entry(&self, op: &str, r: Result<Attr, Error>, reply: ReplyEntry) {
@@ -354,11 +502,26 @@ impl AlcesFs {
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 metrics,
+                journal: None,
+                kernel_init: Arc::new(Mutex::new(None)),
                 no_xattr: BoundedCache::new(ABSENT_XATTRS, Some(ttl)),
                 xattr_free: BoundedCache::new(XATTR_FREE_INODES, Some(ttl)),
             }),
             rt,
         }
+    }
+
+    /// Journals every acknowledged write in `journal` (see [`crate::journal`]).
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.journal = Some(journal);
+        }
+        self
+    }
+
+    /// Where the kernel's INIT is put once received (for the session record).
+    pub fn kernel_init(&self) -> Arc<Mutex<Option<KernelInit>>> {
+        self.shared.kernel_init.clone()
     }
 
     fn spawn<F, Fut>(&self, f: F)
@@ -412,9 +575,20 @@ impl Filesystem for AlcesFs {
         if let Err(max) = config.set_max_write(MAX_WRITE) {
             let _ = config.set_max_write(max);
         }
-        if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
-            let _ = config.set_max_readahead(max);
-        }
+        let offered_readahead = match config.set_max_readahead(MAX_READAHEAD) {
+            Ok(offered) => offered,
+            Err(max) => {
+                let _ = config.set_max_readahead(max);
+                max
+            }
+        };
+        let abi = config.kernel_abi();
+        *self.shared.kernel_init.lock() = Some(KernelInit {
+            major: abi.0,
+            minor: abi.1,
+            max_readahead: offered_readahead,
+            flags: config.capabilities().bits(),
+        });
         let _ = config.set_max_background(64);
         for cap in [
             InitFlags::FUSE_ASYNC_READ,
@@ -477,7 +651,10 @@ impl Filesystem for AlcesFs {
         };
         let op = move |s: Arc<Shared>| async move {
             let ino = s.real(ino);
+            // A size change flushes the file's writes first: they are durable after.
+            let mark = size.and_then(|_| s.journal_mark());
             let r = s.client.setattr(ino, &set, &c).await;
+            s.journal_settle(ino, mark, r.is_ok());
             s.reply_attr("setattr", r, reply);
         };
         // A size change goes through the file's write-behind state.
@@ -519,6 +696,7 @@ impl Filesystem for AlcesFs {
         };
         let name = name.as_bytes().to_vec();
         let c = caller(req);
+        let unique = req.unique().0;
         self.inline(move |s| async move {
             let r = s
                 .client
@@ -535,6 +713,16 @@ impl Filesystem for AlcesFs {
                     &c,
                 )
                 .await;
+            let r = match r {
+                Err(e) => match s
+                    .resent_entry(unique, &e, s.real(parent), &name, &c, Want::Kind(kind))
+                    .await
+                {
+                    Some(a) => Ok(a),
+                    None => Err(e),
+                },
+                ok => ok,
+            };
             s.reply_entry("mknod", r, reply);
         });
     }
@@ -550,11 +738,29 @@ impl Filesystem for AlcesFs {
     ) {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
+        let unique = req.unique().0;
         self.inline(move |s| async move {
             let r = s
                 .client
                 .mkdir(s.real(parent), &name, mode & 0o7777, umask, &c)
                 .await;
+            let r = match r {
+                Err(e) => match s
+                    .resent_entry(
+                        unique,
+                        &e,
+                        s.real(parent),
+                        &name,
+                        &c,
+                        Want::Kind(FileType::Directory),
+                    )
+                    .await
+                {
+                    Some(a) => Ok(a),
+                    None => Err(e),
+                },
+                ok => ok,
+            };
             s.reply_entry("mkdir", r, reply);
         });
     }
@@ -562,8 +768,17 @@ impl Filesystem for AlcesFs {
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
+        let resent = is_resent(req.unique().0);
         self.inline(move |s| async move {
             let r = s.client.unlink(s.real(parent), &name, &c).await;
+            // Resent after a takeover: the dead daemon removed it already.
+            let r = r.or_else(|e| {
+                if resent && e.errno() == libc::ENOENT {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            });
             s.reply_empty("unlink", r, reply);
         });
     }
@@ -571,8 +786,16 @@ impl Filesystem for AlcesFs {
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
+        let resent = is_resent(req.unique().0);
         self.inline(move |s| async move {
             let r = s.client.rmdir(s.real(parent), &name, &c).await;
+            let r = r.or_else(|e| {
+                if resent && e.errno() == libc::ENOENT {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            });
             s.reply_empty("rmdir", r, reply);
         });
     }
@@ -588,8 +811,26 @@ impl Filesystem for AlcesFs {
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
         let c = caller(req);
+        let unique = req.unique().0;
         self.inline(move |s| async move {
             let r = s.client.symlink(s.real(parent), &name, &target, &c).await;
+            let r = match r {
+                Err(e) => match s
+                    .resent_entry(
+                        unique,
+                        &e,
+                        s.real(parent),
+                        &name,
+                        &c,
+                        Want::Kind(FileType::Symlink),
+                    )
+                    .await
+                {
+                    Some(a) => Ok(a),
+                    None => Err(e),
+                },
+                ok => ok,
+            };
             s.reply_entry("symlink", r, reply);
         });
     }
@@ -611,6 +852,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let newname = newname.as_bytes().to_vec();
         let c = caller(req);
+        let resent = is_resent(req.unique().0);
         self.inline(move |s| async move {
             let r = s
                 .client
@@ -623,6 +865,17 @@ impl Filesystem for AlcesFs {
                     &c,
                 )
                 .await;
+            // Resent after a takeover: the source is gone and the target is
+            // there, so the dead daemon did it.
+            let r = match r {
+                Err(e) if resent && e.errno() == libc::ENOENT => {
+                    match s.client.lookup(s.real(newparent), &newname, &c).await {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(e),
+                    }
+                }
+                r => r,
+            };
             s.reply_empty("rename", r, reply);
         });
     }
@@ -637,11 +890,29 @@ impl Filesystem for AlcesFs {
     ) {
         let name = newname.as_bytes().to_vec();
         let c = caller(req);
+        let unique = req.unique().0;
         self.inline(move |s| async move {
             let r = s
                 .client
                 .link(s.real(ino), s.real(newparent), &name, &c)
                 .await;
+            let r = match r {
+                Err(e) => match s
+                    .resent_entry(
+                        unique,
+                        &e,
+                        s.real(newparent),
+                        &name,
+                        &c,
+                        Want::Link(s.real(ino)),
+                    )
+                    .await
+                {
+                    Some(a) => Ok(a),
+                    None => Err(e),
+                },
+                ok => ok,
+            };
             s.reply_entry("link", r, reply);
         });
     }
@@ -671,7 +942,7 @@ impl Filesystem for AlcesFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         size: u32,
@@ -680,9 +951,13 @@ impl Filesystem for AlcesFs {
         reply: ReplyData,
     ) {
         self.spawn(move |s| async move {
-            let Some(h) = s.file(fh) else {
-                reply.error(Errno::from_i32(libc::EBADF));
-                return;
+            let h = match s.handle(ino, fh).await {
+                Ok(h) => h,
+                Err(e) => {
+                    s.count("read", true);
+                    reply.error(errno(&e));
+                    return;
+                }
             };
             match h.read(offset, u64::from(size)).await {
                 Ok(d) => {
@@ -704,7 +979,7 @@ impl Filesystem for AlcesFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         data: &[u8],
@@ -716,11 +991,19 @@ impl Filesystem for AlcesFs {
         // Most writes only fill the write-behind buffer: done on this thread, with
         // no copy of the request's bytes but the one into the buffer.
         self.inline(move |s| async move {
-            let Some(h) = s.file(fh) else {
-                reply.error(Errno::from_i32(libc::EBADF));
-                return;
+            let h = match s.handle(ino, fh).await {
+                Ok(h) => h,
+                Err(e) => {
+                    s.count("write", true);
+                    reply.error(errno(&e));
+                    return;
+                }
             };
-            match h.write(offset, data).await {
+            let r = match h.write(offset, data).await {
+                Ok(n) => s.journal_write(&h, offset, &data[..n]).await.map(|()| n),
+                Err(e) => Err(e),
+            };
+            match r {
                 Ok(n) => {
                     s.count("write", false);
                     if let Some(m) = &s.metrics {
@@ -746,9 +1029,16 @@ impl Filesystem for AlcesFs {
         reply: ReplyEmpty,
     ) {
         self.inline(move |s| async move {
+            // A handle of an earlier daemon has nothing buffered here: its
+            // journalled writes were replayed and flushed before serving.
             let r = match s.file(fh) {
-                Some(h) => h.flush().await,
-                None => Err(Error::new(libc::EBADF, "unknown file handle")),
+                Some(h) => {
+                    let mark = s.journal_mark();
+                    let r = h.flush().await;
+                    s.journal_settle(h.inode(), mark, r.is_ok());
+                    r
+                }
+                None => Ok(()),
             };
             s.reply_empty("flush", r, reply);
         });
@@ -767,7 +1057,12 @@ impl Filesystem for AlcesFs {
         self.spawn(move |s| async move {
             let h = s.files.lock().remove(&fh.0);
             let r = match h {
-                Some(h) => h.release().await,
+                Some(h) => {
+                    let mark = s.journal_mark();
+                    let r = h.release().await;
+                    s.journal_settle(h.inode(), mark, r.is_ok());
+                    r
+                }
                 None => Ok(()),
             };
             s.reply_empty("release", r, reply);
@@ -777,8 +1072,15 @@ impl Filesystem for AlcesFs {
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, _datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
             let r = match s.file(fh) {
-                Some(h) => h.fsync().await,
-                None => Err(Error::new(libc::EBADF, "unknown file handle")),
+                Some(h) => {
+                    let mark = s.journal_mark();
+                    let r = h.fsync().await;
+                    s.journal_settle(h.inode(), mark, r.is_ok());
+                    r
+                }
+                // A handle of an earlier daemon: its journalled writes were
+                // replayed and flushed before serving.
+                None => Ok(()),
             };
             s.reply_empty("fsync", r, reply);
         });
@@ -788,7 +1090,7 @@ impl Filesystem for AlcesFs {
         self.inline(move |s| async move {
             match s.snapshot(s.real(ino)).await {
                 Ok(snap) => {
-                    let fh = s.next_fh.fetch_add(1, Ordering::Relaxed);
+                    let fh = s.new_fh(0);
                     s.dirs.lock().insert(fh, Arc::new(snap));
                     s.count("opendir", false);
                     reply.opened(Fh(fh), FopenFlags::empty());
@@ -804,14 +1106,37 @@ impl Filesystem for AlcesFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(snap) = self.shared.dirs.lock().get(&fh.0).cloned() else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
+        let known = self.shared.dirs.lock().get(&fh.0).cloned();
+        let snap = match known {
+            Some(s) => s,
+            None => {
+                // A directory handle of an earlier daemon: list it again.
+                let mut got = None;
+                let slot = &mut got;
+                self.inline(|s| async move {
+                    *slot = Some(s.snapshot(s.real(ino)).await);
+                });
+                match got {
+                    Some(Ok(snap)) => {
+                        let snap = Arc::new(snap);
+                        self.shared.dirs.lock().insert(fh.0, snap.clone());
+                        snap
+                    }
+                    Some(Err(e)) => {
+                        reply.error(errno(&e));
+                        return;
+                    }
+                    None => {
+                        reply.error(Errno::from_i32(libc::EIO));
+                        return;
+                    }
+                }
+            }
         };
         for (next, e) in snap.entries_from(offset) {
             let ino = INodeNo(self.shared.fuse_ino(e.inode));
@@ -1033,6 +1358,7 @@ impl Filesystem for AlcesFs {
     ) {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
+        let unique = req.unique().0;
         self.inline(move |s| async move {
             let exclusive = flags & libc::O_EXCL != 0;
             let r = s
@@ -1050,6 +1376,33 @@ impl Filesystem for AlcesFs {
                     &c,
                 )
                 .await;
+            // Resent after a takeover, the file the dead daemon made is there:
+            // open it as that create would have.
+            let r = match r {
+                Err(e) => match s
+                    .resent_entry(
+                        unique,
+                        &e,
+                        s.real(parent),
+                        &name,
+                        &c,
+                        Want::Kind(FileType::Regular),
+                    )
+                    .await
+                {
+                    Some(a) => {
+                        s.client
+                            .open(
+                                a.inode,
+                                flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
+                                &c,
+                            )
+                            .await
+                    }
+                    None => Err(e),
+                },
+                ok => ok,
+            };
             match r {
                 Ok(h) => {
                     let attr = *h.attr();
@@ -1131,6 +1484,45 @@ mod tests {
         assert_eq!(mknod_kind(libc::S_IFIFO | 0o644), Some(FileType::Fifo));
         assert_eq!(mknod_kind(0o644), Some(FileType::Regular));
         assert_eq!(mknod_kind(libc::S_IFDIR | 0o755), None);
+    }
+
+    #[test]
+    fn resent_requests_found_done_only_when_evidently_ours() {
+        let now = 1_000_000_000_000_000i64;
+        let a = Attr {
+            inode: 9,
+            kind: FileType::Directory as i32,
+            uid: 1000,
+            ctime_ns: now - 1_000_000_000,
+            ..Default::default()
+        };
+        assert!(resent_entry_done(
+            &a,
+            Want::Kind(FileType::Directory),
+            1000,
+            now
+        ));
+        // Another owner, another type, or an old entry: a genuine EEXIST.
+        assert!(!resent_entry_done(
+            &a,
+            Want::Kind(FileType::Directory),
+            1001,
+            now
+        ));
+        assert!(!resent_entry_done(
+            &a,
+            Want::Kind(FileType::Regular),
+            1000,
+            now
+        ));
+        assert!(!resent_entry_done(
+            &a,
+            Want::Kind(FileType::Directory),
+            1000,
+            now + RESENT_WINDOW_NS
+        ));
+        assert!(resent_entry_done(&a, Want::Link(9), 0, now));
+        assert!(!resent_entry_done(&a, Want::Link(8), 0, now));
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!   truncate.
 //! - [`Error`]: an errno plus a message.
 //! - [`fuse`]: the FUSE filesystem served by `alces-mount`, and [`metrics`],
-//!   its Prometheus counters.
+//!   its Prometheus counters; [`takeover`] and [`journal`]: serving a FUSE
+//!   connection handed over by another process, continuing one whose daemon
+//!   died, and the write journal that makes that lose nothing.
 //!
 //! Inside, the layers are (each only uses those below it): `session` (the
 //! session with the master and the connections), `namespace` (namespace
@@ -29,6 +31,7 @@ mod error;
 mod file;
 mod filesize;
 pub mod fuse;
+pub mod journal;
 mod layout;
 pub mod metrics;
 mod names;
@@ -36,6 +39,7 @@ mod namespace;
 mod open_files;
 mod readahead;
 mod session;
+pub mod takeover;
 mod volumes;
 mod writebuf;
 

@@ -1,5 +1,7 @@
 //! `alces-mount`: mounts an Alces filesystem with FUSE and serves it in the
-//! foreground until it is unmounted or receives SIGTERM/SIGINT.
+//! foreground until it is unmounted or receives SIGTERM/SIGINT; or serves a
+//! FUSE connection it is handed (`--fuse-fd`), and continues one whose daemon
+//! died (`--takeover`).
 
 #![warn(missing_docs)]
 
@@ -8,9 +10,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
 use alces_client::fuse::{AlcesFs, FsOptions};
+use alces_client::journal::{Journal, Record};
 use alces_client::metrics::Metrics;
-use alces_client::{Client, ClientConfig};
+use alces_client::takeover::{self, SessionRecord, StateFile};
+use alces_client::{Caller, Client, ClientConfig};
 use clap::Parser;
 use fuser::{Config, MountOption, Session, SessionACL};
 
@@ -22,7 +29,8 @@ use fuser::{Config, MountOption, Session, SessionACL};
     about = "Mount an Alces filesystem (FUSE); runs in the foreground until unmounted or SIGTERM/SIGINT"
 )]
 struct Args {
-    /// Directory to mount the filesystem on (must exist).
+    /// Directory to mount the filesystem on (must exist). With --fuse-fd, the
+    /// place the caller mounted the descriptor (used in logs only).
     mountpoint: PathBuf,
 
     /// Master address host:port (re-resolved on every reconnect).
@@ -61,6 +69,25 @@ struct Args {
     /// Log in JSON instead of human-readable text.
     #[arg(long, env = "ALCES_LOG_JSON")]
     log_json: bool,
+
+    /// Serve this /dev/fuse descriptor instead of mounting: the caller opened
+    /// /dev/fuse and mounted it (mount(2) with fd=N) and keeps a duplicate, so
+    /// the connection outlives this process. Mount options are the caller's.
+    #[arg(long, value_name = "N")]
+    fuse_fd: Option<i32>,
+
+    /// Descriptor of the connection's state file (a memfd the caller keeps with
+    /// the FUSE descriptor): this daemon records the session there for a later
+    /// --takeover and journals every write it acknowledges until it is flushed.
+    #[arg(long, value_name = "N", requires = "fuse_fd")]
+    state_fd: Option<i32>,
+
+    /// Continue the connection of --fuse-fd whose daemon died: replay the
+    /// journalled writes of --state-fd, answer the kernel's INIT again from the
+    /// recorded parameters, and have the kernel resend every request the dead
+    /// daemon had read but not answered (Linux 6.9 or later).
+    #[arg(long, requires_all = ["fuse_fd", "state_fd"])]
+    takeover: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -124,17 +151,20 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     alces_proto::net::validate_addr(&args.master).map_err(|e| anyhow::anyhow!("--master: {e}"))?;
-    let meta = std::fs::metadata(&args.mountpoint).map_err(|e| {
-        anyhow::anyhow!(
-            "mount point {} is not usable: {e}; create the directory first",
-            args.mountpoint.display()
-        )
-    })?;
-    if !meta.is_dir() {
-        anyhow::bail!(
-            "mount point {} is not a directory",
-            args.mountpoint.display()
-        );
+    let handed = Handed::take(&args)?;
+    if handed.is_none() {
+        let meta = std::fs::metadata(&args.mountpoint).map_err(|e| {
+            anyhow::anyhow!(
+                "mount point {} is not usable: {e}; create the directory first",
+                args.mountpoint.display()
+            )
+        })?;
+        if !meta.is_dir() {
+            anyhow::bail!(
+                "mount point {} is not a directory",
+                args.mountpoint.display()
+            );
+        }
     }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -172,11 +202,41 @@ fn run(args: Args) -> anyhow::Result<()> {
         .block_on(Client::connect(config))
         .map_err(|e| anyhow::anyhow!("cannot open a session with master {}: {e}", args.master))?;
 
+    let generation = handed
+        .as_ref()
+        .and_then(|h| h.previous.as_ref())
+        .map_or(0, |p| p.generation + 1);
     let opts = FsOptions {
         attr_ttl: Duration::from_secs_f64(args.attr_timeout),
         entry_ttl: Duration::from_secs_f64(args.entry_timeout),
+        generation,
     };
-    let fs = AlcesFs::new(client.clone(), rt.handle().clone(), opts, Some(metrics));
+    let mut fs = AlcesFs::new(client.clone(), rt.handle().clone(), opts, Some(metrics));
+    let kernel_init = fs.kernel_init();
+    if let Some(state) = handed.as_ref().and_then(|h| h.state.as_ref()) {
+        // Writes the dead daemon acknowledged but had not flushed: made durable
+        // before anything else is served (the kernel's resent fsyncs included).
+        // The dead daemon's master session still holds its write sessions:
+        // end it, so the replay (and every later write) can write those chunks.
+        if let Some(prev) = handed.as_ref().and_then(|h| h.previous.as_ref()) {
+            if let Err(e) = rt.block_on(client.close_dead_session(prev.master_session)) {
+                tracing::warn!(error = %e, "closing the previous daemon's session (it expires by itself)");
+            }
+        }
+        let records = Journal::scan(state.file())
+            .map_err(|e| anyhow::anyhow!("reading the write journal: {e}"))?;
+        if !records.is_empty() {
+            let n = records.len();
+            let started = std::time::Instant::now();
+            rt.block_on(replay(&client, records))?;
+            tracing::info!(records = n, elapsed = ?started.elapsed(), "replayed the journalled writes of the previous daemon");
+        }
+        let j = Arc::new(
+            Journal::new(state.file().try_clone()?)
+                .map_err(|e| anyhow::anyhow!("starting the write journal: {e}"))?,
+        );
+        fs = fs.with_journal(j);
+    }
 
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![
@@ -198,8 +258,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     // run at once; data operations are handed to the shared runtime.
     fuse_config.n_threads = Some(FUSE_THREADS);
 
-    let mut session = Session::new(fs, &args.mountpoint, &fuse_config)
-        .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", args.mountpoint.display()))?;
+    // The handed descriptors stay open at their numbers while this daemon
+    // runs: a restarted keeper takes its copies back from them.
+    let mut session = match &handed {
+        None => Session::new(fs, &args.mountpoint, &fuse_config)
+            .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", args.mountpoint.display()))?,
+        Some(h) => h.session(client.session_id(), fs, &fuse_config, &kernel_init)?,
+    };
     tracing::info!(
         mountpoint = %args.mountpoint.display(),
         master = %args.master,
@@ -212,8 +277,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();
     let closing = client.clone();
+    let handed_over = args.fuse_fd.is_some();
     rt.spawn(async move {
         alces_telemetry::shutdown_signal().await;
+        if handed_over {
+            // The connection belongs to whoever handed it over: flush and
+            // leave it mounted for the next daemon (--takeover), which the
+            // kernel resends whatever this one leaves unanswered.
+            tracing::info!(mountpoint = %mountpoint.display(), "stopping; the connection stays for a takeover");
+            if let Err(e) = closing.close().await {
+                tracing::warn!(error = %e, "flushing before exit; the journal keeps the writes");
+            }
+            std::process::exit(0);
+        }
         tracing::info!(mountpoint = %mountpoint.display(), "unmounting");
         let mp = mountpoint.clone();
         let r = tokio::task::spawn_blocking(move || match unmounter.unmount() {
@@ -243,6 +319,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let served = session.run();
+    drop(handed);
     health.set_ready(false);
     let closed = rt.block_on(client.close());
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -251,5 +328,144 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "closing the session");
     }
     tracing::info!("unmounted");
+    Ok(())
+}
+
+/// A FUSE connection handed to this daemon (`--fuse-fd`, `--state-fd`).
+struct Handed {
+    fuse: OwnedFd,
+    state: Option<StateFile>,
+    /// The session record of the daemon this one takes over from.
+    previous: Option<SessionRecord>,
+}
+
+impl Handed {
+    fn take(args: &Args) -> anyhow::Result<Option<Self>> {
+        let Some(n) = args.fuse_fd else {
+            return Ok(None);
+        };
+        let fuse =
+            takeover::take_fd("--fuse-fd", n).map_err(|e| anyhow::anyhow!("--fuse-fd: {e}"))?;
+        takeover::check_fuse_device(&fuse).map_err(|e| anyhow::anyhow!("--fuse-fd: {e}"))?;
+        let state = args
+            .state_fd
+            .map(|n| takeover::take_fd("--state-fd", n).and_then(StateFile::new))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--state-fd: {e}"))?;
+        let recorded = match &state {
+            Some(s) => s
+                .read_record()
+                .map_err(|e| anyhow::anyhow!("--state-fd: {e}"))?,
+            None => None,
+        };
+        let previous = match (args.takeover, recorded) {
+            (true, None) => anyhow::bail!(
+                "--takeover: the state file holds no session record, so the daemon that served this connection recorded nothing to continue from (it needs --state-fd); unmount and mount again instead"
+            ),
+            (true, Some(r)) => {
+                tracing::info!(
+                    pid = r.pid,
+                    generation = r.generation,
+                    version = %r.version,
+                    abi = format!("{}.{}", r.init.major, r.init.minor),
+                    "taking over the FUSE connection"
+                );
+                Some(r)
+            }
+            (false, Some(r)) => anyhow::bail!(
+                "--state-fd already holds the session record of daemon pid {} (generation {}): pass --takeover to continue that connection, or an empty state file for a new one",
+                r.pid,
+                r.generation
+            ),
+            (false, None) => None,
+        };
+        Ok(Some(Self {
+            fuse,
+            state,
+            previous,
+        }))
+    }
+
+    /// The FUSE session over the handed descriptor: a new connection answers
+    /// the kernel's INIT; a takeover answers a synthetic one, then continues
+    /// the real connection and has the kernel resend what the dead daemon left.
+    fn session(
+        &self,
+        master_session: u64,
+        fs: AlcesFs,
+        config: &Config,
+        kernel_init: &Arc<parking_lot::Mutex<Option<takeover::KernelInit>>>,
+    ) -> anyhow::Result<Session<AlcesFs>> {
+        let acl = config.acl;
+        let (session, init) = match &self.previous {
+            None => {
+                let fuse = self.fuse.try_clone()?;
+                let s = Session::from_fd(fs, fuse, acl, config.clone())
+                    .map_err(|e| anyhow::anyhow!("FUSE handshake on --fuse-fd failed: {e}; was the descriptor mounted (mount(2) with fd=N) and not served before?"))?;
+                let init = (*kernel_init.lock())
+                    .ok_or_else(|| anyhow::anyhow!("the FUSE handshake ended without an INIT"))?;
+                (s, init)
+            }
+            Some(prev) => {
+                let (ours, theirs) = takeover::init_channel(&prev.init)?;
+                let raw = ours.as_raw_fd();
+                let s = Session::from_fd(fs, ours, acl, config.clone())
+                    .map_err(|e| anyhow::anyhow!("answering the recorded INIT failed: {e}"))?;
+                drop(theirs);
+                takeover::install_fuse_fd(&self.fuse, raw)
+                    .map_err(|e| anyhow::anyhow!("continuing the FUSE connection: {e}"))?;
+                if let Err(e) = takeover::notify_resend(raw) {
+                    tracing::warn!(error = %e, "requests the previous daemon had read stay unanswered");
+                }
+                (s, prev.init)
+            }
+        };
+        if let Some(state) = &self.state {
+            let generation = self.previous.as_ref().map_or(0, |p| p.generation + 1);
+            state
+                .write_record(&SessionRecord {
+                    init,
+                    generation,
+                    pid: std::process::id(),
+                    master_session,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                })
+                .map_err(|e| anyhow::anyhow!("recording the session in --state-fd: {e}"))?;
+        }
+        Ok(session)
+    }
+}
+
+/// Writes again, and flushes, the journalled writes of a dead daemon.
+async fn replay(client: &Client, records: Vec<Record>) -> anyhow::Result<()> {
+    let mut inodes: Vec<u64> = Vec::new();
+    for r in &records {
+        if !inodes.contains(&r.inode) {
+            inodes.push(r.inode);
+        }
+    }
+    let root = Caller::new(0, 0, 0);
+    for inode in inodes {
+        let h = match client.open(inode, libc::O_WRONLY, &root).await {
+            Ok(h) => h,
+            Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => {
+                tracing::warn!(
+                    inode,
+                    "a journalled file is gone; its unflushed writes are dropped"
+                );
+                continue;
+            }
+            Err(e) => anyhow::bail!("replaying the journal: opening inode {inode}: {e}"),
+        };
+        for r in records.iter().filter(|r| r.inode == inode) {
+            h.write(r.offset, &r.data).await.map_err(|e| {
+                anyhow::anyhow!("replaying the journal: writing inode {inode}: {e}")
+            })?;
+        }
+        h.flush()
+            .await
+            .map_err(|e| anyhow::anyhow!("replaying the journal: flushing inode {inode}: {e}"))?;
+        let _ = h.release().await;
+    }
     Ok(())
 }

@@ -485,6 +485,18 @@ impl Session {
         Ok(())
     }
 
+    /// Closes another session `sid` (a dead process's whose work this one
+    /// continues): its open files are released and its write sessions end.
+    pub(crate) async fn close_other(&self, sid: u64) -> Result<()> {
+        self.inner
+            .master
+            .clone()
+            .close_session(pb::SessionRef { session_id: sid })
+            .await
+            .map(|_| ())
+            .map_err(|s| Error::new(libc::EIO, format!("closing session {sid}: {}", s.message())))
+    }
+
     /// Stops lease renewal and closes the session with the master (errors are
     /// ignored: an unclosed session expires).
     pub(crate) async fn close(&self) {

@@ -46,6 +46,23 @@ pub enum Role {
     /// Serve Identity, Controller and Node on one socket (tests, single-node
     /// setups).
     All(AllArgs),
+    /// Hold a copy of every staged volume's FUSE descriptor and state memfd,
+    /// in a process (on Kubernetes, a container) apart from the node plugin, so
+    /// a volume's connection survives its daemon and the plugin dying together;
+    /// the restarted plugin takes the descriptors back and continues it.
+    Hold(HoldArgs),
+}
+
+/// Flags of the descriptor holder.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HoldArgs {
+    /// The node plugin's state directory (records of staged volumes).
+    #[arg(
+        long,
+        env = "ALCES_CSI_STATE_DIR",
+        default_value = "/var/lib/alces-csi"
+    )]
+    pub state_dir: PathBuf,
 }
 
 /// Flags of the node plugin.
@@ -211,6 +228,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             let probe: ProbeFn = Arc::new(|| Box::pin(async { Ok(()) }));
             serve(&a.serve, probe, None, Some(n)).await
         }
+        Role::Hold(a) => crate::node::holder::run(a.state_dir).await,
         Role::All(a) => {
             let (c, probe) = controller_service(&a.controller)?;
             let secret = default_secret(a.controller.secret_file.as_deref())?;
@@ -297,6 +315,10 @@ async fn serve(
     node: Option<NodeService>,
 ) -> anyhow::Result<()> {
     let (metrics, health) = telemetry(args).await?;
+    if let Some(n) = &node {
+        n.set_metrics(metrics.clone());
+    }
+    let keepers = node.as_ref().map(NodeService::keepers);
     let identity = IdentityService::new(controller.is_some(), probe);
     let path = socket_path(&args.endpoint).map_err(anyhow::Error::msg)?;
     let listener = bind_unix(&path)?;
@@ -317,6 +339,9 @@ async fn serve(
             alces_telemetry::shutdown_signal(),
         )
         .await?;
+    if let Some(k) = keepers {
+        crate::node::stop_supervising(&k);
+    }
     Ok(())
 }
 

@@ -3,8 +3,10 @@
 //!
 //! - [`identity`], [`controller`], [`node`]: the CSI services (package
 //!   `csi.v1`, generated into [`pb`] from the specification's protobuf).
-//! - [`node`]: staging starts one `alces-mount` daemon per volume in a
-//!   session of its own, so mounts outlive the node plugin.
+//! - [`node`]: staging mounts `/dev/fuse` itself and starts one `alces-mount`
+//!   daemon per volume on that connection, in a session of its own, so mounts
+//!   outlive the node plugin; [`node::keeper`] keeps the descriptors and
+//!   replaces a daemon that dies with one that takes the connection over.
 //! - [`ids`], [`params`]: volume/snapshot ids and StorageClass parameters.
 //! - [`clusters`]: client sessions with the Alces clusters volumes live in.
 //!

@@ -930,3 +930,225 @@ impl BlockOnNested for Cluster {
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
     }
 }
+
+/// The pid of the mount daemon the plugin's record names for the one staged volume.
+fn daemon_pid(d: &Driver) -> u32 {
+    let dir = d.state.join("volumes");
+    let rec = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .expect("a staged volume's record");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(rec.path()).unwrap()).unwrap();
+    v["pid"].as_u64().unwrap() as u32
+}
+
+/// SIGKILLs the volume's mount daemon and waits until another serves the same
+/// connection; returns the new daemon's pid.
+fn kill_daemon_and_wait_takeover(d: &Driver) -> u32 {
+    let old = daemon_pid(d);
+    assert!(alces_e2e::alive(old as i32), "daemon {old} is not running");
+    // SAFETY: plain kill of the daemon this test's plugin started.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let new = daemon_pid(d);
+        if new != old && alces_e2e::alive(new as i32) {
+            return new;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = std::fs::read_dir(d.state.join("volumes"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| alces_e2e::tail(&e.path(), 40))
+                .collect();
+            panic!(
+                "no mount daemon took over from {old} within 20 s; daemon log:\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn node_mount_daemon_sigkill_is_taken_over_on_the_same_connection() {
+    let c = Cluster::start_default();
+    let mut d = Driver::start(&c);
+    let (mut pauses, takeovers) = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req("pvc-k", 64 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/k/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        let stage = pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        };
+        node.node_stage_volume(stage.clone()).await.unwrap();
+        let target = d.path("pods/pk/volumes/kubernetes.io~csi/pvc-k/mount");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        node.node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dev_before = std::fs::metadata(&target)
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            .unwrap();
+
+        // A file opened for reading before the crashes, read after each.
+        std::fs::write(target.join("kept-open"), b"0123456789").unwrap();
+        let mut reader = std::fs::File::open(target.join("kept-open")).unwrap();
+        let mut pauses = Vec::new();
+        let app = App::start(target.join("app.log"));
+        let mut takeovers = 0;
+        for round in 0..3 {
+            std::thread::sleep(Duration::from_millis(700));
+            if round == 2 {
+                // A restarted plugin takes the descriptors back from the
+                // running daemon and still replaces it when it dies.
+                d.kill9();
+                d.spawn();
+            }
+            let t = Instant::now();
+            kill_daemon_and_wait_takeover(&d);
+            takeovers += 1;
+            // New calls work on the same kernel connection (no ENOTCONN).
+            let names: Vec<String> = std::fs::read_dir(&target)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(names.contains(&"app.log".to_string()), "{names:?}");
+            pauses.push(t.elapsed());
+            let mut buf = [0u8; 4];
+            use std::io::{Seek, SeekFrom};
+            reader.seek(SeekFrom::Start(round as u64)).unwrap();
+            reader.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, &b"0123456789"[round..round + 4]);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let longest = app.finish();
+        // The same filesystem (the same kernel connection) all along.
+        let dev_after = std::fs::metadata(&target)
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            .unwrap();
+        assert_eq!(dev_before, dev_after);
+        drop(reader);
+
+        // Unpublish and unstage end the daemon for good: nothing takes over.
+        let ch = d.channel().await;
+        let mut node = NodeClient::new(ch);
+        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: vid.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .unwrap();
+        let last = daemon_pid(&d);
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        assert!(!is_mount_point(&staging));
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !alces_e2e::alive(last as i32),
+            "the daemon outlived its unstage"
+        );
+        let left = Command::new("pgrep")
+            .arg("-f")
+            .arg(format!("alces-mount {}", staging.display()))
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "a daemon was started after unstage: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+        pauses.push(longest);
+        (pauses, takeovers)
+    });
+    let longest = pauses.pop().unwrap();
+    println!(
+        "FIGURE csi mount daemon SIGKILL x{takeovers}: from SIGKILL to a listing answered by the next daemon: {pauses:?}; longest pause between fsyncs seen by the application: {longest:?}"
+    );
+}
+
+#[test]
+fn alces_mount_refuses_bad_descriptors_and_a_takeover_without_state() {
+    use alces_csi::node::keeper;
+    let c = Cluster::start_default();
+    let base = c.scratch("bad-fd");
+    let dir = base.join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |extra: &[&str], stdin: std::process::Stdio| {
+        let out = Command::new(bin("alces-mount"))
+            .arg(&dir)
+            .arg("--master")
+            .arg(&c.master)
+            .arg("--secret-file")
+            .arg(&c.secret_file)
+            .args(extra)
+            .stdin(stdin)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Standard input is /dev/null: a character device, but not /dev/fuse.
+    let e = run(&["--fuse-fd", "0"], std::process::Stdio::null());
+    assert!(e.contains("is not /dev/fuse") && e.contains("1:3"), "{e}");
+    let e = run(&["--fuse-fd", "77"], std::process::Stdio::null());
+    assert!(e.contains("not an open descriptor"), "{e}");
+    let e = run(&["--takeover"], std::process::Stdio::null());
+    assert!(e.contains("--fuse-fd") || e.contains("required"), "{e}");
+
+    // A real FUSE connection, but a takeover with no recorded session.
+    let spec = |log: &str| keeper::DaemonSpec {
+        bin: bin("alces-mount"),
+        mountpoint: dir.clone(),
+        master: c.master.clone(),
+        subdir: "/".into(),
+        read_only: false,
+        secret: c.secret().into(),
+        log: base.join(log),
+    };
+    let fuse = keeper::open_fuse().unwrap();
+    let state = keeper::new_state("test").unwrap();
+    let mut child = keeper::spawn(&spec("takeover.log"), &fuse, &state, true).unwrap();
+    let st = child.wait().unwrap();
+    assert!(!st.success());
+    let log = std::fs::read_to_string(base.join("takeover.log")).unwrap();
+    assert!(log.contains("holds no session record"), "{log}");
+
+    // A state file that already records a session is not reused for a new one.
+    keeper::mount_fuse(&fuse, &dir, "alces:test/", false, false).unwrap();
+    let mut first = keeper::spawn(&spec("first.log"), &fuse, &state, false).unwrap();
+    wait_until("the first daemon to serve", Duration::from_secs(30), || {
+        std::fs::read_dir(&dir).is_ok()
+    });
+    let mut second = keeper::spawn(&spec("second.log"), &fuse, &state, false).unwrap();
+    assert!(!second.wait().unwrap().success());
+    let log = std::fs::read_to_string(base.join("second.log")).unwrap();
+    assert!(log.contains("already holds the session record"), "{log}");
+    alces_e2e::force_unmount(&dir);
+    let _ = first.wait();
+}

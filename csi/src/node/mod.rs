@@ -1,17 +1,26 @@
 //! The CSI Node service: one FUSE mount per volume per node at the staging
 //! path, bind-mounted into each pod's target path.
 //!
-//! Each staged volume is served by its own `alces-mount` daemon, started in a
-//! session of its own so that it outlives the node plugin: a SIGKILL or a
-//! restart of the plugin leaves every mount working. Everything a restarted
-//! plugin needs is on the node: the mount table and one record per staged
-//! volume in the state directory (`<state-dir>/volumes/*.json`).
+//! The plugin mounts each staged volume itself (`mount(2)` with `fd=N` on a
+//! `/dev/fuse` descriptor it keeps, [`keeper`]) and runs one `alces-mount`
+//! daemon per volume on that connection, in a session of its own so that it
+//! outlives the plugin: a SIGKILL or a restart of the plugin leaves every mount
+//! working, and a daemon that dies is replaced by one that takes over the same
+//! kernel connection. Everything a restarted plugin needs is on the node: the
+//! mount table, one record per staged volume in the state directory
+//! (`<state-dir>/volumes/*.json`), and the running daemons, from which it takes
+//! its copies of the descriptors back.
 
+pub mod holder;
+pub mod keeper;
 pub mod sys;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
@@ -21,6 +30,7 @@ use crate::controller::capabilities;
 use crate::errors::invalid;
 use crate::ids::{EntryId, Kind};
 use crate::locks::OpLocks;
+use crate::metrics::CsiMetrics;
 use crate::pb;
 use crate::pb::node_server::Node;
 use crate::server::rpc_span;
@@ -56,12 +66,59 @@ pub struct StagedRecord {
     pub read_only: bool,
     /// Pid of the `alces-mount` daemon.
     pub pid: u32,
+    /// Whether this plugin mounted the connection and keeps its descriptor
+    /// (the daemon runs with `--fuse-fd`).
+    #[serde(default)]
+    pub kept: bool,
+    /// Master address the daemon uses.
+    #[serde(default)]
+    pub master: String,
+    /// The volume's directory.
+    #[serde(default)]
+    pub subdir: String,
+    /// Device (major:minor) of the kept connection's mount: it changes when
+    /// the volume is mounted again on a new connection.
+    #[serde(default)]
+    pub dev: String,
+}
+
+/// The kept connections of a node plugin, by volume id.
+pub type Keepers = Arc<Mutex<HashMap<String, Arc<keeper::Kept>>>>;
+
+/// Stops supervising every kept connection (the plugin is exiting; the
+/// daemons go on serving, and the next plugin takes their descriptors back).
+pub fn stop_supervising(keepers: &Keepers) {
+    for k in keepers.lock().values() {
+        k.stop();
+    }
 }
 
 /// The Node service.
 pub struct NodeService {
     config: NodeConfig,
     locks: OpLocks,
+    /// Kept connections by volume id.
+    kept: Keepers,
+    metrics: Arc<OnceLock<CsiMetrics>>,
+}
+
+fn write_record_at(path: &Path, r: &StagedRecord) -> Result<(), Status> {
+    let tmp = path.with_extension("tmp");
+    let data = serde_json::to_vec_pretty(r).map_err(|e| Status::internal(e.to_string()))?;
+    std::fs::write(&tmp, data)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| io_status(&format!("writing {}", path.display()), &e))
+}
+
+/// The cluster secret in the environment of process `pid` (a running mount
+/// daemon's), so a restarted plugin never keeps secrets on disk.
+fn secret_of(pid: u32) -> Option<Arc<str>> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let key = format!("{}=", alces_proto::auth::SECRET_ENV);
+    env.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(key.as_bytes()))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(Arc::from)
 }
 
 /// A stable file name for a volume id (64-bit FNV-1a, hex).
@@ -90,10 +147,176 @@ impl NodeService {
     pub fn new(config: NodeConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(config.state_dir.join("volumes"))
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", config.state_dir.display()))?;
-        Ok(Self {
+        let s = Self {
             config,
             locks: OpLocks::default(),
-        })
+            kept: Arc::new(Mutex::new(HashMap::new())),
+            metrics: Arc::new(OnceLock::new()),
+        };
+        s.recover();
+        Ok(s)
+    }
+
+    /// The kept connections (see [`stop_supervising`]).
+    pub fn keepers(&self) -> Keepers {
+        self.kept.clone()
+    }
+
+    /// Counts takeovers in `metrics` from now on.
+    pub fn set_metrics(&self, metrics: CsiMetrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// Takes back the descriptors of every volume staged by an earlier run of
+    /// the plugin whose daemon still serves it, and supervises it again.
+    fn recover(&self) {
+        let Ok(dir) = std::fs::read_dir(self.config.state_dir.join("volumes")) else {
+            return;
+        };
+        for e in dir.flatten() {
+            if e.path().extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Some(r) = std::fs::read(e.path())
+                .ok()
+                .and_then(|t| serde_json::from_slice::<StagedRecord>(&t).ok())
+            else {
+                continue;
+            };
+            if !r.kept {
+                continue;
+            }
+            let span = tracing::info_span!("recover", volume_id = %r.volume_id);
+            let _in = span.enter();
+            let mounted = sys::mount_at(&r.staging_path)
+                .ok()
+                .flatten()
+                .is_some_and(|m| sys::is_alces(&m));
+            if !mounted {
+                tracing::warn!(
+                    pid = r.pid,
+                    "the volume is not mounted any more; the next NodeStageVolume mounts it again"
+                );
+                continue;
+            }
+            let daemon = pid_alive(r.pid) && is_mount_daemon(r.pid);
+            let got = if daemon {
+                keeper::recover_fds(r.pid)
+            } else {
+                // The daemon died with (or while) the plugin was down: the
+                // holder (`alces-csi hold`) kept the connection.
+                self.fds_from_holder(&r)
+            };
+            let (fuse, state) = match got {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(pid = r.pid, daemon, error = %e, "cannot take the volume's descriptors back; the next NodeStageVolume mounts it again");
+                    continue;
+                }
+            };
+            let note = keeper::KeeperNote::read(&state).ok();
+            let secret = note
+                .as_ref()
+                .map(|n| Arc::<str>::from(n.secret.as_str()))
+                .or_else(|| secret_of(r.pid))
+                .or_else(|| self.config.default_secret.clone());
+            let Some(secret) = secret else {
+                tracing::warn!(pid = r.pid, "no cluster secret for the volume's daemon");
+                continue;
+            };
+            let spec = self.spec(&r, secret);
+            let k = keeper::Kept::new(fuse, state, spec, r.pid, None);
+            self.watch(&k, r.clone());
+            self.kept.lock().insert(r.volume_id.clone(), k);
+            tracing::info!(pid = r.pid, "keeping the volume's connection again");
+        }
+    }
+
+    /// The descriptors of `r`'s connection from the holder, when one holds
+    /// them for the same mount.
+    fn fds_from_holder(
+        &self,
+        r: &StagedRecord,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        let path = holder::held_path(&self.record_path(&r.volume_id));
+        let text = std::fs::read(&path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the daemon is gone and no holder holds the connection ({}: {e})",
+                    path.display()
+                ),
+            )
+        })?;
+        let h: holder::HeldFile = serde_json::from_slice(&text).map_err(std::io::Error::other)?;
+        if h.dev != r.dev {
+            return Err(std::io::Error::other(format!(
+                "the holder holds another connection ({}, the mount is {})",
+                h.dev, r.dev
+            )));
+        }
+        let fuse = keeper::pidfd_getfd(h.pid, h.fuse_fd)?;
+        alces_client::takeover::check_fuse_device(&fuse)?;
+        let state = keeper::pidfd_getfd(h.pid, h.state_fd)?;
+        tracing::info!(
+            holder = h.pid,
+            "took the volume's descriptors back from the holder"
+        );
+        Ok((fuse, state))
+    }
+
+    fn spec(&self, r: &StagedRecord, secret: Arc<str>) -> keeper::DaemonSpec {
+        keeper::DaemonSpec {
+            bin: self.config.mount_bin.clone(),
+            mountpoint: r.staging_path.clone(),
+            master: r.master.clone(),
+            subdir: r.subdir.clone(),
+            read_only: r.read_only,
+            secret,
+            log: self.log_path(&r.volume_id),
+        }
+    }
+
+    /// Supervises a kept connection: a daemon that dies is replaced with a
+    /// takeover, and the record names the new daemon.
+    fn watch(&self, k: &Arc<keeper::Kept>, record: StagedRecord) {
+        let staging = record.staging_path.clone();
+        let path = self.record_path(&record.volume_id);
+        let metrics = self.metrics.clone();
+        let span = tracing::info_span!("keeper", volume_id = %record.volume_id);
+        let span2 = span.clone();
+        let current_path = path.clone();
+        let volume_id = record.volume_id.clone();
+        let lock_path = path.with_extension("lock");
+        k.supervise(keeper::Hooks {
+            still_mounted: Box::new(move || {
+                let _in = span.enter();
+                sys::mount_at(&staging)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| sys::is_alces(&m))
+            }),
+            current: Box::new(move || {
+                std::fs::read(&current_path)
+                    .ok()
+                    .and_then(|t| serde_json::from_slice::<StagedRecord>(&t).ok())
+                    .filter(|r| r.volume_id == volume_id)
+                    .map(|r| r.pid)
+            }),
+            restarted: Box::new(move |pid, pause| {
+                let _in = span2.enter();
+                let mut r = record.clone();
+                r.pid = pid;
+                if let Err(e) = write_record_at(&path, &r) {
+                    tracing::warn!(error = %e.message(), "recording the new daemon");
+                }
+                if let Some(m) = metrics.get() {
+                    m.takeover("daemon_died");
+                }
+                tracing::info!(pid, ?pause, "mount daemon replaced");
+            }),
+            lock_path,
+        });
     }
 
     fn record_path(&self, volume_id: &str) -> PathBuf {
@@ -116,12 +339,7 @@ impl NodeService {
     }
 
     fn write_record(&self, r: &StagedRecord) -> Result<(), Status> {
-        let p = self.record_path(&r.volume_id);
-        let tmp = p.with_extension("tmp");
-        let data = serde_json::to_vec_pretty(r).map_err(|e| Status::internal(e.to_string()))?;
-        std::fs::write(&tmp, data)
-            .and_then(|()| std::fs::rename(&tmp, &p))
-            .map_err(|e| io_status(&format!("writing {}", p.display()), &e))
+        write_record_at(&self.record_path(&r.volume_id), r)
     }
 
     fn path(&self, what: &str, p: &str) -> Result<PathBuf, Status> {
@@ -156,6 +374,9 @@ impl NodeService {
                     Ok(_) => return Ok(()),
                     Err(why) => {
                         tracing::warn!(%why, "staged mount is broken; mounting it again");
+                        if let Some(k) = self.kept.lock().remove(&req.volume_id) {
+                            k.stop();
+                        }
                         sys::unmount(&staging)
                             .map_err(|e| io_status("unmounting the broken mount", &e))?;
                     }
@@ -177,89 +398,89 @@ impl NodeService {
                 invalid("no cluster secret: reference a Secret with the key 'secret' in the StorageClass (csi.storage.k8s.io/node-stage-secret-name) or start the node plugin with --secret-file")
             })?,
         };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(&req.volume_id))
-            .map_err(|e| io_status("opening the mount log", &e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| io_status("opening the mount log", &e))?;
-        let mut cmd = std::process::Command::new(&self.config.mount_bin);
-        cmd.arg(&staging)
-            .arg("--master")
-            .arg(id.cluster.master_address())
-            .arg("--subdir")
-            .arg(id.path())
-            .arg("--allow-other")
-            .env_remove("ALCES_SECRET_FILE")
-            .env(alces_proto::auth::SECRET_ENV, &*secret)
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        if read_only {
-            cmd.arg("--read-only");
-        }
-        // A session of its own: the daemon outlives this plugin (and its
-        // process group), so a restart of the plugin leaves the mount serving.
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setsid is async-signal-safe and touches only the child.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setsid() < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd.spawn().map_err(|e| {
-            Status::failed_precondition(format!(
-                "cannot start {}: {e}",
-                self.config.mount_bin.display()
-            ))
-        })?;
-        let pid = child.id();
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if let Ok(Some(m)) = sys::mount_at(&staging) {
-                if sys::is_alces(&m) {
-                    break;
-                }
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                let tail =
-                    std::fs::read_to_string(self.log_path(&req.volume_id)).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Err(Status::unavailable(format!(
-                    "the mount daemon for {} exited ({st}) before mounting: {}",
-                    id,
-                    tail.join(" | ")
-                )));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Status::deadline_exceeded(format!(
-                    "{} was not mounted within {MOUNT_TIMEOUT:?}",
-                    staging.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // The daemon is reaped by init once it exits (its session is its own);
-        // a thread reaps it while this plugin lives, so it never lingers as a zombie.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
-        self.write_record(&StagedRecord {
+        let mut record = StagedRecord {
             volume_id: req.volume_id.clone(),
             staging_path: staging.clone(),
             read_only,
-            pid,
-        })?;
+            pid: 0,
+            kept: true,
+            master: id.cluster.master_address(),
+            subdir: id.path().to_string(),
+            dev: String::new(),
+        };
+        let spec = self.spec(&record, secret);
+        let fuse = keeper::open_fuse().map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let source = format!("alces:{}{}", record.master, record.subdir);
+        keeper::mount_fuse(&fuse, &staging, &source, read_only, true)
+            .map_err(|e| io_status("mounting the volume", &e))?;
+        record.dev = sys::mount_at(&staging)
+            .ok()
+            .flatten()
+            .map(|m| m.dev)
+            .unwrap_or_default();
+        let note = keeper::KeeperNote {
+            master: record.master.clone(),
+            subdir: record.subdir.clone(),
+            secret: spec.secret.to_string(),
+        };
+        let started = keeper::new_state("alces-mount-state").and_then(|state| {
+            note.write(&state)?;
+            keeper::spawn(&spec, &fuse, &state, false).map(|c| (state, c))
+        });
+        let (state, mut child) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = sys::unmount(&staging);
+                return Err(Status::failed_precondition(format!(
+                    "cannot start {}: {e}",
+                    self.config.mount_bin.display()
+                )));
+            }
+        };
+        let pid = child.id();
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        // Serving once the daemon has answered the kernel's INIT and a statfs.
+        loop {
+            if sys::usage(&staging, Duration::from_millis(500))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            let failed = match child.try_wait() {
+                Ok(Some(st)) => {
+                    let tail =
+                        std::fs::read_to_string(self.log_path(&req.volume_id)).unwrap_or_default();
+                    let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    Some(Status::unavailable(format!(
+                        "the mount daemon for {} exited ({st}) before serving: {}",
+                        id,
+                        tail.join(" | ")
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Some(Status::deadline_exceeded(format!(
+                        "{} was not served within {MOUNT_TIMEOUT:?}",
+                        staging.display()
+                    )))
+                }
+                _ => None,
+            };
+            if let Some(status) = failed {
+                let _ = sys::unmount(&staging);
+                return Err(status);
+            }
+        }
+        let record = StagedRecord { pid, ..record };
+        self.write_record(&record)?;
+        let k = keeper::Kept::new(fuse, state, spec, pid, Some(child));
+        self.watch(&k, record);
+        if let Some(old) = self.kept.lock().insert(req.volume_id.clone(), k) {
+            old.stop();
+        }
         tracing::info!(staging = %staging.display(), pid, read_only, "volume staged");
         Ok(())
     }
@@ -268,7 +489,14 @@ impl NodeService {
         volume_id(&req.volume_id)?;
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let _g = self.locks.lock(&req.volume_id)?;
-        let record = self.record(&req.volume_id);
+        let mut record = self.record(&req.volume_id);
+        // Stop supervising first: the unmount ends the daemon on purpose.
+        if let Some(k) = self.kept.lock().remove(&req.volume_id) {
+            k.stop();
+            if let Some(r) = record.as_mut() {
+                r.pid = k.pid();
+            }
+        }
         match sys::mount_at(&staging).map_err(|e| io_status("reading the mount table", &e))? {
             Some(m) if sys::is_alces(&m) => {
                 sys::unmount(&staging)
@@ -296,6 +524,7 @@ impl NodeService {
         }
         let _ = std::fs::remove_dir(&staging);
         let _ = std::fs::remove_file(self.record_path(&req.volume_id));
+        let _ = std::fs::remove_file(self.record_path(&req.volume_id).with_extension("lock"));
         tracing::info!(staging = %staging.display(), "volume unstaged");
         Ok(())
     }
