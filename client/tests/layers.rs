@@ -13,8 +13,8 @@ mod layers_check;
 fn layer(module: &str) -> u32 {
     match module {
         "cache" | "chain" | "writebuf" | "filesize" | "readahead" | "layout" | "dirsnap"
-        | "names" | "error" => 1,
-        "session" => 2,
+        | "names" | "error" | "takeover" => 1,
+        "session" | "journal" => 2,
         "namespace" => 3,
         "file" => 4,
         "open_files" => 5,
