@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ const MIB: i64 = 1 << 20;
 
 /// A running `alces-csi all` with its socket and kubelet directory.
 struct Driver {
-    child: Option<Child>,
+    pid: Option<i32>,
     sock: PathBuf,
     kubelet: PathBuf,
     state: PathBuf,
@@ -37,7 +37,7 @@ impl Driver {
     fn start(c: &Cluster) -> Self {
         let base = c.scratch("csi");
         let mut d = Driver {
-            child: None,
+            pid: None,
             sock: base.join("csi.sock"),
             kubelet: base.join("kubelet"),
             state: base.join("state"),
@@ -47,39 +47,37 @@ impl Driver {
         };
         std::fs::create_dir_all(d.kubelet.join("pods")).unwrap();
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-        d.spawn();
+        d.spawn(c);
         d
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(bin("alces-csi"))
-            .arg("all")
-            .arg("--endpoint")
-            .arg(format!("unix://{}", self.sock.display()))
-            .arg("--master")
-            .arg(&self.master)
-            .arg("--secret-file")
-            .arg(&self.secret_file)
-            .arg("--kubelet-dir")
-            .arg(&self.kubelet)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--node-id")
-            .arg("node-1")
-            .arg("--default-capacity")
-            .arg("4MiB")
-            .env_remove("ALCES_SECRET")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("start alces-csi");
-        self.child = Some(child);
+    /// Starts the plugin through the cluster's launcher shell: a process forked
+    /// from the test while it keeps files open on a mount whose daemon is dead
+    /// would hang in its exec (see `Cluster::launch`), and the plugin is what
+    /// starts the next daemon.
+    fn spawn(&mut self, c: &Cluster) {
+        let args: Vec<std::ffi::OsString> = vec![
+            "-u".into(),
+            "ALCES_SECRET".into(),
+            bin("alces-csi").into(),
+            "all".into(),
+            "--endpoint".into(),
+            format!("unix://{}", self.sock.display()).into(),
+            "--master".into(),
+            self.master.clone().into(),
+            "--secret-file".into(),
+            self.secret_file.clone().into(),
+            "--kubelet-dir".into(),
+            self.kubelet.clone().into(),
+            "--state-dir".into(),
+            self.state.clone().into(),
+            "--node-id".into(),
+            "node-1".into(),
+            "--default-capacity".into(),
+            "4MiB".into(),
+        ];
+        let pid = c.launch("env", &args, &self.log);
+        self.pid = Some(pid);
         let sock = self.sock.clone();
         wait_until("the CSI socket", Duration::from_secs(30), || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
@@ -87,9 +85,8 @@ impl Driver {
     }
 
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(pid) = self.pid.take() {
+            sigkill_and_wait(pid);
         }
     }
 
@@ -102,6 +99,17 @@ impl Driver {
     fn path(&self, rel: &str) -> PathBuf {
         self.kubelet.join(rel)
     }
+}
+
+/// SIGKILLs `pid` and waits until it is gone (or a zombie).
+fn sigkill_and_wait(pid: i32) {
+    // SAFETY: plain kill of a process this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until(
+        &format!("process {pid} to end"),
+        Duration::from_secs(10),
+        || !alces_e2e::alive(pid),
+    );
 }
 
 impl Drop for Driver {
@@ -644,6 +652,8 @@ fn controller_rpcs_good_bad_and_idempotent() {
 /// length and the longest time between two completed fsyncs.
 struct App {
     stop: Arc<AtomicBool>,
+    /// Bytes fsynced so far.
+    progress: Arc<std::sync::atomic::AtomicU64>,
     handle: Option<std::thread::JoinHandle<(u64, Duration, Option<String>)>>,
     path: PathBuf,
 }
@@ -655,7 +665,9 @@ fn pattern(off: u64) -> u8 {
 impl App {
     fn start(path: PathBuf) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let s = stop.clone();
+        let done = progress.clone();
         let p = path.clone();
         let handle = std::thread::spawn(move || {
             let mut f = std::fs::OpenOptions::new()
@@ -675,6 +687,7 @@ impl App {
                     break;
                 }
                 synced += 4096;
+                done.store(synced, Ordering::SeqCst);
                 longest = longest.max(last.elapsed());
                 last = Instant::now();
                 std::thread::sleep(Duration::from_millis(5));
@@ -683,9 +696,20 @@ impl App {
         });
         App {
             stop,
+            progress,
             handle: Some(handle),
             path,
         }
+    }
+
+    /// Bytes fsynced so far.
+    fn synced(&self) -> u64 {
+        self.progress.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the application has fsynced more than `than` bytes.
+    fn wait_past(&self, than: u64, what: &str) {
+        wait_until(what, Duration::from_secs(60), || self.synced() > than);
     }
 
     /// Stops the loop; panics if the application saw an error; checks every
@@ -885,7 +909,7 @@ fn node_stage_publish_quota_readonly_users_and_plugin_restart() {
         std::thread::sleep(Duration::from_millis(500));
         d.kill9();
         std::thread::sleep(Duration::from_millis(1000));
-        d.spawn();
+        d.spawn(&c);
         let ch = d.channel().await;
         let mut node = NodeClient::new(ch);
         // The restarted plugin answers for the volume staged before it started.
@@ -1024,7 +1048,7 @@ fn node_mount_daemon_sigkill_is_taken_over_on_the_same_connection() {
                 // A restarted plugin takes the descriptors back from the
                 // running daemon and still replaces it when it dies.
                 d.kill9();
-                d.spawn();
+                d.spawn(&c);
             }
             let t = Instant::now();
             kill_daemon_and_wait_takeover(&d);
@@ -1151,4 +1175,209 @@ fn alces_mount_refuses_bad_descriptors_and_a_takeover_without_state() {
     assert!(log.contains("already holds the session record"), "{log}");
     alces_e2e::force_unmount(&dir);
     let _ = first.wait();
+}
+
+/// Ends a process this test started through the launcher when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain kill of a process this test started.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// The volume's record and the holder's file for it, as JSON.
+fn record_and_held(d: &Driver) -> (serde_json::Value, Option<serde_json::Value>) {
+    let dir = d.state.join("volumes");
+    let rec = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .expect("a staged volume's record")
+        .path();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec).unwrap()).unwrap();
+    let held = std::fs::read(rec.with_extension("held"))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok());
+    (r, held)
+}
+
+/// The plugin and the volume's daemon SIGKILLed together (on Kubernetes, the
+/// node plugin pod deleted or its container restarted) while `alces-csi hold`
+/// runs apart: the holder's copy of the descriptors keeps the kernel
+/// connection, the restarted plugin takes them from the holder and starts a
+/// daemon with `--takeover`; the application sees a pause and no error, and no
+/// acknowledged write is lost (fsynced or not).
+#[test]
+fn node_plugin_and_daemon_killed_together_the_holder_keeps_the_connection() {
+    let c = Cluster::start_default();
+    let mut d = Driver::start(&c);
+    let holder_log = d.state.parent().unwrap().join("holder.log");
+    let holder = KillOnDrop(c.launch(
+        &bin("alces-csi").to_string_lossy(),
+        &["hold".into(), "--state-dir".into(), d.state.clone().into()],
+        &holder_log,
+    ));
+    let (pause, longest) = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req("pvc-h", 64 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let vpath = vid
+            .rsplit('#')
+            .next()
+            .unwrap()
+            .trim_start_matches('/')
+            .to_string();
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/h/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let target = d.path("pods/ph/volumes/kubernetes.io~csi/pvc-h/mount");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        node.node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // The holder takes its copy of the connection.
+        wait_until(
+            "the holder to hold the volume's connection",
+            Duration::from_secs(20),
+            || {
+                let (r, h) = record_and_held(&d);
+                h.is_some_and(|h| h["dev"] == r["dev"] && h["pid"] == holder.0)
+            },
+        );
+        let dev_before = std::fs::metadata(&target)
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            .unwrap();
+        std::fs::write(target.join("kept-open"), b"0123456789").unwrap();
+        let mut reader = std::fs::File::open(target.join("kept-open")).unwrap();
+        // Written (acknowledged) but never fsynced before the crash.
+        let unsynced: Vec<u8> = (0..3 << 20).map(|i: u64| pattern(i * 7)).collect();
+        let mut w = std::fs::File::create(target.join("unsynced")).unwrap();
+        w.write_all(&unsynced[..2 << 20]).unwrap();
+        let app = App::start(target.join("app.log"));
+        app.wait_past(64 << 10, "the application to fsync 64 KiB");
+
+        // Plugin and daemon die together.
+        let daemon = daemon_pid(&d) as i32;
+        let plugin = d.pid.take().unwrap();
+        // SAFETY: plain kills of processes this test started.
+        unsafe {
+            libc::kill(plugin, libc::SIGKILL);
+            libc::kill(daemon, libc::SIGKILL);
+        }
+        let t = Instant::now();
+        wait_until(
+            "the plugin and the daemon to end",
+            Duration::from_secs(10),
+            || !alces_e2e::alive(plugin) && !alces_e2e::alive(daemon),
+        );
+        // Nobody serves; the holder alone keeps the connection: still mounted.
+        assert!(is_mount_point(&staging) && is_mount_point(&target));
+        let before = app.synced();
+        d.spawn(&c);
+        let new = loop {
+            let p = daemon_pid(&d) as i32;
+            if p != daemon && alces_e2e::alive(p) {
+                break p;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no daemon took the held connection over within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let names: Vec<String> = std::fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let pause = t.elapsed();
+        assert!(names.contains(&"app.log".to_string()), "{names:?}");
+        assert!(
+            std::fs::read_to_string(&d.log)
+                .unwrap()
+                .contains("took the volume's descriptors back from the holder"),
+            "the restarted plugin did not take the descriptors from the holder"
+        );
+        app.wait_past(before, "the application to fsync again after the takeover");
+        // The file opened before reads on; the unsynced one is completed and closed.
+        let mut buf = [0u8; 4];
+        use std::io::{Seek, SeekFrom};
+        reader.seek(SeekFrom::Start(3)).unwrap();
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"3456");
+        w.write_all(&unsynced[2 << 20..]).unwrap();
+        drop(w);
+        let longest = app.finish();
+        assert_eq!(
+            dev_before,
+            std::fs::metadata(&target)
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+                .unwrap(),
+            "the mount is not the same kernel connection"
+        );
+        // Through another mount (no page cache of ours): every byte written.
+        let other = std::fs::read(c.mnt.join(&vpath).join("unsynced")).unwrap();
+        assert_eq!(other.len(), unsynced.len(), "the unsynced file's length");
+        assert!(
+            other == unsynced,
+            "a written byte of the unsynced file was lost"
+        );
+        drop(reader);
+
+        let ch = d.channel().await;
+        let mut node = NodeClient::new(ch);
+        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: vid.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .unwrap();
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        assert!(!is_mount_point(&staging));
+        assert!(!alces_e2e::alive(new), "the daemon outlived its unstage");
+        // The holder lets the unstaged volume go.
+        let held = d.state.join("volumes");
+        wait_until(
+            "the holder to release the volume",
+            Duration::from_secs(10),
+            || {
+                !std::fs::read_dir(&held)
+                    .unwrap()
+                    .flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "held"))
+            },
+        );
+        (pause, longest)
+    });
+    drop(holder);
+    println!(
+        "FIGURE csi plugin and daemon SIGKILLed together, holder alive: from the SIGKILL to a listing answered by the new plugin's daemon: {pause:?} (including the plugin's start); longest pause between fsyncs seen by the application: {longest:?}"
+    );
 }

@@ -307,9 +307,10 @@ pub struct Hooks {
 }
 
 /// An exclusive `flock` of a file, held until dropped.
-struct FileLock(#[allow(dead_code)] std::fs::File);
+pub struct FileLock(#[allow(dead_code)] std::fs::File);
 
-fn lock_file(path: &Path) -> io::Result<FileLock> {
+/// Takes an exclusive `flock` of `path` (created if missing), waiting for it.
+pub fn lock_file(path: &Path) -> io::Result<FileLock> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -100,6 +100,9 @@ pub struct NodeService {
     /// Kept connections by volume id.
     kept: Keepers,
     metrics: Arc<OnceLock<CsiMetrics>>,
+    /// Connections taken over at start from the holder (counted once the
+    /// metrics exist).
+    held_takeovers: std::sync::atomic::AtomicU64,
 }
 
 fn write_record_at(path: &Path, r: &StagedRecord) -> Result<(), Status> {
@@ -152,6 +155,7 @@ impl NodeService {
             locks: OpLocks::default(),
             kept: Arc::new(Mutex::new(HashMap::new())),
             metrics: Arc::new(OnceLock::new()),
+            held_takeovers: Default::default(),
         };
         s.recover();
         Ok(s)
@@ -164,6 +168,12 @@ impl NodeService {
 
     /// Counts takeovers in `metrics` from now on.
     pub fn set_metrics(&self, metrics: CsiMetrics) {
+        let held = self
+            .held_takeovers
+            .swap(0, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..held {
+            metrics.takeover("held_connection");
+        }
         let _ = self.metrics.set(metrics);
     }
 
@@ -225,11 +235,61 @@ impl NodeService {
                 continue;
             };
             let spec = self.spec(&r, secret);
-            let k = keeper::Kept::new(fuse, state, spec, r.pid, None);
+            let (pid, child) = if daemon {
+                (r.pid, None)
+            } else {
+                match self.take_over_now(&r, &spec, &fuse, &state) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(pid = r.pid, error = %e, "cannot start a mount daemon on the held connection; the next NodeStageVolume mounts it again");
+                        continue;
+                    }
+                }
+            };
+            let r = StagedRecord { pid, ..r };
+            let k = keeper::Kept::new(fuse, state, spec, pid, child);
             self.watch(&k, r.clone());
             self.kept.lock().insert(r.volume_id.clone(), k);
-            tracing::info!(pid = r.pid, "keeping the volume's connection again");
+            tracing::info!(pid, "keeping the volume's connection again");
         }
+    }
+
+    /// Starts a daemon with `--takeover` on a connection whose daemon died
+    /// while no plugin ran (its descriptors came from the holder), under the
+    /// volume's lock, and records it. When another keeper started one
+    /// meanwhile, that one is kept. Never waits on the dead daemon's pid,
+    /// which the system may have given to another process since.
+    fn take_over_now(
+        &self,
+        r: &StagedRecord,
+        spec: &keeper::DaemonSpec,
+        fuse: &std::os::fd::OwnedFd,
+        state: &std::os::fd::OwnedFd,
+    ) -> std::io::Result<(u32, Option<std::process::Child>)> {
+        let path = self.record_path(&r.volume_id);
+        let _lock = keeper::lock_file(&path.with_extension("lock"))?;
+        if let Some(now) = self.record(&r.volume_id) {
+            if now.pid != r.pid && pid_alive(now.pid) && is_mount_daemon(now.pid) {
+                tracing::info!(
+                    pid = now.pid,
+                    "another keeper started a daemon on the connection already"
+                );
+                return Ok((now.pid, None));
+            }
+        }
+        let child = keeper::spawn(spec, fuse, state, true)?;
+        let pid = child.id();
+        let record = StagedRecord { pid, ..r.clone() };
+        write_record_at(&path, &record)
+            .map_err(|s| std::io::Error::other(s.message().to_string()))?;
+        self.held_takeovers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(
+            pid,
+            dead = r.pid,
+            "the daemon died while no plugin ran; a new one takes the held connection over"
+        );
+        Ok((pid, Some(child)))
     }
 
     /// The descriptors of `r`'s connection from the holder, when one holds
