@@ -127,6 +127,21 @@ impl Drop for Driver {
             let _ = Command::new("umount").arg("-l").arg(&p).status();
         }
         self.kill9();
+        // A failed test may leave a connection paused (its daemon killed) with
+        // the test's own threads waiting in it: ending every daemon of a record
+        // (the plugin, which kept the other copy, is gone) aborts it.
+        if let Ok(dir) = std::fs::read_dir(self.state.join("volumes")) {
+            for e in dir.flatten() {
+                let pid = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["pid"].as_i64());
+                if let Some(pid) = pid.filter(|&p| p > 0 && alces_e2e::alive(p as i32)) {
+                    // SAFETY: plain kill of a mount daemon this test's plugin started.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
         if std::thread::panicking() {
             eprintln!(
                 "---- alces-csi log ----\n{}",
@@ -1380,4 +1395,168 @@ fn node_plugin_and_daemon_killed_together_the_holder_keeps_the_connection() {
     println!(
         "FIGURE csi plugin and daemon SIGKILLed together, holder alive: from the SIGKILL to a listing answered by the new plugin's daemon: {pause:?} (including the plugin's start); longest pause between fsyncs seen by the application: {longest:?}"
     );
+}
+
+/// The calling thread's id.
+fn gettid() -> i32 {
+    // SAFETY: gettid takes no argument.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// The system call thread `tid` of process `pid` is blocked in, if any
+/// (`/proc/PID/task/TID/syscall`: its number and first argument).
+fn blocked_in(pid: i32, tid: i32) -> Option<(i64, u64)> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let mut f = t.split_whitespace();
+    let nr: i64 = f.next()?.parse().ok()?;
+    let arg = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+    Some((nr, arg))
+}
+
+/// How many threads of the mount daemon `pid` wait in `read(2)` of its
+/// `/dev/fuse` descriptor: the ones with no request in hand.
+fn idle_fuse_readers(pid: i32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|tid| blocked_in(pid, tid))
+        .filter(|&(nr, fd)| {
+            nr == libc::SYS_read
+                && std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .is_ok_and(|l| l == Path::new("/dev/fuse"))
+        })
+        .count()
+}
+
+/// A request the dead daemon had read and not answered completes through the
+/// next one (`FUSE_NOTIFY_RESEND`): with every chunkserver stopped, a read of
+/// data no cache holds is taken by the daemon and waits; the daemon is
+/// SIGKILLed with it in hand; the next daemon gets it again from the kernel,
+/// and once the chunkservers run again the read returns the right bytes.
+#[test]
+fn a_read_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() {
+    let c = Cluster::start_default();
+    let d = Driver::start(&c);
+    let pause = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req("pvc-r", 64 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let vpath = c
+            .mnt
+            .join(vid.rsplit('#').next().unwrap().trim_start_matches('/'));
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/r/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // Written through the cluster's other mount: nothing of it is cached in
+        // the volume's mount or its daemon.
+        let cold: Vec<u8> = (0..(2u64 << 20)).map(|i| pattern(i * 3)).collect();
+        std::fs::write(vpath.join("cold"), &cold).unwrap();
+        std::fs::File::open(vpath.join("cold"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        let daemon = daemon_pid(&d) as i32;
+        wait_until(
+            "the daemon's FUSE threads to wait for requests",
+            Duration::from_secs(10),
+            || idle_fuse_readers(daemon) > 2,
+        );
+        let idle = idle_fuse_readers(daemon);
+        let chunkservers: Vec<i32> = (1..=c.opts.chunkservers)
+            .filter_map(|i| c.pid(alces_e2e::Proc::Chunkserver(i)))
+            .collect();
+        assert!(!chunkservers.is_empty());
+        for &p in &chunkservers {
+            // SAFETY: plain signal to a chunkserver of this test's cluster.
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        let stopped = chunkservers.clone();
+        let cont = move || {
+            for &p in &stopped {
+                // SAFETY: as above.
+                unsafe { libc::kill(p, libc::SIGCONT) };
+            }
+        };
+        let rtid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let rt = rtid.clone();
+        let rfile = staging.join("cold");
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::open(&rfile)?;
+            let mut buf = vec![0u8; 256 << 10];
+            rt.store(gettid(), Ordering::SeqCst);
+            f.read_exact(&mut buf).map(|()| buf)
+        });
+        // The read waits in the kernel, and the daemon has taken it: every one of
+        // its FUSE threads is back in read(2) of /dev/fuse (a request still
+        // queued in the kernel would have woken one), seen twice in a row.
+        let me = std::process::id() as i32;
+        let mut seen = 0;
+        let in_hand = wait_for(Duration::from_secs(20), || {
+            let r = rtid.load(Ordering::SeqCst);
+            let now = r != 0
+                && blocked_in(me, r).is_some_and(|(nr, _)| nr == libc::SYS_read)
+                && idle_fuse_readers(daemon) == idle;
+            seen = if now { seen + 1 } else { 0 };
+            seen >= 2
+        });
+        if !in_hand {
+            cont();
+            panic!(
+                "the read was not waiting in the daemon within 20 s (idle readers {} of {idle}; reader in {:?})",
+                idle_fuse_readers(daemon),
+                blocked_in(me, rtid.load(Ordering::SeqCst))
+            );
+        }
+        let t = Instant::now();
+        let new = kill_daemon_and_wait_takeover(&d);
+        let pause = t.elapsed();
+        // The read did not fail with the daemon: still waiting.
+        assert!(!reader.is_finished(), "the read ended with the dead daemon");
+        cont();
+        assert!(
+            wait_for(Duration::from_secs(60), || reader.is_finished()),
+            "the read in flight at the SIGKILL did not complete within 60 s of the takeover"
+        );
+        let got = reader.join().unwrap().expect("the read in flight at the SIGKILL");
+        assert!(got == cold[..256 << 10], "the read returned other bytes");
+        assert!(alces_e2e::alive(new as i32));
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        pause
+    });
+    println!("FIGURE csi read in flight at a daemon SIGKILL: completed with the right bytes after the takeover ({pause:?} from the SIGKILL to the next daemon's start)");
+}
+
+/// Polls `cond` until it holds (true) or `timeout` passes (false).
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
