@@ -25,6 +25,7 @@ use alces_proto::pb;
 use anyhow::{bail, Context};
 
 pub mod figures;
+pub mod handover;
 pub mod master_netns;
 pub mod netns;
 pub mod replication;
