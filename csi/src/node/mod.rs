@@ -209,7 +209,7 @@ impl NodeService {
                 );
                 continue;
             }
-            let daemon = pid_alive(r.pid) && is_mount_daemon(r.pid);
+            let daemon = pid_alive(r.pid) && keeper::is_daemon_of(r.pid, &r.staging_path);
             let got = if daemon {
                 keeper::recover_fds(r.pid)
             } else {
@@ -269,7 +269,10 @@ impl NodeService {
         let path = self.record_path(&r.volume_id);
         let _lock = keeper::lock_file(&path.with_extension("lock"))?;
         if let Some(now) = self.record(&r.volume_id) {
-            if now.pid != r.pid && pid_alive(now.pid) && is_mount_daemon(now.pid) {
+            if now.pid != r.pid
+                && pid_alive(now.pid)
+                && keeper::is_daemon_of(now.pid, &now.staging_path)
+            {
                 tracing::info!(
                     pid = now.pid,
                     "another keeper started a daemon on the connection already"
@@ -577,7 +580,7 @@ impl NodeService {
             while pid_alive(r.pid) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if pid_alive(r.pid) && is_mount_daemon(r.pid) {
+            if pid_alive(r.pid) && keeper::is_daemon_of(r.pid, &r.staging_path) {
                 // SAFETY: plain kill of a pid this node started for this volume.
                 unsafe { libc::kill(r.pid as i32, libc::SIGKILL) };
             }
@@ -753,12 +756,6 @@ fn pid_alive(pid: u32) -> bool {
                     .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
             })
             .unwrap_or(true)
-}
-
-fn is_mount_daemon(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "alces-mount")
-        .unwrap_or(false)
 }
 
 fn rpc_cap(t: pb::node_service_capability::rpc::Type) -> pb::NodeServiceCapability {
