@@ -1560,3 +1560,85 @@ fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A namespace request the dead daemon had taken completes through the next
+/// one: with the master stopped, a mkdir is taken by a FUSE thread of the
+/// daemon (it leaves its read of `/dev/fuse`) and waits; the daemon is
+/// SIGKILLed; once the master runs again the next daemon gets the mkdir from
+/// the kernel (`FUSE_NOTIFY_RESEND`) and it succeeds, exactly once.
+#[test]
+fn a_mkdir_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() {
+    let c = Cluster::start_default();
+    let d = Driver::start(&c);
+    let pause = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req("pvc-m", 64 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/m/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let daemon = daemon_pid(&d) as i32;
+        wait_until(
+            "the daemon's FUSE threads to wait for requests",
+            Duration::from_secs(10),
+            || idle_fuse_readers(daemon) > 2,
+        );
+        let idle = idle_fuse_readers(daemon);
+        let master = c.pid(alces_e2e::Proc::Master).expect("the master runs");
+        // SAFETY: plain signal to this test's master.
+        unsafe { libc::kill(master, libc::SIGSTOP) };
+        let cont = move || {
+            // SAFETY: as above.
+            unsafe { libc::kill(master, libc::SIGCONT) };
+        };
+        let dir = staging.join("made-once");
+        let d2 = dir.clone();
+        let mkdir = std::thread::spawn(move || std::fs::create_dir(&d2));
+        // A FUSE thread has the mkdir in hand: it left its read of /dev/fuse.
+        if !wait_for(Duration::from_secs(20), || idle_fuse_readers(daemon) < idle) {
+            cont();
+            panic!(
+                "no FUSE thread of the daemon took the mkdir within 20 s (idle readers {} of {idle})",
+                idle_fuse_readers(daemon)
+            );
+        }
+        let t = Instant::now();
+        let new = kill_daemon_and_wait_takeover(&d);
+        let pause = t.elapsed();
+        assert!(!mkdir.is_finished(), "the mkdir ended with the dead daemon");
+        cont();
+        assert!(
+            wait_for(Duration::from_secs(60), || mkdir.is_finished()),
+            "the mkdir in flight at the SIGKILL did not complete within 60 s of the takeover"
+        );
+        mkdir
+            .join()
+            .unwrap()
+            .expect("the mkdir in flight at the SIGKILL");
+        assert!(dir.is_dir());
+        assert!(alces_e2e::alive(new as i32));
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        pause
+    });
+    println!("FIGURE csi mkdir in flight at a daemon SIGKILL (master stopped): completed after the takeover ({pause:?} from the SIGKILL to the next daemon's start)");
+}
