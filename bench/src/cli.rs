@@ -33,6 +33,28 @@ pub enum Command {
     /// Snapshot figures on a local Alces cluster: the time to snapshot a tree of
     /// many files and the master's memory per snapshot entry.
     Snapshot(SnapshotArgs),
+    /// A mount served as the CSI node plugin serves one (handed-over /dev/fuse
+    /// descriptor and state memfd, write journal) against a plain alces-mount
+    /// mount of the same local cluster: sequential write, read and metadata
+    /// rates as ratios.
+    Handover(HandoverArgs),
+}
+
+/// Options of `alces-bench handover`.
+#[derive(Debug, Clone, Args)]
+pub struct HandoverArgs {
+    /// MiB of each file written and read.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub mib: u64,
+    /// Files created, stat'ed and removed per metadata round.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub files: u64,
+    /// Rounds on each mount (alternating); the best of each is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub reps: u32,
+    /// Do not run `cargo build --release` for the Alces binaries first.
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 /// Options of `alces-bench snapshot`.

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use crate::cli::{FailoverArgs, RepairArgs, SnapshotArgs};
 use crate::systems::alces::build;
 
-fn prepare(no_build: bool) -> Result<()> {
+/// Builds the release binaries unless `no_build`.
+pub(crate) fn prepare(no_build: bool) -> Result<()> {
     if !no_build {
         eprintln!("alces-bench: building the Alces binaries (cargo build --release)");
         build()?;
@@ -18,7 +19,7 @@ fn prepare(no_build: bool) -> Result<()> {
 
 /// Runs `f`, turning a panic of the harness (it panics on any failure, with a
 /// message saying what failed) into an error.
-fn guarded<T>(what: &str, f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T> {
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T> {
     std::panic::catch_unwind(f).map_err(|p| {
         let msg = p
             .downcast_ref::<String>()

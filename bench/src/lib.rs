@@ -3,7 +3,7 @@
 //! (`alces-bench all`).
 //!
 //! Public are what `main.rs` uses: [`cli`] (the command line), [`runner`] (`all`),
-//! [`cluster_figures`] (`failover`, `repair`, `snapshot`) and [`cleanup`] (undoing
+//! [`cluster_figures`] (`failover`, `repair`, `snapshot`), [`handover`] and [`cleanup`] (undoing
 //! what a run started, also on a signal). The systems run on the cluster harness
 //! of `alces-e2e` (Alces) and in the private network namespace made by its
 //! `netns` helper.
@@ -16,6 +16,7 @@ pub mod cluster_figures;
 mod data;
 mod exec;
 mod figures;
+pub mod handover;
 mod netns;
 mod noopfs;
 mod report;

@@ -36,6 +36,7 @@ fn main() {
         Command::Failover(args) => report(alces_bench::cluster_figures::failover(&args)),
         Command::Repair(args) => report(alces_bench::cluster_figures::repair(&args)),
         Command::Snapshot(args) => report(alces_bench::cluster_figures::snapshot(&args)),
+        Command::Handover(args) => report(alces_bench::handover::handover(&args)),
     };
     alces_bench::cleanup::run_all();
     if alces_bench::cleanup::interrupted() {

@@ -87,7 +87,7 @@ def main():
     if "DaemonSet" in kinds:
         check(len(privileged) == 1 and privileged[0].endswith("-csi-node:alces-csi"),
               f"privileged containers should be exactly the node plugin's alces-csi, found {privileged}")
-        ds = kinds["DaemonSet"][0]
+        ds = [d for d in kinds["DaemonSet"] if d["metadata"]["name"].endswith("-csi-node")][0]
         plugin = [c for c in containers(ds) if c["name"] == "alces-csi"][0]
         mounts = {m["name"]: m for m in plugin["volumeMounts"]}
         check(mounts.get("kubelet-dir", {}).get("mountPropagation") == "Bidirectional",
@@ -96,11 +96,31 @@ def main():
         vols = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
         check(vols.get("fuse-device", {}).get("hostPath", {}).get("type") == "CharDevice",
               "/dev/fuse is not mounted as a CharDevice")
-        # The mount daemons of a node live in its node plugin pod: replacing the pod
-        # breaks every running mount, so the chart never does it on its own.
+        # A new node plugin pod takes the running mounts over from the old one: it must
+        # start before the old one stops (maxSurge, no unavailability), and see its pids.
         strategy = ds["spec"]["updateStrategy"]
-        check(strategy == {"type": "OnDelete"},
-              f"an upgrade would replace node plugin pods and break the mounts they serve: updateStrategy {strategy}")
+        check(strategy == {"type": "OnDelete"}
+              or strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+              f"an upgrade would stop a node plugin pod before its successor takes its mounts over: updateStrategy {strategy}")
+        check(ds["spec"]["template"]["spec"].get("hostPID") is True,
+              "the node plugin does not share the host's pids (it takes descriptors from daemons of other pods)")
+        # The descriptor holder: its own DaemonSet, the host's pids, the same state
+        # directory, no /dev/fuse, no privilege but CAP_SYS_PTRACE.
+        holders = [d for d in kinds["DaemonSet"] if d["metadata"]["name"].endswith("-csi-holder")]
+        check(len(holders) == 1, f"no descriptor holder DaemonSet: {[d['metadata']['name'] for d in kinds['DaemonSet']]}")
+        for h in holders:
+            spec = h["spec"]["template"]["spec"]
+            check(spec.get("hostPID") is True, "the holder does not share the host's pids")
+            check(h["spec"]["updateStrategy"] == {"type": "OnDelete"} or case != "defaults",
+                  f"the holder is replaced on every upgrade: {h['spec']['updateStrategy']}")
+            hc = [c for c in containers(h) if c["name"] == "holder"]
+            check(len(hc) == 1 and hc[0]["args"][0] == "hold", "the holder does not run alces-csi hold")
+            caps = hc[0]["securityContext"].get("capabilities", {})
+            check(caps.get("add") == ["SYS_PTRACE"], f"the holder's capabilities should be exactly SYS_PTRACE: {caps}")
+            hvols = {v["name"]: v for v in spec["volumes"]}
+            check(all("fuse" not in str(v) for v in hvols.values()), "the holder gets /dev/fuse")
+            check(hvols.get("state-dir", {}).get("hostPath") == vols.get("state-dir", {}).get("hostPath"),
+                  "the holder and the node plugin do not share the state directory")
 
     for d in kinds.get("CSIDriver", []):
         check(d["spec"]["attachRequired"] is False, "CSIDriver requires attach")
@@ -123,7 +143,7 @@ def main():
     if case == "custom-images":
         check(all(i.startswith("registry.example.com:5000/") for i in images),
               f"an image is not from the custom registry: {images}")
-        alces = [c for o in objs for c in containers(o) if c["name"] in ("operator", "alces-csi")]
+        alces = [c for o in objs for c in containers(o) if c["name"] in ("operator", "alces-csi", "holder")]
         check(all(c["image"].endswith("@sha256:" + "0123456789abcdef" * 4) for c in alces),
               "the Alces image is not pinned by its digest")
         check(all(c["imagePullPolicy"] == "Always" for o in objs for c in containers(o)),

@@ -25,6 +25,7 @@ use alces_proto::pb;
 use anyhow::{bail, Context};
 
 pub mod figures;
+pub mod handover;
 pub mod master_netns;
 pub mod netns;
 pub mod replication;
@@ -643,8 +644,11 @@ impl Cluster {
         }
     }
 
-    /// Starts a daemon through the launcher shell (see [`Launcher`]) and returns its pid.
-    fn launch(&self, program: &str, args: &[OsString], log: &Path) -> i32 {
+    /// Starts a daemon through the launcher shell (see [`Launcher`]) and returns its pid:
+    /// a process started from here while the test keeps files open on a mount
+    /// whose daemon is dead could never finish its exec (each inherited file it
+    /// closes is a FUSE flush that waits for a daemon).
+    pub fn launch(&self, program: &str, args: &[OsString], log: &Path) -> i32 {
         use std::io::{BufRead, Write};
         let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
         let mut line = quote(program);

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ const MIB: i64 = 1 << 20;
 
 /// A running `alces-csi all` with its socket and kubelet directory.
 struct Driver {
-    child: Option<Child>,
+    pid: Option<i32>,
     sock: PathBuf,
     kubelet: PathBuf,
     state: PathBuf,
@@ -37,7 +37,7 @@ impl Driver {
     fn start(c: &Cluster) -> Self {
         let base = c.scratch("csi");
         let mut d = Driver {
-            child: None,
+            pid: None,
             sock: base.join("csi.sock"),
             kubelet: base.join("kubelet"),
             state: base.join("state"),
@@ -47,39 +47,37 @@ impl Driver {
         };
         std::fs::create_dir_all(d.kubelet.join("pods")).unwrap();
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-        d.spawn();
+        d.spawn(c);
         d
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(bin("alces-csi"))
-            .arg("all")
-            .arg("--endpoint")
-            .arg(format!("unix://{}", self.sock.display()))
-            .arg("--master")
-            .arg(&self.master)
-            .arg("--secret-file")
-            .arg(&self.secret_file)
-            .arg("--kubelet-dir")
-            .arg(&self.kubelet)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--node-id")
-            .arg("node-1")
-            .arg("--default-capacity")
-            .arg("4MiB")
-            .env_remove("ALCES_SECRET")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("start alces-csi");
-        self.child = Some(child);
+    /// Starts the plugin through the cluster's launcher shell: a process forked
+    /// from the test while it keeps files open on a mount whose daemon is dead
+    /// would hang in its exec (see `Cluster::launch`), and the plugin is what
+    /// starts the next daemon.
+    fn spawn(&mut self, c: &Cluster) {
+        let args: Vec<std::ffi::OsString> = vec![
+            "-u".into(),
+            "ALCES_SECRET".into(),
+            bin("alces-csi").into(),
+            "all".into(),
+            "--endpoint".into(),
+            format!("unix://{}", self.sock.display()).into(),
+            "--master".into(),
+            self.master.clone().into(),
+            "--secret-file".into(),
+            self.secret_file.clone().into(),
+            "--kubelet-dir".into(),
+            self.kubelet.clone().into(),
+            "--state-dir".into(),
+            self.state.clone().into(),
+            "--node-id".into(),
+            "node-1".into(),
+            "--default-capacity".into(),
+            "4MiB".into(),
+        ];
+        let pid = c.launch("env", &args, &self.log);
+        self.pid = Some(pid);
         let sock = self.sock.clone();
         wait_until("the CSI socket", Duration::from_secs(30), || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
@@ -87,9 +85,8 @@ impl Driver {
     }
 
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(pid) = self.pid.take() {
+            sigkill_and_wait(pid);
         }
     }
 
@@ -102,6 +99,17 @@ impl Driver {
     fn path(&self, rel: &str) -> PathBuf {
         self.kubelet.join(rel)
     }
+}
+
+/// SIGKILLs `pid` and waits until it is gone (or a zombie).
+fn sigkill_and_wait(pid: i32) {
+    // SAFETY: plain kill of a process this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until(
+        &format!("process {pid} to end"),
+        Duration::from_secs(10),
+        || !alces_e2e::alive(pid),
+    );
 }
 
 impl Drop for Driver {
@@ -119,6 +127,21 @@ impl Drop for Driver {
             let _ = Command::new("umount").arg("-l").arg(&p).status();
         }
         self.kill9();
+        // A failed test may leave a connection paused (its daemon killed) with
+        // the test's own threads waiting in it: ending every daemon of a record
+        // (the plugin, which kept the other copy, is gone) aborts it.
+        if let Ok(dir) = std::fs::read_dir(self.state.join("volumes")) {
+            for e in dir.flatten() {
+                let pid = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["pid"].as_i64());
+                if let Some(pid) = pid.filter(|&p| p > 0 && alces_e2e::alive(p as i32)) {
+                    // SAFETY: plain kill of a mount daemon this test's plugin started.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
         if std::thread::panicking() {
             eprintln!(
                 "---- alces-csi log ----\n{}",
@@ -644,6 +667,8 @@ fn controller_rpcs_good_bad_and_idempotent() {
 /// length and the longest time between two completed fsyncs.
 struct App {
     stop: Arc<AtomicBool>,
+    /// Bytes fsynced so far.
+    progress: Arc<std::sync::atomic::AtomicU64>,
     handle: Option<std::thread::JoinHandle<(u64, Duration, Option<String>)>>,
     path: PathBuf,
 }
@@ -655,7 +680,9 @@ fn pattern(off: u64) -> u8 {
 impl App {
     fn start(path: PathBuf) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let s = stop.clone();
+        let done = progress.clone();
         let p = path.clone();
         let handle = std::thread::spawn(move || {
             let mut f = std::fs::OpenOptions::new()
@@ -675,6 +702,7 @@ impl App {
                     break;
                 }
                 synced += 4096;
+                done.store(synced, Ordering::SeqCst);
                 longest = longest.max(last.elapsed());
                 last = Instant::now();
                 std::thread::sleep(Duration::from_millis(5));
@@ -683,9 +711,20 @@ impl App {
         });
         App {
             stop,
+            progress,
             handle: Some(handle),
             path,
         }
+    }
+
+    /// Bytes fsynced so far.
+    fn synced(&self) -> u64 {
+        self.progress.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the application has fsynced more than `than` bytes.
+    fn wait_past(&self, than: u64, what: &str) {
+        wait_until(what, Duration::from_secs(60), || self.synced() > than);
     }
 
     /// Stops the loop; panics if the application saw an error; checks every
@@ -885,7 +924,7 @@ fn node_stage_publish_quota_readonly_users_and_plugin_restart() {
         std::thread::sleep(Duration::from_millis(500));
         d.kill9();
         std::thread::sleep(Duration::from_millis(1000));
-        d.spawn();
+        d.spawn(&c);
         let ch = d.channel().await;
         let mut node = NodeClient::new(ch);
         // The restarted plugin answers for the volume staged before it started.
@@ -1024,7 +1063,7 @@ fn node_mount_daemon_sigkill_is_taken_over_on_the_same_connection() {
                 // A restarted plugin takes the descriptors back from the
                 // running daemon and still replaces it when it dies.
                 d.kill9();
-                d.spawn();
+                d.spawn(&c);
             }
             let t = Instant::now();
             kill_daemon_and_wait_takeover(&d);
@@ -1151,4 +1190,455 @@ fn alces_mount_refuses_bad_descriptors_and_a_takeover_without_state() {
     assert!(log.contains("already holds the session record"), "{log}");
     alces_e2e::force_unmount(&dir);
     let _ = first.wait();
+}
+
+/// Ends a process this test started through the launcher when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain kill of a process this test started.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// The volume's record and the holder's file for it, as JSON.
+fn record_and_held(d: &Driver) -> (serde_json::Value, Option<serde_json::Value>) {
+    let dir = d.state.join("volumes");
+    let rec = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .expect("a staged volume's record")
+        .path();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec).unwrap()).unwrap();
+    let held = std::fs::read(rec.with_extension("held"))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok());
+    (r, held)
+}
+
+/// The plugin and the volume's daemon SIGKILLed together (on Kubernetes, the
+/// node plugin pod deleted or its container restarted) while `alces-csi hold`
+/// runs apart: the holder's copy of the descriptors keeps the kernel
+/// connection, the restarted plugin takes them from the holder and starts a
+/// daemon with `--takeover`; the application sees a pause and no error, and no
+/// acknowledged write is lost (fsynced or not).
+#[test]
+fn node_plugin_and_daemon_killed_together_the_holder_keeps_the_connection() {
+    let c = Cluster::start_default();
+    let mut d = Driver::start(&c);
+    let holder_log = d.state.parent().unwrap().join("holder.log");
+    let holder = KillOnDrop(c.launch(
+        &bin("alces-csi").to_string_lossy(),
+        &["hold".into(), "--state-dir".into(), d.state.clone().into()],
+        &holder_log,
+    ));
+    let (pause, longest) = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req("pvc-h", 64 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let vpath = vid
+            .rsplit('#')
+            .next()
+            .unwrap()
+            .trim_start_matches('/')
+            .to_string();
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/h/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let target = d.path("pods/ph/volumes/kubernetes.io~csi/pvc-h/mount");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        node.node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // The holder takes its copy of the connection.
+        wait_until(
+            "the holder to hold the volume's connection",
+            Duration::from_secs(20),
+            || {
+                let (r, h) = record_and_held(&d);
+                h.is_some_and(|h| h["dev"] == r["dev"] && h["pid"] == holder.0)
+            },
+        );
+        let dev_before = std::fs::metadata(&target)
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            .unwrap();
+        std::fs::write(target.join("kept-open"), b"0123456789").unwrap();
+        let mut reader = std::fs::File::open(target.join("kept-open")).unwrap();
+        // Written (acknowledged) but never fsynced before the crash.
+        let unsynced: Vec<u8> = (0..3 << 20).map(|i: u64| pattern(i * 7)).collect();
+        let mut w = std::fs::File::create(target.join("unsynced")).unwrap();
+        w.write_all(&unsynced[..2 << 20]).unwrap();
+        let app = App::start(target.join("app.log"));
+        app.wait_past(64 << 10, "the application to fsync 64 KiB");
+
+        // Plugin and daemon die together.
+        let daemon = daemon_pid(&d) as i32;
+        let plugin = d.pid.take().unwrap();
+        // SAFETY: plain kills of processes this test started.
+        unsafe {
+            libc::kill(plugin, libc::SIGKILL);
+            libc::kill(daemon, libc::SIGKILL);
+        }
+        let t = Instant::now();
+        wait_until(
+            "the plugin and the daemon to end",
+            Duration::from_secs(10),
+            || !alces_e2e::alive(plugin) && !alces_e2e::alive(daemon),
+        );
+        // Nobody serves; the holder alone keeps the connection: still mounted.
+        assert!(is_mount_point(&staging) && is_mount_point(&target));
+        let before = app.synced();
+        d.spawn(&c);
+        let new = loop {
+            let p = daemon_pid(&d) as i32;
+            if p != daemon && alces_e2e::alive(p) {
+                break p;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no daemon took the held connection over within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let names: Vec<String> = std::fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let pause = t.elapsed();
+        assert!(names.contains(&"app.log".to_string()), "{names:?}");
+        assert!(
+            std::fs::read_to_string(&d.log)
+                .unwrap()
+                .contains("took the volume's descriptors back from the holder"),
+            "the restarted plugin did not take the descriptors from the holder"
+        );
+        app.wait_past(before, "the application to fsync again after the takeover");
+        // The file opened before reads on; the unsynced one is completed and closed.
+        let mut buf = [0u8; 4];
+        use std::io::{Seek, SeekFrom};
+        reader.seek(SeekFrom::Start(3)).unwrap();
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"3456");
+        w.write_all(&unsynced[2 << 20..]).unwrap();
+        drop(w);
+        let longest = app.finish();
+        assert_eq!(
+            dev_before,
+            std::fs::metadata(&target)
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+                .unwrap(),
+            "the mount is not the same kernel connection"
+        );
+        // Through another mount (no page cache of ours): every byte written.
+        let other = std::fs::read(c.mnt.join(&vpath).join("unsynced")).unwrap();
+        assert_eq!(other.len(), unsynced.len(), "the unsynced file's length");
+        assert!(
+            other == unsynced,
+            "a written byte of the unsynced file was lost"
+        );
+        drop(reader);
+
+        let ch = d.channel().await;
+        let mut node = NodeClient::new(ch);
+        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: vid.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .unwrap();
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        assert!(!is_mount_point(&staging));
+        assert!(!alces_e2e::alive(new), "the daemon outlived its unstage");
+        // The holder lets the unstaged volume go.
+        let held = d.state.join("volumes");
+        wait_until(
+            "the holder to release the volume",
+            Duration::from_secs(10),
+            || {
+                !std::fs::read_dir(&held)
+                    .unwrap()
+                    .flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "held"))
+            },
+        );
+        (pause, longest)
+    });
+    drop(holder);
+    println!(
+        "FIGURE csi plugin and daemon SIGKILLed together, holder alive: from the SIGKILL to a listing answered by the new plugin's daemon: {pause:?} (including the plugin's start); longest pause between fsyncs seen by the application: {longest:?}"
+    );
+}
+
+/// The calling thread's id.
+fn gettid() -> i32 {
+    // SAFETY: gettid takes no argument.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// The system call thread `tid` of process `pid` is blocked in, if any
+/// (`/proc/PID/task/TID/syscall`: its number and first argument).
+fn blocked_in(pid: i32, tid: i32) -> Option<(i64, u64)> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let mut f = t.split_whitespace();
+    let nr: i64 = f.next()?.parse().ok()?;
+    let arg = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+    Some((nr, arg))
+}
+
+/// How many threads of the mount daemon `pid` wait in `read(2)` of its
+/// `/dev/fuse` descriptor: the ones with no request in hand.
+fn idle_fuse_readers(pid: i32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|tid| blocked_in(pid, tid))
+        .filter(|&(nr, fd)| {
+            nr == libc::SYS_read
+                && std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .is_ok_and(|l| l == Path::new("/dev/fuse"))
+        })
+        .count()
+}
+
+/// A request the dead daemon had read and not answered completes through the
+/// next one (`FUSE_NOTIFY_RESEND`): with every chunkserver stopped, a read of
+/// data no cache holds is taken by the daemon and waits; the daemon is
+/// SIGKILLed with it in hand; the next daemon gets it again from the kernel,
+/// and once the chunkservers run again the read returns the right bytes.
+#[test]
+fn a_read_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() {
+    let c = Cluster::start_default();
+    let d = Driver::start(&c);
+    let pause = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req("pvc-r", 64 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let vpath = c
+            .mnt
+            .join(vid.rsplit('#').next().unwrap().trim_start_matches('/'));
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/r/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // Written through the cluster's other mount: nothing of it is cached in
+        // the volume's mount or its daemon.
+        let cold: Vec<u8> = (0..(2u64 << 20)).map(|i| pattern(i * 3)).collect();
+        std::fs::write(vpath.join("cold"), &cold).unwrap();
+        std::fs::File::open(vpath.join("cold"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        let daemon = daemon_pid(&d) as i32;
+        wait_until(
+            "the daemon's FUSE threads to wait for requests",
+            Duration::from_secs(10),
+            || idle_fuse_readers(daemon) > 2,
+        );
+        let idle = idle_fuse_readers(daemon);
+        let chunkservers: Vec<i32> = (1..=c.opts.chunkservers)
+            .filter_map(|i| c.pid(alces_e2e::Proc::Chunkserver(i)))
+            .collect();
+        assert!(!chunkservers.is_empty());
+        for &p in &chunkservers {
+            // SAFETY: plain signal to a chunkserver of this test's cluster.
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        let stopped = chunkservers.clone();
+        let cont = move || {
+            for &p in &stopped {
+                // SAFETY: as above.
+                unsafe { libc::kill(p, libc::SIGCONT) };
+            }
+        };
+        let rtid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let rt = rtid.clone();
+        let rfile = staging.join("cold");
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::open(&rfile)?;
+            let mut buf = vec![0u8; 256 << 10];
+            rt.store(gettid(), Ordering::SeqCst);
+            f.read_exact(&mut buf).map(|()| buf)
+        });
+        // The read waits in the kernel, and the daemon has taken it: every one of
+        // its FUSE threads is back in read(2) of /dev/fuse (a request still
+        // queued in the kernel would have woken one), seen twice in a row.
+        let me = std::process::id() as i32;
+        let mut seen = 0;
+        let in_hand = wait_for(Duration::from_secs(20), || {
+            let r = rtid.load(Ordering::SeqCst);
+            let now = r != 0
+                && blocked_in(me, r).is_some_and(|(nr, _)| nr == libc::SYS_read)
+                && idle_fuse_readers(daemon) == idle;
+            seen = if now { seen + 1 } else { 0 };
+            seen >= 2
+        });
+        if !in_hand {
+            cont();
+            panic!(
+                "the read was not waiting in the daemon within 20 s (idle readers {} of {idle}; reader in {:?})",
+                idle_fuse_readers(daemon),
+                blocked_in(me, rtid.load(Ordering::SeqCst))
+            );
+        }
+        let t = Instant::now();
+        let new = kill_daemon_and_wait_takeover(&d);
+        let pause = t.elapsed();
+        // The read did not fail with the daemon: still waiting.
+        assert!(!reader.is_finished(), "the read ended with the dead daemon");
+        cont();
+        assert!(
+            wait_for(Duration::from_secs(60), || reader.is_finished()),
+            "the read in flight at the SIGKILL did not complete within 60 s of the takeover"
+        );
+        let got = reader.join().unwrap().expect("the read in flight at the SIGKILL");
+        assert!(got == cold[..256 << 10], "the read returned other bytes");
+        assert!(alces_e2e::alive(new as i32));
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        pause
+    });
+    println!("FIGURE csi read in flight at a daemon SIGKILL: completed with the right bytes after the takeover ({pause:?} from the SIGKILL to the next daemon's start)");
+}
+
+/// Polls `cond` until it holds (true) or `timeout` passes (false).
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A namespace request the dead daemon had taken completes through the next
+/// one: with the master stopped, a mkdir is taken by a FUSE thread of the
+/// daemon (it leaves its read of `/dev/fuse`) and waits; the daemon is
+/// SIGKILLed; once the master runs again the next daemon gets the mkdir from
+/// the kernel (`FUSE_NOTIFY_RESEND`) and it succeeds, exactly once.
+#[test]
+fn a_mkdir_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() {
+    let c = Cluster::start_default();
+    let d = Driver::start(&c);
+    let pause = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req("pvc-m", 64 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/m/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let daemon = daemon_pid(&d) as i32;
+        wait_until(
+            "the daemon's FUSE threads to wait for requests",
+            Duration::from_secs(10),
+            || idle_fuse_readers(daemon) > 2,
+        );
+        let idle = idle_fuse_readers(daemon);
+        let master = c.pid(alces_e2e::Proc::Master).expect("the master runs");
+        // SAFETY: plain signal to this test's master.
+        unsafe { libc::kill(master, libc::SIGSTOP) };
+        let cont = move || {
+            // SAFETY: as above.
+            unsafe { libc::kill(master, libc::SIGCONT) };
+        };
+        let dir = staging.join("made-once");
+        let d2 = dir.clone();
+        let mkdir = std::thread::spawn(move || std::fs::create_dir(&d2));
+        // A FUSE thread has the mkdir in hand: it left its read of /dev/fuse.
+        if !wait_for(Duration::from_secs(20), || idle_fuse_readers(daemon) < idle) {
+            cont();
+            panic!(
+                "no FUSE thread of the daemon took the mkdir within 20 s (idle readers {} of {idle})",
+                idle_fuse_readers(daemon)
+            );
+        }
+        let t = Instant::now();
+        let new = kill_daemon_and_wait_takeover(&d);
+        let pause = t.elapsed();
+        assert!(!mkdir.is_finished(), "the mkdir ended with the dead daemon");
+        cont();
+        assert!(
+            wait_for(Duration::from_secs(60), || mkdir.is_finished()),
+            "the mkdir in flight at the SIGKILL did not complete within 60 s of the takeover"
+        );
+        mkdir
+            .join()
+            .unwrap()
+            .expect("the mkdir in flight at the SIGKILL");
+        assert!(dir.is_dir());
+        assert!(alces_e2e::alive(new as i32));
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        pause
+    });
+    println!("FIGURE csi mkdir in flight at a daemon SIGKILL (master stopped): completed after the takeover ({pause:?} from the SIGKILL to the next daemon's start)");
 }

@@ -24,8 +24,17 @@
 //! metadata pods start, the operator's bootstrap (`Promote{bootstrap, epoch 1}`)
 //! makes ordinal 0 master, the chunkservers register through the master Service,
 //! every probe answers 200, and the CSI plugins serve their socket where the
-//! sidecars look for it. Not emulated: capabilities (a root container keeps
-//! them here), seccomp, resource limits.
+//! sidecars look for it. A volume is created, staged and published through the
+//! CSI pods; then the node plugin pod is killed as a whole (every process whose
+//! root is the pod's, its mount daemon included) while the chart's descriptor
+//! holder pod runs and a process on the node appends and fsyncs through the
+//! pod's target path: a new node plugin pod takes the connection from the
+//! holder, and the writer sees no error and loses no fsynced line. The kubelet's
+//! directory is a shared mount on the node and a `Bidirectional` volume mount
+//! is an `rbind` in a pod that keeps the node's propagation, so mounts the plugin
+//! makes reach the node and outlive its pod. Not emulated: capabilities (a root
+//! container keeps them here), seccomp, AppArmor, resource limits, pid
+//! namespaces (every pod sees the host's pids, as `hostPID` gives).
 //!
 //! And the chart's operator container, started with the in-cluster
 //! configuration a kubelet gives it, reconciles an AlcesCluster on the real
@@ -985,6 +994,84 @@ impl Drop for Kubelet {
     }
 }
 
+/// The test's node mounts (see [`NodeMounts::new`]), detached on drop.
+struct NodeMounts(PathBuf);
+
+impl NodeMounts {
+    /// Makes `work` a private mount and `kubelet` (inside it) a shared one.
+    fn new(work: &Path, kubelet: &Path) -> Self {
+        let (w, k) = (
+            q(&work.display().to_string()),
+            q(&kubelet.display().to_string()),
+        );
+        sh(&format!(
+            "mount --bind {w} {w} && mount --make-private {w} && mount --bind {k} {k} && mount --make-shared {k}"
+        ))
+        .expect("the node's mounts");
+        NodeMounts(work.to_path_buf())
+    }
+}
+
+impl Drop for NodeMounts {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount -l {}", q(&self.0.display().to_string())));
+    }
+}
+
+/// Kills every process of the pod `name` (whose root directory is the pod's),
+/// as the runtime does when a pod is deleted, and waits until they are gone.
+fn kill_pod(work: &Path, name: &str) -> Result<(), String> {
+    let root = work.join(format!("pods/{name}/root"));
+    let of_pod = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+                std::fs::read_link(e.path().join("root"))
+                    .is_ok_and(|r| r == root)
+                    .then_some(pid)
+            })
+            .collect()
+    };
+    let found = of_pod();
+    if found.is_empty() {
+        return Err(format!(
+            "no process of pod {name} (root {})",
+            root.display()
+        ));
+    }
+    eprintln!(
+        "killing pod {name}: {:?}",
+        found
+            .iter()
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
+    for pid in found {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    until(
+        &format!("every process of pod {name} to end"),
+        Duration::from_secs(10),
+        String::new,
+        || {
+            let left: Vec<i32> = of_pod()
+                .into_iter()
+                .filter(|&p| alces_e2e::alive(p))
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+    Ok(())
+}
+
 /// One pod to start.
 struct PodSpec<'a> {
     name: &'a str,
@@ -1151,6 +1238,7 @@ impl Kubelet {
         for d in ["null", "zero", "random", "urandom", "full"] {
             s += &format!("touch {r}/dev/{d}; mount --bind /dev/{d} {r}/dev/{d}\n");
         }
+        let mut bidirectional = false;
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
             let name = m["name"].as_str().unwrap_or("");
             let src = vol_src
@@ -1175,7 +1263,14 @@ impl Kubelet {
             } else {
                 s += &format!("mkdir -p \"$(dirname {target})\"; touch {target}\n");
             }
-            s += &format!("mount --bind {} {target}\n", q(&src.display().to_string()));
+            if m["mountPropagation"] == "Bidirectional" {
+                // Everything mounted under it (before, by others; after, by this
+                // pod) is seen on both sides.
+                bidirectional = true;
+                s += &format!("mount --rbind {} {target}\n", q(&src.display().to_string()));
+            } else {
+                s += &format!("mount --bind {} {target}\n", q(&src.display().to_string()));
+            }
             if m["readOnly"] == true {
                 s += &format!("mount -o remount,bind,ro {target}\n");
             }
@@ -1221,11 +1316,31 @@ impl Kubelet {
         cmd.args(["netns", "exec", &ns]);
         if p.host_network {
             cmd = Command::new("unshare");
+        } else if bidirectional {
+            // `ip netns exec` makes every mount a slave of the node's, so mounts
+            // made in the pod would not reach the node: enter the network
+            // namespace alone.
+            cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/run/netns/{ns}")).arg("unshare");
         } else {
             cmd.arg("unshare");
         }
+        // A pod with a Bidirectional mount keeps the node's propagation (the
+        // work directory it mounts its root under is private on the node).
+        let propagation = if bidirectional {
+            "unchanged"
+        } else {
+            "private"
+        };
         let child = cmd
-            .args(["--mount", "--uts", "--propagation", "private", "bash", "-e"])
+            .args([
+                "--mount",
+                "--uts",
+                "--propagation",
+                propagation,
+                "bash",
+                "-e",
+            ])
             .arg(dir.join("start.sh"))
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
@@ -1552,6 +1667,11 @@ fn pods_start_become_ready_and_serve() {
     );
     let node_root = work.path().join("node");
     std::fs::create_dir_all(node_root.join("var/lib/kubelet/plugins_registry")).unwrap();
+    // The node's mounts: the work directory private (nothing a pod mounts under
+    // it reaches the host), the kubelet's directory shared, so that the mounts
+    // a pod makes under a Bidirectional mount of it reach the node and outlive
+    // the pod, as on a kubelet.
+    let _node_mounts = NodeMounts::new(work.path(), &node_root.join("var/lib/kubelet"));
     let mut kubelet = Kubelet {
         rootfs: rootfs.clone(),
         work: work.path().to_path_buf(),
@@ -1732,6 +1852,7 @@ fn pods_start_become_ready_and_serve() {
     // The chart's CSI plugins, resolving the cluster's names like any pod.
     let chart = chart_objects();
     let mut csi_pods = Vec::new();
+    let mut holder = None;
     let empty = BTreeMap::new();
     for o in &chart {
         if !["Deployment", "DaemonSet"].contains(&o["kind"].as_str().unwrap_or("")) {
@@ -1739,6 +1860,10 @@ fn pods_start_become_ready_and_serve() {
         }
         for c in alces_containers(o) {
             if c["command"][0] != "alces-csi" {
+                continue;
+            }
+            if c["args"][0] == "hold" {
+                holder = Some((o.clone(), c.clone()));
                 continue;
             }
             let name = format!("{}-0", o["metadata"]["name"].as_str().unwrap());
@@ -1759,6 +1884,25 @@ fn pods_start_become_ready_and_serve() {
         }
     }
     assert_eq!(csi_pods.len(), 2, "the CSI controller and node plugin");
+    let (holder_ds, holder_c) = holder.expect("the chart's descriptor holder DaemonSet");
+    let holder_name = format!("{}-0", holder_ds["metadata"]["name"].as_str().unwrap());
+    let holder_pod = kubelet
+        .start(
+            &PodSpec {
+                name: &holder_name,
+                namespace: "alces",
+                spec: &holder_ds["spec"]["template"]["spec"],
+                container: &holder_c,
+                claims: &[],
+                host_network: false,
+                extra_mounts: Vec::new(),
+                extra_env: Vec::new(),
+            },
+            &empty,
+            &empty,
+            &hosts,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     for (p, c, o) in csi_pods.iter_mut() {
         let args: Vec<String> = c["args"]
             .as_array()
@@ -1904,6 +2048,28 @@ fn pods_start_become_ready_and_serve() {
             .map(|(p, _, _)| format!("\n--- {} log:\n{}", p.name, p.log_tail()))
             .collect::<String>()
     };
+    // The node plugin's pod, to start it again.
+    let (node_ds, node_c) = csi_pods
+        .iter()
+        .find(|(p, _, _)| p.name.ends_with("-csi-node-0"))
+        .map(|(_, c, o)| (o.clone(), c.clone()))
+        .expect("the node plugin pod");
+    let holder_args: Vec<String> = holder_c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    let state_vols = node_root
+        .join(
+            flag(&holder_args, "--state-dir")
+                .expect("the holder's --state-dir")
+                .trim_start_matches('/'),
+        )
+        .join("volumes");
+    let mut restarted: Option<Pod> = None;
+    let mut writer: Option<Child> = None;
+    let mut pause = Duration::ZERO;
     let stats = rt.block_on(async {
         use alces_csi::pb;
         let ctl = alces_csi::uds::connect(ctl_sock.clone())
@@ -1963,6 +2129,145 @@ fn pods_start_become_ready_and_serve() {
             .await
             .map_err(|s| format!("NodeGetVolumeStats: {s}"))?
             .into_inner();
+
+        // The node plugin pod deleted (every process of it killed, its mount
+        // daemon too) while the holder pod lives and a process on the node
+        // appends and fsyncs through the pod's target path: the holder keeps the
+        // connection, a new node plugin pod takes it back and starts a daemon,
+        // and the writer sees a pause, no error, nothing fsynced lost.
+        until(
+            "the holder pod to hold the volume's connection",
+            Duration::from_secs(20),
+            none,
+            || {
+                let held = std::fs::read_dir(&state_vols)
+                    .map_err(|e| e.to_string())?
+                    .flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "held"));
+                if held {
+                    Ok(())
+                } else {
+                    Err(format!("no .held file in {}", state_vols.display()))
+                }
+            },
+        );
+        let wdir = work.path().join("writer");
+        std::fs::create_dir_all(&wdir).map_err(|e| e.to_string())?;
+        let (count_file, stop_file) = (wdir.join("count"), wdir.join("stop"));
+        let app = node_root.join(target.trim_start_matches('/')).join("app.log");
+        // A process of its own (the test keeps no file open on the mount, so the
+        // processes it starts later never flush one at their exec).
+        writer = Some(
+            Command::new("bash")
+                .arg("-c")
+                .arg(
+                    r#"i=0; while [ ! -e "$3" ]; do i=$((i+1)); printf '%08d\n' $i | dd of="$1" oflag=append conv=notrunc,fsync status=none || { echo "line $i: dd failed" >&2; exit 1; }; echo $i >"$2.tmp"; mv "$2.tmp" "$2"; done"#,
+                )
+                .arg("writer")
+                .arg(&app)
+                .arg(&count_file)
+                .arg(&stop_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(wdir.join("err")).map_err(|e| e.to_string())?,
+                )
+                .spawn()
+                .map_err(|e| format!("the writer: {e}"))?,
+        );
+        let count = || -> u64 {
+            std::fs::read_to_string(&count_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        until("the writer to fsync 3 lines", Duration::from_secs(20), none, || {
+            if count() >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{} lines", count()))
+            }
+        });
+        let old_name = format!("{}-0", node_ds["metadata"]["name"].as_str().unwrap());
+        kill_pod(work.path(), &old_name)?;
+        let at_kill = count();
+        let t = Instant::now();
+        let new_name = format!("{}-1", node_ds["metadata"]["name"].as_str().unwrap());
+        restarted = Some(kubelet.start(
+            &PodSpec {
+                name: &new_name,
+                namespace: "alces",
+                spec: &node_ds["spec"]["template"]["spec"],
+                container: &node_c,
+                claims: &[],
+                host_network: false,
+                extra_mounts: Vec::new(),
+                extra_env: Vec::new(),
+            },
+            &empty,
+            &empty,
+            &hosts,
+        )?);
+        until(
+            "the writer to fsync again through the new node plugin pod's daemon",
+            Duration::from_secs(60),
+            none,
+            || {
+                if let Some(Ok(Some(st))) = writer.as_mut().map(Child::try_wait) {
+                    return Err(format!(
+                        "the writer ended ({st}): {}",
+                        std::fs::read_to_string(wdir.join("err")).unwrap_or_default()
+                    ));
+                }
+                if count() > at_kill + 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{} lines", count()))
+                }
+            },
+        );
+        pause = t.elapsed();
+        std::fs::write(&stop_file, b"").map_err(|e| e.to_string())?;
+        let wst = writer
+            .take()
+            .unwrap()
+            .wait()
+            .map_err(|e| e.to_string())?;
+        if !wst.success() {
+            return Err(format!(
+                "the writer saw an error across the node plugin pod's deletion: {}",
+                std::fs::read_to_string(wdir.join("err")).unwrap_or_default()
+            ));
+        }
+        let synced = count();
+        let text = std::fs::read_to_string(&app).map_err(|e| e.to_string())?;
+        let lines: Vec<&str> = text.lines().collect();
+        if (lines.len() as u64) < synced {
+            return Err(format!("{} lines read back, {synced} fsynced", lines.len()));
+        }
+        for (i, l) in lines.iter().enumerate() {
+            if *l != format!("{:08}", i + 1) {
+                return Err(format!("line {} reads {l:?}", i + 1));
+            }
+        }
+        let new_log = std::fs::read_to_string(&restarted.as_ref().unwrap().log).unwrap_or_default();
+        if !new_log.contains("took the volume's descriptors back from the holder") {
+            let records: String = std::fs::read_dir(&state_vols)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect();
+            return Err(format!(
+                "the new node plugin pod did not take the descriptors from the holder (writer at {at_kill} lines when the old pod was killed, {synced} at the end; records {records}):\n{new_log}"
+            ));
+        }
+        let mut node = pb::node_client::NodeClient::new(
+            alces_csi::uds::connect(node_sock.clone())
+                .await
+                .map_err(|e| format!("the new node plugin pod's socket: {e}"))?,
+        );
         node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
             volume_id: vol.volume_id.clone(),
             target_path: target.clone(),
@@ -1977,8 +2282,15 @@ fn pods_start_become_ready_and_serve() {
         .map_err(|s| format!("NodeUnstageVolume: {s}"))?;
         Ok::<_, String>(st)
     });
-    let stats =
-        stats.unwrap_or_else(|e| panic!("a volume through the CSI pods: {e}{}", csi_logs()));
+    let stats = stats.unwrap_or_else(|e| {
+        let more: String = restarted
+            .iter()
+            .chain(std::iter::once(&holder_pod))
+            .map(|p| format!("\n--- {} log:\n{}", p.name, p.log_tail()))
+            .collect();
+        panic!("a volume through the CSI pods: {e}{}{more}", csi_logs())
+    });
+    println!("FIGURE k8s node plugin pod killed, holder pod alive: from the kill to the writer's third fsync through the new pod's daemon: {pause:?} (the new pod's start included)");
     let bytes = stats
         .usage
         .iter()
@@ -1992,6 +2304,9 @@ fn pods_start_become_ready_and_serve() {
         stats.volume_condition.as_ref().is_none_or(|c| !c.abnormal),
         "volume condition: {stats:?}"
     );
+    drop(writer);
+    drop(restarted);
+    drop(holder_pod);
     drop(csi_pods);
     drop(pods);
 }

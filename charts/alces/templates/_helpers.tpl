@@ -44,6 +44,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The descriptor holder's image: csi.holder.image, each empty field taken from image. */}}
+{{- define "alces.holderImage" -}}
+{{- $i := .Values.csi.holder.image -}}
+{{- $repo := default .Values.image.repository $i.repository -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $repo $i.digest -}}
+{{- else if $i.tag -}}
+{{- printf "%s:%s" $repo $i.tag -}}
+{{- else if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "alces.operator.serviceAccountName" -}}
 {{- default (printf "%s-operator" (include "alces.fullname" .)) .Values.operator.serviceAccount.name -}}
 {{- end -}}

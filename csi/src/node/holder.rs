@@ -69,6 +69,10 @@ fn scan(dir: &Path, held: &mut HashMap<PathBuf, Held>) {
             if held.get(&path).is_some_and(|h| h.dev == r.dev) {
                 continue;
             }
+            if !keeper::is_daemon_of(r.pid, &r.staging_path) {
+                tracing::debug!(volume_id = %r.volume_id, pid = r.pid, "the recorded daemon is not running (yet)");
+                continue;
+            }
             match keeper::recover_fds(r.pid) {
                 Ok((fuse, state)) => {
                     let file = held_path(&path);

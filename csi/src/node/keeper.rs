@@ -125,6 +125,23 @@ pub fn pidfd_getfd(pid: u32, target: RawFd) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether process `pid` is an `alces-mount` serving `mountpoint` (its first
+/// argument, as [`spawn`] starts it): a pid the system gave to another process
+/// since a record was written is never taken for the volume's daemon, so a
+/// keeper never takes another volume's connection.
+pub fn is_daemon_of(pid: u32, mountpoint: &Path) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmd.split(|&b| b == 0);
+    let exe = args.next().unwrap_or_default();
+    let first = args.next().unwrap_or_default();
+    Path::new(std::ffi::OsStr::from_bytes(exe))
+        .file_name()
+        .is_some_and(|n| n == "alces-mount")
+        && first == mountpoint.as_os_str().as_bytes()
+}
+
 /// The FUSE descriptor and state memfd of a running daemon (a restarted
 /// keeper takes its copies back).
 pub fn recover_fds(pid: u32) -> io::Result<(OwnedFd, OwnedFd)> {
@@ -307,9 +324,10 @@ pub struct Hooks {
 }
 
 /// An exclusive `flock` of a file, held until dropped.
-struct FileLock(#[allow(dead_code)] std::fs::File);
+pub struct FileLock(#[allow(dead_code)] std::fs::File);
 
-fn lock_file(path: &Path) -> io::Result<FileLock> {
+/// Takes an exclusive `flock` of `path` (created if missing), waiting for it.
+pub fn lock_file(path: &Path) -> io::Result<FileLock> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -489,6 +507,9 @@ mod tests {
         assert!(KeeperNote::read(&state).is_err());
         note.write(&state).unwrap();
         assert_eq!(KeeperNote::read(&state).unwrap(), note);
+        // This test process is no mount daemon of any path.
+        assert!(!is_daemon_of(me, Path::new("/mnt")));
+        assert!(!is_daemon_of(u32::MAX, Path::new("/mnt")));
         // A process's non-FUSE descriptor is refused as a FUSE connection.
         let e = alces_client::takeover::check_fuse_device(&OwnedFd::from(f)).unwrap_err();
         assert!(e.to_string().contains("not /dev/fuse"), "{e}");

@@ -100,6 +100,9 @@ pub struct NodeService {
     /// Kept connections by volume id.
     kept: Keepers,
     metrics: Arc<OnceLock<CsiMetrics>>,
+    /// Connections taken over at start from the holder (counted once the
+    /// metrics exist).
+    held_takeovers: std::sync::atomic::AtomicU64,
 }
 
 fn write_record_at(path: &Path, r: &StagedRecord) -> Result<(), Status> {
@@ -152,6 +155,7 @@ impl NodeService {
             locks: OpLocks::default(),
             kept: Arc::new(Mutex::new(HashMap::new())),
             metrics: Arc::new(OnceLock::new()),
+            held_takeovers: Default::default(),
         };
         s.recover();
         Ok(s)
@@ -164,6 +168,12 @@ impl NodeService {
 
     /// Counts takeovers in `metrics` from now on.
     pub fn set_metrics(&self, metrics: CsiMetrics) {
+        let held = self
+            .held_takeovers
+            .swap(0, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..held {
+            metrics.takeover("held_connection");
+        }
         let _ = self.metrics.set(metrics);
     }
 
@@ -199,7 +209,7 @@ impl NodeService {
                 );
                 continue;
             }
-            let daemon = pid_alive(r.pid) && is_mount_daemon(r.pid);
+            let daemon = pid_alive(r.pid) && keeper::is_daemon_of(r.pid, &r.staging_path);
             let got = if daemon {
                 keeper::recover_fds(r.pid)
             } else {
@@ -225,11 +235,64 @@ impl NodeService {
                 continue;
             };
             let spec = self.spec(&r, secret);
-            let k = keeper::Kept::new(fuse, state, spec, r.pid, None);
+            let (pid, child) = if daemon {
+                (r.pid, None)
+            } else {
+                match self.take_over_now(&r, &spec, &fuse, &state) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(pid = r.pid, error = %e, "cannot start a mount daemon on the held connection; the next NodeStageVolume mounts it again");
+                        continue;
+                    }
+                }
+            };
+            let r = StagedRecord { pid, ..r };
+            let k = keeper::Kept::new(fuse, state, spec, pid, child);
             self.watch(&k, r.clone());
             self.kept.lock().insert(r.volume_id.clone(), k);
-            tracing::info!(pid = r.pid, "keeping the volume's connection again");
+            tracing::info!(pid, "keeping the volume's connection again");
         }
+    }
+
+    /// Starts a daemon with `--takeover` on a connection whose daemon died
+    /// while no plugin ran (its descriptors came from the holder), under the
+    /// volume's lock, and records it. When another keeper started one
+    /// meanwhile, that one is kept. Never waits on the dead daemon's pid,
+    /// which the system may have given to another process since.
+    fn take_over_now(
+        &self,
+        r: &StagedRecord,
+        spec: &keeper::DaemonSpec,
+        fuse: &std::os::fd::OwnedFd,
+        state: &std::os::fd::OwnedFd,
+    ) -> std::io::Result<(u32, Option<std::process::Child>)> {
+        let path = self.record_path(&r.volume_id);
+        let _lock = keeper::lock_file(&path.with_extension("lock"))?;
+        if let Some(now) = self.record(&r.volume_id) {
+            if now.pid != r.pid
+                && pid_alive(now.pid)
+                && keeper::is_daemon_of(now.pid, &now.staging_path)
+            {
+                tracing::info!(
+                    pid = now.pid,
+                    "another keeper started a daemon on the connection already"
+                );
+                return Ok((now.pid, None));
+            }
+        }
+        let child = keeper::spawn(spec, fuse, state, true)?;
+        let pid = child.id();
+        let record = StagedRecord { pid, ..r.clone() };
+        write_record_at(&path, &record)
+            .map_err(|s| std::io::Error::other(s.message().to_string()))?;
+        self.held_takeovers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(
+            pid,
+            dead = r.pid,
+            "the daemon died while no plugin ran; a new one takes the held connection over"
+        );
+        Ok((pid, Some(child)))
     }
 
     /// The descriptors of `r`'s connection from the holder, when one holds
@@ -517,7 +580,7 @@ impl NodeService {
             while pid_alive(r.pid) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if pid_alive(r.pid) && is_mount_daemon(r.pid) {
+            if pid_alive(r.pid) && keeper::is_daemon_of(r.pid, &r.staging_path) {
                 // SAFETY: plain kill of a pid this node started for this volume.
                 unsafe { libc::kill(r.pid as i32, libc::SIGKILL) };
             }
@@ -693,12 +756,6 @@ fn pid_alive(pid: u32) -> bool {
                     .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
             })
             .unwrap_or(true)
-}
-
-fn is_mount_daemon(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "alces-mount")
-        .unwrap_or(false)
 }
 
 fn rpc_cap(t: pb::node_service_capability::rpc::Type) -> pb::NodeServiceCapability {
