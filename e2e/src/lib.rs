@@ -27,6 +27,7 @@ use anyhow::{bail, Context};
 pub mod figures;
 pub mod master_netns;
 pub mod netns;
+pub mod proxy;
 pub mod replication;
 pub mod storm;
 
