@@ -626,3 +626,54 @@ async fn renew_loop(weak: Weak<SessionInner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_increase_and_acknowledge_below_the_oldest_unanswered() {
+        let ids = Mutex::new(RequestIds::default());
+        let a = ids.lock().begin();
+        let b = ids.lock().begin();
+        assert_eq!((a, b), (1, 2));
+        // Both unanswered: each retry of either says nothing below 1 is pending.
+        assert_eq!(
+            ids.lock().tag(b),
+            pb::RequestTag {
+                id: 2,
+                acked_below: 1
+            }
+        );
+        {
+            let _answered = Unanswered { ids: &ids, id: a };
+        }
+        // 1 answered: 2's retries now let the master forget it.
+        assert_eq!(
+            ids.lock().tag(b),
+            pb::RequestTag {
+                id: 2,
+                acked_below: 2
+            }
+        );
+        let c = ids.lock().begin();
+        assert_eq!(
+            ids.lock().tag(c),
+            pb::RequestTag {
+                id: 3,
+                acked_below: 2
+            }
+        );
+        drop(Unanswered { ids: &ids, id: b });
+        drop(Unanswered { ids: &ids, id: c });
+        assert!(ids.lock().unanswered.is_empty());
+        // A tag never acknowledges its own request.
+        assert_eq!(
+            ids.lock().tag(7),
+            pb::RequestTag {
+                id: 7,
+                acked_below: 7
+            }
+        );
+    }
+}
