@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 /// A create record of about the size the master logs for a small file.
 fn record(version: u64) -> ChangelogRecord {
     ChangelogRecord {
+        reply: None,
         version,
         time_ns: 1_700_000_000_000_000_000,
         op: Some(Op::Create(pb::CreateOp {

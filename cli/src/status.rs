@@ -51,6 +51,10 @@ pub fn to_json(st: &ClusterStatus, dir: Option<&Path>) -> serde_json::Value {
         "directories": st.directories,
         "chunks": st.chunks,
         "sessions": st.sessions,
+        "reply_cache": {
+            "entries": st.reply_cache_entries,
+            "bytes": st.reply_cache_bytes,
+        },
         "chunk_size": st.chunk_size,
         "default_goal": st.default_goal,
         "replications_in_flight": st.replications_in_flight,
@@ -134,6 +138,11 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
         st.sessions,
         human_bytes(st.chunk_size),
         st.default_goal
+    );
+    out += &format!(
+        "reply cache: {} entries, {}\n",
+        st.reply_cache_entries,
+        human_bytes(st.reply_cache_bytes)
     );
     out += &format!(
         "space: total {}  used {}  free {}\n",

@@ -176,6 +176,7 @@ impl Namespace {
             .session
             .call("lookup", |mut m, sid| {
                 let req = pb::EntryRequest {
+                    tag: None,
                     session_id: sid,
                     parent,
                     name: name.clone(),
@@ -328,8 +329,9 @@ impl Namespace {
         let node = *node;
         let r = self
             .session
-            .call("mknod", |mut m, sid| {
+            .call_once("mknod", |mut m, sid, tag| {
                 let req = pb::MknodRequest {
+                    tag: Some(tag),
                     session_id: sid,
                     parent,
                     name: name.clone(),
@@ -362,8 +364,9 @@ impl Namespace {
         let c = caller.to_pb();
         let r = self
             .session
-            .call("mkdir", |mut m, sid| {
+            .call_once("mkdir", |mut m, sid, tag| {
                 let req = pb::MkdirRequest {
+                    tag: Some(tag),
                     session_id: sid,
                     parent,
                     name: name.clone(),
@@ -393,8 +396,9 @@ impl Namespace {
         let target = target.to_vec();
         let r = self
             .session
-            .call("symlink", |mut m, sid| {
+            .call_once("symlink", |mut m, sid, tag| {
                 let req = pb::SymlinkRequest {
+                    tag: Some(tag),
                     session_id: sid,
                     parent,
                     name: name.clone(),
@@ -421,8 +425,9 @@ impl Namespace {
         let c = caller.to_pb();
         let r = self
             .session
-            .call("link", |mut m, sid| {
+            .call_once("link", |mut m, sid, tag| {
                 let req = pb::LinkRequest {
+                    tag: Some(tag),
                     session_id: sid,
                     inode,
                     new_parent,
@@ -464,8 +469,9 @@ impl Namespace {
         };
         let r = self
             .session
-            .call(what, |mut m, sid| {
+            .call_once(what, |mut m, sid, tag| {
                 let req = pb::EntryRequest {
+                    tag: Some(tag),
                     session_id: sid,
                     parent,
                     name: name.clone(),
@@ -507,8 +513,9 @@ impl Namespace {
         let c = caller.to_pb();
         let r = self
             .session
-            .call("rename", |mut m, sid| {
+            .call_once("rename", |mut m, sid, tag| {
                 let req = pb::RenameRequest {
+                    tag: Some(tag),
                     session_id: sid,
                     parent,
                     name: name.clone(),
@@ -654,6 +661,7 @@ impl Namespace {
             .session
             .call("getxattr", |mut m, sid| {
                 let req = pb::XattrRequest {
+                    tag: None,
                     session_id: sid,
                     inode,
                     name: name.clone(),
@@ -679,8 +687,9 @@ impl Namespace {
         let value = value.to_vec();
         let c = caller.to_pb();
         self.session
-            .call("setxattr", |mut m, sid| {
+            .call_once("setxattr", |mut m, sid, tag| {
                 let req = pb::SetXattrRequest {
+                    tag: Some(tag),
                     session_id: sid,
                     inode,
                     name: name.clone(),
@@ -717,8 +726,9 @@ impl Namespace {
         let name = name.to_vec();
         let c = caller.to_pb();
         self.session
-            .call("removexattr", |mut m, sid| {
+            .call_once("removexattr", |mut m, sid, tag| {
                 let req = pb::XattrRequest {
+                    tag: Some(tag),
                     session_id: sid,
                     inode,
                     name: name.clone(),

@@ -6,7 +6,7 @@
 //! or open files. What a re-registration must tell the master about open files
 //! comes from the layer above through [`OpenList`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -84,6 +84,10 @@ pub(crate) trait OpenList: Send + Sync {
     fn write_sessions(&self) -> Vec<pb::OpenWriteSession>;
 }
 
+/// Longest pause between two attempts while the master is unreachable, so a
+/// promoted master is reached at most this long after it starts serving.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 struct SessionState {
     session_id: u64,
@@ -112,6 +116,44 @@ struct SessionInner {
     closed: AtomicBool,
     /// Reconnects done (for metrics).
     reconnects: AtomicU64,
+    /// Ids of tagged mutations (see [`Session::call_once`]).
+    requests: Mutex<RequestIds>,
+}
+
+/// The ids of this client's tagged mutations: handed out in increasing order,
+/// and the set still waiting for their reply (its lowest member tells the
+/// master which outcomes it may forget).
+#[derive(Debug, Default)]
+struct RequestIds {
+    last: u64,
+    unanswered: BTreeSet<u64>,
+}
+
+impl RequestIds {
+    fn begin(&mut self) -> u64 {
+        self.last += 1;
+        self.unanswered.insert(self.last);
+        self.last
+    }
+
+    fn tag(&self, id: u64) -> pb::RequestTag {
+        pb::RequestTag {
+            id,
+            acked_below: self.unanswered.first().copied().unwrap_or(id).min(id),
+        }
+    }
+}
+
+/// Marks a tagged request answered (or abandoned) when dropped.
+struct Unanswered<'a> {
+    ids: &'a Mutex<RequestIds>,
+    id: u64,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        self.ids.lock().unanswered.remove(&self.id);
+    }
 }
 
 /// The session with the master and the client's connections. Cheap to clone;
@@ -191,6 +233,7 @@ impl Session {
                 reconnect: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
                 reconnects: AtomicU64::new(0),
+                requests: Mutex::new(RequestIds::default()),
             }),
         })
     }
@@ -212,7 +255,7 @@ impl Session {
                 Err(RegisterError::Transient(e)) if Instant::now() < deadline => {
                     tracing::warn!(error = %e, master = %self.inner.config.master, "master not reachable yet, retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(3));
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 }
                 Err(RegisterError::Transient(e)) | Err(RegisterError::Fatal(e)) => return Err(e),
             }
@@ -384,7 +427,7 @@ impl Session {
                             return Err(Error::io(format!("{what}: {}", e.message())));
                         }
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(3));
+                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                         reregister = Some(generation);
                         continue;
                     }
@@ -416,12 +459,31 @@ impl Session {
                     }
                     tracing::debug!(what, error = %s.message(), "master call failed, retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(3));
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                     reregister = Some(generation);
                 }
                 Err(s) => return Err(Error::from_status(&s)),
             }
         }
+    }
+
+    /// [`Session::call`] for a non-idempotent mutation: `f` also gets the
+    /// request's tag, the same id on every retry (also after a reconnect to a
+    /// new master), so the master answers a retry of a request that already
+    /// ran with its first outcome instead of running it again.
+    pub(crate) async fn call_once<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(MasterClient<AuthChannel>, u64, pb::RequestTag) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let ids = &self.inner.requests;
+        let id = ids.lock().begin();
+        let _pending = Unanswered { ids, id };
+        self.call(what, |m, sid| {
+            let tag = ids.lock().tag(id);
+            f(m, sid, tag)
+        })
+        .await
     }
 
     /// The chunkserver client for `addr` (cached).
@@ -562,5 +624,56 @@ async fn renew_loop(weak: Weak<SessionInner>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_increase_and_acknowledge_below_the_oldest_unanswered() {
+        let ids = Mutex::new(RequestIds::default());
+        let a = ids.lock().begin();
+        let b = ids.lock().begin();
+        assert_eq!((a, b), (1, 2));
+        // Both unanswered: each retry of either says nothing below 1 is pending.
+        assert_eq!(
+            ids.lock().tag(b),
+            pb::RequestTag {
+                id: 2,
+                acked_below: 1
+            }
+        );
+        {
+            let _answered = Unanswered { ids: &ids, id: a };
+        }
+        // 1 answered: 2's retries now let the master forget it.
+        assert_eq!(
+            ids.lock().tag(b),
+            pb::RequestTag {
+                id: 2,
+                acked_below: 2
+            }
+        );
+        let c = ids.lock().begin();
+        assert_eq!(
+            ids.lock().tag(c),
+            pb::RequestTag {
+                id: 3,
+                acked_below: 2
+            }
+        );
+        drop(Unanswered { ids: &ids, id: b });
+        drop(Unanswered { ids: &ids, id: c });
+        assert!(ids.lock().unanswered.is_empty());
+        // A tag never acknowledges its own request.
+        assert_eq!(
+            ids.lock().tag(7),
+            pb::RequestTag {
+                id: 7,
+                acked_below: 7
+            }
+        );
     }
 }

@@ -28,6 +28,7 @@ pub mod figures;
 pub mod handover;
 pub mod master_netns;
 pub mod netns;
+pub mod proxy;
 pub mod replication;
 pub mod storm;
 

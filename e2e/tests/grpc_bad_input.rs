@@ -98,6 +98,7 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
         pid: 1,
     });
     let lookup = |name: Vec<u8>| pb::EntryRequest {
+        tag: None,
         session_id: sid,
         parent: root,
         name,
@@ -116,6 +117,7 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
     );
     let e = m
         .mkdir(pb::MkdirRequest {
+            tag: None,
             session_id: sid,
             parent: root,
             name: vec![b'y'; 10 * 1024],
@@ -128,6 +130,7 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
     assert_eq!(errno_of(&e), libc::ENAMETOOLONG);
     let e = m
         .mkdir(pb::MkdirRequest {
+            tag: None,
             session_id: sid,
             parent: root,
             name: b"..".to_vec(),
@@ -152,6 +155,7 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
     assert_eq!(errno_of(&e), libc::ENOENT, "unknown inode: {e:?}");
     let e = m
         .lookup(pb::EntryRequest {
+            tag: None,
             session_id: sid,
             parent: 987_654_321,
             name: b"x".to_vec(),
@@ -164,6 +168,7 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
     // restrictions) is refused.
     assert!(
         m.mkdir(pb::MkdirRequest {
+            tag: None,
             session_id: sid ^ 0xdead_beef,
             parent: root,
             name: b"no-session".to_vec(),

@@ -22,6 +22,7 @@ use crate::runtime::sessions::Sessions;
 use crate::state::error::{FsError, FsResult};
 use crate::state::namespace::State;
 use crate::state::ops::apply;
+use crate::state::replies::{Reply, Tag};
 
 /// Records after which a snapshot is taken even before the interval.
 pub const SNAPSHOT_RECORDS: u64 = 1_000_000;
@@ -178,6 +179,48 @@ impl Core {
     /// Returns its version; the caller waits with [`Core::wait_durable`] before
     /// answering.
     pub fn commit(&self, inner: &mut Inner, op: Op) -> FsResult<u64> {
+        self.commit_record(inner, op, |_| None)
+    }
+
+    /// Commits `op` for a request tagged `tag` (see [`crate::state::replies`]):
+    /// `reply` computes the answer from the state right after the op, and that
+    /// answer goes into the same changelog record and into the reply cache, so
+    /// a retry of the request is answered with it. Untagged: as [`Core::commit`].
+    pub fn commit_replied<R: Reply>(
+        &self,
+        inner: &mut Inner,
+        op: Op,
+        tag: Option<Tag>,
+        reply: impl FnOnce(&Inner) -> FsResult<R>,
+    ) -> FsResult<(u64, R)> {
+        let mut answer = None;
+        let v = self.commit_record(inner, op, |inner| {
+            let r = reply(inner);
+            let record = match (&r, tag) {
+                (Ok(r), Some(t)) => Some(t.record(r.to_outcome())),
+                _ => None,
+            };
+            answer = Some(r);
+            record
+        })?;
+        match answer {
+            Some(r) => Ok((v, r?)),
+            None => Err(FsError::new(
+                libc::EIO,
+                "the reply of a committed change was not computed",
+            )),
+        }
+    }
+
+    /// Applies `op` as the next record, adds the reply `reply` computes from
+    /// the state after it (if any) to the record and the reply cache, and
+    /// queues the record for the changelog.
+    fn commit_record(
+        &self,
+        inner: &mut Inner,
+        op: Op,
+        reply: impl FnOnce(&Inner) -> Option<pb::ReplyRecord>,
+    ) -> FsResult<u64> {
         if self.hub.is_fenced() {
             return Err(FsError::new(
                 libc::EROFS,
@@ -190,12 +233,25 @@ impl Core {
                 "the metadata changelog cannot be written (disk error on the master); no changes are accepted",
             ));
         }
-        let rec = ChangelogRecord {
+        let mut rec = ChangelogRecord {
             version: inner.state.version + 1,
             time_ns: now_ns(),
             op: Some(op),
+            reply: None,
         };
         let applied = apply(&mut inner.state, &rec)?;
+        if let Some(r) = reply(inner) {
+            // The master looked the request up in the cache under this lock
+            // before deciding the op, so it is new; checked all the same, as
+            // replay will check it.
+            match inner.state.replies.check_new(&r) {
+                Ok(()) => {
+                    inner.state.replies.insert(rec.version, &r);
+                    rec.reply = Some(r);
+                }
+                Err(e) => tracing::error!(error = %e, "reply not cached"),
+            }
+        }
         let queued = self
             .writer
             .lock()
@@ -303,6 +359,26 @@ impl Core {
         .await
     }
 
+    /// As [`Core::commit_as`] for a request tagged `tag`: a retry of a request
+    /// that already ran is answered with its first reply (once that is
+    /// durable), without running `op` again.
+    pub async fn commit_as_once<R: Reply>(
+        &self,
+        session: u64,
+        op: Op,
+        tag: Option<Tag>,
+        reply: impl FnOnce(&Inner) -> FsResult<R>,
+    ) -> Result<R, Status> {
+        self.mutate_as(session, |core, inner| {
+            if let Some((v, r)) = inner.state.replies.answer::<R>(tag)? {
+                return Ok((Some(v), r));
+            }
+            let (v, r) = core.commit_replied(inner, op, tag, reply)?;
+            Ok((Some(v), r))
+        })
+        .await
+    }
+
     /// Runs the read-only `f` under the lock.
     pub fn read<T>(&self, f: impl FnOnce(&Inner) -> FsResult<T>) -> Result<T, Status> {
         let g = self.inner.lock();
@@ -389,6 +465,12 @@ impl Core {
                 .count() as i64,
         );
         self.metrics.sessions.set(inner.sessions.map.len() as i64);
+        self.metrics
+            .reply_cache_entries
+            .set(inner.state.replies.len() as i64);
+        self.metrics
+            .reply_cache_bytes
+            .set(inner.state.replies.bytes() as i64);
     }
 
     /// Writes a snapshot of the current state in the background (unless nothing

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub sessions: Gauge,
     /// Latency of each changelog group commit (write + fdatasync).
     pub fsync_seconds: Histogram,
+    /// Outcomes kept in the reply cache.
+    pub reply_cache_entries: Gauge,
+    /// Estimated memory the reply cache holds (bytes).
+    pub reply_cache_bytes: Gauge,
 }
 
 impl Metrics {
@@ -39,6 +43,8 @@ impl Metrics {
             chunkservers: Gauge::default(),
             sessions: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            reply_cache_entries: Gauge::default(),
+            reply_cache_bytes: Gauge::default(),
         };
         reg.register(
             "alces_master_rpc",
@@ -69,6 +75,16 @@ impl Metrics {
             "alces_master_sessions",
             "Open client sessions",
             m.sessions.clone(),
+        );
+        reg.register(
+            "alces_master_reply_cache_entries",
+            "Outcomes of tagged mutations kept for retries (reply cache)",
+            m.reply_cache_entries.clone(),
+        );
+        reg.register(
+            "alces_master_reply_cache_bytes",
+            "Estimated memory held by the reply cache",
+            m.reply_cache_bytes.clone(),
         );
         reg.register(
             "alces_master_changelog_fsync_seconds",

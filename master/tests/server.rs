@@ -119,6 +119,7 @@ async fn namespace_entries_readdir_and_xattrs() {
     // Namespace.
     let dir = c
         .mkdir(pb::MkdirRequest {
+            tag: None,
             session_id: sid,
             parent: 1,
             name: b"dir".to_vec(),
@@ -184,6 +185,7 @@ async fn namespace_entries_readdir_and_xattrs() {
     );
     let looked = c
         .lookup(pb::EntryRequest {
+            tag: None,
             session_id: sid,
             parent: dir.inode,
             name: b"file".to_vec(),
@@ -209,6 +211,7 @@ async fn namespace_entries_readdir_and_xattrs() {
     assert_eq!(rd.entries[0].name, b"dir");
     assert_eq!(rd.entries[0].attr.as_ref().unwrap().inode, dir.inode);
     c.symlink(pb::SymlinkRequest {
+        tag: None,
         session_id: sid,
         parent: 1,
         name: b"ln".to_vec(),
@@ -249,6 +252,7 @@ async fn namespace_entries_readdir_and_xattrs() {
     );
     assert!(!page.eof);
     c.set_xattr(pb::SetXattrRequest {
+        tag: None,
         session_id: sid,
         inode: file.inode,
         name: b"user.x".to_vec(),
@@ -260,6 +264,7 @@ async fn namespace_entries_readdir_and_xattrs() {
     .unwrap();
     let v = c
         .get_xattr(pb::XattrRequest {
+            tag: None,
             session_id: sid,
             inode: file.inode,
             name: b"user.x".to_vec(),
@@ -272,6 +277,7 @@ async fn namespace_entries_readdir_and_xattrs() {
     assert_eq!(
         errno_of(
             c.get_xattr(pb::XattrRequest {
+                tag: None,
                 session_id: sid,
                 inode: file.inode,
                 name: b"user.none".to_vec(),
@@ -341,6 +347,7 @@ async fn bad_input_gets_a_clear_errno() {
     assert_eq!(
         errno_of(
             c.rename(pb::RenameRequest {
+                tag: None,
                 session_id: sid,
                 parent: 1,
                 name: b"dir".to_vec(),
@@ -743,6 +750,7 @@ async fn read_only_and_subdirectory_sessions() {
 async fn an_open_file_outlives_its_unlink() {
     let (_tmp, m, mut c, sid, dir, file) = with_a_file().await;
     c.symlink(pb::SymlinkRequest {
+        tag: None,
         session_id: sid,
         parent: 1,
         name: b"ln".to_vec(),
@@ -797,6 +805,7 @@ async fn an_open_file_outlives_its_unlink() {
     .await
     .unwrap();
     c.unlink(pb::EntryRequest {
+        tag: None,
         session_id: sid,
         parent: dir.inode,
         name: b"file".to_vec(),
@@ -842,6 +851,7 @@ async fn an_open_file_outlives_its_unlink() {
     assert_eq!(
         errno_of(
             c.rmdir(pb::EntryRequest {
+                tag: None,
                 session_id: sid,
                 parent: 1,
                 name: b"ln".to_vec(),
@@ -884,6 +894,7 @@ async fn metrics_and_health_endpoints() {
 async fn restarts_keep_the_metadata() {
     let (tmp, m, mut c, sid, dir, _file) = with_a_file().await;
     c.symlink(pb::SymlinkRequest {
+        tag: None,
         session_id: sid,
         parent: 1,
         name: b"ln".to_vec(),
@@ -918,6 +929,7 @@ async fn restarts_keep_the_metadata() {
     .await
     .unwrap();
     c.rename(pb::RenameRequest {
+        tag: None,
         session_id: s.session_id,
         parent: 1,
         name: b"after".to_vec(),
@@ -950,6 +962,7 @@ async fn a_peer_that_saw_a_higher_epoch_fences_the_master() {
         .into_inner()
         .session_id;
     let mkdir = |name: &str| pb::MkdirRequest {
+        tag: None,
         session_id: sid,
         parent: 1,
         name: name.as_bytes().to_vec(),

@@ -67,6 +67,7 @@ type Pending = tokio::task::JoinHandle<Result<tonic::Response<pb::AttrReply>, to
 fn mkdir(m: &Running, sid: u64, name: &str) -> Pending {
     let mut c = MasterClient::new(chan(m));
     let req = pb::MkdirRequest {
+        tag: None,
         session_id: sid,
         parent: 1,
         name: name.as_bytes().to_vec(),

@@ -331,6 +331,7 @@ mod tests {
 
     fn rec(version: u64) -> ChangelogRecord {
         ChangelogRecord {
+            reply: None,
             version,
             time_ns: 1,
             op: None,

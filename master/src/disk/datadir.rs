@@ -285,6 +285,7 @@ mod tests {
         )
         .unwrap();
         ChangelogRecord {
+            reply: None,
             version: st.version + 1,
             time_ns: 5000 + st.version as i64,
             op: Some(op),
@@ -293,7 +294,19 @@ mod tests {
 
     fn add(st: &mut State, w: &Writer, n: usize, prefix: &str) {
         for i in 0..n {
-            let rec = mkdir_record(st, &format!("{prefix}{i}"));
+            let mut rec = mkdir_record(st, &format!("{prefix}{i}"));
+            // Tagged requests of two sessions, each acknowledging all but
+            // its previous request: the reply cache goes through snapshots
+            // and replay with the records.
+            let v = rec.version;
+            rec.reply = Some(alces_proto::pb::ReplyRecord {
+                session_id: 7 + v % 2,
+                request_id: v,
+                acked_below: v.saturating_sub(2),
+                outcome: Some(alces_proto::pb::reply_record::Outcome::Empty(
+                    alces_proto::pb::Empty {},
+                )),
+            });
             apply(st, &rec).unwrap();
             w.append(&rec).unwrap();
         }
@@ -376,6 +389,10 @@ mod tests {
         assert!(!r.formatted);
         assert_eq!(r.snapshot_version, 7);
         assert_eq!(r.state, live);
+        // Each session keeps its last two requests (the older are acknowledged).
+        assert_eq!(live.replies.len(), 4);
+        assert!(live.replies.get(8, 9).is_some() && live.replies.get(8, 7).is_some());
+        assert!(live.replies.get(8, 5).is_none());
     }
 
     #[test]

@@ -14,8 +14,11 @@ use crate::disk::frame;
 use crate::state::inode::{Body, Inode, Kind};
 use crate::state::namespace::{ChunkMeta, State};
 
-/// Snapshot format version.
-pub const FORMAT: u32 = 1;
+/// Snapshot format version written: 2 adds the reply cache (`SnapshotReply`
+/// records). Format 1 files (no reply cache) are still read.
+pub const FORMAT: u32 = 2;
+/// Oldest snapshot format read.
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// File name of the snapshot of metadata version `version`.
 pub fn file_name(version: u64) -> String {
@@ -147,6 +150,15 @@ pub fn encode(st: &State, created_ns: i64) -> Vec<u8> {
             &mut out,
         );
     }
+    for (version, reply) in st.replies.records() {
+        push(
+            Record::Reply(pb::SnapshotReplyEntry {
+                version,
+                reply: Some(reply),
+            }),
+            &mut out,
+        );
+    }
     push(
         Record::End(pb::SnapshotEnd {
             inode_count: st.inodes.len() as u64,
@@ -202,12 +214,14 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
         })) => h,
         _ => anyhow::bail!("does not start with a snapshot header"),
     };
-    if header.format != FORMAT {
+    if !(OLDEST_FORMAT..=FORMAT).contains(&header.format) {
         anyhow::bail!(
-            "format {} is not supported (expected {FORMAT})",
-            header.format
+            "format {} is not supported (this version reads formats {OLDEST_FORMAT} to {FORMAT}): it was written by a {} version of Alces",
+            header.format,
+            if header.format > FORMAT { "newer" } else { "older" }
         );
     }
+    let format = header.format;
     let mut st = State {
         version: header.version,
         cluster_id: header.cluster_id,
@@ -221,6 +235,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
         trash: BTreeMap::new(),
         trash_times: BTreeMap::new(),
         draining: BTreeSet::new(),
+        replies: Default::default(),
         usage: HashMap::new(),
     };
     let mut ended = false;
@@ -327,6 +342,24 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
             Some(Record::Draining(d)) => {
                 st.draining.insert(d.server_id);
             }
+            Some(Record::Reply(r)) => {
+                if format < 2 {
+                    anyhow::bail!("a reply cache record in a format {format} snapshot");
+                }
+                let Some(reply) = r.reply else {
+                    anyhow::bail!("reply cache record of version {} is empty", r.version);
+                };
+                if r.version == 0 || r.version > st.version {
+                    anyhow::bail!(
+                        "reply cache record of version {} outside the snapshot's versions 1..={}",
+                        r.version,
+                        st.version
+                    );
+                }
+                st.replies
+                    .record(r.version, &reply)
+                    .map_err(|e| anyhow::anyhow!("reply cache record: {}", e.message))?;
+            }
             Some(Record::End(e)) => {
                 if e.inode_count != st.inodes.len() as u64 || e.version != st.version {
                     anyhow::bail!(
@@ -354,4 +387,127 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
     }
     crate::state::volumes::rebuild(&mut st);
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alces_proto::pb::reply_record::Outcome;
+
+    fn reply(sid: u64, id: u64) -> pb::ReplyRecord {
+        pb::ReplyRecord {
+            session_id: sid,
+            request_id: id,
+            acked_below: 0,
+            outcome: Some(Outcome::Entry(pb::EntryChangeReply::default())),
+        }
+    }
+
+    /// The frames of `st`'s snapshot with `edit` applied to each record.
+    fn reencode(st: &State, mut edit: impl FnMut(&mut SnapshotRecord)) -> Vec<u8> {
+        let bytes = encode(st, 1);
+        let (frames, bad) = frame::split(&bytes);
+        assert!(bad.is_none());
+        let mut out = Vec::new();
+        for f in frames {
+            let mut r = SnapshotRecord::decode(f).unwrap();
+            edit(&mut r);
+            if r.record.is_some() {
+                frame::encode(&r.encode_to_vec(), &mut out);
+            }
+        }
+        out
+    }
+
+    fn with_replies() -> State {
+        let mut st = State::format("c".into(), 1 << 20, 1, 0);
+        st.version = 10;
+        st.replies.record(3, &reply(7, 1)).unwrap();
+        st.replies.record(5, &reply(8, 4)).unwrap();
+        st.replies.record(9, &reply(7, 2)).unwrap();
+        st
+    }
+
+    #[test]
+    fn the_reply_cache_round_trips() {
+        let st = with_replies();
+        let back = decode(&encode(&st, 1)).unwrap();
+        assert_eq!(back.replies.len(), 3);
+        assert_eq!(back.replies, st.replies);
+        assert_eq!(back.replies.get(7, 2).map(|c| c.version), Some(9));
+    }
+
+    #[test]
+    fn format_1_is_read_and_other_formats_are_refused_clearly() {
+        let st = with_replies();
+        let set_format = |n: u32| {
+            move |r: &mut SnapshotRecord| match &mut r.record {
+                Some(Record::Header(h)) => h.format = n,
+                Some(Record::Reply(_)) => r.record = None,
+                _ => {}
+            }
+        };
+        let old = decode(&reencode(&st, set_format(1))).unwrap();
+        assert!(old.replies.is_empty());
+        assert_eq!(old.inodes.len(), st.inodes.len());
+        let e = decode(&reencode(&st, set_format(3)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("format 3 is not supported") && e.contains("newer"),
+            "{e}"
+        );
+        // A format 1 file cannot hold reply records.
+        let e = decode(&reencode(&st, |r| {
+            if let Some(Record::Header(h)) = &mut r.record {
+                h.format = 1;
+            }
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("format 1 snapshot"), "{e}");
+    }
+
+    #[test]
+    fn bad_reply_records_are_refused_with_what_is_wrong() {
+        let st = with_replies();
+        type Spoil = fn(&mut pb::SnapshotReplyEntry);
+        let cases: [(&str, Spoil); 4] = [
+            ("is empty", |e| e.reply = None),
+            ("outside the snapshot's versions", |e| e.version = 11),
+            ("must be non-zero", |e| {
+                if let Some(r) = &mut e.reply {
+                    r.session_id = 0
+                }
+            }),
+            ("has no outcome", |e| {
+                if let Some(r) = &mut e.reply {
+                    r.outcome = None
+                }
+            }),
+        ];
+        for (want, f) in cases {
+            let mut first = true;
+            let bytes = reencode(&st, |r| {
+                if let Some(Record::Reply(e)) = &mut r.record {
+                    if first {
+                        f(e);
+                        first = false;
+                    }
+                }
+            });
+            let e = decode(&bytes).unwrap_err().to_string();
+            assert!(e.contains(want), "want {want:?}: {e}");
+        }
+        // The same request twice.
+        let bytes = reencode(&st, |r| {
+            if let Some(Record::Reply(e)) = &mut r.record {
+                if let Some(x) = &mut e.reply {
+                    (x.session_id, x.request_id) = (7, 1);
+                }
+            }
+        });
+        let e = decode(&bytes).unwrap_err().to_string();
+        assert!(e.contains("recorded already"), "{e}");
+    }
 }

@@ -89,6 +89,7 @@ mod tests {
 
     fn run(st: &mut State, op: Op) -> FsResult<()> {
         let rec = ChangelogRecord {
+            reply: None,
             version: st.version + 1,
             time_ns: 1,
             op: Some(op),

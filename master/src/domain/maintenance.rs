@@ -24,6 +24,7 @@ pub fn tick(core: &Core) -> bool {
     }
     core.purge_unused(inner, &released);
     purge_expired(core, inner);
+    crate::domain::replies::forget_gone_sessions(core, inner);
     if !inner.startup_orphans_done
         && now.saturating_duration_since(core.started) > core.settings.session_timeout
     {

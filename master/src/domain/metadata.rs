@@ -13,6 +13,7 @@ use crate::runtime::tails::{recheck, Growth};
 use crate::state::error::{err, FsResult};
 use crate::state::namespace::{Usage, MAX_INODES};
 use crate::state::ops::{check_xattr_name, prepare_create, NewInode, Owner, SETATTR_KNOWN};
+use crate::state::replies::{tag, Tag};
 use crate::state::volumes;
 
 /// Default and largest readdir batch.
@@ -120,6 +121,8 @@ pub struct Create<'a> {
     pub exclusive: bool,
     /// Also open the new regular file in the session (create + open in one call).
     pub open: bool,
+    /// The request's reply cache tag.
+    pub tag: Option<Tag>,
 }
 
 /// Creates an entry of any kind (quota checked), or with `exclusive` unset
@@ -136,6 +139,22 @@ pub async fn create(core: &Core, c: Create<'_>) -> Result<pb::AttrReply, Status>
         }
     };
     core.mutate_as(sid, |core, inner| {
+        if let Some((v, reply)) = inner.state.replies.answer::<pb::AttrReply>(c.tag)? {
+            // A retry: the first run marked the file open in this session,
+            // unless that was on a master that has since been replaced (the
+            // client could not list a file whose create it never saw).
+            let held = reply.attr.is_some_and(|a| {
+                inner
+                    .sessions
+                    .map
+                    .get(&sid)
+                    .is_some_and(|s| s.open.contains_key(&a.inode))
+            });
+            if !held {
+                mark_open(inner, &reply);
+            }
+            return Ok((Some(v), reply));
+        }
         if !c.exclusive {
             if let Some(ino) = inner.state.dir(parent)?.get(c.inode.name).copied() {
                 let reply = attr_reply(inner, ino)?;
@@ -158,9 +177,11 @@ pub async fn create(core: &Core, c: Create<'_>) -> Result<pb::AttrReply, Status>
             Op::Create(c) => c.inode,
             _ => 0,
         };
-        let v = core.commit(inner, op)?;
-        let mut reply = attr_reply(inner, ino)?;
-        reply.parent = inner.state.attr(parent).ok();
+        let (v, reply) = core.commit_replied(inner, op, c.tag, |inner| {
+            let mut reply = attr_reply(inner, ino)?;
+            reply.parent = inner.state.attr(parent).ok();
+            Ok(reply)
+        })?;
         mark_open(inner, &reply);
         Ok((Some(v), reply))
     })
@@ -209,6 +230,7 @@ pub async fn mknod(core: &Core, r: pb::MknodRequest) -> Result<pb::AttrReply, St
             inode,
             exclusive: r.exclusive,
             open: r.open,
+            tag: tag(r.session_id, r.tag.as_ref())?,
         },
     )
     .await
@@ -233,6 +255,7 @@ pub async fn mkdir(core: &Core, r: pb::MkdirRequest) -> Result<pb::AttrReply, St
             inode,
             exclusive: true,
             open: false,
+            tag: tag(r.session_id, r.tag.as_ref())?,
         },
     )
     .await
@@ -257,6 +280,7 @@ pub async fn symlink(core: &Core, r: pb::SymlinkRequest) -> Result<pb::AttrReply
             inode,
             exclusive: true,
             open: false,
+            tag: tag(r.session_id, r.tag.as_ref())?,
         },
     )
     .await
@@ -264,7 +288,11 @@ pub async fn symlink(core: &Core, r: pb::SymlinkRequest) -> Result<pb::AttrReply
 
 /// `Link`: a hard link (quota of the new place checked).
 pub async fn link(core: &Core, r: pb::LinkRequest) -> Result<pb::AttrReply, Status> {
+    let tag = tag(r.session_id, r.tag.as_ref())?;
     core.mutate_as(r.session_id, |core, inner| {
+        if let Some((v, reply)) = inner.state.replies.answer(tag)? {
+            return Ok((Some(v), reply));
+        }
         if let Ok(i) = inner.state.get(r.inode) {
             volumes::check_quota(
                 &inner.state,
@@ -274,16 +302,16 @@ pub async fn link(core: &Core, r: pb::LinkRequest) -> Result<pb::AttrReply, Stat
                 now_ns(),
             )?;
         }
-        let v = core.commit(
-            inner,
-            Op::Link(pb::LinkOp {
-                inode: r.inode,
-                parent: r.new_parent,
-                name: r.new_name.clone(),
-            }),
-        )?;
-        let mut reply = attr_reply(inner, r.inode)?;
-        reply.parent = inner.state.attr(r.new_parent).ok();
+        let op = Op::Link(pb::LinkOp {
+            inode: r.inode,
+            parent: r.new_parent,
+            name: r.new_name.clone(),
+        });
+        let (v, reply) = core.commit_replied(inner, op, tag, |inner| {
+            let mut reply = attr_reply(inner, r.inode)?;
+            reply.parent = inner.state.attr(r.new_parent).ok();
+            Ok(reply)
+        })?;
         Ok((Some(v), reply))
     })
     .await
@@ -297,7 +325,11 @@ pub async fn remove(
     r: pb::EntryRequest,
     directory: bool,
 ) -> Result<pb::EntryChangeReply, Status> {
+    let tag = tag(r.session_id, r.tag.as_ref())?;
     core.mutate_as(r.session_id, |core, inner| {
+        if let Some((v, reply)) = inner.state.replies.answer(tag)? {
+            return Ok((Some(v), reply));
+        }
         let child = inner.state.lookup(r.parent, &r.name).ok();
         let keep_orphan = child.is_some_and(|c| inner.sessions.is_open(c));
         let trash_secs = match child.and_then(|c| inner.state.inodes.get(&c)) {
@@ -306,24 +338,28 @@ pub async fn remove(
             }
             _ => 0,
         };
-        let v = core.commit(
-            inner,
-            Op::Unlink(pb::UnlinkOp {
-                parent: r.parent,
-                name: r.name.clone(),
-                directory,
-                keep_orphan,
-                trash_secs,
-            }),
-        )?;
-        Ok((Some(v), entry_change(inner, r.parent, r.parent)))
+        let op = Op::Unlink(pb::UnlinkOp {
+            parent: r.parent,
+            name: r.name.clone(),
+            directory,
+            keep_orphan,
+            trash_secs,
+        });
+        let (v, reply) = core.commit_replied(inner, op, tag, |inner| {
+            Ok(entry_change(inner, r.parent, r.parent))
+        })?;
+        Ok((Some(v), reply))
     })
     .await
 }
 
 /// `Rename` (quotas of the places the entries move to checked).
 pub async fn rename(core: &Core, r: pb::RenameRequest) -> Result<pb::EntryChangeReply, Status> {
+    let tag = tag(r.session_id, r.tag.as_ref())?;
     core.mutate_as(r.session_id, |core, inner| {
+        if let Some((v, reply)) = inner.state.replies.answer(tag)? {
+            return Ok((Some(v), reply));
+        }
         let victim = inner
             .state
             .dir(r.new_parent)
@@ -346,18 +382,18 @@ pub async fn rename(core: &Core, r: pb::RenameRequest) -> Result<pb::EntryChange
                 volumes::check_quota(st, from, r.parent, volumes::subtree(st, v), now)?;
             }
         }
-        let v = core.commit(
-            inner,
-            Op::Rename(pb::RenameOp {
-                parent: r.parent,
-                name: r.name.clone(),
-                new_parent: r.new_parent,
-                new_name: r.new_name.clone(),
-                flags: r.flags,
-                keep_orphan,
-            }),
-        )?;
-        Ok((Some(v), entry_change(inner, r.parent, r.new_parent)))
+        let op = Op::Rename(pb::RenameOp {
+            parent: r.parent,
+            name: r.name.clone(),
+            new_parent: r.new_parent,
+            new_name: r.new_name.clone(),
+            flags: r.flags,
+            keep_orphan,
+        });
+        let (v, reply) = core.commit_replied(inner, op, tag, |inner| {
+            Ok(entry_change(inner, r.parent, r.new_parent))
+        })?;
+        Ok((Some(v), reply))
     })
     .await
 }
@@ -428,13 +464,15 @@ pub fn get_xattr(core: &Core, r: &pb::XattrRequest) -> Result<pb::XattrReply, St
 
 /// `SetXattr`.
 pub async fn set_xattr(core: &Core, r: pb::SetXattrRequest) -> Result<pb::Empty, Status> {
+    let tag = tag(r.session_id, r.tag.as_ref())?;
     let op = Op::SetXattr(pb::SetXattrOp {
         inode: r.inode,
         name: r.name,
         value: r.value,
         flags: r.flags,
     });
-    core.commit_as(r.session_id, op, |_| Ok(pb::Empty {})).await
+    core.commit_as_once(r.session_id, op, tag, |_| Ok(pb::Empty {}))
+        .await
 }
 
 /// `ListXattr`.
@@ -448,9 +486,11 @@ pub fn list_xattr(core: &Core, inode: u64) -> Result<pb::ListXattrReply, Status>
 
 /// `RemoveXattr`.
 pub async fn remove_xattr(core: &Core, r: pb::XattrRequest) -> Result<pb::Empty, Status> {
+    let tag = tag(r.session_id, r.tag.as_ref())?;
     let op = Op::RemoveXattr(pb::RemoveXattrOp {
         inode: r.inode,
         name: r.name,
     });
-    core.commit_as(r.session_id, op, |_| Ok(pb::Empty {})).await
+    core.commit_as_once(r.session_id, op, tag, |_| Ok(pb::Empty {}))
+        .await
 }

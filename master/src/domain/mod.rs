@@ -14,6 +14,7 @@
 //! - [`volumes`]: quotas, snapshots, the trash, `du` and the consistency check.
 //! - [`status`]: the cluster status, file info and tuning.
 //! - [`replication`]: snapshots, changelog batches and step-down for metaloggers.
+//! - [`replies`]: dropping the reply cache of closed and expired sessions.
 //! - [`maintenance`]: the once-a-second tick.
 
 pub mod chunkservers;
@@ -23,6 +24,7 @@ pub mod io;
 pub mod maintenance;
 pub mod metadata;
 pub mod replication;
+pub mod replies;
 pub mod sessions;
 pub mod status;
 pub mod tails;

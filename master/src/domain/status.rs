@@ -56,6 +56,8 @@ pub fn status(core: &Core) -> Result<pb::ClusterStatus, Status> {
             conditions: core.hub.conditions(),
             sync_metaloggers: core.hub.sync as u32,
             tuning: Some(tuning(&core.settings)),
+            reply_cache_entries: i.state.replies.len() as u64,
+            reply_cache_bytes: i.state.replies.bytes() as u64,
         })
     })
 }

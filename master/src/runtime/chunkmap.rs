@@ -948,6 +948,7 @@ mod tests {
 
     fn run(st: &mut State, op: Op) {
         let rec = ChangelogRecord {
+            reply: None,
             version: st.version + 1,
             time_ns: 1,
             op: Some(op),

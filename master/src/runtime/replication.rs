@@ -415,6 +415,7 @@ mod tests {
     fn the_window_is_bounded_in_bytes() {
         let hub = Hub::new(1, 0, Duration::from_secs(1));
         let rec = |v: u64| ChangelogRecord {
+            reply: None,
             version: v,
             time_ns: 1,
             op: Some(pb::changelog_record::Op::Purge(pb::PurgeOp { inode: v })),

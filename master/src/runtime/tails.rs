@@ -380,6 +380,7 @@ mod tests {
 
     fn run(st: &mut State, op: Op) {
         let rec = ChangelogRecord {
+            reply: None,
             version: st.version + 1,
             time_ns: 1000 + st.version as i64,
             op: Some(op),

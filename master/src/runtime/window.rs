@@ -174,6 +174,7 @@ mod tests {
 
     fn rec(v: u64, name_len: usize) -> ChangelogRecord {
         ChangelogRecord {
+            reply: None,
             version: v,
             time_ns: 1,
             op: Some(pb::changelog_record::Op::Create(pb::CreateOp {

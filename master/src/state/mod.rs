@@ -11,6 +11,7 @@
 //! - [`inodes`]: the inode table, dense pages indexed by inode number.
 //! - [`namespace`]: the whole [`namespace::State`] and the read-only queries on it.
 //! - [`volumes`]: usage accounting, quotas, the trash and snapshots as state changes.
+//! - [`replies`]: the reply cache, the first outcome of each tagged request.
 //! - [`ops`]: changelog operations: `prepare_*` decide a record, [`ops::apply`] carries it out.
 
 pub mod error;
@@ -18,4 +19,5 @@ pub mod inode;
 pub mod inodes;
 pub mod namespace;
 pub mod ops;
+pub mod replies;
 pub mod volumes;

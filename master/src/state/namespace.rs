@@ -159,6 +159,8 @@ pub struct State {
     /// Chunkservers being drained (by server id): logged so that a drain
     /// survives master restarts and failovers.
     pub draining: BTreeSet<u64>,
+    /// The first outcomes of tagged requests (the reply cache).
+    pub replies: crate::state::replies::Replies,
     /// Recursive usage of every directory's subtree (kept incrementally, not
     /// persisted: rebuilt when a snapshot is loaded).
     pub usage: HashMap<u64, Usage>,
@@ -199,6 +201,7 @@ impl State {
             trash: BTreeMap::new(),
             trash_times: BTreeMap::new(),
             draining: BTreeSet::new(),
+            replies: Default::default(),
             usage: HashMap::new(),
         }
     }

@@ -118,10 +118,15 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
         );
     }
     let t = rec.time_ns;
-    let op = rec
-        .op
-        .as_ref()
-        .ok_or_else(|| FsError::new(libc::EINVAL, "changelog record without an operation"))?;
+    let op = rec.op.as_ref().ok_or_else(|| {
+        FsError::new(
+            libc::EINVAL,
+            "changelog record without an operation (a record of a newer version of Alces?)",
+        )
+    })?;
+    if let Some(r) = &rec.reply {
+        st.replies.check_new(r)?;
+    }
     let mut applied = Applied::default();
     match op {
         Op::Create(o) => create(st, t, o)?,
@@ -165,6 +170,12 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
         Op::SetTrashTime(o) => volumes::set_trash_time(st, o)?,
         Op::Restore(o) => volumes::restore(st, t, o)?,
         Op::SetDraining(o) => set_draining(st, o),
+        Op::ForgetReplies(o) => {
+            st.replies.forget(o.session_id);
+        }
+    }
+    if let Some(r) = &rec.reply {
+        st.replies.insert(rec.version, r);
     }
     st.version = rec.version;
     Ok(applied)

@@ -29,6 +29,7 @@ impl Fs {
     fn run(&mut self, op: Op) -> FsResult<Applied> {
         self.t += 10;
         let rec = ChangelogRecord {
+            reply: None,
             version: self.st.version + 1,
             time_ns: self.t,
             op: Some(op),
@@ -819,12 +820,14 @@ fn chunk_versions_and_limits() {
 fn records_must_follow_in_version_order() {
     let mut st = State::format("x".into(), CHUNK, 1, 0);
     let rec = ChangelogRecord {
+        reply: None,
         version: 2,
         time_ns: 0,
         op: Some(Op::Purge(pb::PurgeOp { inode: 5 })),
     };
     assert_eq!(apply(&mut st, &rec).unwrap_err().errno, libc::EINVAL);
     let rec = ChangelogRecord {
+        reply: None,
         version: 1,
         time_ns: 0,
         op: None,
@@ -884,4 +887,38 @@ fn replay_and_snapshot_reproduce_the_live_state() {
         .unwrap();
         assert_eq!(&again, r);
     }
+}
+
+#[test]
+fn a_reply_is_recorded_with_its_op_and_forgotten_with_its_session() {
+    let mut st = State::format("x".into(), CHUNK, 1, 0);
+    let reply = |sid: u64, id: u64| pb::ReplyRecord {
+        session_id: sid,
+        request_id: id,
+        acked_below: 1,
+        outcome: Some(pb::reply_record::Outcome::Empty(pb::Empty {})),
+    };
+    let set_goal = Op::SetGoal(pb::SetGoalOp {
+        inodes: vec![ROOT_INODE],
+        goal: 2,
+    });
+    let rec = |v: u64, op: Op, r: Option<pb::ReplyRecord>| ChangelogRecord {
+        reply: r,
+        version: v,
+        time_ns: 0,
+        op: Some(op),
+    };
+    apply(&mut st, &rec(1, set_goal.clone(), Some(reply(4, 1)))).unwrap();
+    assert_eq!(st.replies.get(4, 1).map(|c| c.version), Some(1));
+    // A bad reply refuses the whole record: the op is not applied either.
+    let before = st.clone();
+    let e = apply(&mut st, &rec(2, set_goal.clone(), Some(reply(0, 1)))).unwrap_err();
+    assert!(e.message.contains("non-zero"), "{e}");
+    let e = apply(&mut st, &rec(2, set_goal.clone(), Some(reply(4, 1)))).unwrap_err();
+    assert!(e.message.contains("recorded already"), "{e}");
+    assert_eq!(st, before);
+    let forget = Op::ForgetReplies(pb::ForgetRepliesOp { session_id: 4 });
+    apply(&mut st, &rec(2, forget, None)).unwrap();
+    assert!(st.replies.is_empty());
+    assert_eq!(st.version, 2);
 }

@@ -24,6 +24,7 @@ impl Fs {
     fn run(&mut self, op: Op) -> FsResult<Applied> {
         self.t += 10;
         let rec = ChangelogRecord {
+            reply: None,
             version: self.st.version + 1,
             time_ns: self.t,
             op: Some(op),

@@ -100,6 +100,7 @@ pub async fn mkdir(
     name: &str,
 ) -> pb::Attr {
     c.mkdir(pb::MkdirRequest {
+        tag: None,
         session_id: sid,
         parent,
         name: name.as_bytes().to_vec(),
