@@ -309,7 +309,11 @@ fn crd_is_accepted_invalid_specs_are_refused_and_reconcile_reaches_a_steady_stat
         let c = api.get("demo").await.expect("get");
         let st = c.status.clone().expect("status");
         assert_eq!(st.observed_generation, c.metadata.generation);
-        assert!(c.finalizers().iter().any(|f| f == controller::FINALIZER));
+        assert!(
+            c.finalizers().is_empty(),
+            "a finalizer on a cluster that keeps its disks: {:?}",
+            c.finalizers()
+        );
         let available = st.conditions.iter().find(|c| c.type_ == "Available").expect("Available");
         assert_eq!(available.status, "False", "no pod runs on this server: no master yet");
 
@@ -365,6 +369,127 @@ fn crd_is_accepted_invalid_specs_are_refused_and_reconcile_reaches_a_steady_stat
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "MissingSecret"));
         assert!(d.message.contains("spec.secretRef"), "{}", d.message);
         assert!(sts.get_opt("ext-metadata").await.expect("get").is_none(), "nothing applied without the secret");
+    });
+}
+
+/// Deletion under both cleanup policies on a real API server: `Retain` (the
+/// default) has no finalizer, so deleting the cluster with no operator
+/// running removes it at once; `Delete` has one (added first, before any
+/// object), the reconcile of the deleted cluster removes its StatefulSets
+/// and then releases it; switching `Delete` back to `Retain` removes it.
+#[test]
+fn the_finalizer_follows_the_cleanup_policy_and_deletion_never_waits_for_nothing() {
+    let Some(env) = Env::start() else { return };
+    rt().block_on(async {
+        let client = env.client().await;
+        install_crd(&client).await;
+        let ns = "cleanup";
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let n: Namespace =
+            serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("ns");
+        nss.create(&PostParams::default(), &n)
+            .await
+            .expect("namespace");
+        let ar = ApiResource::erase::<AlcesCluster>(&());
+        let dynapi: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        let api: Api<AlcesCluster> = Api::namespaced(client.clone(), ns);
+        let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Metrics::new(&mut registry),
+            Arc::new(PodDns),
+        ));
+        let reconcile = |name: &'static str| {
+            let (api, ctx) = (api.clone(), ctx.clone());
+            async move {
+                let c = api.get(name).await.expect("get");
+                controller::reconcile(Arc::new(c), ctx)
+                    .await
+                    .expect("reconcile");
+            }
+        };
+        let gone = |name: &'static str| {
+            let api = api.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while api.get_opt(name).await.expect("get").is_some() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{name} still there 30 s after its deletion"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+
+        // Retain: no finalizer; deleted while no operator runs, it goes at once.
+        create(&dynapi, cluster("keep")).await.expect("cluster");
+        reconcile("keep").await;
+        assert!(sts.get_opt("keep-metadata").await.expect("get").is_some());
+        let c = api.get("keep").await.expect("get");
+        assert!(c.finalizers().is_empty(), "{:?}", c.finalizers());
+        api.delete("keep", &Default::default())
+            .await
+            .expect("delete");
+        gone("keep").await;
+
+        // Delete: the finalizer first, then the objects.
+        let mut v = cluster("wipe");
+        v["spec"]["cleanupPolicy"] = json!("Delete");
+        create(&dynapi, v).await.expect("cluster");
+        reconcile("wipe").await;
+        let c = api.get("wipe").await.expect("get");
+        assert_eq!(c.finalizers(), [controller::FINALIZER.to_string()]);
+        assert!(
+            sts.get_opt("wipe-metadata").await.expect("get").is_none(),
+            "objects before the finalizer"
+        );
+        reconcile("wipe").await;
+        assert!(sts.get_opt("wipe-metadata").await.expect("get").is_some());
+        // Deleted: it waits for the operator, which removes the StatefulSets
+        // (no pod, claim or volume is left here) and releases it.
+        api.delete("wipe", &Default::default())
+            .await
+            .expect("delete");
+        let c = api
+            .get("wipe")
+            .await
+            .expect("a cluster with disks to clean waits for the operator");
+        assert!(c.metadata.deletion_timestamp.is_some());
+        reconcile("wipe").await;
+        gone("wipe").await;
+        for s in ["wipe-metadata", "wipe-cs-a"] {
+            let left = sts.get_opt(s).await.expect("get");
+            assert!(
+                left.is_none_or(|s| s.metadata.deletion_timestamp.is_some()),
+                "{s} not deleted"
+            );
+        }
+
+        // Delete, then back to Retain: the finalizer goes, and so does the
+        // cluster when deleted with no operator.
+        let mut v = cluster("both");
+        v["spec"]["cleanupPolicy"] = json!("Delete");
+        create(&dynapi, v).await.expect("cluster");
+        reconcile("both").await;
+        assert_eq!(
+            api.get("both").await.expect("get").finalizers(),
+            [controller::FINALIZER.to_string()]
+        );
+        api.patch(
+            "both",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "cleanupPolicy": "Retain" } })),
+        )
+        .await
+        .expect("patch");
+        reconcile("both").await;
+        assert!(api.get("both").await.expect("get").finalizers().is_empty());
+        api.delete("both", &Default::default())
+            .await
+            .expect("delete");
+        gone("both").await;
     });
 }
 
@@ -492,8 +617,7 @@ fn two_operators_race_for_a_failover_and_a_restarted_one_resumes() {
             Arc::new(Context::new(client.clone(), Metrics::new(&mut registry), Arc::new(addrs.clone())))
         };
         let (ca, cb) = (ctx(&addrs), ctx(&addrs));
-        // The finalizer first (two concurrent adds: one fails and is retried,
-        // which is not what this test is about).
+        // Every object first (creating them twice is not what this test is about).
         let c = api.get("demo").await.expect("get");
         controller::reconcile(Arc::new(c), ca.clone()).await.expect("reconcile");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -649,10 +773,7 @@ fn figures_steady_state_reconcile_writes_and_duration() {
         let metrics = Metrics::new(&mut registry);
         let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), Arc::new(addrs)));
 
-        // The finalizer, then every object, then settle (the status takes a
-        // few rounds).
-        let c = api.get("demo").await.expect("get");
-        controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+        // Every object, then settle (the status takes a few rounds).
         let t = Instant::now();
         let c = api.get("demo").await.expect("get");
         controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
