@@ -814,3 +814,277 @@ fn figures_steady_state_reconcile_writes_and_duration() {
         master.stop().await.unwrap();
     });
 }
+
+/// A client of `env` acting as ServiceAccount `ns/sa` (impersonated by the
+/// admin client), so the API server authorizes every call by that account's
+/// RBAC.
+async fn client_as(env: &Env, ns: &str, sa: &str) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    cfg.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{sa}"));
+    cfg.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ]);
+    Client::try_from(cfg).expect("client")
+}
+
+/// Applies every object of a multi-document YAML (as the admin).
+async fn apply_yaml(client: &Client, yaml: &str) -> Vec<(String, String)> {
+    let mut made = Vec::new();
+    for doc in yaml.split("\n---") {
+        let v: serde_json::Value = match serde_saphyr::from_str(doc) {
+            Ok(v) => v,
+            Err(e) => panic!("not YAML: {e}\n{doc}"),
+        };
+        if v.is_null() || v.get("kind").is_none() {
+            continue;
+        }
+        let (api_version, kind) = (
+            v["apiVersion"].as_str().unwrap(),
+            v["kind"].as_str().unwrap(),
+        );
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let ar = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: format!("{}s", kind.to_lowercase()),
+        };
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        let api: Api<DynamicObject> = match v["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply("alces-test").force(),
+            &Patch::Apply(&v),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+        made.push((kind.to_string(), name));
+    }
+    made
+}
+
+/// Lists and watches `K` in `ns` as `client`: the calls the controller's
+/// watches make.
+async fn list_and_watch<K>(client: &Client, ns: &str) -> Result<(), String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    use futures::StreamExt;
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let what = K::plural(&Default::default()).to_string();
+    api.list(&Default::default())
+        .await
+        .map_err(|e| format!("list {what}: {e}"))?;
+    let mut w = api
+        .watch(&kube::api::WatchParams::default().timeout(1), "0")
+        .await
+        .map_err(|e| format!("watch {what}: {e}"))?
+        .boxed();
+    if let Some(Err(e)) = w.next().await {
+        return Err(format!("watch {what}: {e}"));
+    }
+    Ok(())
+}
+
+/// The operator's RBAC, from both places it is written (the chart's
+/// rendered `templates/operator-rbac.yaml`, and `operator/rbac.yaml`),
+/// grants every call the operator makes: each is applied to a real API
+/// server (RBAC authorization on), and the operator's calls are made as
+/// that ServiceAccount: the Lease (take, renew), the watches, a reconcile
+/// that adds the finalizer, creates every object (server-side apply creates
+/// them), the secret, the status, an event, and a deletion with
+/// `cleanupPolicy: Delete` (StatefulSets, pods, claims, volumes). Calls whose
+/// failure the operator only logs (events, PodDisruptionBudgets, the pod
+/// list) are checked by their effect.
+#[test]
+fn the_operator_rbac_of_the_chart_and_of_rbac_yaml_grants_every_call_it_makes() {
+    let Some(env) = Env::start() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let helm = std::env::var_os("HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("helm"));
+    let rendered = Command::new(&helm)
+        .args([
+            "template",
+            "rbac",
+            "charts/alces",
+            "--namespace",
+            "chart-sys",
+        ])
+        .args(["--show-only", "templates/operator-rbac.yaml"])
+        .current_dir(&root)
+        .output();
+    let chart = match rendered {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout).expect("utf-8"),
+        Ok(o) => panic!(
+            "helm template failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => {
+            let why = format!("helm ({}) cannot run: {e}", helm.display());
+            if std::env::var_os("ALCES_REQUIRE_ENVTEST").is_some() {
+                panic!("ALCES_REQUIRE_ENVTEST is set but {why}");
+            }
+            println!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let file =
+        std::fs::read_to_string(root.join("operator/rbac.yaml")).expect("operator/rbac.yaml");
+    rt().block_on(async {
+        let admin = env.client().await;
+        install_crd(&admin).await;
+        let nss: Api<Namespace> = Api::all(admin.clone());
+        for ns in ["chart-sys", "alces-system", "rbac-chart", "rbac-file"] {
+            let n: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("ns");
+            nss.create(&PostParams::default(), &n).await.expect("namespace");
+        }
+        let mut failures = Vec::new();
+        for (source, yaml, sa_ns, ns) in [
+            ("the chart", chart.as_str(), "chart-sys", "rbac-chart"),
+            ("operator/rbac.yaml", file.as_str(), "alces-system", "rbac-file"),
+        ] {
+            let made = apply_yaml(&admin, yaml).await;
+            let sa = made
+                .iter()
+                .find(|(k, _)| k == "ServiceAccount")
+                .map(|(_, n)| n.clone())
+                .unwrap_or_else(|| panic!("{source} makes no ServiceAccount"));
+            let client = client_as(&env, sa_ns, &sa).await;
+            let mut fail = |what: String| failures.push(format!("{source}: {what}"));
+
+            // Leader election: take the Lease, then renew it.
+            let lease = alces_operator::leader::LeaseConfig {
+                namespace: sa_ns.into(),
+                name: "alces-operator".into(),
+                identity: "test".into(),
+                duration: Duration::from_secs(15),
+                renew: Duration::from_secs(5),
+            };
+            for round in ["take", "renew"] {
+                match alces_operator::leader::try_acquire(&client, &lease).await {
+                    Ok(true) => {}
+                    other => fail(format!("{round} the Lease: {other:?}")),
+                }
+            }
+            // The controller's watches.
+            for r in [
+                list_and_watch::<AlcesCluster>(&client, ns).await,
+                list_and_watch::<StatefulSet>(&client, ns).await,
+                list_and_watch::<Service>(&client, ns).await,
+                list_and_watch::<ConfigMap>(&client, ns).await,
+                list_and_watch::<Secret>(&client, ns).await,
+                list_and_watch::<k8s_openapi::api::core::v1::Pod>(&client, ns).await,
+            ] {
+                if let Err(e) = r {
+                    fail(e);
+                }
+            }
+
+            // A cluster with cleanupPolicy Delete, reconciled as the operator.
+            let mut registry = prometheus_client::registry::Registry::default();
+            let ctx = Arc::new(Context::new(client.clone(), Metrics::new(&mut registry), Arc::new(PodDns)));
+            let ar = ApiResource::erase::<AlcesCluster>(&());
+            let dynapi: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &ar);
+            let mut v = cluster("demo");
+            v["spec"]["cleanupPolicy"] = json!("Delete");
+            create(&dynapi, v).await.expect("cluster");
+            let mut v = cluster("nosecret");
+            v["spec"]["secretRef"] = json!({ "name": "nope" });
+            create(&dynapi, v).await.expect("cluster");
+            let api: Api<AlcesCluster> = Api::namespaced(admin.clone(), ns);
+            for name in ["demo", "demo", "demo", "nosecret"] {
+                let c = api.get(name).await.expect("get");
+                if let Err(e) = controller::reconcile(Arc::new(c), ctx.clone()).await {
+                    fail(format!("reconcile of {name}: {e}"));
+                }
+            }
+            let c = api.get("demo").await.expect("get");
+            if c.finalizers().is_empty() {
+                fail("no finalizer was added".into());
+            }
+            if c.status.as_ref().and_then(|s| s.observed_generation).is_none() {
+                fail("no status was written".into());
+            }
+            let sts: Api<StatefulSet> = Api::namespaced(admin.clone(), ns);
+            for s in ["demo-metadata", "demo-cs-a"] {
+                if sts.get_opt(s).await.expect("get").is_none() {
+                    fail(format!("StatefulSet {s} not made"));
+                }
+            }
+            let pdb = ApiResource {
+                group: "policy".into(),
+                version: "v1beta1".into(),
+                api_version: "policy/v1beta1".into(),
+                kind: "PodDisruptionBudget".into(),
+                plural: "poddisruptionbudgets".into(),
+            };
+            if Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &pdb)
+                .get_opt("demo-metadata")
+                .await
+                .expect("get")
+                .is_none()
+            {
+                fail("PodDisruptionBudget demo-metadata not made".into());
+            }
+            let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), ns);
+            let reasons: Vec<String> = events
+                .list(&Default::default())
+                .await
+                .expect("events")
+                .items
+                .into_iter()
+                .filter_map(|e| e.reason)
+                .collect();
+            if !reasons.iter().any(|r| r == "MissingSecret") {
+                fail(format!("the MissingSecret event was not published (events: {reasons:?})"));
+            }
+
+            // Deleted: StatefulSets, then claims; released once no volume is left.
+            let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(admin.clone(), ns);
+            let pvc = serde_json::from_value(json!({
+                "metadata": { "name": "d0-demo-cs-a-0", "labels": { "app.kubernetes.io/instance": "demo", "app.kubernetes.io/name": "alces" } },
+                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } }
+            }))
+            .expect("pvc");
+            pvcs.create(&PostParams::default(), &pvc).await.expect("pvc");
+            api.delete("demo", &Default::default()).await.expect("delete");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let Some(c) = api.get_opt("demo").await.expect("get") else { break };
+                if let Err(e) = controller::reconcile(Arc::new(c), ctx.clone()).await {
+                    // Waiting for the pods (the garbage collector) is not a refusal.
+                    if e.to_string().contains("403") || e.to_string().contains("forbidden") {
+                        fail(format!("deletion: {e}"));
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    fail("the deleted cluster was not released in 60 s".into());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let left = pvcs.get_opt("d0-demo-cs-a-0").await.expect("get");
+            if left.is_some_and(|p| p.metadata.deletion_timestamp.is_none()) {
+                fail("the claim was not deleted".into());
+            }
+        }
+        assert!(failures.is_empty(), "calls the RBAC does not grant:\n{}", failures.join("\n"));
+    });
+}
