@@ -48,6 +48,16 @@ use target::{KubeTarget, Resolver};
 /// something (`cleanupPolicy: Delete`), and only there.
 pub const FINALIZER: &str = "alces.io/cleanup";
 
+/// Default period of the master's health check while nothing is in progress
+/// (`--poll-ms`). A dead master pod also triggers a reconcile at once (pods
+/// are watched); this bounds the detection of a master process that died in
+/// a pod that looks unchanged.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+/// Requeue period while a failover, drain or upgrade is in progress, or the
+/// master is unhealthy: the granularity of the detection grace.
+pub const BUSY_POLL: Duration = Duration::from_millis(250);
+
 /// Errors of a reconcile (retried with a backoff).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,7 +94,7 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context with production defaults (pod DNS names, 2 s polling).
+    /// A context with production defaults (pod DNS names, [`DEFAULT_POLL`]).
     pub fn new(client: Client, metrics: Metrics, resolver: Arc<dyn Resolver>) -> Self {
         Self {
             client,
@@ -96,7 +106,7 @@ impl Context {
             },
             drivers: Mutex::new(HashMap::new()),
             pdb_version: tokio::sync::OnceCell::new(),
-            poll: Duration::from_secs(2),
+            poll: DEFAULT_POLL,
             dataplanes: Mutex::new(HashMap::new()),
         }
     }
@@ -843,10 +853,14 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
     st.chunkservers_ready = Some(format!("{ready_cs}/{remaining}"));
     st.pools = pool_status;
     if let Some(m) = &ms {
-        st.capacity_bytes = m.total_bytes;
-        st.used_bytes = m.used_bytes;
-        st.capacity = Some(status::human(m.total_bytes));
-        st.used = Some(status::human(m.used_bytes));
+        let (total, used) = status::settle_bytes(
+            (old.capacity_bytes, old.used_bytes),
+            (m.total_bytes, m.used_bytes),
+        );
+        st.capacity_bytes = total;
+        st.used_bytes = used;
+        st.capacity = Some(status::human(total));
+        st.used = Some(status::human(used));
         st.chunks = m.chunk_counts.map(|k| crate::crd::ChunkCounts {
             missing: k.missing,
             under_goal: k.under_goal,
@@ -872,11 +886,7 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
     let busy = !matches!(outcome, Outcome::Healthy(_))
         || upgrade.progress.is_some()
         || !blocked.is_empty();
-    Ok(Action::requeue(if busy {
-        Duration::from_millis(500)
-    } else {
-        ctx.poll
-    }))
+    Ok(Action::requeue(if busy { BUSY_POLL } else { ctx.poll }))
 }
 
 /// Deletion with `cleanupPolicy: Delete`: the StatefulSets are removed,
