@@ -447,8 +447,9 @@ fn the_finalizer_follows_the_cleanup_policy_and_deletion_never_waits_for_nothing
         );
         reconcile("wipe").await;
         assert!(sts.get_opt("wipe-metadata").await.expect("get").is_some());
-        // Deleted: it waits for the operator, which removes the StatefulSets
-        // (no pod, claim or volume is left here) and releases it.
+        // Deleted: it waits for the operator, which removes the StatefulSets,
+        // waits until their pods are gone (made by the controller manager,
+        // never run: no kubelet) and releases it (no claim or volume here).
         api.delete("wipe", &Default::default())
             .await
             .expect("delete");
@@ -457,8 +458,20 @@ fn the_finalizer_follows_the_cleanup_policy_and_deletion_never_waits_for_nothing
             .await
             .expect("a cluster with disks to clean waits for the operator");
         assert!(c.metadata.deletion_timestamp.is_some());
-        reconcile("wipe").await;
-        gone("wipe").await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Some(c) = api.get_opt("wipe").await.expect("get") {
+            if let Err(e) = controller::reconcile(Arc::new(c), ctx.clone()).await {
+                assert!(
+                    e.to_string().contains("waiting for the cluster's pods"),
+                    "{e}"
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wipe not released 60 s after its deletion"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         for s in ["wipe-metadata", "wipe-cs-a"] {
             let left = sts.get_opt(s).await.expect("get");
             assert!(
