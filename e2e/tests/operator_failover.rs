@@ -17,7 +17,7 @@ use alces_e2e::storm::{verify, Storm};
 use alces_e2e::{wait_until, Cluster, Options, Proc};
 use alces_operator::dataplane::DataPlane;
 use alces_operator::failover::decide::Policy;
-use alces_operator::failover::driver::{step, DriverState, Outcome};
+use alces_operator::failover::driver::{step, switchover, DriverState, Outcome};
 use alces_operator::failover::local::LocalTarget;
 use alces_proto::pb;
 
@@ -190,5 +190,73 @@ fn driver_promotes_a_metalogger_after_sigkill_of_the_master_and_nothing_acknowle
         round.promoted_after.as_secs_f64() * 1000.0,
         round.first_ack.as_secs_f64() * 1000.0,
         policy.grace.as_millis()
+    );
+}
+
+/// The last steps of a rolling upgrade against real processes: the master is
+/// handed over by the driver's switchover (record, `Promote{switchover}`,
+/// confirm; the old master steps down once the metalogger holds its last
+/// version) to a caught-up metalogger while a storm of operations runs: none
+/// fails, nothing acknowledged is lost, the new master holds the recorded
+/// epoch. Then the other metalogger is replaced (SIGKILL and restart, as the
+/// upgrade replaces a pod) and catches up with the new master.
+#[test]
+fn upgrade_hands_the_master_over_by_switchover_without_an_error() {
+    let (c, mut local) = cluster_and_target();
+    let policy = Policy {
+        enabled: true,
+        grace: Duration::from_secs(1),
+        force: false,
+        sync_metaloggers: 1,
+    };
+    let storm = Storm::start(c.mnt.clone(), "u");
+    wait_until(
+        "30 acknowledged operations",
+        Duration::from_secs(120),
+        || storm.count() >= 30,
+    );
+    let mut st = DriverState::default();
+    assert_eq!(
+        step_once(&c, &mut local, &policy, &mut st),
+        Outcome::Healthy("master".into())
+    );
+    c.wait_ml_caught_up(1, Duration::from_secs(60));
+    let rec = local.stored.clone();
+    let t0 = Instant::now();
+    let (rec, outcome) = c
+        .block_on(switchover(&mut local, &rec, "ml1", &policy, &mut st, "t"))
+        .expect("record the switchover");
+    let took = t0.elapsed();
+    assert!(
+        matches!(&outcome, Outcome::Promoted { promotion, .. } if promotion.kind == "Switchover"),
+        "{outcome:?}"
+    );
+    assert_eq!((rec.active.as_deref(), rec.epoch), (Some("ml1"), 2));
+    assert!(rec.promotion.is_none(), "the switchover was confirmed");
+    let p = local.promoted.last().cloned().expect("a promotion");
+    assert_eq!((p.pod.as_str(), p.epoch), ("ml1", 2));
+    let n = storm.count();
+    wait_until("the storm to carry on", Duration::from_secs(60), || {
+        storm.count() >= n + 20
+    });
+    assert_eq!(
+        c.status().expect("the new master answers").epoch,
+        2,
+        "the new master took exactly the recorded epoch"
+    );
+    let (log, errors) = storm.finish();
+    assert!(
+        errors.is_empty(),
+        "operations failed across the switchover: {errors:?}"
+    );
+    verify(&c.mnt, &log);
+    // The next pod of the upgrade: the other metalogger, replaced.
+    c.kill9(Proc::Metalogger(2));
+    c.restart(Proc::Metalogger(2));
+    c.wait_ml_caught_up(2, Duration::from_secs(60));
+    println!(
+        "operator switchover: {} acknowledged operations verified; the driver's switchover took {:.0} ms",
+        log.len(),
+        took.as_secs_f64() * 1000.0
     );
 }

@@ -31,6 +31,7 @@ pub struct LocalTarget {
     /// Promotions asked for, in order.
     pub promoted: Vec<Promotion>,
     read_version: u64,
+    master_ok: bool,
 }
 
 impl LocalTarget {
@@ -56,6 +57,7 @@ impl LocalTarget {
             version: 0,
             promoted: Vec::new(),
             read_version: 0,
+            master_ok: false,
         }
     }
 }
@@ -93,6 +95,7 @@ impl Target for LocalTarget {
             ),
             Err(_) => (false, false),
         };
+        self.master_ok = ok;
         Observation {
             pods,
             master_ok: ok,
@@ -122,7 +125,9 @@ impl Target for LocalTarget {
             .promote(
                 &addr,
                 pb::PromoteRequest {
-                    switchover: false,
+                    // As on Kubernetes: a planned switchover while the
+                    // master is healthy makes it step down first.
+                    switchover: p.kind == super::decide::kind::SWITCHOVER && self.master_ok,
                     force,
                     epoch: p.epoch,
                     bootstrap: false,
