@@ -440,7 +440,7 @@ impl Follower {
         let applied = state.version;
         // Within one batch of the master: the batch was not full (it held
         // all the master had durable), or the master is less than a batch ahead.
-        let batch = crate::services::replication::BATCH_RECORDS as u64;
+        let batch = crate::domain::replication::BATCH_RECORDS as u64;
         let caught_up = n < batch || b.master_version.saturating_sub(applied) < batch;
         rep.since_snapshot += n;
         let peers: BTreeMap<String, String> =
