@@ -33,6 +33,14 @@ pub enum Command {
     /// Snapshot figures on a local Alces cluster: the time to snapshot a tree of
     /// many files and the master's memory per snapshot entry.
     Snapshot(SnapshotArgs),
+    /// The operator's failover figures on local Alces clusters: SIGKILL of the master
+    /// to promotion and to the first acknowledged operation, with the operator's
+    /// detection, next to the previous defaults and to detection excluded.
+    OperatorFailover(crate::operator_figures::OperatorFailoverArgs),
+    /// The operator's reconcile figures against a real API server (shared/k8s): API
+    /// writes per steady-state reconcile and its duration, next to one API GET and one
+    /// master status call.
+    OperatorReconcile(crate::operator_figures::OperatorReconcileArgs),
     /// A mount served as the CSI node plugin serves one (handed-over /dev/fuse
     /// descriptor and state memfd, write journal) against a plain alces-mount
     /// mount of the same local cluster: sequential write, read and metadata

@@ -3,7 +3,8 @@
 //! (`alces-bench all`).
 //!
 //! Public are what `main.rs` uses: [`cli`] (the command line), [`runner`] (`all`),
-//! [`cluster_figures`] (`failover`, `repair`, `snapshot`), [`handover`] and [`cleanup`] (undoing
+//! [`cluster_figures`] (`failover`, `repair`, `snapshot`), [`handover`], [`operator_figures`]
+//! (`operator-failover`, `operator-reconcile`) and [`cleanup`] (undoing
 //! what a run started, also on a signal). The systems run on the cluster harness
 //! of `alces-e2e` (Alces) and in the private network namespace made by its
 //! `netns` helper.
@@ -19,6 +20,7 @@ mod figures;
 pub mod handover;
 mod netns;
 mod noopfs;
+pub mod operator_figures;
 mod report;
 pub mod runner;
 mod systems;

@@ -37,6 +37,8 @@ fn main() {
         Command::Repair(args) => report(alces_bench::cluster_figures::repair(&args)),
         Command::Snapshot(args) => report(alces_bench::cluster_figures::snapshot(&args)),
         Command::Handover(args) => report(alces_bench::handover::handover(&args)),
+        Command::OperatorFailover(args) => report(alces_bench::operator_figures::failover(&args)),
+        Command::OperatorReconcile(args) => report(alces_bench::operator_figures::reconcile(&args)),
     };
     alces_bench::cleanup::run_all();
     if alces_bench::cleanup::interrupted() {

@@ -38,7 +38,7 @@ const ALLOWED: &[(&str, &[&str], &[&str])] = &[
     ),
     (
         "alces-bench",
-        &["alces-e2e", "alces-proto"],
+        &["alces-e2e", "alces-operator", "alces-proto"],
         &["alces-chunkserver", "alces-master"],
     ),
 ];

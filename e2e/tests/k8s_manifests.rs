@@ -1387,6 +1387,11 @@ fn until<T>(
 }
 
 fn probe_ok(pod: &mut Pod, c: &Value) -> Result<(), String> {
+    probes_answer(pod, c, &["livenessProbe", "readinessProbe"])
+}
+
+/// Each of `probes` of container `c` answers 200 (an absent probe passes).
+fn probes_answer(pod: &mut Pod, c: &Value, probes: &[&str]) -> Result<(), String> {
     if let Ok(Some(st)) = pod.child.try_wait() {
         return Err(format!(
             "pod {} exited ({st}): {}",
@@ -1394,8 +1399,8 @@ fn probe_ok(pod: &mut Pod, c: &Value) -> Result<(), String> {
             pod.log_tail()
         ));
     }
-    for probe in ["livenessProbe", "readinessProbe"] {
-        let g = &c[probe]["httpGet"];
+    for probe in probes {
+        let g = &c[*probe]["httpGet"];
         if g.is_null() {
             continue;
         }
@@ -1719,17 +1724,24 @@ fn pods_start_become_ready_and_serve() {
         pods.push((pod, c.clone()));
     }
     let rt = rt();
-    // Metadata pods: Ready as metaloggers before any master exists.
+    // Metadata pods before any master exists: alive, and not Ready (a
+    // metalogger is ready once it follows a master, caught up); the
+    // bootstrap does not wait for readiness.
     let none = String::new;
     for (p, c) in pods
         .iter_mut()
         .filter(|(p, _)| p.name.starts_with("demo-metadata"))
     {
         until(
-            &format!("{} ready as a metalogger", p.name),
+            &format!("{} alive as a metalogger", p.name),
             Duration::from_secs(30),
             none,
-            || probe_ok(p, c),
+            || probes_answer(p, c, &["livenessProbe"]),
+        );
+        assert!(
+            probes_answer(p, c, &["readinessProbe"]).is_err(),
+            "{} is Ready before any master exists",
+            p.name
         );
     }
     // The operator's bootstrap of ordinal 0.

@@ -52,7 +52,7 @@ pub struct Args {
 
     /// Milliseconds between two health checks of a cluster's master while
     /// nothing is in progress (100-60000).
-    #[arg(long, env = "ALCES_OPERATOR_POLL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    #[arg(long, env = "ALCES_OPERATOR_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub poll_ms: u64,
 
     /// Log as JSON lines instead of human-readable text.

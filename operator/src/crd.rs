@@ -29,8 +29,12 @@ fn default_metaloggers() -> i32 {
 fn default_true() -> bool {
     true
 }
+/// Default of `spec.failover.detectionGraceSeconds`: how long the master
+/// must stay unhealthy (every check failing) before a metalogger is promoted.
+pub const DEFAULT_DETECTION_GRACE_SECONDS: u32 = 1;
+
 fn default_grace() -> u32 {
-    2
+    DEFAULT_DETECTION_GRACE_SECONDS
 }
 
 /// Desired state of an Alces cluster: its metadata servers (one active master
@@ -468,10 +472,11 @@ pub struct AlcesClusterStatus {
     /// Used chunkserver space, human-readable (printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used: Option<String>,
-    /// Total chunkserver space in bytes.
+    /// Total chunkserver space in bytes (updated when it or the used space
+    /// moves by more than 1% of it, not at every write).
     #[serde(default)]
     pub capacity_bytes: u64,
-    /// Used chunkserver space in bytes.
+    /// Used chunkserver space in bytes (within 1% of the capacity).
     #[serde(default)]
     pub used_bytes: u64,
     /// Chunks by valid copies against their goal.

@@ -38,7 +38,8 @@ async fn reconcile(api: &Api, ctx: &Arc<Context>) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// A cluster already carrying the finalizer (as after its first reconcile).
+/// A cluster carrying the finalizer (as one with `cleanupPolicy: Delete`
+/// after its first reconcile, or any cluster made by an older operator).
 fn with_finalizer(mut v: serde_json::Value) -> serde_json::Value {
     v["metadata"]["finalizers"] = json!([FINALIZER]);
     v
@@ -74,20 +75,9 @@ async fn create_then_steady_state_without_writes_then_scale_up() {
     let ctx = context(client, Addresses::default());
     api.put("alcesclusters", cluster("c", 3));
 
-    // First: the finalizer, nothing else.
-    reconcile(&api, &ctx).await.expect("reconcile");
-    assert_eq!(api.writes(), ["PATCH alcesclusters/c"]);
-    let calls = api.calls();
-    let patch = calls.iter().find(|c| c.is_write()).unwrap();
-    assert!(patch.content_type.contains("json-patch"), "{patch:?}");
-    assert_eq!(
-        api.get("alcesclusters", "c").unwrap()["metadata"]["finalizers"],
-        json!([FINALIZER])
-    );
-
-    // Second: every object, by server-side apply under one field manager,
-    // the generated secret created once, the status.
-    api.clear();
+    // Every object, by server-side apply under one field manager, the
+    // generated secret created once, the status; no finalizer (the default
+    // cleanupPolicy Retain has nothing to clean on deletion).
     reconcile(&api, &ctx).await.expect("reconcile");
     let mut writes = api.writes();
     writes.sort();
@@ -122,6 +112,11 @@ async fn create_then_steady_state_without_writes_then_scale_up() {
     }
     let st = api.get("alcesclusters", "c").unwrap()["status"].clone();
     assert_eq!(st["observedGeneration"], 1);
+    assert_eq!(
+        api.get("alcesclusters", "c").unwrap()["metadata"]["finalizers"],
+        json!(null),
+        "a finalizer on a cluster with nothing to clean"
+    );
     assert_eq!(st["chunkserversReady"], "0/3");
     let sts = api.get("statefulsets", "c-cs-a").unwrap();
     assert_eq!(sts["spec"]["replicas"], 3);
@@ -216,7 +211,7 @@ async fn with_master(
     let addrs = Addresses::default();
     addrs.set("c-metadata-0", MASTER_PORT, master.grpc_addr);
     let ctx = context(client, addrs);
-    let mut c = with_finalizer(cluster("c", 3));
+    let mut c = cluster("c", 3);
     c["status"] = json!({ "activeMaster": "c-metadata-0", "epoch": epoch, "initialized": true });
     api.put("alcesclusters", c);
     api.put("secrets", the_secret());
@@ -380,7 +375,7 @@ async fn failover_setup(
     FakeMetalogger,
     Vec<tokio::task::JoinHandle<()>>,
 ) {
-    let mut c = with_finalizer(cluster("c", 3));
+    let mut c = cluster("c", 3);
     c["spec"]["failover"] = json!({ "detectionGraceSeconds": 1 });
     c["status"] = json!({ "activeMaster": "c-metadata-0", "epoch": 1, "initialized": true });
     api.put("alcesclusters", c);
@@ -521,7 +516,7 @@ async fn a_restarted_operator_resumes_a_recorded_promotion_with_the_same_epoch()
 async fn the_api_server_going_away_fails_a_reconcile_and_the_next_one_carries_on() {
     let (api, client) = Api::start();
     let ctx = context(client, Addresses::default());
-    api.put("alcesclusters", with_finalizer(cluster("c", 3)));
+    api.put("alcesclusters", cluster("c", 3));
     api.state.lock().down = true;
     let e = reconcile(&api, &ctx)
         .await
@@ -565,9 +560,9 @@ async fn deletion_keeps_the_disks_unless_the_cleanup_policy_says_delete() {
         })
     };
 
-    // Retain (the default): the finalizer goes at once, nothing is deleted.
+    // Retain (the default) with a finalizer (made by an older operator):
+    // the finalizer goes at once, nothing is deleted.
     api.put("alcesclusters", with_finalizer(cluster("c", 3)));
-    reconcile(&api, &ctx).await.expect("reconcile");
     api.put("persistentvolumeclaims", pvc("d0-c-cs-a-0"));
     api.edit("alcesclusters", "c", |c| {
         c["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z")
@@ -626,4 +621,224 @@ async fn deletion_keeps_the_disks_unless_the_cleanup_policy_says_delete() {
         api.get("alcesclusters", "c").is_none(),
         "the finalizer was not released"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalizer_is_there_only_while_the_cleanup_policy_is_delete() {
+    let (api, client) = Api::start();
+    let ctx = context(client, Addresses::default());
+    let mut c = cluster("c", 3);
+    c["spec"]["cleanupPolicy"] = json!("Delete");
+    c["metadata"]["finalizers"] = json!(["example.com/other"]);
+    api.put("alcesclusters", c);
+
+    // Delete: the finalizer first (appended after another's), nothing else.
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(api.writes(), ["PATCH alcesclusters/c"]);
+    let calls = api.calls();
+    let patch = calls.iter().find(|c| c.is_write()).unwrap();
+    assert!(patch.content_type.contains("json-patch"), "{patch:?}");
+    assert_eq!(
+        api.get("alcesclusters", "c").unwrap()["metadata"]["finalizers"],
+        json!(["example.com/other", FINALIZER])
+    );
+    // Then every object, and a steady state that writes nothing.
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert!(api
+        .writes()
+        .contains(&"PATCH statefulsets/c-metadata".to_string()));
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(api.writes(), Vec::<String>::new());
+
+    // Back to Retain: the finalizer goes (the other stays), nothing else.
+    api.edit("alcesclusters", "c", |c| {
+        c["spec"]["cleanupPolicy"] = json!("Retain")
+    });
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(api.writes(), ["PATCH alcesclusters/c"]);
+    assert_eq!(
+        api.get("alcesclusters", "c").unwrap()["metadata"]["finalizers"],
+        json!(["example.com/other"])
+    );
+
+    // Deleted with Retain: nothing to do, nothing written (Kubernetes
+    // garbage-collects what the cluster owns, with or without an operator).
+    api.edit("alcesclusters", "c", |c| {
+        c["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z")
+    });
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(api.writes(), Vec::<String>::new());
+}
+
+/// A pod of the cluster at template revision `rev`, Ready or not.
+fn pod_at(
+    c: &alces_operator::crd::AlcesCluster,
+    name: &str,
+    component: &str,
+    rev: &str,
+    ready: bool,
+) -> serde_json::Value {
+    let mut labels =
+        serde_json::to_value(alces_operator::builders::selector(c, component)).unwrap();
+    labels["controller-revision-hash"] = json!(rev);
+    if component == alces_operator::builders::CHUNKSERVER {
+        labels[alces_operator::builders::POOL_LABEL] = json!("a");
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "containers": [{ "name": "alces", "image": "alces:test" }] },
+        "status": { "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }] }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_replaces_chunkservers_then_metaloggers_then_the_master_by_switchover() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = alces_master::server::start(alces_master::server::Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: None,
+        data_dir: dir.path().to_path_buf(),
+        secret: Arc::from(SECRET),
+        chunk_size: 1 << 20,
+        default_goal: 2,
+        session_timeout: Duration::from_secs(30),
+        chunkserver_timeout: Duration::from_secs(600),
+        chunkserver_disconnect: Duration::from_secs(600),
+        snapshot_interval: Duration::from_secs(3600),
+        replication: Default::default(),
+        sync_metaloggers: 0,
+        sync_timeout: Duration::from_secs(5),
+    })
+    .await
+    .expect("master");
+    register_chunkservers(master.grpc_addr, 3).await;
+    let epoch = master.core.epoch;
+    let (api, client) = Api::start();
+    let addrs = Addresses::default();
+    addrs.set("c-metadata-0", MASTER_PORT, master.grpc_addr);
+    let ctx = context(client, addrs.clone());
+    let mut c = cluster("c", 3);
+    c["status"] = json!({ "activeMaster": "c-metadata-0", "epoch": epoch, "initialized": true });
+    api.put("alcesclusters", c);
+    api.put("secrets", the_secret());
+    let info = pb::MetaloggerInfo {
+        role: "metalogger".into(),
+        durable_version: 1,
+        applied_version: 1,
+        seen_epoch: epoch,
+        holds_metadata: true,
+        ..Default::default()
+    };
+    let (m1, a1, _t1) = FakeMetalogger::serve(&api, "c-metadata-1", info.clone()).await;
+    let (m2, a2, _t2) = FakeMetalogger::serve(&api, "c-metadata-2", info).await;
+    addrs.set("c-metadata-1", METALOGGER_PORT, a1);
+    addrs.set("c-metadata-2", METALOGGER_PORT, a2);
+    reconcile(&api, &ctx).await.expect("reconcile");
+    // Every pod runs the old template; the StatefulSets now want "new".
+    let typed = api.cluster("c");
+    use alces_operator::builders::{CHUNKSERVER, METADATA};
+    for i in 0..3 {
+        api.put(
+            "pods",
+            pod_at(&typed, &format!("c-metadata-{i}"), METADATA, "old", true),
+        );
+        api.put(
+            "pods",
+            pod_at(&typed, &format!("c-cs-a-{i}"), CHUNKSERVER, "old", true),
+        );
+    }
+    for s in ["c-cs-a", "c-metadata"] {
+        api.edit(
+            "statefulsets",
+            s,
+            |s| s["status"] = json!({ "replicas": 3, "readyReplicas": 3, "updateRevision": "new" }),
+        );
+    }
+    let deleted = |api: &Api| -> Vec<String> {
+        api.writes()
+            .into_iter()
+            .filter(|w| w.starts_with("DELETE pods/"))
+            .collect()
+    };
+    // Chunkservers first, highest ordinal first, one at a time: the next
+    // waits until the replacement is Ready.
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(deleted(&api), ["DELETE pods/c-cs-a-2"]);
+    api.put(
+        "pods",
+        pod_at(&typed, "c-cs-a-2", CHUNKSERVER, "new", false),
+    );
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(
+        deleted(&api),
+        Vec::<String>::new(),
+        "replaced while one is not Ready"
+    );
+    api.put("pods", pod_at(&typed, "c-cs-a-2", CHUNKSERVER, "new", true));
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(deleted(&api), ["DELETE pods/c-cs-a-1"]);
+    for i in 0..2 {
+        api.put(
+            "pods",
+            pod_at(&typed, &format!("c-cs-a-{i}"), CHUNKSERVER, "new", true),
+        );
+    }
+    // Then the metaloggers (never the master), one at a time.
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(deleted(&api), ["DELETE pods/c-metadata-2"]);
+    api.put(
+        "pods",
+        pod_at(&typed, "c-metadata-2", METADATA, "new", false),
+    );
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(
+        deleted(&api),
+        Vec::<String>::new(),
+        "replaced while a metalogger is not Ready (not caught up)"
+    );
+    api.put(
+        "pods",
+        pod_at(&typed, "c-metadata-2", METADATA, "new", true),
+    );
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(deleted(&api), ["DELETE pods/c-metadata-1"]);
+    api.put(
+        "pods",
+        pod_at(&typed, "c-metadata-1", METADATA, "new", true),
+    );
+    // The master last: a switchover to the lowest up-to-date metalogger,
+    // recorded before the Promote; no pod deleted in that round.
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(deleted(&api), Vec::<String>::new());
+    let promotes: Vec<(bool, u64)> = m1
+        .promotes
+        .lock()
+        .iter()
+        .map(|p| (p.switchover, p.epoch))
+        .collect();
+    assert_eq!(
+        promotes,
+        [(true, epoch + 1)],
+        "a switchover Promote to c-metadata-1"
+    );
+    assert!(m2.promotes.lock().is_empty());
+    let st = api.get("alcesclusters", "c").unwrap()["status"].clone();
+    assert_eq!(
+        (&st["activeMaster"], &st["epoch"]),
+        (&json!("c-metadata-1"), &json!(epoch + 1)),
+        "{st}"
+    );
+    master.stop().await.unwrap();
 }

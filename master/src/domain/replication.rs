@@ -14,6 +14,10 @@ use crate::disk::snapshot;
 /// Longest a step-down waits for the new master's metalogger to catch up.
 pub const STEP_DOWN_WAIT: Duration = Duration::from_secs(10);
 
+/// Records per changelog batch streamed to a metalogger (a metalogger within
+/// one batch of the master counts as caught up).
+pub const BATCH_RECORDS: usize = 4096;
+
 /// Checks a metalogger's id and fences this master when the metalogger has
 /// seen a newer epoch.
 pub fn check(core: &Core, id: &str, seen_epoch: u64) -> Result<(), Status> {

@@ -27,6 +27,12 @@ pub const RETRY: Duration = Duration::from_millis(300);
 /// Timeout of the liveness and peer checks made by a promotion.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a caught-up metalogger stays ready after it lost its master:
+/// long enough for an operator to promote it (detection grace, poll period,
+/// promotion), so the pod about to become master is Ready when the master
+/// Service selects it; after that, with no master to follow, it is not.
+pub const READY_AFTER_LOSS: Duration = Duration::from_secs(10);
+
 /// Longest silence between two "not following the master" warnings while the
 /// master stays unreachable.
 pub const RETRY_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -71,6 +77,31 @@ pub(crate) struct Info {
     pub(crate) role: &'static str,
     pub(crate) peers: BTreeMap<String, String>,
     pub(crate) holds_metadata: bool,
+    /// The last batch left it within one batch of the master's version; false
+    /// from start until then, and again from a resync (new epoch, gap).
+    pub(crate) caught_up: bool,
+    /// When it stopped following while caught up.
+    pub(crate) lost_at: Option<Instant>,
+}
+
+impl Info {
+    /// `/readyz`: serving as the master, or caught up and following (still
+    /// true for [`READY_AFTER_LOSS`] after losing the master, or while being
+    /// promoted). Bootstrap does not wait on it: the operator decides from
+    /// gRPC answers, and a pod promoted at bootstrap is ready as master.
+    pub(crate) fn ready(&self, now: Instant) -> bool {
+        match self.role {
+            "master" => true,
+            "promoting" => self.caught_up,
+            _ => {
+                self.caught_up
+                    && (self.master_connected
+                        || self
+                            .lost_at
+                            .is_some_and(|t| now.saturating_duration_since(t) < READY_AFTER_LOSS))
+            }
+        }
+    }
 }
 
 pub(crate) type PromoteReplyTx = oneshot::Sender<Result<pb::PromoteReply, Status>>;
@@ -216,6 +247,7 @@ impl Follower {
 
     /// Fetches a snapshot from the master and installs it.
     pub(crate) async fn fetch_snapshot(&mut self, rep: &mut Replica) -> anyhow::Result<()> {
+        self.set(|i| i.caught_up = false);
         let mut s = self
             .repl
             .fetch_snapshot(pb::FetchSnapshotRequest {
@@ -406,6 +438,10 @@ impl Follower {
             last = Some(r.version);
         }
         let applied = state.version;
+        // Within one batch of the master: the batch was not full (it held
+        // all the master had durable), or the master is less than a batch ahead.
+        let batch = crate::domain::replication::BATCH_RECORDS as u64;
+        let caught_up = n < batch || b.master_version.saturating_sub(applied) < batch;
         rep.since_snapshot += n;
         let peers: BTreeMap<String, String> =
             b.peers.into_iter().map(|p| (p.id, p.address)).collect();
@@ -414,6 +450,8 @@ impl Follower {
             i.master_version = b.master_version;
             i.peers = peers;
             i.master_connected = true;
+            i.caught_up = caught_up;
+            i.lost_at = None;
         });
         let w = rep
             .writer
@@ -447,6 +485,36 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_means_caught_up_and_following_or_serving() {
+        let t0 = Instant::now();
+        let ml = |caught_up, connected, lost_at| Info {
+            role: "metalogger",
+            caught_up,
+            master_connected: connected,
+            lost_at,
+            ..Info::default()
+        };
+        // Started, never followed (bootstrap, or no master): not ready.
+        assert!(!ml(false, false, None).ready(t0));
+        // Following but behind (a backlog, or a fresh snapshot): not ready.
+        assert!(!ml(false, true, None).ready(t0));
+        assert!(ml(true, true, None).ready(t0));
+        // The master just died: still ready for the grace, then not.
+        let lost = ml(true, false, Some(t0));
+        assert!(lost.ready(t0 + Duration::from_secs(1)));
+        assert!(!lost.ready(t0 + READY_AFTER_LOSS));
+        // Lost while behind: not ready.
+        assert!(!ml(false, false, Some(t0)).ready(t0));
+        // Promoted: ready while promoting (if it was caught up) and as master.
+        let mut p = ml(true, false, Some(t0));
+        p.role = "promoting";
+        assert!(p.ready(t0 + READY_AFTER_LOSS * 2));
+        p.role = "master";
+        p.caught_up = false;
+        assert!(p.ready(t0 + READY_AFTER_LOSS * 2));
+    }
 
     #[test]
     fn not_following_warnings_are_rate_limited_and_count_attempts() {

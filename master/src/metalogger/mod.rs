@@ -40,6 +40,9 @@ use crate::metalogger::replica::Replica;
 use crate::server::{self, Ended, Options};
 use crate::services::metalogger::MetaloggerService;
 
+/// How often `/readyz` is brought up to date with the replica.
+const READY_TICK: Duration = Duration::from_millis(200);
+
 /// The metalogger's id: `<data-dir>/metalogger_id`, created once.
 fn load_id(dir: &Path) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)
@@ -129,7 +132,18 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
         auth: client_auth,
         rx: promote_rx,
     };
-    health.set_ready(true);
+    // /readyz follows the replica: caught up and following, or serving as
+    // the master (`Info::ready`), checked every READY_TICK.
+    let ready_task = {
+        let (shared, health) = (shared.clone(), health.clone());
+        tokio::spawn(async move {
+            loop {
+                let ready = shared.info.lock().ready(Instant::now());
+                health.set_ready(ready);
+                tokio::time::sleep(READY_TICK).await;
+            }
+        })
+    };
     tracing::info!(id = %id, grpc = %bound, master = %args.master, data_dir = %args.data_dir.display(), "alces-metalogger ready");
     let signal = alces_telemetry::shutdown_signal();
     tokio::pin!(signal);
@@ -145,7 +159,16 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
                 Ok(o) => break o,
                 Err(e) => {
                     let was_following = f.shared.info.lock().master_connected;
-                    f.set(|i| i.master_connected = false);
+                    let resync = rep.state.is_none();
+                    f.set(|i| {
+                        i.master_connected = false;
+                        if was_following {
+                            i.lost_at = Some(Instant::now());
+                        }
+                        if resync {
+                            i.caught_up = false;
+                        }
+                    });
                     if was_following {
                         retries.reset();
                     }
@@ -201,6 +224,7 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             let ended = server::serve(running).await;
             watch.abort();
             grpc.abort();
+            ready_task.abort();
             match ended? {
                 Ended::Stopped => Ok(()),
                 Ended::Deposed { .. } => {

@@ -15,8 +15,7 @@ use crate::domain::replication;
 
 /// Bytes per snapshot piece.
 pub const SNAPSHOT_PIECE: usize = 4 << 20;
-/// Records per changelog batch.
-pub const BATCH_RECORDS: usize = 4096;
+pub use crate::domain::replication::BATCH_RECORDS;
 /// An empty batch is sent this often so a metalogger notices a dead link.
 pub const KEEPALIVE: Duration = Duration::from_millis(1000);
 

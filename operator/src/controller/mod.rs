@@ -29,7 +29,6 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
@@ -45,8 +44,19 @@ use crate::validate;
 use apply::{kinds, Applier};
 use target::{KubeTarget, Resolver};
 
-/// Finalizer the operator puts on every AlcesCluster.
+/// Finalizer the operator puts on an AlcesCluster whose deletion must clean
+/// something (`cleanupPolicy: Delete`), and only there.
 pub const FINALIZER: &str = "alces.io/cleanup";
+
+/// Default period of the master's health check while nothing is in progress
+/// (`--poll-ms`). A dead master pod also triggers a reconcile at once (pods
+/// are watched); this bounds the detection of a master process that died in
+/// a pod that looks unchanged.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+/// Requeue period while a failover, drain or upgrade is in progress, or the
+/// master is unhealthy: the granularity of the detection grace.
+pub const BUSY_POLL: Duration = Duration::from_millis(250);
 
 /// Errors of a reconcile (retried with a backoff).
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +94,7 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context with production defaults (pod DNS names, 2 s polling).
+    /// A context with production defaults (pod DNS names, [`DEFAULT_POLL`]).
     pub fn new(client: Client, metrics: Metrics, resolver: Arc<dyn Resolver>) -> Self {
         Self {
             client,
@@ -96,7 +106,7 @@ impl Context {
             },
             drivers: Mutex::new(HashMap::new()),
             pdb_version: tokio::sync::OnceCell::new(),
-            poll: Duration::from_secs(2),
+            poll: DEFAULT_POLL,
             dataplanes: Mutex::new(HashMap::new()),
         }
     }
@@ -213,24 +223,124 @@ fn error_policy(_c: Arc<AlcesCluster>, e: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(3))
 }
 
-/// One reconcile of `c` (with the finalizer around it).
+/// One reconcile of `c`: its finalizer first (see [`needs_finalizer`]),
+/// then the cleanup of a deleted cluster or the apply of a live one.
 pub async fn reconcile(c: Arc<AlcesCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let t0 = Instant::now();
     ctx.metrics.reconciles.inc();
-    let ns = c.namespace().unwrap_or_default();
-    let api: Api<AlcesCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let res = finalizer(&api, FINALIZER, c, |ev| async {
-        match ev {
-            Finalize::Apply(c) => apply(c, &ctx).await,
-            Finalize::Cleanup(c) => cleanup(c, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(e.to_string()));
+    let res = reconcile_with_finalizer(c, &ctx).await;
     ctx.metrics
         .reconcile_duration
         .observe(t0.elapsed().as_secs_f64());
     res
+}
+
+/// Whether `c` needs the finalizer [`FINALIZER`]: only when its deletion has
+/// something to clean (`cleanupPolicy: Delete`). A cluster that keeps its
+/// disks has none, so deleting it never waits for a running operator (the
+/// chart's optional cluster, uninstalled together with the operator, goes at
+/// once); its owned objects are garbage-collected by Kubernetes.
+pub fn needs_finalizer(c: &AlcesCluster) -> bool {
+    c.spec.cleanup_policy == CleanupPolicy::Delete
+}
+
+async fn reconcile_with_finalizer(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let api: Api<AlcesCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let has = c.finalizers().iter().any(|f| f == FINALIZER);
+    let needs = needs_finalizer(&c);
+    if c.metadata.deletion_timestamp.is_some() {
+        let key = format!("{ns}/{}", c.name_any());
+        ctx.dataplanes.lock().remove(&key);
+        ctx.drivers.lock().remove(&key);
+        if !has {
+            return Ok(Action::await_change());
+        }
+        if needs {
+            cleanup(&c, ctx).await?;
+        } else {
+            tracing::info!(cluster = %c.name_any(), "deleted; disks retained (cleanupPolicy Retain)");
+        }
+        remove_finalizer(&api, &c, ctx).await?;
+        return Ok(Action::await_change());
+    }
+    match (needs, has) {
+        // The patch is an event of the watch: the next reconcile applies.
+        (true, false) => {
+            add_finalizer(&api, &c, ctx).await?;
+            Ok(Action::await_change())
+        }
+        // The policy went back to Retain: nothing to clean on deletion.
+        (false, true) => {
+            remove_finalizer(&api, &c, ctx).await?;
+            Ok(Action::await_change())
+        }
+        _ => apply(c, ctx).await,
+    }
+}
+
+/// Adds [`FINALIZER`] by a JSON patch whose test fails (409/422, retried
+/// by the next reconcile) if the list changed since `c` was read.
+async fn add_finalizer(
+    api: &Api<AlcesCluster>,
+    c: &AlcesCluster,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let ops = if c.finalizers().is_empty() {
+        serde_json::json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": null },
+            { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
+        ])
+    } else {
+        serde_json::json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": c.finalizers() },
+            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
+        ])
+    };
+    finalizer_patch(api, c, ctx, ops).await
+}
+
+/// Removes [`FINALIZER`] (tested at its index, so another's is never removed).
+async fn remove_finalizer(
+    api: &Api<AlcesCluster>,
+    c: &AlcesCluster,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let Some(i) = c.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{i}");
+    let ops = serde_json::json!([
+        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "remove", "path": path },
+    ]);
+    finalizer_patch(api, c, ctx, ops).await
+}
+
+async fn finalizer_patch(
+    api: &Api<AlcesCluster>,
+    c: &AlcesCluster,
+    ctx: &Context,
+    ops: serde_json::Value,
+) -> Result<(), Error> {
+    let patch = serde_json::from_value(ops).map_err(|e| Error::Finalizer(e.to_string()))?;
+    ctx.metrics.api_writes.inc();
+    match api
+        .patch(
+            &c.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already: nothing holds it any more.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::Finalizer(format!(
+            "cannot update the finalizers of {}: {e}",
+            c.name_any()
+        ))),
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -743,10 +853,14 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
     st.chunkservers_ready = Some(format!("{ready_cs}/{remaining}"));
     st.pools = pool_status;
     if let Some(m) = &ms {
-        st.capacity_bytes = m.total_bytes;
-        st.used_bytes = m.used_bytes;
-        st.capacity = Some(status::human(m.total_bytes));
-        st.used = Some(status::human(m.used_bytes));
+        let (total, used) = status::settle_bytes(
+            (old.capacity_bytes, old.used_bytes),
+            (m.total_bytes, m.used_bytes),
+        );
+        st.capacity_bytes = total;
+        st.used_bytes = used;
+        st.capacity = Some(status::human(total));
+        st.used = Some(status::human(used));
         st.chunks = m.chunk_counts.map(|k| crate::crd::ChunkCounts {
             missing: k.missing,
             under_goal: k.under_goal,
@@ -772,27 +886,15 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
     let busy = !matches!(outcome, Outcome::Healthy(_))
         || upgrade.progress.is_some()
         || !blocked.is_empty();
-    Ok(Action::requeue(if busy {
-        Duration::from_millis(500)
-    } else {
-        ctx.poll
-    }))
+    Ok(Action::requeue(if busy { BUSY_POLL } else { ctx.poll }))
 }
 
-/// Deletion: with `cleanupPolicy: Delete`, the StatefulSets are removed,
-/// then the cluster's PersistentVolumeClaims, and the finalizer is released
-/// only once no PersistentVolume bound to them is left. With `Retain` (the
-/// default) everything owned is garbage-collected and the claims are kept.
-async fn cleanup(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
-    ctx.dataplanes.lock().remove(&format!(
-        "{}/{}",
-        c.namespace().unwrap_or_default(),
-        c.name_any()
-    ));
-    if c.spec.cleanup_policy != CleanupPolicy::Delete {
-        tracing::info!(cluster = %c.name_any(), "deleted; disks retained (cleanupPolicy Retain)");
-        return Ok(Action::await_change());
-    }
+/// Deletion with `cleanupPolicy: Delete`: the StatefulSets are removed,
+/// then the cluster's PersistentVolumeClaims; Ok only once no
+/// PersistentVolume bound to them is left (the finalizer is released then).
+/// With `Retain` (the default) there is no finalizer: everything owned is
+/// garbage-collected and the claims are kept.
+async fn cleanup(c: &AlcesCluster, ctx: &Context) -> Result<(), Error> {
     let ns = c.namespace().unwrap_or_default();
     let name = c.name_any();
     let applier = Applier::new(ctx.client.clone(), &ns, ctx.metrics.clone());
@@ -847,7 +949,7 @@ async fn cleanup(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
         )));
     }
     tracing::info!(cluster = %name, claims = claims.len(), "deleted with its disks (cleanupPolicy Delete)");
-    Ok(Action::await_change())
+    Ok(())
 }
 
 #[cfg(test)]

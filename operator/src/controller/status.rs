@@ -24,6 +24,19 @@ pub fn human(n: u64) -> String {
     }
 }
 
+/// Capacity and used bytes as the status shows them: the previous values are
+/// kept while both new ones are within 1% of the capacity of them, so disk
+/// usage that moves with every write does not make every reconcile write
+/// the status (the figures stay within 1% of the truth).
+pub fn settle_bytes(old: (u64, u64), new: (u64, u64)) -> (u64, u64) {
+    let slack = new.0.max(old.0) / 100;
+    if old.0.abs_diff(new.0) <= slack && old.1.abs_diff(new.1) <= slack && old.0 > 0 {
+        old
+    } else {
+        new
+    }
+}
+
 fn cond(t: &str, status: bool, reason: &str, message: String, gen: Option<i64>) -> Condition {
     Condition {
         type_: t.into(),
@@ -246,4 +259,25 @@ pub fn conditions(i: &Inputs) -> Vec<Condition> {
     };
     let _ = i.old;
     vec![available, progressing, degraded]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settle_bytes;
+
+    #[test]
+    fn byte_counts_move_in_the_status_only_past_one_percent_of_the_capacity() {
+        let gib = 1u64 << 30;
+        let old = (100 * gib, 40 * gib);
+        // Within 1%: kept (no status write).
+        assert_eq!(settle_bytes(old, (100 * gib, 40 * gib + gib / 2)), old);
+        // Past it: the new figures.
+        let moved = (100 * gib, 42 * gib);
+        assert_eq!(settle_bytes(old, moved), moved);
+        // A chunkserver joined: the capacity moved.
+        let grown = (150 * gib, 40 * gib);
+        assert_eq!(settle_bytes(old, grown), grown);
+        // Nothing known before: the new figures.
+        assert_eq!(settle_bytes((0, 0), (1, 1)), (1, 1));
+    }
 }
