@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -31,6 +31,7 @@ use crate::dirsnap::DirSnapshot;
 use crate::error::Error;
 use crate::file::FileHandle;
 use crate::journal::{Journal, SOFT_CAP};
+use crate::locks::{LockKind, LockSpec};
 use crate::metrics::Metrics;
 use crate::namespace::{rename_flags, Attr, Caller, FileType, NewNode, SetAttr, SetTime};
 use crate::takeover::{is_resent, KernelInit};
@@ -241,6 +242,70 @@ pub fn xattr_fit(value: &[u8], size: u32) -> Result<Option<&[u8]>, Errno> {
     } else {
         Ok(Some(value))
     }
+}
+
+/// How often a blocked lock wait looks for a signal to the waiting thread.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
+
+/// A lock request from the kernel's arguments (`typ` is `F_RDLCK`, `F_WRLCK`
+/// or `F_UNLCK`; the range is inclusive, `OFFSET_MAX` meaning to the end).
+fn lock_spec(
+    inode: u64,
+    owner: LockOwner,
+    start: u64,
+    end: u64,
+    typ: i32,
+    pid: u32,
+) -> Result<LockSpec, Error> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        other => {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!("lock type {other} is not F_RDLCK, F_WRLCK or F_UNLCK"),
+            ))
+        }
+    };
+    if start > end {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!("lock range starts at {start}, after its end {end}"),
+        ));
+    }
+    Ok(LockSpec {
+        inode,
+        owner: owner.0,
+        kind,
+        start,
+        end,
+        pid,
+    })
+}
+
+/// True when thread `tid` has a signal pending that it neither blocks nor
+/// ignores (read from `/proc/<tid>/status`; a thread that is gone counts as
+/// interrupted: nobody waits for the answer).
+fn signal_pending(tid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(status) => pending_in_status(&status),
+        Err(_) => true,
+    }
+}
+
+/// The check of [`signal_pending`] on the text of a `/proc/<tid>/status`.
+pub fn pending_in_status(status: &str) -> bool {
+    let mask = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = mask("SigPnd:") | mask("ShdPnd:");
+    let kill = 1u64 << (libc::SIGKILL - 1);
+    pending & kill != 0 || pending & !mask("SigBlk:") & !mask("SigIgn:") != 0
 }
 
 impl Shared {
@@ -594,6 +659,11 @@ impl Filesystem for AlcesFs {
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_BIG_WRITES,
+            // Locks go to the master (cluster-wide) instead of staying in
+            // this kernel: POSIX record locks, and flock (which the kernel
+            // sends as a whole-file lock owned by the open file description).
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks FUSE capability");
@@ -1023,9 +1093,9 @@ impl Filesystem for AlcesFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.inline(move |s| async move {
@@ -1040,6 +1110,11 @@ impl Filesystem for AlcesFs {
                 }
                 None => Ok(()),
             };
+            // POSIX: any close by a process releases its locks on the file
+            // (the kernel sends FLUSH with the process's lock owner on every
+            // close, also of a dying process's files).
+            let unlocked = s.client.release_locks(s.real(ino), lock_owner.0).await;
+            let r = r.and(unlocked);
             s.reply_empty("flush", r, reply);
         });
     }
@@ -1047,14 +1122,20 @@ impl Filesystem for AlcesFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.spawn(move |s| async move {
+            // The last close of a flocked open file description releases its flock.
+            if let Some(owner) = lock_owner {
+                if let Err(e) = s.client.release_locks(s.real(ino), owner.0).await {
+                    tracing::warn!(error = %e, "releasing a flock at close failed");
+                }
+            }
             let h = s.files.lock().remove(&fh.0);
             let r = match h {
                 Some(h) => {
@@ -1425,6 +1506,95 @@ impl Filesystem for AlcesFs {
         });
     }
 
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: Fh,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.inline(move |s| async move {
+            let r = match lock_spec(s.real(ino), lock_owner, start, end, typ, pid) {
+                Ok(spec) => s.client.get_lock(spec).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(Some(c)) => {
+                    s.count("getlk", false);
+                    let typ = if c.write {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    reply.locked(c.start, c.end, typ, c.pid);
+                }
+                Ok(None) => {
+                    s.count("getlk", false);
+                    reply.locked(start, end, libc::F_UNLCK, 0);
+                }
+                Err(e) => {
+                    s.count("getlk", true);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: Fh,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let caller_tid = req.pid();
+        let op = move |s: Arc<Shared>| async move {
+            let spec = match lock_spec(s.real(ino), lock_owner, start, end, typ, pid) {
+                Ok(spec) => spec,
+                Err(e) => return s.reply_empty("setlk", Err(e), reply),
+            };
+            if !sleep || spec.kind == LockKind::Unlock {
+                let r = s.client.set_lock(spec, false).await;
+                return s.reply_empty("setlk", r, reply);
+            }
+            // A blocking wait. fuser answers the kernel's FUSE_INTERRUPT
+            // itself (ENOSYS, after which the kernel sends none), so a signal
+            // to the waiting thread is seen here instead: its pending signals
+            // are checked in /proc while the call waits, and a pending one
+            // that is neither blocked nor ignored (SIGKILL included) cancels
+            // the wait with EINTR.
+            let wait = s.client.set_lock(spec, true);
+            tokio::pin!(wait);
+            let r = loop {
+                tokio::select! {
+                    r = &mut wait => break r,
+                    _ = tokio::time::sleep(SIGNAL_CHECK) => {
+                        if signal_pending(caller_tid) {
+                            break Err(Error::new(libc::EINTR, "interrupted by a signal while waiting for a lock"));
+                        }
+                    }
+                }
+            };
+            s.reply_empty("setlkw", r, reply);
+        };
+        if sleep {
+            self.spawn(op);
+        } else {
+            self.inline(op);
+        }
+    }
+
     fn fallocate(
         &self,
         req: &Request,
@@ -1523,6 +1693,65 @@ mod tests {
         ));
         assert!(resent_entry_done(&a, Want::Link(9), 0, now));
         assert!(!resent_entry_done(&a, Want::Link(8), 0, now));
+    }
+
+    #[test]
+    fn pending_signals_from_proc_status() {
+        let status = |pnd: &str, shd: &str, blk: &str, ign: &str| {
+            format!("Name:\tx\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\nSigIgn:\t{ign}\nSigCgt:\t0000000000000000\n")
+        };
+        let zero = "0000000000000000";
+        // (name, SigPnd, ShdPnd, SigBlk, SigIgn, interrupted)
+        let cases = [
+            ("nothing pending", zero, zero, zero, zero, false),
+            (
+                "SIGINT to the process",
+                zero,
+                "0000000000000002",
+                zero,
+                zero,
+                true,
+            ),
+            (
+                "SIGUSR1 to the thread",
+                "0000000000000200",
+                zero,
+                zero,
+                zero,
+                true,
+            ),
+            (
+                "SIGINT blocked",
+                zero,
+                "0000000000000002",
+                "0000000000000002",
+                zero,
+                false,
+            ),
+            (
+                "SIGCHLD ignored",
+                zero,
+                "0000000000010000",
+                zero,
+                "0000000000010000",
+                false,
+            ),
+            (
+                "SIGKILL always",
+                zero,
+                "0000000000000100",
+                "fffffffffffffeff",
+                zero,
+                true,
+            ),
+        ];
+        for (name, pnd, shd, blk, ign, want) in cases {
+            assert_eq!(
+                pending_in_status(&status(pnd, shd, blk, ign)),
+                want,
+                "{name}"
+            );
+        }
     }
 
     #[test]
