@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -86,6 +86,9 @@ struct Shared {
     journal: Option<Arc<Journal>>,
     /// The kernel's INIT, once received.
     kernel_init: Arc<Mutex<Option<KernelInit>>>,
+    /// Tells the kernel to drop cached pages and attributes of a file (set once
+    /// the FUSE session exists).
+    notifier: Arc<std::sync::OnceLock<Notifier>>,
     /// Extended attributes known to be absent (the kernel asks for
     /// `security.capability` before every write), kept for the attribute TTL.
     no_xattr: BoundedCache<(u64, Vec<u8>), ()>,
@@ -309,6 +312,22 @@ pub fn pending_in_status(status: &str) -> bool {
 }
 
 impl Shared {
+    /// A lock was granted: what this mount cached of the file may be stale
+    /// (another mount may have written it under its lock), so the kernel's
+    /// pages and attributes and this client's readahead go.
+    fn lock_granted(&self, ino: INodeNo, h: Option<&FileHandle>) {
+        if let Some(h) = h {
+            h.drop_read_caches();
+        }
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(ino, 0, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(error = %e, ino = ino.0, "dropping the kernel's cache of a locked file");
+                }
+            }
+        }
+    }
+
     fn real(&self, ino: INodeNo) -> u64 {
         if ino.0 == 1 {
             self.client.root()
@@ -569,6 +588,7 @@ impl AlcesFs {
                 metrics,
                 journal: None,
                 kernel_init: Arc::new(Mutex::new(None)),
+                notifier: Arc::new(std::sync::OnceLock::new()),
                 no_xattr: BoundedCache::new(ABSENT_XATTRS, Some(ttl)),
                 xattr_free: BoundedCache::new(XATTR_FREE_INODES, Some(ttl)),
             }),
@@ -587,6 +607,12 @@ impl AlcesFs {
     /// Where the kernel's INIT is put once received (for the session record).
     pub fn kernel_init(&self) -> Arc<Mutex<Option<KernelInit>>> {
         self.shared.kernel_init.clone()
+    }
+
+    /// Where the FUSE session's notifier is put once the session exists: a
+    /// granted lock drops the kernel's cached pages of the file through it.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<Notifier>> {
+        self.shared.notifier.clone()
     }
 
     fn spawn<F, Fut>(&self, f: F)
@@ -1549,7 +1575,7 @@ impl Filesystem for AlcesFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: Fh,
+        fh: Fh,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -1564,8 +1590,19 @@ impl Filesystem for AlcesFs {
                 Ok(spec) => spec,
                 Err(e) => return s.reply_empty("setlk", Err(e), reply),
             };
+            // What this process wrote goes out before its lock changes hands
+            // (another mount that locks next reads it).
+            let h = s.file(fh);
+            if let Some(h) = &h {
+                if let Err(e) = h.flush().await {
+                    return s.reply_empty("setlk", Err(e), reply);
+                }
+            }
             if !sleep || spec.kind == LockKind::Unlock {
                 let r = s.client.set_lock(spec, false).await;
+                if r.is_ok() && spec.kind != LockKind::Unlock {
+                    s.lock_granted(ino, h.as_deref());
+                }
                 return s.reply_empty("setlk", r, reply);
             }
             // A blocking wait. fuser answers the kernel's FUSE_INTERRUPT
@@ -1586,6 +1623,9 @@ impl Filesystem for AlcesFs {
                     }
                 }
             };
+            if r.is_ok() {
+                s.lock_granted(ino, h.as_deref());
+            }
             s.reply_empty("setlkw", r, reply);
         };
         if sleep {

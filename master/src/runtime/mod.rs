@@ -12,7 +12,7 @@
 //! - `window`: the window's storage: recent records, encoded, in reused blocks.
 
 pub mod chunkmap;
-pub(crate) mod locks;
+pub mod locks;
 pub mod replication;
 pub(crate) mod sessions;
 pub(crate) mod tails;
