@@ -1016,7 +1016,20 @@ impl Filesystem for AlcesFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = caller(req);
         self.inline(move |s| async move {
-            match s.client.open(s.real(ino), flags.0, &c).await {
+            let real = s.real(ino);
+            let open_here = s.files.lock().values().any(|h| h.inode() == real);
+            match s.client.open(real, flags.0, &c).await {
+                // The kernel opened a name it cached, but another mount removed
+                // that file meanwhile (nobody here holds it open): ESTALE makes
+                // the kernel look the name up again and open (or create) what
+                // is there now.
+                Ok(h) if h.attr().nlink == 0 && !open_here => {
+                    if let Err(e) = h.release().await {
+                        tracing::debug!(error = %e, "closing a removed file opened through a stale name");
+                    }
+                    s.count("open", true);
+                    reply.error(Errno::from_i32(libc::ESTALE));
+                }
                 Ok(h) => {
                     let fl = if h.keep_cache() {
                         FopenFlags::FOPEN_KEEP_CACHE
