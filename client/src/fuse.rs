@@ -3,7 +3,8 @@
 //! thread's own single-threaded runtime and master connection ([`AlcesFs`]'s
 //! `inline`); reads, fsync, release and truncates are spawned as tasks on the
 //! shared tokio runtime and reply from the task, since they wait on
-//! chunkservers through it.
+//! chunkservers through it, and so are blocking lock waits (`setlk` with
+//! `sleep`), which may last long. Locks are the master's (cluster-wide).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
