@@ -465,3 +465,38 @@ fn lock_holder_keeps_its_lock_across_a_failover() {
     );
     drop(other);
 }
+
+#[test]
+fn a_blocked_waiter_can_be_killed_or_interrupted() {
+    let c = Cluster::start(options()).expect("start cluster");
+    let other = c.mount_extra("mnt2", &[]);
+    let a = c.path("lockfile");
+    let b = other.path.join("lockfile");
+    std::fs::write(&a, b"x").unwrap();
+    wait_until(
+        "the file on the second mount",
+        Duration::from_secs(10),
+        || b.exists(),
+    );
+    let holder = Holder::start(&a);
+    for sig in [libc::SIGKILL, libc::SIGTERM] {
+        let mut w = waiter(&b);
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(exited(&mut w).is_none(), "the waiter waits");
+        // SAFETY: kill(2) on a child of this test.
+        unsafe { libc::kill(w.id() as i32, sig) };
+        wait_until(
+            &format!("the waiter to end on signal {sig}"),
+            Duration::from_secs(20),
+            || exited(&mut w).is_some(),
+        );
+        let st = w.wait().unwrap();
+        assert!(!st.success(), "the waiter did not get the lock: {st}");
+        assert!(!flock_free(&b), "the holder still holds it");
+    }
+    holder.release();
+    wait_until("the lock to be free", Duration::from_secs(20), || {
+        flock_free(&b)
+    });
+    drop(other);
+}
