@@ -54,6 +54,10 @@ pub enum MetaPhase {
     Unlink,
     /// mkdir of a directory tree.
     Mkdir,
+    /// A POSIX write lock taken and dropped on one file per mount (ops =
+    /// lock/unlock pairs; each is two calls to the lock holder, the master
+    /// on a distributed filesystem).
+    LockUnlock,
 }
 
 impl MetaPhase {
@@ -65,6 +69,7 @@ impl MetaPhase {
             MetaPhase::Rename => "rename",
             MetaPhase::Unlink => "unlink",
             MetaPhase::Mkdir => "mkdir (tree)",
+            MetaPhase::LockUnlock => "lock+unlock (pairs)",
         }
     }
 }

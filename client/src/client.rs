@@ -14,6 +14,7 @@ use alces_proto::pb::master_client::MasterClient;
 
 use crate::error::Result;
 use crate::file::FileHandle;
+use crate::locks::{LockConflict, LockSpec, Locks};
 use crate::namespace::{Attr, Caller, DirEntry, Namespace, NewNode, SetAttr, StatfsReply};
 use crate::open_files::OpenFiles;
 use crate::session::{ClientConfig, OpenList, Session};
@@ -23,6 +24,7 @@ use crate::session::{ClientConfig, OpenList, Session};
 pub struct Client {
     ns: Namespace,
     files: Arc<OpenFiles>,
+    locks: Locks,
 }
 
 impl std::fmt::Debug for Client {
@@ -42,7 +44,8 @@ impl Client {
         let list: Arc<dyn OpenList> = files.clone();
         session.set_open_list(Arc::downgrade(&list));
         session.start().await?;
-        Ok(Client { ns, files })
+        let locks = Locks::new(session);
+        Ok(Client { ns, files, locks })
     }
 
     /// The configuration the client was connected with.
@@ -104,6 +107,25 @@ impl Client {
     /// version or failed chain).
     pub fn write_retries(&self) -> u64 {
         self.files.io.write_retries.load(Ordering::Relaxed)
+    }
+
+    /// Sets, changes or removes a cluster-wide file lock (flock or POSIX record
+    /// lock). Without `wait` a conflicting lock fails with `EAGAIN`; with it the
+    /// call returns once granted (`EDEADLK` when waiting would deadlock; drop
+    /// the future to stop waiting).
+    pub async fn set_lock(&self, spec: LockSpec, wait: bool) -> Result<()> {
+        self.locks.set(spec, wait).await
+    }
+
+    /// The first lock of another owner that conflicts with `spec`, if any.
+    pub async fn get_lock(&self, spec: LockSpec) -> Result<Option<LockConflict>> {
+        self.locks.get(spec).await
+    }
+
+    /// Removes every lock of `owner` on `inode` (no master call when this
+    /// session holds none).
+    pub async fn release_locks(&self, inode: u64, owner: u64) -> Result<()> {
+        self.locks.release(inode, owner).await
     }
 
     /// Bytes of write-behind data currently buffered over all files.

@@ -230,6 +230,13 @@ impl FileState {
         self.wb.lock().generation
     }
 
+    /// Forgets what this client read of the file (readahead, chunk
+    /// locations): another client may have changed it (a lock was granted).
+    pub(crate) fn drop_read_caches(&self) {
+        self.wb.lock().generation += 1;
+        self.locations.lock().clear();
+    }
+
     fn take_error(&self) -> Result<()> {
         match self.wb.lock().error.take() {
             Some(e) => Err(e),
@@ -1261,6 +1268,13 @@ impl FileHandle {
             self.ra.lock().pieces.clear();
         }
         self.state.read_range(offset, len).await
+    }
+
+    /// Forgets what was read ahead and where the chunks were: another client
+    /// may have changed the file since (this process was just granted a lock).
+    pub fn drop_read_caches(&self) {
+        self.state.drop_read_caches();
+        self.ra.lock().pieces.clear();
     }
 
     /// Writes `data` at `offset` (buffered; sent in the background). An error of

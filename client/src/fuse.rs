@@ -3,7 +3,8 @@
 //! thread's own single-threaded runtime and master connection ([`AlcesFs`]'s
 //! `inline`); reads, fsync, release and truncates are spawned as tasks on the
 //! shared tokio runtime and reply from the task, since they wait on
-//! chunkservers through it.
+//! chunkservers through it, and so are blocking lock waits (`setlk` with
+//! `sleep`), which may last long. Locks are the master's (cluster-wide).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -16,9 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -31,6 +32,7 @@ use crate::dirsnap::DirSnapshot;
 use crate::error::Error;
 use crate::file::FileHandle;
 use crate::journal::{Journal, SOFT_CAP};
+use crate::locks::{LockKind, LockSpec};
 use crate::metrics::Metrics;
 use crate::namespace::{rename_flags, Attr, Caller, FileType, NewNode, SetAttr, SetTime};
 use crate::takeover::{is_resent, KernelInit};
@@ -85,6 +87,9 @@ struct Shared {
     journal: Option<Arc<Journal>>,
     /// The kernel's INIT, once received.
     kernel_init: Arc<Mutex<Option<KernelInit>>>,
+    /// Tells the kernel to drop cached pages and attributes of a file (set once
+    /// the FUSE session exists).
+    notifier: Arc<std::sync::OnceLock<Notifier>>,
     /// Extended attributes known to be absent (the kernel asks for
     /// `security.capability` before every write), kept for the attribute TTL.
     no_xattr: BoundedCache<(u64, Vec<u8>), ()>,
@@ -243,7 +248,87 @@ pub fn xattr_fit(value: &[u8], size: u32) -> Result<Option<&[u8]>, Errno> {
     }
 }
 
+/// How often a blocked lock wait looks for a signal to the waiting thread.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
+
+/// A lock request from the kernel's arguments (`typ` is `F_RDLCK`, `F_WRLCK`
+/// or `F_UNLCK`; the range is inclusive, `OFFSET_MAX` meaning to the end).
+fn lock_spec(
+    inode: u64,
+    owner: LockOwner,
+    start: u64,
+    end: u64,
+    typ: i32,
+    pid: u32,
+) -> Result<LockSpec, Error> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        other => {
+            return Err(Error::new(
+                libc::EINVAL,
+                format!("lock type {other} is not F_RDLCK, F_WRLCK or F_UNLCK"),
+            ))
+        }
+    };
+    if start > end {
+        return Err(Error::new(
+            libc::EINVAL,
+            format!("lock range starts at {start}, after its end {end}"),
+        ));
+    }
+    Ok(LockSpec {
+        inode,
+        owner: owner.0,
+        kind,
+        start,
+        end,
+        pid,
+    })
+}
+
+/// True when thread `tid` has a signal pending that it neither blocks nor
+/// ignores (read from `/proc/<tid>/status`; a thread that is gone counts as
+/// interrupted: nobody waits for the answer).
+fn signal_pending(tid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(status) => pending_in_status(&status),
+        Err(_) => true,
+    }
+}
+
+/// The check of [`signal_pending`] on the text of a `/proc/<tid>/status`.
+pub fn pending_in_status(status: &str) -> bool {
+    let mask = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = mask("SigPnd:") | mask("ShdPnd:");
+    let kill = 1u64 << (libc::SIGKILL - 1);
+    pending & kill != 0 || pending & !mask("SigBlk:") & !mask("SigIgn:") != 0
+}
+
 impl Shared {
+    /// A lock was granted: what this mount cached of the file may be stale
+    /// (another mount may have written it under its lock), so the kernel's
+    /// pages and attributes and this client's readahead go.
+    fn lock_granted(&self, ino: INodeNo, h: Option<&FileHandle>) {
+        if let Some(h) = h {
+            h.drop_read_caches();
+        }
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(ino, 0, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(error = %e, ino = ino.0, "dropping the kernel's cache of a locked file");
+                }
+            }
+        }
+    }
+
     fn real(&self, ino: INodeNo) -> u64 {
         if ino.0 == 1 {
             self.client.root()
@@ -504,6 +589,7 @@ impl AlcesFs {
                 metrics,
                 journal: None,
                 kernel_init: Arc::new(Mutex::new(None)),
+                notifier: Arc::new(std::sync::OnceLock::new()),
                 no_xattr: BoundedCache::new(ABSENT_XATTRS, Some(ttl)),
                 xattr_free: BoundedCache::new(XATTR_FREE_INODES, Some(ttl)),
             }),
@@ -522,6 +608,12 @@ impl AlcesFs {
     /// Where the kernel's INIT is put once received (for the session record).
     pub fn kernel_init(&self) -> Arc<Mutex<Option<KernelInit>>> {
         self.shared.kernel_init.clone()
+    }
+
+    /// Where the FUSE session's notifier is put once the session exists: a
+    /// granted lock drops the kernel's cached pages of the file through it.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<Notifier>> {
+        self.shared.notifier.clone()
     }
 
     fn spawn<F, Fut>(&self, f: F)
@@ -594,6 +686,11 @@ impl Filesystem for AlcesFs {
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_BIG_WRITES,
+            // Locks go to the master (cluster-wide) instead of staying in
+            // this kernel: POSIX record locks, and flock (which the kernel
+            // sends as a whole-file lock owned by the open file description).
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks FUSE capability");
@@ -920,7 +1017,20 @@ impl Filesystem for AlcesFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = caller(req);
         self.inline(move |s| async move {
-            match s.client.open(s.real(ino), flags.0, &c).await {
+            let real = s.real(ino);
+            let open_here = s.files.lock().values().any(|h| h.inode() == real);
+            match s.client.open(real, flags.0, &c).await {
+                // The kernel opened a name it cached, but another mount removed
+                // that file meanwhile (nobody here holds it open): ESTALE makes
+                // the kernel look the name up again and open (or create) what
+                // is there now.
+                Ok(h) if h.attr().nlink == 0 && !open_here => {
+                    if let Err(e) = h.release().await {
+                        tracing::debug!(error = %e, "closing a removed file opened through a stale name");
+                    }
+                    s.count("open", true);
+                    reply.error(Errno::from_i32(libc::ESTALE));
+                }
                 Ok(h) => {
                     let fl = if h.keep_cache() {
                         FopenFlags::FOPEN_KEEP_CACHE
@@ -1023,9 +1133,9 @@ impl Filesystem for AlcesFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.inline(move |s| async move {
@@ -1040,6 +1150,11 @@ impl Filesystem for AlcesFs {
                 }
                 None => Ok(()),
             };
+            // POSIX: any close by a process releases its locks on the file
+            // (the kernel sends FLUSH with the process's lock owner on every
+            // close, also of a dying process's files).
+            let unlocked = s.client.release_locks(s.real(ino), lock_owner.0).await;
+            let r = r.and(unlocked);
             s.reply_empty("flush", r, reply);
         });
     }
@@ -1047,14 +1162,20 @@ impl Filesystem for AlcesFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: Fh,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.spawn(move |s| async move {
+            // The last close of a flocked open file description releases its flock.
+            if let Some(owner) = lock_owner {
+                if let Err(e) = s.client.release_locks(s.real(ino), owner.0).await {
+                    tracing::warn!(error = %e, "releasing a flock at close failed");
+                }
+            }
             let h = s.files.lock().remove(&fh.0);
             let r = match h {
                 Some(h) => {
@@ -1425,6 +1546,109 @@ impl Filesystem for AlcesFs {
         });
     }
 
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: Fh,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.inline(move |s| async move {
+            let r = match lock_spec(s.real(ino), lock_owner, start, end, typ, pid) {
+                Ok(spec) => s.client.get_lock(spec).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(Some(c)) => {
+                    s.count("getlk", false);
+                    let typ = if c.write {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    reply.locked(c.start, c.end, typ, c.pid);
+                }
+                Ok(None) => {
+                    s.count("getlk", false);
+                    reply.locked(start, end, libc::F_UNLCK, 0);
+                }
+                Err(e) => {
+                    s.count("getlk", true);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: Fh,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let caller_tid = req.pid();
+        let op = move |s: Arc<Shared>| async move {
+            let spec = match lock_spec(s.real(ino), lock_owner, start, end, typ, pid) {
+                Ok(spec) => spec,
+                Err(e) => return s.reply_empty("setlk", Err(e), reply),
+            };
+            // What this process wrote goes out before its lock changes hands
+            // (another mount that locks next reads it).
+            let h = s.file(fh);
+            if let Some(h) = &h {
+                if let Err(e) = h.flush().await {
+                    return s.reply_empty("setlk", Err(e), reply);
+                }
+            }
+            if !sleep || spec.kind == LockKind::Unlock {
+                let r = s.client.set_lock(spec, false).await;
+                if r.is_ok() && spec.kind != LockKind::Unlock {
+                    s.lock_granted(ino, h.as_deref());
+                }
+                return s.reply_empty("setlk", r, reply);
+            }
+            // A blocking wait. fuser answers the kernel's FUSE_INTERRUPT
+            // itself (ENOSYS, after which the kernel sends none), so a signal
+            // to the waiting thread is seen here instead: its pending signals
+            // are checked in /proc while the call waits, and a pending one
+            // that is neither blocked nor ignored (SIGKILL included) cancels
+            // the wait with EINTR.
+            let wait = s.client.set_lock(spec, true);
+            tokio::pin!(wait);
+            let r = loop {
+                tokio::select! {
+                    r = &mut wait => break r,
+                    _ = tokio::time::sleep(SIGNAL_CHECK) => {
+                        if signal_pending(caller_tid) {
+                            break Err(Error::new(libc::EINTR, "interrupted by a signal while waiting for a lock"));
+                        }
+                    }
+                }
+            };
+            if r.is_ok() {
+                s.lock_granted(ino, h.as_deref());
+            }
+            s.reply_empty("setlkw", r, reply);
+        };
+        if sleep {
+            self.spawn(op);
+        } else {
+            self.inline(op);
+        }
+    }
+
     fn fallocate(
         &self,
         req: &Request,
@@ -1523,6 +1747,65 @@ mod tests {
         ));
         assert!(resent_entry_done(&a, Want::Link(9), 0, now));
         assert!(!resent_entry_done(&a, Want::Link(8), 0, now));
+    }
+
+    #[test]
+    fn pending_signals_from_proc_status() {
+        let status = |pnd: &str, shd: &str, blk: &str, ign: &str| {
+            format!("Name:\tx\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\nSigIgn:\t{ign}\nSigCgt:\t0000000000000000\n")
+        };
+        let zero = "0000000000000000";
+        // (name, SigPnd, ShdPnd, SigBlk, SigIgn, interrupted)
+        let cases = [
+            ("nothing pending", zero, zero, zero, zero, false),
+            (
+                "SIGINT to the process",
+                zero,
+                "0000000000000002",
+                zero,
+                zero,
+                true,
+            ),
+            (
+                "SIGUSR1 to the thread",
+                "0000000000000200",
+                zero,
+                zero,
+                zero,
+                true,
+            ),
+            (
+                "SIGINT blocked",
+                zero,
+                "0000000000000002",
+                "0000000000000002",
+                zero,
+                false,
+            ),
+            (
+                "SIGCHLD ignored",
+                zero,
+                "0000000000010000",
+                zero,
+                "0000000000010000",
+                false,
+            ),
+            (
+                "SIGKILL always",
+                zero,
+                "0000000000000100",
+                "fffffffffffffeff",
+                zero,
+                true,
+            ),
+        ];
+        for (name, pnd, shd, blk, ign, want) in cases {
+            assert_eq!(
+                pending_in_status(&status(pnd, shd, blk, ign)),
+                want,
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - [`Client`]: connect with a [`ClientConfig`]; session registration, lease
 //!   renewal, transparent reconnect; every namespace call; path helpers; the
 //!   volume calls (quotas, snapshots, trash, `du`, the consistency check,
-//!   `statfs_at`).
+//!   `statfs_at`); cluster-wide file locks ([`LockSpec`]).
 //! - [`FileHandle`]: an open file with readahead, write-behind, flush, fsync,
 //!   truncate.
 //! - [`Error`]: an errno plus a message.
@@ -33,6 +33,7 @@ mod filesize;
 pub mod fuse;
 pub mod journal;
 mod layout;
+mod locks;
 pub mod metrics;
 mod names;
 mod namespace;
@@ -46,6 +47,7 @@ mod writebuf;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use file::FileHandle;
+pub use locks::{LockConflict, LockKind, LockSpec};
 pub use namespace::{
     rename_flags, Attr, Caller, DirEntry, FileType, NewNode, SetAttr, SetTime, StatfsReply,
 };

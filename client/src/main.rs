@@ -213,6 +213,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut fs = AlcesFs::new(client.clone(), rt.handle().clone(), opts, Some(metrics));
     let kernel_init = fs.kernel_init();
+    let notifier_slot = fs.notifier_slot();
     if let Some(state) = handed.as_ref().and_then(|h| h.state.as_ref()) {
         // Writes the dead daemon acknowledged but had not flushed: made durable
         // before anything else is served (the kernel's resent fsyncs included).
@@ -265,6 +266,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", args.mountpoint.display()))?,
         Some(h) => h.session(client.session_id(), fs, &fuse_config, &kernel_init)?,
     };
+    let _ = notifier_slot.set(session.notifier());
     tracing::info!(
         mountpoint = %args.mountpoint.display(),
         master = %args.master,

@@ -118,6 +118,9 @@ struct SessionInner {
     reconnects: AtomicU64,
     /// Ids of tagged mutations (see [`Session::call_once`]).
     requests: Mutex<RequestIds>,
+    /// The file locks this session holds, by (inode, lock owner), as the
+    /// master last answered: re-asserted after every re-registration.
+    held_locks: Mutex<HashMap<(u64, u64), Vec<pb::HeldLock>>>,
 }
 
 /// The ids of this client's tagged mutations: handed out in increasing order,
@@ -234,6 +237,7 @@ impl Session {
                 closed: AtomicBool::new(false),
                 reconnects: AtomicU64::new(0),
                 requests: Mutex::new(RequestIds::default()),
+                held_locks: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -326,46 +330,117 @@ impl Session {
                     "master sent an unusable chunk size: {e}"
                 )))
             })?;
-        let mut s = self.inner.state.lock();
-        if !s.cluster_id.is_empty() && s.cluster_id != reply.cluster_id {
-            return Err(RegisterError::Fatal(Error::io(format!(
+        let resumed = {
+            let mut s = self.inner.state.lock();
+            if !s.cluster_id.is_empty() && s.cluster_id != reply.cluster_id {
+                return Err(RegisterError::Fatal(Error::io(format!(
                 "master {} serves cluster {} but this client was using cluster {}; refusing to mix filesystems",
                 self.inner.config.master, reply.cluster_id, s.cluster_id
             ))));
-        }
-        if s.session_id != 0 && s.root_inode != reply.root_inode {
-            tracing::warn!(
-                old = s.root_inode,
-                new = reply.root_inode,
-                "root inode changed after reconnect"
-            );
-        }
-        self.inner
-            .seen_epoch
-            .fetch_max(reply.epoch, Ordering::SeqCst);
-        s.session_id = reply.session_id;
-        s.root_inode = reply.root_inode;
-        s.chunk_size = chunk_size;
-        s.lease_secs = reply.lease_secs.max(1);
-        s.read_only = reply.read_only || self.inner.config.read_only;
-        s.cluster_id = reply.cluster_id;
-        s.generation += 1;
-        if s.generation > 1 {
-            self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                session = s.session_id,
-                epoch = reply.epoch,
-                "session re-registered with the master"
-            );
-        } else {
-            tracing::info!(
-                session = s.session_id,
-                root = s.root_inode,
-                chunk_size,
-                "session registered with the master"
-            );
+            }
+            if s.session_id != 0 && s.root_inode != reply.root_inode {
+                tracing::warn!(
+                    old = s.root_inode,
+                    new = reply.root_inode,
+                    "root inode changed after reconnect"
+                );
+            }
+            self.inner
+                .seen_epoch
+                .fetch_max(reply.epoch, Ordering::SeqCst);
+            s.session_id = reply.session_id;
+            s.root_inode = reply.root_inode;
+            s.chunk_size = chunk_size;
+            s.lease_secs = reply.lease_secs.max(1);
+            s.read_only = reply.read_only || self.inner.config.read_only;
+            s.cluster_id = reply.cluster_id;
+            s.generation += 1;
+            let resumed = (s.generation > 1).then_some(s.session_id);
+            if resumed.is_some() {
+                self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    session = s.session_id,
+                    epoch = reply.epoch,
+                    "session re-registered with the master"
+                );
+            } else {
+                tracing::info!(
+                    session = s.session_id,
+                    root = s.root_inode,
+                    chunk_size,
+                    "session registered with the master"
+                );
+            }
+            resumed
+        };
+        if let Some(sid) = resumed {
+            self.reassert_locks(sid).await;
         }
         Ok(())
+    }
+
+    /// Tells a master this session re-registered with the file locks it
+    /// holds (a restarted or promoted master knows none; it grants no new
+    /// lock until its clients had the time to re-assert theirs).
+    async fn reassert_locks(&self, session_id: u64) {
+        let locks: Vec<pb::HeldLock> = self
+            .inner
+            .held_locks
+            .lock()
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        if locks.is_empty() {
+            return;
+        }
+        let n = locks.len();
+        let req = pb::ReassertLocksRequest { session_id, locks };
+        match self.inner.master.clone().reassert_locks(req).await {
+            Ok(r) => {
+                let lost = r.into_inner().lost;
+                if lost.is_empty() {
+                    tracing::info!(locks = n, "file locks re-asserted");
+                }
+                for l in lost {
+                    tracing::error!(inode = l.inode, owner = l.owner, start = l.start, end = l.end, "a file lock could not be re-asserted (another client holds a conflicting one): the process holding it no longer has it");
+                    let mut held = self.inner.held_locks.lock();
+                    if let Some(v) = held.get_mut(&(l.inode, l.owner)) {
+                        v.retain(|h| h != &l);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "re-asserting file locks failed; they are re-asserted at the next re-registration")
+            }
+        }
+    }
+
+    /// Records the locks `owner` holds on `inode` as the master answered
+    /// (empty: none).
+    pub(crate) fn note_locks(&self, inode: u64, owner: u64, held: Vec<pb::HeldLock>) {
+        let mut m = self.inner.held_locks.lock();
+        if held.is_empty() {
+            m.remove(&(inode, owner));
+        } else {
+            m.insert((inode, owner), held);
+        }
+    }
+
+    /// Adds a lock `owner` may hold on `inode` (a wait cancelled while the
+    /// master may have granted it), so a close releases it.
+    pub(crate) fn note_maybe_lock(&self, lock: pb::HeldLock) {
+        self.inner
+            .held_locks
+            .lock()
+            .entry((lock.inode, lock.owner))
+            .or_default()
+            .push(lock);
+    }
+
+    /// True when `owner` may hold a lock on `inode`.
+    pub(crate) fn holds_locks(&self, inode: u64, owner: u64) -> bool {
+        self.inner.held_locks.lock().contains_key(&(inode, owner))
     }
 
     async fn reregister(&self, failed_generation: u64) -> std::result::Result<(), RegisterError> {

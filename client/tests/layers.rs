@@ -15,7 +15,7 @@ fn layer(module: &str) -> u32 {
         "cache" | "chain" | "writebuf" | "filesize" | "readahead" | "layout" | "dirsnap"
         | "names" | "error" | "takeover" => 1,
         "session" | "journal" => 2,
-        "namespace" => 3,
+        "namespace" | "locks" => 3,
         "file" => 4,
         "open_files" => 5,
         "client" => 6,

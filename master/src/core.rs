@@ -84,6 +84,8 @@ pub struct Inner {
     pub startup_orphans_done: bool,
     /// Chunks that may hold bytes past their file's end, and open write sessions.
     pub tails: crate::runtime::tails::Tails,
+    /// File locks and the requests waiting for one (never persisted).
+    pub locks: crate::runtime::locks::LockTable,
 }
 
 /// Hands memory the allocator holds but no longer uses back to the system.
@@ -163,6 +165,7 @@ impl Core {
                 snapshot_version,
                 startup_orphans_done: false,
                 tails,
+                locks: Default::default(),
             }),
             writer: Mutex::new(Some(writer)),
             durable,

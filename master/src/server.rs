@@ -149,6 +149,9 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         formatted = rec.formatted,
         "metadata loaded"
     );
+    // Over existing metadata (a restart, a promotion) clients re-assert the
+    // locks they hold: no new lock is granted until they had the time to.
+    let lock_grace = (!rec.formatted).then(|| Instant::now() + opts.session_timeout);
     let core = Arc::new(Core::new(
         rec.state,
         rec.snapshot_version,
@@ -156,6 +159,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         settings,
         metrics,
     )?);
+    core.inner.lock().locks.grace_until = lock_grace;
     core.update_gauges(&core.inner.lock());
 
     let http_addr = match opts.http_listen {

@@ -1,6 +1,7 @@
 //! Metadata: create, stat, list, rename and unlink empty files in one directory, then
-//! mkdir of a directory tree. With several mounts, each mount works on its share of the
-//! names at the same time (and stats the files another mount created).
+//! mkdir of a directory tree, then lock/unlock pairs of a POSIX lock. With several
+//! mounts, each mount works on its share of the names at the same time (and stats
+//! the files another mount created).
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -114,5 +115,39 @@ pub fn phases(dirs_of: &[PathBuf], files: usize, dirs: usize) -> Result<Vec<(Met
         }
         Ok(())
     })?);
+
+    // Lock/unlock pairs: each mount takes and drops a write lock on a file of
+    // its own (no contention), `files` pairs over all mounts.
+    out.push(phase(MetaPhase::LockUnlock, files, &|t| {
+        let p = dirs_of[t].join(format!("lock{t}"));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .with_context(|| format!("cannot open {}", p.display()))?;
+        for _ in mine(t) {
+            posix_lock(&f, libc::F_WRLCK)
+                .with_context(|| format!("cannot lock {}", p.display()))?;
+            posix_lock(&f, libc::F_UNLCK)
+                .with_context(|| format!("cannot unlock {}", p.display()))?;
+        }
+        Ok(())
+    })?);
     Ok(out)
+}
+
+/// fcntl(F_SETLK) of the whole of `f` (`typ`: F_WRLCK, F_RDLCK or F_UNLCK).
+fn posix_lock(f: &File, typ: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is a valid value; the fields are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: f is an open descriptor and fl a valid flock.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -19,7 +19,8 @@ pub fn tick(core: &Core) -> bool {
     inner.chunks.release_durable(core.durable_version());
     let (closed, released) = inner.sessions.expire(now, core.settings.session_timeout);
     for sid in &closed {
-        tracing::info!(session = sid, "session lease expired: closed");
+        let locks = inner.locks.release_session(*sid);
+        tracing::info!(session = sid, locks, "session lease expired: closed");
         inner.tails.session_gone(&inner.state, *sid);
     }
     core.purge_unused(inner, &released);

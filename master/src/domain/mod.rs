@@ -6,6 +6,7 @@
 //!
 //! - [`sessions`]: client sessions: registration, renewal, closing.
 //! - [`metadata`]: lookups, attributes, entries, xattrs, statfs.
+//! - [`locks`]: file locks (flock, POSIX record locks): set, test, wait, release, re-assert.
 //! - [`io`]: open/release, read locations and write sessions (placement, quotas, copy-on-write, tails).
 //! - [`cow`]: copy-on-write of a chunk shared with a snapshot.
 //! - [`tails`]: cutting bytes stored past a file's end before the file grows over them.
@@ -21,6 +22,7 @@ pub mod chunkservers;
 pub mod cow;
 pub mod goals;
 pub mod io;
+pub mod locks;
 pub mod maintenance;
 pub mod metadata;
 pub mod replication;

@@ -105,6 +105,7 @@ pub async fn close(core: &Core, sid: u64) -> Result<pb::Empty, Status> {
     core.mutate(|core, inner| {
         let freed = inner.sessions.close(sid);
         inner.tails.session_gone(&inner.state, sid);
+        inner.locks.release_session(sid);
         Ok((core.purge_unused(inner, &freed), pb::Empty {}))
     })
     .await

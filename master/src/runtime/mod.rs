@@ -5,12 +5,14 @@
 //! (`state`) and nothing above it.
 //!
 //! - `sessions`: client sessions, leases and open files.
+//! - `locks`: file locks (flock and POSIX record locks) and the requests waiting for one.
 //! - [`chunkmap`]: chunkservers, copies, placement and replication planning.
 //! - `tails`: chunks that may hold bytes past their file's end, and open write sessions.
 //! - [`replication`]: the changelog window, metalogger table, sync acknowledgements and fencing.
 //! - `window`: the window's storage: recent records, encoded, in reused blocks.
 
 pub mod chunkmap;
+pub mod locks;
 pub mod replication;
 pub(crate) mod sessions;
 pub(crate) mod tails;

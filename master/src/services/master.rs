@@ -1,6 +1,6 @@
 //! The `Master` service clients call: sessions, the namespace and file data
 //! locations, over [`crate::domain::sessions`], [`crate::domain::metadata`]
-//! and [`crate::domain::io`].
+//! [`crate::domain::io`] and [`crate::domain::locks`].
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use tonic::Request;
 
 use super::{reply, Reply};
 use crate::core::Core;
-use crate::domain::{io, metadata, sessions};
+use crate::domain::{io, locks, metadata, sessions};
 
 /// The `Master` service over one [`Core`].
 #[derive(Clone)]
@@ -155,5 +155,28 @@ impl Master for MasterService {
     ) -> Reply<pb::AttrReply> {
         let res = io::write_chunk_end(&self.core, req.into_inner()).await;
         reply(&self.core, "WriteChunkEnd", res)
+    }
+
+    async fn set_lock(&self, req: Request<pb::SetLockRequest>) -> Reply<pb::SetLockReply> {
+        let res = locks::set_lock(&self.core, req.into_inner()).await;
+        reply(&self.core, "SetLock", res)
+    }
+
+    async fn get_lock(&self, req: Request<pb::SetLockRequest>) -> Reply<pb::GetLockReply> {
+        let res = locks::get_lock(&self.core, req.into_inner()).await;
+        reply(&self.core, "GetLock", res)
+    }
+
+    async fn release_locks(&self, req: Request<pb::ReleaseLocksRequest>) -> Reply<pb::Empty> {
+        let res = locks::release_locks(&self.core, req.get_ref());
+        reply(&self.core, "ReleaseLocks", res)
+    }
+
+    async fn reassert_locks(
+        &self,
+        req: Request<pb::ReassertLocksRequest>,
+    ) -> Reply<pb::ReassertLocksReply> {
+        let res = locks::reassert(&self.core, req.into_inner());
+        reply(&self.core, "ReassertLocks", res)
     }
 }

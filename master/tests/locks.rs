@@ -1,0 +1,283 @@
+//! File locks over the Master service, in process: bad requests get a clear
+//! errno, a blocking `SetLock` returns when the conflicting lock goes (and a
+//! cancelled one leaves no waiter behind), closing a session releases its
+//! locks, re-asserted locks hold, and a restarted master grants no new lock
+//! during its grace period.
+
+mod common;
+
+use std::time::Duration;
+
+use alces_proto::net::AuthChannel;
+use alces_proto::pb::{self, master_client::MasterClient, LockType};
+use common::{errno_of, file, master, session, started};
+
+fn lock(inode: u64, owner: u64, t: LockType, start: u64, end: u64) -> pb::HeldLock {
+    pb::HeldLock {
+        inode,
+        owner,
+        r#type: t as i32,
+        start,
+        end,
+        pid: 4242,
+        session_id: 0,
+    }
+}
+
+async fn set(
+    c: &mut MasterClient<AuthChannel>,
+    sid: u64,
+    l: pb::HeldLock,
+    wait: bool,
+) -> Result<pb::SetLockReply, tonic::Status> {
+    c.set_lock(pb::SetLockRequest {
+        session_id: sid,
+        lock: Some(l),
+        wait,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn bad_lock_requests_get_a_clear_errno() {
+    let (_tmp, m) = started().await;
+    let mut c = master(&m);
+    let sid = session(&mut c).await;
+    let f = file(&mut c, sid, 1, "f").await.inode;
+    let cases: Vec<(&str, pb::SetLockRequest, i32)> = vec![
+        (
+            "no lock",
+            pb::SetLockRequest {
+                session_id: sid,
+                lock: None,
+                wait: false,
+            },
+            libc::EINVAL,
+        ),
+        (
+            "unspecified type",
+            pb::SetLockRequest {
+                session_id: sid,
+                lock: Some(lock(f, 1, LockType::Unspecified, 0, 1)),
+                wait: false,
+            },
+            libc::EINVAL,
+        ),
+        (
+            "unknown type",
+            pb::SetLockRequest {
+                session_id: sid,
+                lock: Some(pb::HeldLock {
+                    r#type: 77,
+                    ..lock(f, 1, LockType::LockRead, 0, 1)
+                }),
+                wait: false,
+            },
+            libc::EINVAL,
+        ),
+        (
+            "range ends before it starts",
+            pb::SetLockRequest {
+                session_id: sid,
+                lock: Some(lock(f, 1, LockType::LockWrite, 10, 9)),
+                wait: false,
+            },
+            libc::EINVAL,
+        ),
+        (
+            "no such inode",
+            pb::SetLockRequest {
+                session_id: sid,
+                lock: Some(lock(987_654, 1, LockType::LockWrite, 0, 9)),
+                wait: false,
+            },
+            libc::ENOENT,
+        ),
+        (
+            "unknown session",
+            pb::SetLockRequest {
+                session_id: 12345,
+                lock: Some(lock(f, 1, LockType::LockWrite, 0, 9)),
+                wait: false,
+            },
+            libc::ESTALE,
+        ),
+    ];
+    for (name, req, want) in cases {
+        let r = c.set_lock(req).await;
+        let status = r.expect_err(name);
+        assert_eq!(alces_proto::errno::of(&status), want, "{name}: {status:?}");
+        assert!(!status.message().is_empty(), "{name}: says what was wrong");
+    }
+    let r = c
+        .get_lock(pb::SetLockRequest {
+            session_id: sid,
+            lock: Some(lock(f, 1, LockType::LockUnlock, 0, 9)),
+            wait: false,
+        })
+        .await;
+    assert_eq!(errno_of(r), libc::EINVAL, "GetLock of an unlock");
+}
+
+#[tokio::test]
+async fn waits_end_when_the_lock_goes_and_sessions_take_theirs_along() {
+    let (_tmp, m) = started().await;
+    let mut c = master(&m);
+    let s1 = session(&mut c).await;
+    let s2 = session(&mut c).await;
+    let f = file(&mut c, s1, 1, "f").await.inode;
+
+    let held = set(&mut c, s1, lock(f, 1, LockType::LockWrite, 0, 99), false)
+        .await
+        .unwrap()
+        .held;
+    assert_eq!(held.len(), 1);
+    let r = set(&mut c, s2, lock(f, 1, LockType::LockRead, 50, 50), false).await;
+    assert_eq!(errno_of(r), libc::EAGAIN);
+    let got = c
+        .get_lock(pb::SetLockRequest {
+            session_id: s2,
+            lock: Some(lock(f, 1, LockType::LockRead, 50, 50)),
+            wait: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conflict
+        .expect("a conflict");
+    assert_eq!(
+        (got.session_id, got.start, got.end, got.pid),
+        (s1, 0, 99, 4242)
+    );
+
+    // A waiter returns once the holder unlocks.
+    let mut c2 = master(&m);
+    let waiting = tokio::spawn(async move {
+        set(&mut c2, s2, lock(f, 1, LockType::LockWrite, 10, 19), true).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the waiter waits while the lock is held"
+    );
+    assert_eq!(m.core.inner.lock().locks.waiting(), 1);
+    set(&mut c, s1, lock(f, 1, LockType::LockUnlock, 0, 49), false)
+        .await
+        .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiter is woken")
+        .unwrap()
+        .unwrap()
+        .held;
+    assert_eq!((held[0].start, held[0].end), (10, 19));
+    assert_eq!(m.core.inner.lock().locks.waiting(), 0);
+
+    // A cancelled wait leaves no waiter behind.
+    let mut c3 = master(&m);
+    let cancelled = tokio::spawn(async move {
+        set(&mut c3, s1, lock(f, 1, LockType::LockWrite, 0, 99), true).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(m.core.inner.lock().locks.waiting(), 1);
+    cancelled.abort();
+    let _ = cancelled.await;
+    let mut gone = false;
+    for _ in 0..50 {
+        if m.core.inner.lock().locks.waiting() == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the cancelled call's waiter was removed");
+
+    // Closing session 2 releases its lock and wakes session 1's waiter.
+    let mut c4 = master(&m);
+    let waiting = tokio::spawn(async move {
+        set(&mut c4, s1, lock(f, 1, LockType::LockWrite, 0, 99), true).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.close_session(pb::SessionRef { session_id: s2 })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by the session's close")
+        .unwrap()
+        .unwrap();
+
+    // Re-asserting: a lock that conflicts with session 1's comes back as lost.
+    let s3 = session(&mut c).await;
+    let lost = c
+        .reassert_locks(pb::ReassertLocksRequest {
+            session_id: s3,
+            locks: vec![
+                lock(f, 3, LockType::LockRead, 200, 299),
+                lock(f, 3, LockType::LockWrite, 0, 0),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lost;
+    assert_eq!(lost.len(), 1);
+    assert_eq!((lost[0].start, lost[0].end), (0, 0));
+    let r = set(&mut c, s1, lock(f, 7, LockType::LockWrite, 250, 250), false).await;
+    assert_eq!(errno_of(r), libc::EAGAIN, "the re-asserted lock holds");
+}
+
+#[tokio::test]
+async fn a_restarted_master_waits_out_its_grace_before_granting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = alces_master::server::Options {
+        session_timeout: Duration::from_secs(3),
+        ..common::options(tmp.path())
+    };
+    let timeout = opts.session_timeout;
+    let m = alces_master::server::start(opts.clone()).await.unwrap();
+    let mut c = master(&m);
+    let sid = session(&mut c).await;
+    let f = file(&mut c, sid, 1, "f").await.inode;
+    // A new filesystem has nobody to wait for.
+    let t = std::time::Instant::now();
+    set(&mut c, sid, lock(f, 1, LockType::LockWrite, 0, 0), false)
+        .await
+        .unwrap();
+    assert!(t.elapsed() < timeout, "no grace on a new filesystem");
+    m.stop().await.unwrap();
+
+    let m = alces_master::server::start(opts).await.unwrap();
+    let mut c = master(&m);
+    let s1 = c
+        .register_session(pb::RegisterSessionRequest {
+            client_name: "t".into(),
+            session_id: sid,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let lost = c
+        .reassert_locks(pb::ReassertLocksRequest {
+            session_id: s1,
+            locks: vec![lock(f, 1, LockType::LockWrite, 0, 0)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lost;
+    assert!(lost.is_empty(), "re-asserting during the grace is granted");
+    let s2 = session(&mut c).await;
+    let t = std::time::Instant::now();
+    let r = set(&mut c, s2, lock(f, 1, LockType::LockWrite, 0, 0), false).await;
+    assert_eq!(errno_of(r), libc::EAGAIN);
+    assert!(
+        t.elapsed() >= timeout - Duration::from_millis(500),
+        "a new lock waited for the grace period ({:?} of {timeout:?})",
+        t.elapsed()
+    );
+    m.stop().await.unwrap();
+}
