@@ -1642,3 +1642,133 @@ fn a_mkdir_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() {
     });
     println!("FIGURE csi mkdir in flight at a daemon SIGKILL (master stopped): completed after the takeover ({pause:?} from the SIGKILL to the next daemon's start)");
 }
+
+/// A write the dead daemon had taken completes through the next one: with
+/// every chunkserver stopped, an application writes a new file and fsyncs;
+/// the daemon has the data in its journal (the write was acknowledged) and
+/// the fsync in hand, waiting for the chunkservers; it is SIGKILLed. The next
+/// daemon replays the journal, waiting while no copy can be written, and once
+/// the chunkservers run again the fsync returns success and every byte reads
+/// back through another mount.
+#[test]
+fn a_write_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() {
+    let c = Cluster::start_default();
+    let d = Driver::start(&c);
+    let pause = c.block_on(async {
+        let ch = d.channel().await;
+        let mut ctl = ControllerClient::new(ch.clone());
+        let mut node = NodeClient::new(ch.clone());
+        let vol = ctl
+            .create_volume(create_req("pvc-w", 64 * MIB, &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let vid = vol.volume_id.clone();
+        let vpath = c
+            .mnt
+            .join(vid.rsplit('#').next().unwrap().trim_start_matches('/'));
+        let staging = d.path("plugins/kubernetes.io/csi/csi.alces.io/w/globalmount");
+        std::fs::create_dir_all(&staging).unwrap();
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwx()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let daemon = daemon_pid(&d) as i32;
+        wait_until(
+            "the daemon's FUSE threads to wait for requests",
+            Duration::from_secs(10),
+            || idle_fuse_readers(daemon) > 2,
+        );
+        let idle = idle_fuse_readers(daemon);
+        let chunkservers: Vec<i32> = (1..=c.opts.chunkservers)
+            .filter_map(|i| c.pid(alces_e2e::Proc::Chunkserver(i)))
+            .collect();
+        assert!(!chunkservers.is_empty());
+        let data: Vec<u8> = (0..(300u64 << 10)).map(|i| pattern(i * 7)).collect();
+        // Created before the chunkservers stop: only the data waits for them.
+        let wfile = staging.join("written");
+        let mut f = std::fs::File::create(&wfile).unwrap();
+        for &p in &chunkservers {
+            // SAFETY: plain signal to a chunkserver of this test's cluster.
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        let stopped = chunkservers.clone();
+        let cont = move || {
+            for &p in &stopped {
+                // SAFETY: as above.
+                unsafe { libc::kill(p, libc::SIGCONT) };
+            }
+        };
+        let wtid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let wt = wtid.clone();
+        let wdata = data.clone();
+        let writer = std::thread::spawn(move || {
+            wt.store(gettid(), Ordering::SeqCst);
+            f.write_all(&wdata)?;
+            f.sync_all()
+        });
+        // The application waits in the kernel (in its write or its fsync), and
+        // the daemon has taken the request: every one of its FUSE threads is
+        // back in read(2) of /dev/fuse, seen twice in a row.
+        let me = std::process::id() as i32;
+        let mut seen = 0;
+        let in_hand = wait_for(Duration::from_secs(20), || {
+            let w = wtid.load(Ordering::SeqCst);
+            let now = w != 0
+                && blocked_in(me, w).is_some_and(|(nr, _)| nr == libc::SYS_fsync || nr == libc::SYS_write)
+                && idle_fuse_readers(daemon) == idle;
+            seen = if now { seen + 1 } else { 0 };
+            seen >= 2
+        });
+        if !in_hand {
+            cont();
+            panic!(
+                "the write was not waiting in the daemon within 20 s (idle readers {} of {idle}; writer in {:?})",
+                idle_fuse_readers(daemon),
+                blocked_in(me, wtid.load(Ordering::SeqCst))
+            );
+        }
+        let t = Instant::now();
+        let new = kill_daemon_and_wait_takeover(&d);
+        let pause = t.elapsed();
+        assert!(!writer.is_finished(), "the write ended with the dead daemon");
+        // The chunkservers stay stopped a while: the next daemon's replay waits.
+        std::thread::sleep(Duration::from_secs(2));
+        cont();
+        let done = wait_for(Duration::from_secs(60), || writer.is_finished());
+        if !done {
+            let logs: Vec<String> = std::fs::read_dir(d.state.join("volumes"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| alces_e2e::tail(&e.path(), 40))
+                .collect();
+            panic!(
+                "the write in flight at the SIGKILL did not complete within 60 s of the chunkservers' return; daemon log:\n{}",
+                logs.join("\n")
+            );
+        }
+        writer
+            .join()
+            .unwrap()
+            .expect("the write and fsync in flight at the SIGKILL");
+        let got = std::fs::read(vpath.join("written")).unwrap();
+        assert_eq!(got.len(), data.len(), "size read through another mount");
+        assert!(got == data, "another mount reads other bytes");
+        assert!(alces_e2e::alive(new as i32), "the daemon that replayed the write is running");
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vid.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+        pause
+    });
+    println!("FIGURE csi write and fsync in flight at a daemon SIGKILL (chunkservers stopped): completed with the right bytes after the takeover ({pause:?} from the SIGKILL to the next daemon's start)");
+}

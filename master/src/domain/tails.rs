@@ -55,6 +55,9 @@ pub async fn cut(core: &Core, inode: u64, index: u64) -> Result<(), Status> {
             if meta.refs > 1 {
                 return Ok((None, None));
             }
+            if length == 0 {
+                return drop_past_end(core, inner, inode, chunk).map(|v| (Some(v), None));
+            }
             let old = meta.version;
             let holders: Vec<u64> = inner.chunks.holders(chunk, old);
             if holders.is_empty() {
@@ -124,6 +127,61 @@ pub async fn cut(core: &Core, inode: u64, index: u64) -> Result<(), Status> {
             Err(st)
         }
     }
+}
+
+/// Takes `chunk`, wholly past the end of `inode`, out of the file instead of
+/// cutting it: the file needs none of its bytes, and its copies may be gone
+/// for good (a chunk created by a write session whose client died before any
+/// chunkserver stored it has no copy to cut, and never will). A logged
+/// `SetAttr` to the file's own size and times frees every chunk past the end
+/// (their copies are deleted once the free is durable), so it waits while a
+/// write session is open on any of them. Returns the committed version.
+fn drop_past_end(
+    core: &Core,
+    inner: &mut crate::core::Inner,
+    inode: u64,
+    chunk: u64,
+) -> Result<u64, FsError> {
+    let st = &inner.state;
+    let f = crate::state::ops::check_regular(st, inode)?;
+    let keep = f.size.div_ceil(st.chunk_size.max(1));
+    let past: Vec<u64> = f
+        .chunks()
+        .and_then(|c| c.get(usize::try_from(keep).unwrap_or(usize::MAX)..))
+        .unwrap_or(&[])
+        .iter()
+        .copied()
+        .filter(|&c| c != 0)
+        .collect();
+    if let Some(busy) = past
+        .iter()
+        .find(|&&c| c != chunk && (inner.tails.has_writers(c) || inner.tails.is_cutting(c)))
+    {
+        return Err(FsError::new(
+            libc::EAGAIN,
+            format!(
+                "chunk {chunk} lies wholly past the end of inode {inode} and is to be taken out of the file, but chunk {busy} past the end is being written; retry once that write session is closed"
+            ),
+        ));
+    }
+    let op = Op::SetAttr(pb::SetAttrOp {
+        inode,
+        valid: pb::SetAttrField::SetAttrSize as u32
+            | pb::SetAttrField::SetAttrMtime as u32
+            | pb::SetAttrField::SetAttrCtime as u32,
+        size: f.size,
+        mtime_ns: f.mtime,
+        ctime_ns: f.ctime,
+        ..Default::default()
+    });
+    let v = core.commit(inner, op)?;
+    tracing::info!(
+        chunk,
+        inode,
+        chunks = past.len(),
+        "took chunks wholly past the file's end out of the file (they may hold bytes no one recorded, and may have no copy left)"
+    );
+    Ok(v)
 }
 
 /// Sends the cut through the chain, leaving out servers that fail (the rest

@@ -174,6 +174,16 @@ impl Tails {
         }
     }
 
+    /// True when a client session has a write session open on `chunk`.
+    pub fn has_writers(&self, chunk: u64) -> bool {
+        self.writers.get(&chunk).is_some_and(|w| !w.is_empty())
+    }
+
+    /// True while the master is cutting `chunk`.
+    pub fn is_cutting(&self, chunk: u64) -> bool {
+        self.cutting.contains(&chunk)
+    }
+
     /// True when some chunk may hold unrecorded bytes past its file's end.
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
