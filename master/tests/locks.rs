@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use alces_master::server::Running;
 use alces_proto::net::AuthChannel;
 use alces_proto::pb::{self, master_client::MasterClient, LockType};
 use common::{errno_of, file, master, session, started};
@@ -39,6 +40,18 @@ async fn set(
     .map(|r| r.into_inner())
 }
 
+/// Waits (up to 10 s) until the master's lock table holds `n` waiters.
+async fn waiters(m: &Running, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while m.core.inner.lock().locks.waiting() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what} ({} waiters, want {n})",
+            m.core.inner.lock().locks.waiting()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 #[tokio::test]
 async fn bad_lock_requests_get_a_clear_errno() {
     let (_tmp, m) = started().await;
@@ -156,12 +169,11 @@ async fn waits_end_when_the_lock_goes_and_sessions_take_theirs_along() {
     let waiting = tokio::spawn(async move {
         set(&mut c2, s2, lock(f, 1, LockType::LockWrite, 10, 19), true).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiters(&m, 1, "the waiter's request to reach the lock table").await;
     assert!(
         !waiting.is_finished(),
         "the waiter waits while the lock is held"
     );
-    assert_eq!(m.core.inner.lock().locks.waiting(), 1);
     set(&mut c, s1, lock(f, 1, LockType::LockUnlock, 0, 49), false)
         .await
         .unwrap();
@@ -179,26 +191,17 @@ async fn waits_end_when_the_lock_goes_and_sessions_take_theirs_along() {
     let cancelled = tokio::spawn(async move {
         set(&mut c3, s1, lock(f, 1, LockType::LockWrite, 0, 99), true).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(m.core.inner.lock().locks.waiting(), 1);
+    waiters(&m, 1, "the second waiter's request to reach the lock table").await;
     cancelled.abort();
     let _ = cancelled.await;
-    let mut gone = false;
-    for _ in 0..50 {
-        if m.core.inner.lock().locks.waiting() == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "the cancelled call's waiter was removed");
+    waiters(&m, 0, "the cancelled call's waiter to be removed").await;
 
     // Closing session 2 releases its lock and wakes session 1's waiter.
     let mut c4 = master(&m);
     let waiting = tokio::spawn(async move {
         set(&mut c4, s1, lock(f, 1, LockType::LockWrite, 0, 99), true).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiters(&m, 1, "the third waiter's request to reach the lock table").await;
     c.close_session(pb::SessionRef { session_id: s2 })
         .await
         .unwrap();
