@@ -109,12 +109,13 @@ impl Client {
         self.files.io.write_retries.load(Ordering::Relaxed)
     }
 
-    /// Sets, changes or removes a cluster-wide file lock (flock or POSIX record
-    /// lock). Without `wait` a conflicting lock fails with `EAGAIN`; with it the
-    /// call returns once granted (`EDEADLK` when waiting would deadlock; drop
-    /// the future to stop waiting).
-    pub async fn set_lock(&self, spec: LockSpec, wait: bool) -> Result<()> {
-        self.locks.set(spec, wait).await
+    /// Sets, changes or removes a cluster-wide file lock (flock, POSIX record
+    /// lock or OFD lock) through open file `handle`. Without `wait` a
+    /// conflicting lock fails with `EAGAIN`; with it the call returns once
+    /// granted (`EDEADLK` when waiting would deadlock; drop the future to stop
+    /// waiting).
+    pub async fn set_lock(&self, spec: LockSpec, wait: bool, handle: u64) -> Result<()> {
+        self.locks.set(spec, wait, handle).await
     }
 
     /// The first lock of another owner that conflicts with `spec`, if any.
@@ -126,6 +127,13 @@ impl Client {
     /// session holds none).
     pub async fn release_locks(&self, inode: u64, owner: u64) -> Result<()> {
         self.locks.release(inode, owner).await
+    }
+
+    /// The last close of open file `handle`: removes the locks still held by
+    /// owners that set locks through it (the open file's own OFD locks and
+    /// flocks; a process's POSIX locks already went at its close).
+    pub async fn release_handle_locks(&self, handle: u64) -> Result<()> {
+        self.locks.release_handle(handle).await
     }
 
     /// Bytes of write-behind data currently buffered over all files.

@@ -1170,11 +1170,17 @@ impl Filesystem for AlcesFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(move |s| async move {
-            // The last close of a flocked open file description releases its flock.
+            // The last close of an open file description releases the locks
+            // it owns: its flock (the owner the kernel passes) and its OFD
+            // locks, which the kernel drops without telling the filesystem
+            // (the owners noted on the handle; see `locks::HandleOwners`).
             if let Some(owner) = lock_owner {
                 if let Err(e) = s.client.release_locks(s.real(ino), owner.0).await {
                     tracing::warn!(error = %e, "releasing a flock at close failed");
                 }
+            }
+            if let Err(e) = s.client.release_handle_locks(fh.0).await {
+                tracing::warn!(error = %e, "releasing an open file's locks at close failed");
             }
             let h = s.files.lock().remove(&fh.0);
             let r = match h {
@@ -1613,7 +1619,7 @@ impl Filesystem for AlcesFs {
                 }
             }
             if !sleep || spec.kind == LockKind::Unlock {
-                let r = s.client.set_lock(spec, false).await;
+                let r = s.client.set_lock(spec, false, fh.0).await;
                 if r.is_ok() && spec.kind != LockKind::Unlock {
                     s.lock_granted(ino, h.as_deref());
                 }
@@ -1625,7 +1631,7 @@ impl Filesystem for AlcesFs {
             // are checked in /proc while the call waits, and a pending one
             // that is neither blocked nor ignored (SIGKILL included) cancels
             // the wait with EINTR.
-            let wait = s.client.set_lock(spec, true);
+            let wait = s.client.set_lock(spec, true, fh.0);
             tokio::pin!(wait);
             let r = loop {
                 tokio::select! {
