@@ -55,6 +55,10 @@ pub fn to_json(st: &ClusterStatus, dir: Option<&Path>) -> serde_json::Value {
             "entries": st.reply_cache_entries,
             "bytes": st.reply_cache_bytes,
         },
+        "locks": {
+            "held": st.locks_held,
+            "waiters": st.lock_waiters,
+        },
         "chunk_size": st.chunk_size,
         "default_goal": st.default_goal,
         "replications_in_flight": st.replications_in_flight,
@@ -145,6 +149,10 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
         human_bytes(st.reply_cache_bytes)
     );
     out += &format!(
+        "locks: {} held, {} waiting\n",
+        st.locks_held, st.lock_waiters
+    );
+    out += &format!(
         "space: total {}  used {}  free {}\n",
         human_bytes(st.total_bytes),
         human_bytes(st.used_bytes),
@@ -152,13 +160,15 @@ pub fn to_text(st: &ClusterStatus, dir: Option<&Path>) -> String {
     );
     if let Some(t) = &st.tuning {
         out += &format!(
-            "tuning: replication {}/s, {} per server, rebalance above {} points; chunkserver timeout {} s (shown disconnected after {} ms); session timeout {} s\n",
+            "tuning: replication {}/s, {} per server, rebalance above {} points; chunkserver timeout {} s (shown disconnected after {} ms); session timeout {} s; at most {} file locks per session, {} in all\n",
             t.replication_rate,
             t.replications_per_server,
             t.rebalance_threshold,
             t.chunkserver_timeout_secs,
             t.chunkserver_disconnect_ms,
-            t.session_timeout_secs
+            t.session_timeout_secs,
+            t.max_locks_per_session,
+            t.max_locks
         );
     }
     out += &format!(

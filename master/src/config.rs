@@ -129,6 +129,16 @@ pub struct Tuning {
     /// waiting).
     #[arg(long, env = "ALCES_SYNC_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub sync_timeout_ms: u64,
+
+    /// Most file locks (flock and POSIX ranges) one client session may hold;
+    /// past it a lock request fails with ENOLCK.
+    #[arg(long, env = "ALCES_MAX_LOCKS_PER_SESSION", default_value_t = crate::runtime::locks::LockCaps::PER_SESSION as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub max_locks_per_session: u64,
+
+    /// Most file locks the master holds over all sessions (about 100 bytes
+    /// each); past it a lock request fails with ENOLCK.
+    #[arg(long, env = "ALCES_MAX_LOCKS", default_value_t = crate::runtime::locks::LockCaps::TOTAL as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub max_locks: u64,
 }
 
 impl Tuning {
@@ -141,11 +151,19 @@ impl Tuning {
         }
     }
 
+    /// The caps on the lock table.
+    pub fn lock_caps(&self) -> crate::runtime::locks::LockCaps {
+        crate::runtime::locks::LockCaps {
+            per_session: usize::try_from(self.max_locks_per_session).unwrap_or(usize::MAX),
+            total: usize::try_from(self.max_locks).unwrap_or(usize::MAX),
+        }
+    }
+
     /// Command-line flags that reproduce these values (to start another
     /// process of the cluster, e.g. a deposed master rejoining as a metalogger,
     /// with the same tuning).
     pub fn to_flags(&self) -> Vec<std::ffi::OsString> {
-        let pairs: [(&str, String); 11] = [
+        let pairs: [(&str, String); 13] = [
             ("--chunk-size", self.chunk_size.to_string()),
             ("--default-goal", self.default_goal.to_string()),
             ("--session-timeout", self.session_timeout.to_string()),
@@ -169,6 +187,11 @@ impl Tuning {
             ),
             ("--sync-metaloggers", self.sync_metaloggers.to_string()),
             ("--sync-timeout-ms", self.sync_timeout_ms.to_string()),
+            (
+                "--max-locks-per-session",
+                self.max_locks_per_session.to_string(),
+            ),
+            ("--max-locks", self.max_locks.to_string()),
         ];
         pairs
             .into_iter()

@@ -474,6 +474,8 @@ impl Core {
         self.metrics
             .reply_cache_bytes
             .set(inner.state.replies.bytes() as i64);
+        self.metrics.locks.set(inner.locks.len() as i64);
+        self.metrics.lock_waiters.set(inner.locks.waiting() as i64);
     }
 
     /// Writes a snapshot of the current state in the background (unless nothing

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub reply_cache_entries: Gauge,
     /// Estimated memory the reply cache holds (bytes).
     pub reply_cache_bytes: Gauge,
+    /// File locks held (each range once).
+    pub locks: Gauge,
+    /// Blocking lock requests waiting.
+    pub lock_waiters: Gauge,
+    /// Lock requests refused by a cap, by `cap` (session / total).
+    pub lock_cap_refusals: Family<RpcLabels, Counter>,
 }
 
 impl Metrics {
@@ -45,6 +51,9 @@ impl Metrics {
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             reply_cache_entries: Gauge::default(),
             reply_cache_bytes: Gauge::default(),
+            locks: Gauge::default(),
+            lock_waiters: Gauge::default(),
+            lock_cap_refusals: Family::default(),
         };
         reg.register(
             "alces_master_rpc",
@@ -87,11 +96,33 @@ impl Metrics {
             m.reply_cache_bytes.clone(),
         );
         reg.register(
+            "alces_master_locks",
+            "File locks held (flock and POSIX ranges, each range once)",
+            m.locks.clone(),
+        );
+        reg.register(
+            "alces_master_lock_waiters",
+            "Blocking lock requests waiting for a conflicting lock to go",
+            m.lock_waiters.clone(),
+        );
+        reg.register(
+            "alces_master_lock_cap_refusals",
+            "Lock requests refused with ENOLCK by a cap, by cap (session: --max-locks-per-session, total: --max-locks)",
+            m.lock_cap_refusals.clone(),
+        );
+        reg.register(
             "alces_master_changelog_fsync_seconds",
             "Latency of a changelog group commit (write and fdatasync)",
             m.fsync_seconds.clone(),
         );
         m
+    }
+
+    /// Counts one lock request refused by `cap` (`session` or `total`).
+    pub fn lock_cap_refused(&self, cap: &str) {
+        self.lock_cap_refusals
+            .get_or_create(&vec![("cap".to_string(), cap.to_string())])
+            .inc();
     }
 
     /// Counts one call of `rpc`.

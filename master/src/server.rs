@@ -59,6 +59,8 @@ pub struct Options {
     pub sync_metaloggers: usize,
     /// How long a mutation waits for them before the master degrades.
     pub sync_timeout: Duration,
+    /// The caps on the file lock table.
+    pub lock_caps: crate::runtime::locks::LockCaps,
 }
 
 impl Options {
@@ -96,9 +98,15 @@ impl Options {
             replication: t.policy(),
             sync_metaloggers: t.sync_metaloggers as usize,
             sync_timeout: Duration::from_millis(t.sync_timeout_ms),
+            lock_caps: t.lock_caps(),
         }
     }
 }
+
+/// The most calls one client connection keeps open at once (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`): bounds a connection's cost while
+/// leaving room for many blocking lock waits.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16_384;
 
 /// A running master.
 pub struct Running {
@@ -159,7 +167,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         settings,
         metrics,
     )?);
-    core.inner.lock().locks.grace_until = lock_grace;
+    {
+        let mut g = core.inner.lock();
+        g.locks.grace_until = lock_grace;
+        g.locks.caps = opts.lock_caps;
+    }
     core.update_gauges(&core.inner.lock());
 
     let http_addr = match opts.http_listen {
@@ -187,6 +199,13 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let mut grpc_stop = stop_rx.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
+            // A blocking lock wait is a call that stays open until the lock is
+            // granted, and a mount sends all of its waits over one connection
+            // of their own: the per-connection stream cap is set deliberately
+            // high (hyper's own default is 200) so hundreds of waiting
+            // processes on one node all register here; past it, only further
+            // waits queue in that mount.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(InterceptedService::new(master, auth.clone()))
             .add_service(InterceptedService::new(chunk, auth.clone()))
             .add_service(InterceptedService::new(replication, auth.clone()))

@@ -1,17 +1,18 @@
 //! File locks over the Master service, in process: bad requests get a clear
 //! errno, a blocking `SetLock` returns when the conflicting lock goes (and a
 //! cancelled one leaves no waiter behind), closing a session releases its
-//! locks, re-asserted locks hold, and a restarted master grants no new lock
-//! during its grace period.
+//! locks, re-asserted locks hold, a restarted master grants no new lock
+//! during its grace period, and the caps refuse with ENOLCK naming the flag.
 
 mod common;
 
 use std::time::Duration;
 
+use alces_master::runtime::locks::LockCaps;
 use alces_master::server::Running;
 use alces_proto::net::AuthChannel;
 use alces_proto::pb::{self, master_client::MasterClient, LockType};
-use common::{errno_of, file, master, session, started};
+use common::{admin, errno_of, file, http_get, master, session, started};
 
 fn lock(inode: u64, owner: u64, t: LockType, start: u64, end: u64) -> pb::HeldLock {
     pb::HeldLock {
@@ -282,5 +283,72 @@ async fn a_restarted_master_waits_out_its_grace_before_granting() {
         "a new lock waited for the grace period ({:?} of {timeout:?})",
         t.elapsed()
     );
+    m.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_refuse_with_enolck_and_name_the_flag_to_raise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = alces_master::server::start(alces_master::server::Options {
+        lock_caps: LockCaps {
+            per_session: 2,
+            total: 3,
+        },
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..common::options(tmp.path())
+    })
+    .await
+    .unwrap();
+    let mut c = master(&m);
+    let s1 = session(&mut c).await;
+    let s2 = session(&mut c).await;
+    let f = file(&mut c, s1, 1, "f").await.inode;
+    let w = |owner, start| lock(f, owner, LockType::LockWrite, start, start);
+
+    set(&mut c, s1, w(1, 0), false).await.unwrap();
+    set(&mut c, s1, w(2, 10), false).await.unwrap();
+    // A third range of session 1, from either owner, waiting or not: refused.
+    for (owner, wait) in [(1, false), (3, true)] {
+        let e = set(&mut c, s1, w(owner, 20), wait).await.unwrap_err();
+        assert_eq!(alces_proto::errno::of(&e), libc::ENOLCK, "{e:?}");
+        assert!(
+            e.message().contains("--max-locks-per-session")
+                && e.message().contains("ALCES_MAX_LOCKS_PER_SESSION"),
+            "the message names the flag: {}",
+            e.message()
+        );
+    }
+    // Growing a range adds none: allowed at the cap.
+    set(&mut c, s1, w(1, 1), false).await.unwrap();
+    // Session 2 reaches the total.
+    set(&mut c, s2, w(1, 30), false).await.unwrap();
+    let e = set(&mut c, s2, w(1, 40), false).await.unwrap_err();
+    assert_eq!(alces_proto::errno::of(&e), libc::ENOLCK);
+    assert!(e.message().contains("--max-locks "), "{}", e.message());
+    // Unlocking is never refused, and makes room.
+    set(
+        &mut c,
+        s1,
+        lock(f, 2, LockType::LockUnlock, 0, u64::MAX),
+        false,
+    )
+    .await
+    .unwrap();
+    set(&mut c, s2, w(1, 40), false).await.unwrap();
+
+    // Seen in the status and the metrics.
+    let st = admin(&m).status(pb::Empty {}).await.unwrap().into_inner();
+    assert_eq!((st.locks_held, st.lock_waiters), (3, 0));
+    let t = st.tuning.unwrap();
+    assert_eq!((t.max_locks_per_session, t.max_locks), (2, 3));
+    let metrics = http_get(m.http_addr.unwrap(), "/metrics").await;
+    for want in [
+        "alces_master_locks 3",
+        "alces_master_lock_waiters 0",
+        "alces_master_lock_cap_refusals_total{cap=\"session\"} 2",
+        "alces_master_lock_cap_refusals_total{cap=\"total\"} 1",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
     m.stop().await.unwrap();
 }

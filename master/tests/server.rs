@@ -16,21 +16,10 @@ use alces_proto::pb::{
     self, admin_client::AdminClient, chunk_command::Command, master_client::MasterClient, FileType,
 };
 use common::{
-    caller, chan, chunk_master, errno_of, heartbeat, info, master, options, register_cs, session,
-    started, MIB,
+    caller, chan, chunk_master, errno_of, heartbeat, http_get, info, master, options, register_cs,
+    session, started, MIB,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
 
 /// A master with a session, directory `/dir` and an empty file `/dir/file`.
 async fn with_a_file() -> (

@@ -202,6 +202,7 @@ async fn with_master(
         replication: Default::default(),
         sync_metaloggers: 0,
         sync_timeout: Duration::from_secs(5),
+        lock_caps: Default::default(),
     })
     .await
     .expect("master");
@@ -713,6 +714,7 @@ async fn rolling_upgrade_replaces_chunkservers_then_metaloggers_then_the_master_
         replication: Default::default(),
         sync_metaloggers: 0,
         sync_timeout: Duration::from_secs(5),
+        lock_caps: Default::default(),
     })
     .await
     .expect("master");

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tonic::Status;
 
 use crate::core::{Core, Inner};
-use crate::runtime::locks::{Kind, Lock, Owner};
+use crate::runtime::locks::{Kind, Lock, Owner, Refusal};
 
 /// A lock request, checked.
 struct Want {
@@ -102,6 +102,12 @@ fn held(l: &Lock, ino: u64) -> pb::HeldLock {
     }
 }
 
+/// Refreshes the lock gauges after the table changed.
+fn gauges(core: &Core, inner: &Inner) {
+    core.metrics.locks.set(inner.locks.len() as i64);
+    core.metrics.lock_waiters.set(inner.locks.waiting() as i64);
+}
+
 /// Waits until the grace period after start is over.
 async fn grace(core: &Core) {
     let until = core.inner.lock().locks.grace_until;
@@ -122,7 +128,9 @@ struct Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.core.inner.lock().locks.stop_waiting(self.id);
+        let mut g = self.core.inner.lock();
+        g.locks.stop_waiting(self.id);
+        gauges(self.core, &g);
     }
 }
 
@@ -139,6 +147,7 @@ pub async fn set_lock(core: &Core, r: pb::SetLockRequest) -> Result<pb::SetLockR
             check(&g, r.session_id, w.ino)?;
             match g.locks.set(w.ino, w.owner, w.kind, w.start, w.end, w.pid) {
                 Ok(()) => {
+                    gauges(core, &g);
                     let held = g
                         .locks
                         .held(w.ino, w.owner)
@@ -147,7 +156,7 @@ pub async fn set_lock(core: &Core, r: pb::SetLockRequest) -> Result<pb::SetLockR
                         .collect();
                     return Ok(pb::SetLockReply { held });
                 }
-                Err(c) if !r.wait => {
+                Err(Refusal::Conflict(c)) if !r.wait => {
                     return Err(status(
                         libc::EAGAIN,
                         format!(
@@ -156,7 +165,26 @@ pub async fn set_lock(core: &Core, r: pb::SetLockRequest) -> Result<pb::SetLockR
                         ),
                     ))
                 }
-                Err(_) => match &waiting {
+                Err(Refusal::SessionCap(cap)) => {
+                    core.metrics.lock_cap_refused("session");
+                    return Err(status(
+                        libc::ENOLCK,
+                        format!(
+                            "session {} already holds {cap} file locks, the cap per session; release some, or raise the master's --max-locks-per-session (ALCES_MAX_LOCKS_PER_SESSION)",
+                            r.session_id
+                        ),
+                    ));
+                }
+                Err(Refusal::TotalCap(cap)) => {
+                    core.metrics.lock_cap_refused("total");
+                    return Err(status(
+                        libc::ENOLCK,
+                        format!(
+                            "the master holds {cap} file locks, its cap over all sessions; raise its --max-locks (ALCES_MAX_LOCKS)"
+                        ),
+                    ));
+                }
+                Err(Refusal::Conflict(_)) => match &waiting {
                     Some(wt) => wt.notify.clone(),
                     None => {
                         let kind = w.kind.unwrap_or(Kind::Read);
@@ -170,6 +198,7 @@ pub async fn set_lock(core: &Core, r: pb::SetLockRequest) -> Result<pb::SetLockR
                             ));
                         }
                         let (id, notify) = g.locks.wait(w.ino, w.owner, kind, w.start, w.end);
+                        gauges(core, &g);
                         waiting = Some(Waiting {
                             core,
                             id,
@@ -216,6 +245,7 @@ pub fn release_locks(core: &Core, r: &pb::ReleaseLocksRequest) -> Result<pb::Emp
             owner: r.owner,
         },
     );
+    gauges(core, &g);
     Ok(pb::Empty {})
 }
 
@@ -232,11 +262,15 @@ pub fn reassert(
     let mut lost = Vec::new();
     for l in r.locks {
         let w = want(r.session_id, Some(&l), "ReassertLocks")?;
-        let ok = w.kind.is_some()
-            && g.state.get(w.ino).is_ok()
-            && g.locks
-                .set(w.ino, w.owner, w.kind, w.start, w.end, w.pid)
-                .is_ok();
+        let ok = match w.kind {
+            Some(kind) => {
+                g.state.get(w.ino).is_ok()
+                    && g.locks
+                        .reassert(w.ino, w.owner, kind, w.start, w.end, w.pid)
+                        .is_ok()
+            }
+            None => false,
+        };
         if !ok {
             tracing::warn!(
                 session = r.session_id,
@@ -248,5 +282,6 @@ pub fn reassert(
             lost.push(l);
         }
     }
+    gauges(core, &g);
     Ok(pb::ReassertLocksReply { lost })
 }

@@ -8,6 +8,7 @@ use tonic::Status;
 
 use crate::core::{Core, Settings};
 use crate::domain::chunkservers::status_of;
+use crate::runtime::locks::LockCaps;
 use crate::state::namespace::ROOT_INODE;
 
 /// `Admin.Status`: the whole cluster as the master sees it.
@@ -55,9 +56,11 @@ pub fn status(core: &Core) -> Result<pb::ClusterStatus, Status> {
             replications_in_flight: i.chunks.replications_in_flight() as u64,
             conditions: core.hub.conditions(),
             sync_metaloggers: core.hub.sync as u32,
-            tuning: Some(tuning(&core.settings)),
+            tuning: Some(tuning(&core.settings, i.locks.caps)),
             reply_cache_entries: i.state.replies.len() as u64,
             reply_cache_bytes: i.state.replies.bytes() as u64,
+            locks_held: i.locks.len() as u64,
+            lock_waiters: i.locks.waiting() as u64,
         })
     })
 }
@@ -94,7 +97,7 @@ pub fn file_info(core: &Core, r: &pb::FileInfoRequest) -> Result<pb::FileInfoRep
 }
 
 /// The tuning the master runs with, for `Admin.Status`.
-pub fn tuning(s: &Settings) -> pb::MasterTuning {
+pub fn tuning(s: &Settings, caps: LockCaps) -> pb::MasterTuning {
     pb::MasterTuning {
         replication_rate: s.replication.per_tick as u32,
         replications_per_server: s.replication.per_server as u32,
@@ -104,5 +107,7 @@ pub fn tuning(s: &Settings) -> pb::MasterTuning {
         snapshot_interval_secs: s.snapshot_interval.as_secs(),
         sync_timeout_ms: s.sync_timeout.as_millis() as u64,
         chunkserver_disconnect_ms: s.chunkserver_disconnect.as_millis() as u64,
+        max_locks_per_session: caps.per_session as u64,
+        max_locks: caps.total as u64,
     }
 }

@@ -19,6 +19,13 @@
 //! that stick out), and the owner's adjacent or overlapping locks of the same
 //! type merge; unlocking a sub-range splits. Two locks conflict when they
 //! belong to different owners, overlap and one is a write lock.
+//!
+//! Caps ([`LockCaps`]): a session may hold at most `per_session` locks and
+//! the table at most `total` (each a range; merged ranges count once). A
+//! request that would go past either is refused ([`Refusal::SessionCap`],
+//! [`Refusal::TotalCap`]); unlocking and any change that does not add a range
+//! are always allowed, and so are re-asserted locks (they were granted before
+//! the restart; refusing them would take a lock from a process holding it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -71,6 +78,42 @@ impl Lock {
     }
 }
 
+/// Why a lock request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A lock of another owner conflicts.
+    Conflict(Lock),
+    /// The session would hold more locks than its cap (the cap).
+    SessionCap(usize),
+    /// The table would hold more locks than its cap (the cap).
+    TotalCap(usize),
+}
+
+/// The most locks the table holds (each range counts once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockCaps {
+    /// Per client session.
+    pub per_session: usize,
+    /// Over all sessions.
+    pub total: usize,
+}
+
+impl LockCaps {
+    /// Default cap per session.
+    pub const PER_SESSION: usize = 65_536;
+    /// Default cap over all sessions (about 100 bytes each: some 100 MiB).
+    pub const TOTAL: usize = 1_048_576;
+}
+
+impl Default for LockCaps {
+    fn default() -> Self {
+        Self {
+            per_session: Self::PER_SESSION,
+            total: Self::TOTAL,
+        }
+    }
+}
+
 /// A request waiting for a conflicting lock to go.
 #[derive(Debug)]
 struct Waiter {
@@ -90,8 +133,14 @@ pub struct LockTable {
     /// Waiting requests by id.
     waiters: HashMap<u64, Waiter>,
     next_waiter: u64,
+    /// Locks held per session (sessions holding none are absent).
+    per_session: HashMap<u64, usize>,
+    /// Locks held over all sessions.
+    total: usize,
     /// No new lock is granted before this instant (clients re-assert theirs).
     pub grace_until: Option<Instant>,
+    /// The caps on how many locks are held.
+    pub caps: LockCaps,
 }
 
 impl LockTable {
@@ -114,8 +163,9 @@ impl LockTable {
 
     /// Sets a lock (`Some(kind)`) or unlocks (`None`) `start..=end` of `ino`
     /// for `owner`, with POSIX splitting and merging; refuses a conflicting
-    /// lock with the first lock of another owner it conflicts with. Wakes the
-    /// inode's waiters.
+    /// lock with the first lock of another owner it conflicts with, and a
+    /// change that would take the session or the table past its cap. Wakes
+    /// the inode's waiters.
     pub fn set(
         &mut self,
         ino: u64,
@@ -124,15 +174,43 @@ impl LockTable {
         start: u64,
         end: u64,
         pid: u32,
-    ) -> Result<(), Lock> {
+    ) -> Result<(), Refusal> {
+        self.apply(ino, owner, kind, start, end, pid, true)
+    }
+
+    /// [`LockTable::set`] without the caps: for locks a session re-asserts
+    /// after a restart or a promotion (granted before, so kept).
+    pub fn reassert(
+        &mut self,
+        ino: u64,
+        owner: Owner,
+        kind: Kind,
+        start: u64,
+        end: u64,
+        pid: u32,
+    ) -> Result<(), Refusal> {
+        self.apply(ino, owner, Some(kind), start, end, pid, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        ino: u64,
+        owner: Owner,
+        kind: Option<Kind>,
+        start: u64,
+        end: u64,
+        pid: u32,
+        capped: bool,
+    ) -> Result<(), Refusal> {
         if let Some(k) = kind {
             if let Some(c) = self.conflict(ino, owner, k, start, end) {
-                return Err(c);
+                return Err(Refusal::Conflict(c));
             }
         }
-        let locks = self.files.entry(ino).or_default();
-        let mut out: Vec<Lock> = Vec::with_capacity(locks.len() + 2);
-        for l in locks.drain(..) {
+        let old = self.files.get(&ino).map(Vec::as_slice).unwrap_or_default();
+        let mut out: Vec<Lock> = Vec::with_capacity(old.len() + 2);
+        for &l in old {
             if l.owner != owner || !l.overlaps(start, end) {
                 out.push(l);
                 continue;
@@ -173,9 +251,29 @@ impl LockTable {
             });
             out.push(new);
         }
-        *locks = out;
-        if locks.is_empty() {
+        // Only the owner's locks changed: so did its session's count.
+        let (before, after) = (old.len(), out.len());
+        let held = self.per_session.get(&owner.session).copied().unwrap_or(0);
+        if capped && after > before {
+            let added = after - before;
+            if held + added > self.caps.per_session {
+                return Err(Refusal::SessionCap(self.caps.per_session));
+            }
+            if self.total + added > self.caps.total {
+                return Err(Refusal::TotalCap(self.caps.total));
+            }
+        }
+        let held = held + after - before;
+        self.total = self.total + after - before;
+        if held == 0 {
+            self.per_session.remove(&owner.session);
+        } else {
+            self.per_session.insert(owner.session, held);
+        }
+        if out.is_empty() {
             self.files.remove(&ino);
+        } else {
+            self.files.insert(ino, out);
         }
         self.wake(ino);
         Ok(())
@@ -211,6 +309,8 @@ impl LockTable {
             }
             !locks.is_empty()
         });
+        self.per_session.remove(&session);
+        self.total -= removed;
         for ino in touched {
             self.wake(ino);
         }
@@ -295,7 +395,12 @@ impl LockTable {
 
     /// Locks held now, over all inodes.
     pub fn len(&self) -> usize {
-        self.files.values().map(Vec::len).sum()
+        self.total
+    }
+
+    /// Locks `session` holds now.
+    pub fn held_by(&self, session: u64) -> usize {
+        self.per_session.get(&session).copied().unwrap_or(0)
     }
 
     /// True when no lock is held.

@@ -193,7 +193,10 @@ fn conflicts_table() {
         }
         let got = t.set(1, *o, kind(*k), *s, *e, 42);
         assert_eq!(got.is_err(), *want, "{name}: {got:?}");
-        if let Err(l) = got {
+        if let Err(r) = got {
+            let Refusal::Conflict(l) = r else {
+                panic!("{name}: refused for {r:?}, not a conflict")
+            };
             assert_eq!(l.owner, held[0].0, "{name}");
             assert_eq!(l.pid, 41, "{name}: the pid the holder's kernel passed");
         }
@@ -325,4 +328,49 @@ fn deadlock_detection_table() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn caps_count_ranges_per_session_and_in_all() {
+    let mut t = LockTable {
+        caps: LockCaps {
+            per_session: 3,
+            total: 5,
+        },
+        ..LockTable::default()
+    };
+    // A's three ranges reach its cap; a fourth is refused, naming the cap.
+    for i in 0..3 {
+        t.set(1, A, Some(Kind::Write), i * 10, i * 10 + 1, 1)
+            .unwrap();
+    }
+    assert_eq!(
+        t.set(1, A, Some(Kind::Write), 100, 101, 1),
+        Err(Refusal::SessionCap(3))
+    );
+    // Changes that add no range still go: merging, a downgrade, unlocking.
+    t.set(1, A, Some(Kind::Write), 2, 9, 1).unwrap();
+    t.set(1, A, Some(Kind::Read), 0, 11, 1).unwrap();
+    assert_eq!(t.held_by(1), 2);
+    // Splitting one range in two adds one: allowed up to the cap, not past it.
+    t.set(1, A, None, 5, 5, 1).unwrap();
+    assert_eq!(t.held_by(1), 3);
+    assert_eq!(t.set(1, A, None, 7, 7, 1), Err(Refusal::SessionCap(3)));
+    // Another session counts against the total.
+    t.set(2, B, Some(Kind::Read), 0, 0, 1).unwrap();
+    t.set(3, C, Some(Kind::Read), 0, 0, 1).unwrap();
+    assert_eq!(t.len(), 5);
+    assert_eq!(
+        t.set(4, C, Some(Kind::Read), 0, 0, 1),
+        Err(Refusal::TotalCap(5))
+    );
+    // Re-asserted locks are not capped.
+    t.reassert(4, C, Kind::Read, 0, 0, 1).unwrap();
+    assert_eq!((t.len(), t.held_by(2)), (6, 3));
+    // Releasing gives room back, by owner and by session.
+    t.release_owner(1, A);
+    assert_eq!((t.len(), t.held_by(1)), (3, 0));
+    assert_eq!(t.release_session(2), 3);
+    assert_eq!((t.len(), t.held_by(2)), (0, 0));
+    assert!(t.is_empty());
 }

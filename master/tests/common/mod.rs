@@ -40,6 +40,7 @@ pub fn options(dir: &std::path::Path) -> Options {
         snapshot_interval: Duration::from_secs(3600),
         sync_metaloggers: 0,
         sync_timeout: Duration::from_secs(5),
+        lock_caps: Default::default(),
     }
 }
 
@@ -142,6 +143,18 @@ pub async fn file(
 /// The errno of a call that must fail.
 pub fn errno_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> i32 {
     alces_proto::errno::of(&r.expect_err("the call should have failed"))
+}
+
+/// The whole HTTP/1.1 answer of the master's HTTP endpoint to `GET path`.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 /// One disk of 1 TiB with `free` bytes free.
