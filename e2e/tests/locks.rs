@@ -1,16 +1,18 @@
 //! Cluster-wide file locks: flock and POSIX record locks taken through two
 //! mounts conflict as on one local filesystem; a blocked waiter proceeds when
 //! the holder releases; a SIGKILLed mount's locks go when its session expires
-//! (not before); a holder keeps its lock across a master failover.
+//! (not before); a holder keeps its lock across a master failover; OFD locks
+//! go at the last close of their open file; hundreds of blocked waiters leave
+//! the mount's other calls working.
 //!
 //! Needs `flock` (util-linux), installed by `e2e/test-all`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use alces_e2e::{wait_until, Cluster, Options, Proc};
+use alces_e2e::{wait_until, Cluster, ExtraMount, Options, Proc};
 
 /// Session timeout of the test clusters, in seconds.
 const SESSION_TIMEOUT: u64 = 6;
@@ -20,6 +22,50 @@ fn options() -> Options {
         env: vec![("ALCES_SESSION_TIMEOUT".into(), SESSION_TIMEOUT.to_string())],
         ..Options::default()
     }
+}
+
+/// A cluster with a second mount, and a file both mounts see.
+struct TwoMounts {
+    /// The second mount (unmounted before the cluster stops).
+    other: ExtraMount,
+    c: Cluster,
+    /// The file through the cluster's mount.
+    a: PathBuf,
+    /// The same file through the second mount.
+    b: PathBuf,
+}
+
+fn two_mounts() -> TwoMounts {
+    let c = Cluster::start(options()).expect("start cluster");
+    let other = c.mount_extra("mnt2", &[]);
+    let a = c.path("lockfile");
+    let b = other.path.join("lockfile");
+    std::fs::write(&a, b"x").unwrap();
+    wait_until(
+        "the file on the second mount",
+        Duration::from_secs(10),
+        || b.exists(),
+    );
+    TwoMounts { other, c, a, b }
+}
+
+/// Waits until the master's lock table has exactly `n` blocked requests
+/// (`Admin.Status`), i.e. until waits sent through a mount have reached it.
+fn wait_for_waiters(c: &Cluster, n: u64) {
+    wait_until(
+        &format!("{n} blocked lock requests at the master"),
+        Duration::from_secs(30),
+        || c.status().is_ok_and(|s| s.lock_waiters == n),
+    );
+}
+
+/// True when a process of this pid waits for a lock in the local kernel's
+/// table (`/proc/locks` lists blocked requests with `->`).
+fn blocked_locally(pid: u32) -> bool {
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .any(|l| l.contains("->") && l.split_whitespace().any(|w| w == pid.to_string()))
 }
 
 /// `flock -n -x FILE true` through some mount: true when the lock was free.
@@ -45,9 +91,15 @@ struct Holder {
 }
 
 impl Holder {
+    /// An exclusive flock.
     fn start(path: &Path) -> Holder {
+        Holder::start_mode(path, "-x")
+    }
+
+    /// A flock of `mode` (`-x` exclusive, `-s` shared).
+    fn start_mode(path: &Path, mode: &str) -> Holder {
         let mut child = Command::new("flock")
-            .args(["-x", "-o"])
+            .args([mode, "-o"])
             .arg(path)
             .args(["-c", "echo locked; read x; true"])
             .stdin(Stdio::piped())
@@ -95,79 +147,51 @@ fn exited(c: &mut Child) -> Option<std::process::ExitStatus> {
 
 #[test]
 fn flock_conflicts_across_mounts_and_waiters_wake() {
-    let c = Cluster::start(options()).expect("start cluster");
-    let other = c.mount_extra("mnt2", &[]);
-    let a = c.path("lockfile");
-    let b = other.path.join("lockfile");
-    std::fs::write(&a, b"x").unwrap();
-    wait_until(
-        "the file on the second mount",
-        Duration::from_secs(10),
-        || b.exists(),
-    );
-
+    let t = two_mounts();
+    let (a, b) = (&t.a, &t.b);
+    assert!(flock_free(a) && flock_free(b), "nobody holds the lock yet");
+    let h = Holder::start(a);
     assert!(
-        flock_free(&a) && flock_free(&b),
-        "nobody holds the lock yet"
-    );
-    let h = Holder::start(&a);
-    assert!(
-        !flock_free(&b),
+        !flock_free(b),
         "flock -n on mount 2 while mount 1 holds it must fail"
     );
-    assert!(!flock_free(&a), "and on mount 1 itself (another open file)");
+    assert!(!flock_free(a), "and on mount 1 itself (another open file)");
 
-    let mut w = waiter(&b);
-    std::thread::sleep(Duration::from_secs(2));
+    let mut w = waiter(b);
+    wait_for_waiters(&t.c, 1);
     assert!(
         exited(&mut w).is_none(),
         "the waiter must wait while the lock is held"
     );
     h.release();
-    let t = Instant::now();
+    let started = Instant::now();
     wait_until(
         "the waiter to get the lock",
         Duration::from_secs(20),
         || exited(&mut w).is_some(),
     );
     assert!(w.wait().unwrap().success());
-    eprintln!("waiter proceeded {:?} after the release", t.elapsed());
+    eprintln!("waiter proceeded {:?} after the release", started.elapsed());
     assert!(
-        flock_free(&a) && flock_free(&b),
+        flock_free(a) && flock_free(b),
         "the waiter released it at exit"
     );
 
     // Shared locks share; an exclusive one is refused while they are held.
-    let sh = Command::new("flock")
-        .args(["-s", "-o"])
-        .arg(&a)
-        .args(["-c", "echo locked; read x; true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sh = Holder {
-        stdin: None,
-        child: sh,
-    };
-    let mut line = String::new();
-    BufReader::new(sh.child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    sh.stdin = sh.child.stdin.take();
+    let sh = Holder::start_mode(a, "-s");
     let st = Command::new("flock")
         .args(["-n", "-s"])
-        .arg(&b)
+        .arg(b)
         .arg("true")
         .status()
         .unwrap();
     assert!(st.success(), "a second shared flock from mount 2");
     assert!(
-        !flock_free(&b),
+        !flock_free(b),
         "an exclusive flock while a shared one is held"
     );
     sh.release();
-    assert!(flock_free(&b));
+    assert!(flock_free(b));
 }
 
 /// One lock probe process (`alces-lockprobe`) on a file.
@@ -210,6 +234,12 @@ impl Probe {
         self.stdout.read_line(&mut line).unwrap();
         line.trim().to_string()
     }
+
+    /// Sends a command and reads its answer.
+    fn ask(&mut self, cmd: &str) -> String {
+        self.send(cmd);
+        self.answer()
+    }
 }
 
 impl Drop for Probe {
@@ -223,8 +253,8 @@ impl Drop for Probe {
 /// command blocks; a later `("collect")` step of that probe reads it).
 type Step = (usize, &'static str, bool);
 
-/// POSIX record-lock cases: two processes on one file.
-const POSIX_CASES: &[(&str, &[Step])] = &[
+/// Record-lock cases (POSIX and OFD): two processes on one file.
+const CASES: &[(&str, &[Step])] = &[
     (
         "write locks on overlapping ranges conflict",
         &[
@@ -307,6 +337,53 @@ const POSIX_CASES: &[(&str, &[Step])] = &[
         ],
     ),
     (
+        "OFD locks of two open files conflict, and with POSIX locks",
+        &[
+            (0, "olk w 0 10", true),
+            (1, "olk w 5 1", true),
+            (1, "lk r 9 1", true),
+            (1, "olk r 10 1", true),
+            (0, "olk u 0 10", true),
+            (1, "olk w 5 1", true),
+        ],
+    ),
+    (
+        "another close by the process keeps its OFD locks",
+        &[
+            (0, "olk w 0 10", true),
+            (0, "lk w 20 10", true),
+            (0, "open2", true),
+            (0, "close2", true),
+            (1, "lk w 0 1", true),
+            (1, "lk w 20 1", true),
+        ],
+    ),
+    (
+        "the last close of an open file releases its OFD locks",
+        &[
+            (0, "olk w 0 10", true),
+            (0, "olk r 50 0", true),
+            (1, "olk w 5 1", true),
+            (0, "close", true),
+            (1, "olkw w 5 1", true),
+            (1, "olk w 50 1", true),
+        ],
+    ),
+    (
+        "a forked child's lock stays when the parent closes its copy",
+        &[
+            (0, "fork", true),
+            (0, "c lk w 0 10", true),
+            (0, "close", true),
+            (1, "lk w 0 1", true),
+            (0, "c lk u 0 5", true),
+            (1, "lk w 0 1", true),
+            (1, "lk w 5 1", true),
+            (0, "c close", true),
+            (1, "lkw w 5 1", true),
+        ],
+    ),
+    (
         "a wait that would close a cycle fails with EDEADLK",
         &[
             (0, "lk w 0 1", true),
@@ -320,10 +397,11 @@ const POSIX_CASES: &[(&str, &[Step])] = &[
 ];
 
 /// Runs every case with probe 0 on `p0` and probe 1 on `p1`; returns the
-/// answers, pids replaced by the probe's number.
-fn run_cases(p0: &Path, p1: &Path) -> Vec<(String, Vec<String>)> {
+/// answers, pids replaced by the probe's number. `blocked(pid)` tells when a
+/// blocking request of that probe has reached the lock (and waits there).
+fn run_cases(p0: &Path, p1: &Path, blocked: &dyn Fn(u32) -> bool) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
-    for (i, (name, steps)) in POSIX_CASES.iter().enumerate() {
+    for (i, (name, steps)) in CASES.iter().enumerate() {
         // A file per case, so no case sees another's locks.
         let f0 = p0.join(format!("case{i}"));
         let f1 = p1.join(format!("case{i}"));
@@ -341,8 +419,12 @@ fn run_cases(p0: &Path, p1: &Path) -> Vec<(String, Vec<String>)> {
             if *cmd != "collect" {
                 p.send(cmd);
                 if !*now {
-                    // Let the blocking request reach the lock before the next step.
-                    std::thread::sleep(Duration::from_millis(500));
+                    let pid = p.pid;
+                    wait_until(
+                        &format!("case {name:?}: {cmd:?} to wait for the lock"),
+                        Duration::from_secs(30),
+                        || blocked(pid),
+                    );
                 }
             }
             if *now {
@@ -360,11 +442,12 @@ fn run_cases(p0: &Path, p1: &Path) -> Vec<(String, Vec<String>)> {
 
 #[test]
 fn posix_range_locks_match_a_local_filesystem() {
-    let c = Cluster::start(options()).expect("start cluster");
-    let other = c.mount_extra("mnt2", &[]);
-    let local = c.scratch("local-locks");
-    let want = run_cases(&local, &local);
-    let got = run_cases(&c.mnt, &other.path);
+    let t = two_mounts();
+    let local = t.c.scratch("local-locks");
+    let want = run_cases(&local, &local, &blocked_locally);
+    let got = run_cases(&t.c.mnt, &t.other.path, &|_| {
+        t.c.status().is_ok_and(|s| s.lock_waiters == 1)
+    });
     // The table must exercise both answers, or it proves nothing.
     let all: Vec<&String> = want.iter().flat_map(|(_, a)| a).collect();
     assert!(all.iter().any(|a| a.ends_with("EAGAIN")), "{all:#?}");
@@ -380,26 +463,16 @@ fn posix_range_locks_match_a_local_filesystem() {
 
 #[test]
 fn sigkilled_mount_loses_its_locks_after_the_session_timeout() {
-    let c = Cluster::start(options()).expect("start cluster");
-    let other = c.mount_extra("mnt2", &[]);
-    let a = c.path("lockfile");
-    let b = other.path.join("lockfile");
-    std::fs::write(&a, b"x").unwrap();
-    wait_until(
-        "the file on the second mount",
-        Duration::from_secs(10),
-        || b.exists(),
-    );
-
-    let holder = Holder::start(&b);
-    assert!(!flock_free(&a));
-    let mut w = waiter(&a);
-    std::thread::sleep(Duration::from_millis(500));
+    let t = two_mounts();
+    let holder = Holder::start(&t.b);
+    assert!(!flock_free(&t.a));
+    let mut w = waiter(&t.a);
+    wait_for_waiters(&t.c, 1);
     // SAFETY: kill(2) on the mount process this test started.
-    unsafe { libc::kill(other.pid(), libc::SIGKILL) };
+    unsafe { libc::kill(t.other.pid(), libc::SIGKILL) };
     let killed = Instant::now();
     let got = loop {
-        if flock_free(&a) {
+        if flock_free(&t.a) {
             break killed.elapsed();
         }
         assert!(
@@ -422,26 +495,15 @@ fn sigkilled_mount_loses_its_locks_after_the_session_timeout() {
     );
     assert!(w.wait().unwrap().success());
     drop(holder);
-    drop(other);
 }
 
 #[test]
 fn lock_holder_keeps_its_lock_across_a_failover() {
-    let c = Cluster::start(options()).expect("start cluster");
-    let other = c.mount_extra("mnt2", &[]);
-    let a = c.path("lockfile");
-    let b = other.path.join("lockfile");
-    std::fs::write(&a, b"x").unwrap();
-    wait_until(
-        "the file on the second mount",
-        Duration::from_secs(10),
-        || b.exists(),
-    );
-    c.wait_ml_caught_up(1, Duration::from_secs(30));
-
-    let holder = Holder::start(&b);
-    c.kill9(Proc::Master);
-    let out = c.promote(1, &[]);
+    let t = two_mounts();
+    t.c.wait_ml_caught_up(1, Duration::from_secs(30));
+    let holder = Holder::start(&t.b);
+    t.c.kill9(Proc::Master);
+    let out = t.c.promote(1, &[]);
     assert!(
         out.status.success(),
         "promote failed: {}{}",
@@ -449,39 +511,29 @@ fn lock_holder_keeps_its_lock_across_a_failover() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Tried during and after the grace period: always refused.
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(SESSION_TIMEOUT * 2) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(SESSION_TIMEOUT * 2) {
         assert!(
-            !flock_free(&a),
+            !flock_free(&t.a),
             "a contender got the lock {:?} after the promotion",
-            t.elapsed()
+            started.elapsed()
         );
     }
     holder.release();
     wait_until(
         "the lock to be free after the holder let go",
         Duration::from_secs(20),
-        || flock_free(&a),
+        || flock_free(&t.a),
     );
-    drop(other);
 }
 
 #[test]
 fn a_blocked_waiter_can_be_killed_or_interrupted() {
-    let c = Cluster::start(options()).expect("start cluster");
-    let other = c.mount_extra("mnt2", &[]);
-    let a = c.path("lockfile");
-    let b = other.path.join("lockfile");
-    std::fs::write(&a, b"x").unwrap();
-    wait_until(
-        "the file on the second mount",
-        Duration::from_secs(10),
-        || b.exists(),
-    );
-    let holder = Holder::start(&a);
+    let t = two_mounts();
+    let holder = Holder::start(&t.a);
     for sig in [libc::SIGKILL, libc::SIGTERM] {
-        let mut w = waiter(&b);
-        std::thread::sleep(Duration::from_secs(1));
+        let mut w = waiter(&t.b);
+        wait_for_waiters(&t.c, 1);
         assert!(exited(&mut w).is_none(), "the waiter waits");
         // SAFETY: kill(2) on a child of this test.
         unsafe { libc::kill(w.id() as i32, sig) };
@@ -492,11 +544,64 @@ fn a_blocked_waiter_can_be_killed_or_interrupted() {
         );
         let st = w.wait().unwrap();
         assert!(!st.success(), "the waiter did not get the lock: {st}");
-        assert!(!flock_free(&b), "the holder still holds it");
+        assert!(!flock_free(&t.b), "the holder still holds it");
+        wait_for_waiters(&t.c, 0);
     }
     holder.release();
     wait_until("the lock to be free", Duration::from_secs(20), || {
-        flock_free(&b)
+        flock_free(&t.b)
     });
-    drop(other);
+}
+
+/// Blocked waiters of this test: enough to pass HTTP/2's usual stream cap
+/// (hyper's default of 200 concurrent streams per connection).
+const MANY: u64 = 300;
+
+#[test]
+fn hundreds_of_blocked_waiters_leave_the_mount_working() {
+    let t = two_mounts();
+    // Mount 2 holds a write lock on the whole file.
+    let mut holder = Probe::start(&t.b);
+    assert_eq!(holder.ask("lk w 0 0"), "ok");
+    // On mount 1, MANY threads wait for read locks, each on its own open file.
+    let mut many = Probe::start(&t.a);
+    assert_eq!(many.ask(&format!("many {MANY} r 0 0")), "ok");
+    wait_for_waiters(&t.c, MANY);
+
+    // Meanwhile mount 1 serves everything else: metadata, a durable write
+    // and its read back, a lock test and a refused non-blocking lock. Run
+    // on a thread, so calls stuck behind the waits fail the test instead of
+    // hanging it.
+    let dir = t.c.path("meanwhile");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = t.a.clone();
+    let worker = std::thread::spawn(move || {
+        std::fs::create_dir(&dir).unwrap();
+        let f = dir.join("data");
+        let data = alces_e2e::pattern(7, 1 << 20);
+        alces_e2e::write_synced(&f, &data).unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), data, "read back");
+        assert_eq!(std::fs::metadata(&f).unwrap().len(), 1 << 20);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        let mut p = Probe::start(&a);
+        assert!(p.ask("get w 0 1").starts_with("w 0 0 pid="), "a lock test");
+        assert_eq!(p.ask("lk r 0 1"), "EAGAIN", "a non-blocking lock");
+        tx.send(()).unwrap();
+    });
+    let done = rx.recv_timeout(Duration::from_secs(120));
+    assert!(
+        done.is_ok(),
+        "mount 1's other calls did not finish while {MANY} lock waits were open"
+    );
+    worker.join().unwrap();
+    assert_eq!(
+        t.c.status().unwrap().lock_waiters,
+        MANY,
+        "the waiters still wait"
+    );
+
+    // The holder lets go: every waiter gets its read lock.
+    assert_eq!(holder.ask("lk u 0 0"), "ok");
+    assert_eq!(many.ask("join"), format!("{MANY} ok"));
+    wait_for_waiters(&t.c, 0);
 }
