@@ -511,7 +511,9 @@ impl Shared {
             }
             Err(e) => {
                 self.count(op, true);
-                if e.errno() == libc::EIO {
+                // ENOLCK: a lock cap of the master, whose message names the
+                // flag to raise; the application only sees the errno.
+                if e.errno() == libc::EIO || e.errno() == libc::ENOLCK {
                     tracing::warn!(op, error = %e, "operation failed");
                 }
                 reply.error(errno(&e));

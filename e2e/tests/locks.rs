@@ -605,3 +605,26 @@ fn hundreds_of_blocked_waiters_leave_the_mount_working() {
     assert_eq!(many.ask("join"), format!("{MANY} ok"));
     wait_for_waiters(&t.c, 0);
 }
+
+#[test]
+fn a_session_past_its_lock_cap_gets_enolck() {
+    let mut opts = options();
+    opts.env
+        .push(("ALCES_MAX_LOCKS_PER_SESSION".into(), "2".into()));
+    let c = Cluster::start(opts).expect("start cluster");
+    let f = c.path("capped");
+    std::fs::write(&f, b"x").unwrap();
+    let mut p = Probe::start(&f);
+    assert_eq!(p.ask("lk w 0 1"), "ok");
+    assert_eq!(p.ask("olk w 10 1"), "ok", "an OFD lock counts alike");
+    assert_eq!(p.ask("lk w 20 1"), "ENOLCK", "a third range");
+    assert_eq!(p.ask("lk w 1 1"), "ok", "growing a range adds none");
+    assert_eq!(p.ask("lk u 0 0"), "ok", "unlocking is never refused");
+    assert_eq!(p.ask("lk w 20 1"), "ok", "room again");
+    let log = std::fs::read_to_string(c.log(Proc::Mount)).unwrap();
+    assert!(
+        log.contains("--max-locks-per-session"),
+        "the mount's log names the flag to raise:\n{}",
+        alces_e2e::tail(&c.log(Proc::Mount), 20)
+    );
+}
