@@ -264,10 +264,14 @@ pub fn reassert(
         let w = want(r.session_id, Some(&l), "ReassertLocks")?;
         let ok = match w.kind {
             Some(kind) => {
-                g.state.get(w.ino).is_ok()
-                    && g.locks
-                        .reassert(w.ino, w.owner, kind, w.start, w.end, w.pid)
-                        .is_ok()
+                let l = Lock {
+                    owner: w.owner,
+                    kind,
+                    start: w.start,
+                    end: w.end,
+                    pid: w.pid,
+                };
+                g.state.get(w.ino).is_ok() && g.locks.reassert(w.ino, l).is_ok()
             }
             None => false,
         };

@@ -161,6 +161,19 @@ impl LockTable {
             .copied()
     }
 
+    /// [`LockTable::set`] of lock `l` without the caps: for locks a session
+    /// re-asserts after a restart or a promotion (granted before, so kept).
+    pub fn reassert(&mut self, ino: u64, l: Lock) -> Result<(), Refusal> {
+        let unbounded = LockCaps {
+            per_session: usize::MAX,
+            total: usize::MAX,
+        };
+        let caps = std::mem::replace(&mut self.caps, unbounded);
+        let r = self.set(ino, l.owner, Some(l.kind), l.start, l.end, l.pid);
+        self.caps = caps;
+        r
+    }
+
     /// Sets a lock (`Some(kind)`) or unlocks (`None`) `start..=end` of `ino`
     /// for `owner`, with POSIX splitting and merging; refuses a conflicting
     /// lock with the first lock of another owner it conflicts with, and a
@@ -174,34 +187,6 @@ impl LockTable {
         start: u64,
         end: u64,
         pid: u32,
-    ) -> Result<(), Refusal> {
-        self.apply(ino, owner, kind, start, end, pid, true)
-    }
-
-    /// [`LockTable::set`] without the caps: for locks a session re-asserts
-    /// after a restart or a promotion (granted before, so kept).
-    pub fn reassert(
-        &mut self,
-        ino: u64,
-        owner: Owner,
-        kind: Kind,
-        start: u64,
-        end: u64,
-        pid: u32,
-    ) -> Result<(), Refusal> {
-        self.apply(ino, owner, Some(kind), start, end, pid, false)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn apply(
-        &mut self,
-        ino: u64,
-        owner: Owner,
-        kind: Option<Kind>,
-        start: u64,
-        end: u64,
-        pid: u32,
-        capped: bool,
     ) -> Result<(), Refusal> {
         if let Some(k) = kind {
             if let Some(c) = self.conflict(ino, owner, k, start, end) {
@@ -254,7 +239,7 @@ impl LockTable {
         // Only the owner's locks changed: so did its session's count.
         let (before, after) = (old.len(), out.len());
         let held = self.per_session.get(&owner.session).copied().unwrap_or(0);
-        if capped && after > before {
+        if after > before {
             let added = after - before;
             if held + added > self.caps.per_session {
                 return Err(Refusal::SessionCap(self.caps.per_session));

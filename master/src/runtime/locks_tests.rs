@@ -365,7 +365,15 @@ fn caps_count_ranges_per_session_and_in_all() {
         Err(Refusal::TotalCap(5))
     );
     // Re-asserted locks are not capped.
-    t.reassert(4, C, Kind::Read, 0, 0, 1).unwrap();
+    let l = Lock {
+        owner: C,
+        kind: Kind::Read,
+        start: 0,
+        end: 0,
+        pid: 1,
+    };
+    t.reassert(4, l).unwrap();
+    assert_eq!(t.caps.total, 5, "the caps are back");
     assert_eq!((t.len(), t.held_by(2)), (6, 3));
     // Releasing gives room back, by owner and by session.
     t.release_owner(1, A);
