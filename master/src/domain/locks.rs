@@ -170,7 +170,7 @@ pub async fn set_lock(core: &Core, r: pb::SetLockRequest) -> Result<pb::SetLockR
                     return Err(status(
                         libc::ENOLCK,
                         format!(
-                            "session {} already holds {cap} file locks, the cap per session; release some, or raise the master's --max-locks-per-session (ALCES_MAX_LOCKS_PER_SESSION)",
+                            "session {} would hold more than {cap} file lock ranges, the cap per session; release some, or raise the master's --max-locks-per-session (ALCES_MAX_LOCKS_PER_SESSION)",
                             r.session_id
                         ),
                     ));
@@ -180,7 +180,7 @@ pub async fn set_lock(core: &Core, r: pb::SetLockRequest) -> Result<pb::SetLockR
                     return Err(status(
                         libc::ENOLCK,
                         format!(
-                            "the master holds {cap} file locks, its cap over all sessions; raise its --max-locks (ALCES_MAX_LOCKS)"
+                            "the master would hold more than {cap} file lock ranges, its cap over all sessions; raise its --max-locks (ALCES_MAX_LOCKS)"
                         ),
                     ));
                 }
