@@ -637,6 +637,27 @@ impl AlcesFs {
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: Future<Output = ()>,
     {
+        self.inline_inner(None, f)
+    }
+
+    /// [`Self::inline`] for a request that makes one non-idempotent mutation:
+    /// the mutation's id in the master's reply cache is derived from the
+    /// kernel's request id `unique`, which a resent request keeps, so the
+    /// request resent to a daemon that took over the connection gets the
+    /// reply cached for the dead daemon's attempt.
+    fn inline_tagged<F, Fut>(&self, unique: u64, f: F)
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.inline_inner(Some(unique), f)
+    }
+
+    fn inline_inner<F, Fut>(&self, unique: Option<u64>, f: F)
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
         let shared = self.shared.clone();
         THREAD_RUNTIME.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -650,11 +671,14 @@ impl AlcesFs {
             }
             match slot.as_ref() {
                 Some(t) => {
-                    let fut = shared.client.with_master(t.master.clone(), f(shared.clone()));
+                    let fut = shared.client.with_master(
+                        t.master.clone(),
+                        shared.client.as_request(unique, f(shared.clone())),
+                    );
                     t.rt.block_on(fut);
                 }
                 None => {
-                    let fut = f(shared.clone());
+                    let fut = shared.client.as_request(unique, f(shared.clone()));
                     self.rt.block_on(fut);
                 }
             }
@@ -794,7 +818,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s
                 .client
                 .mknod(
@@ -836,7 +860,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s
                 .client
                 .mkdir(s.real(parent), &name, mode & 0o7777, umask, &c)
@@ -866,7 +890,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let resent = is_resent(req.unique().0);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s.client.unlink(s.real(parent), &name, &c).await;
             // Resent after a takeover: the dead daemon removed it already.
             let r = r.or_else(|e| {
@@ -884,7 +908,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let resent = is_resent(req.unique().0);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s.client.rmdir(s.real(parent), &name, &c).await;
             let r = r.or_else(|e| {
                 if resent && e.errno() == libc::ENOENT {
@@ -909,7 +933,7 @@ impl Filesystem for AlcesFs {
         let target = target.as_os_str().as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s.client.symlink(s.real(parent), &name, &target, &c).await;
             let r = match r {
                 Err(e) => match s
@@ -950,7 +974,7 @@ impl Filesystem for AlcesFs {
         let newname = newname.as_bytes().to_vec();
         let c = caller(req);
         let resent = is_resent(req.unique().0);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s
                 .client
                 .rename(
@@ -988,7 +1012,7 @@ impl Filesystem for AlcesFs {
         let name = newname.as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s
                 .client
                 .link(s.real(ino), s.real(newparent), &name, &c)
@@ -1177,7 +1201,7 @@ impl Filesystem for AlcesFs {
                 }
             }
             let h = s.files.lock().remove(&fh.0);
-            let r = match h {
+            let mut r = match h {
                 Some(h) => {
                     let mark = s.journal_mark();
                     let r = h.release().await;
@@ -1186,6 +1210,13 @@ impl Filesystem for AlcesFs {
                 }
                 None => Ok(()),
             };
+            // A handle an earlier daemon opened: its open in the session this
+            // daemon continues ends now.
+            if fh.0 >> GENERATION_SHIFT != s.opts.generation {
+                if let Err(e) = s.client.release_inherited(s.real(ino)).await {
+                    r = r.and(Err(e));
+                }
+            }
             s.reply_empty("release", r, reply);
         });
     }
@@ -1380,7 +1411,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let value = value.to_vec();
         let c = caller(req);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let ino = s.real(ino);
             s.set_xattr_absent(ino, &name, false);
             let r = s
@@ -1452,7 +1483,7 @@ impl Filesystem for AlcesFs {
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s.client.removexattr(s.real(ino), &name, &c).await;
             s.reply_empty("removexattr", r, reply);
         });
@@ -1480,7 +1511,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let exclusive = flags & libc::O_EXCL != 0;
             let r = s
                 .client

@@ -51,7 +51,7 @@ pub use locks::{LockConflict, LockKind, LockSpec};
 pub use namespace::{
     rename_flags, Attr, Caller, DirEntry, FileType, NewNode, SetAttr, SetTime, StatfsReply,
 };
-pub use session::ClientConfig;
+pub use session::{ClientConfig, Inherited, ResumeSession};
 pub use volumes::{
     ConsistencyReport, DiskUsageReply, PurgeTrashReply, QuotaInfo, QuotaLimits, SnapshotReply,
     TrashEntry, TrashTimeReply,

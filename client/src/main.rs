@@ -17,7 +17,7 @@ use alces_client::fuse::{AlcesFs, FsOptions};
 use alces_client::journal::{Journal, Record};
 use alces_client::metrics::Metrics;
 use alces_client::takeover::{self, SessionRecord, StateFile};
-use alces_client::{Caller, Client, ClientConfig};
+use alces_client::{Caller, Client, ClientConfig, ResumeSession};
 use clap::Parser;
 use fuser::{Config, MountOption, Session, SessionACL};
 
@@ -103,6 +103,11 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 
 /// Threads reading FUSE requests.
 const FUSE_THREADS: usize = 8;
+
+/// How long a daemon continuing a dead one's session keeps the master's
+/// cached outcomes of every request (the kernel resends the dead daemon's
+/// unanswered requests as soon as this daemon serves).
+const RESEND_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long a detached but still used mount is served after SIGTERM/SIGINT.
 const BUSY_GRACE: Duration = Duration::from_secs(10);
@@ -198,9 +203,37 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.read_only = args.read_only;
     config.client_name = format!("alces-mount {}", args.mountpoint.display());
     config.dir_attr_ttl = Duration::from_secs_f64(args.attr_timeout);
-    let client = rt
-        .block_on(Client::connect(config))
+    // A takeover continues the dead daemon's session: its open files (an
+    // unlinked one included), its file locks and its reply cache stay.
+    let resume = handed
+        .as_ref()
+        .and_then(|h| h.previous.as_ref())
+        .filter(|p| p.master_session != 0 && !p.master_secret.is_empty())
+        .map(|p| ResumeSession {
+            session_id: p.master_session,
+            secret: p.master_secret.clone(),
+        });
+    let (client, inherited) = rt
+        .block_on(Client::connect_continuing(config, resume.clone()))
         .map_err(|e| anyhow::anyhow!("cannot open a session with master {}: {e}", args.master))?;
+    if resume.is_some() {
+        if inherited.continued {
+            // The kernel resends what the dead daemon left unanswered: keep
+            // the outcomes the master cached for it until they are asked.
+            client.hold_acks(RESEND_WINDOW);
+            tracing::info!(
+                session = client.session_id(),
+                opens = inherited.open_inodes.len(),
+                locks = inherited.held_locks.len(),
+                "continuing the previous daemon's session"
+            );
+        } else {
+            tracing::warn!(
+                session = client.session_id(),
+                "the previous daemon's session had ended: a new session; its open files are opened again when used, files unlinked while open are gone, and its locks were released"
+            );
+        }
+    }
 
     let generation = handed
         .as_ref()
@@ -217,11 +250,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(state) = handed.as_ref().and_then(|h| h.state.as_ref()) {
         // Writes the dead daemon acknowledged but had not flushed: made durable
         // before anything else is served (the kernel's resent fsyncs included).
-        // The dead daemon's master session still holds its write sessions:
-        // end it, so the replay (and every later write) can write those chunks.
+        // A dead daemon of an earlier version recorded no secret: its
+        // session still holds its write sessions; end it, so the replay (and
+        // every later write) can write those chunks. (A continued session's
+        // write sessions were ended by the master at the resume.)
         if let Some(prev) = handed.as_ref().and_then(|h| h.previous.as_ref()) {
-            if let Err(e) = rt.block_on(client.close_dead_session(prev.master_session)) {
-                tracing::warn!(error = %e, "closing the previous daemon's session (it expires by itself)");
+            if prev.master_session != client.session_id() {
+                if let Err(e) = rt.block_on(client.close_dead_session(prev.master_session)) {
+                    tracing::warn!(error = %e, "closing the previous daemon's session (it expires by itself)");
+                }
             }
         }
         let records = Journal::scan(state.file())
@@ -264,7 +301,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut session = match &handed {
         None => Session::new(fs, &args.mountpoint, &fuse_config)
             .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", args.mountpoint.display()))?,
-        Some(h) => h.session(client.session_id(), fs, &fuse_config, &kernel_init)?,
+        Some(h) => h.session(&client, fs, &fuse_config, &kernel_init)?,
     };
     let _ = notifier_slot.set(session.notifier());
     tracing::info!(
@@ -393,7 +430,7 @@ impl Handed {
     /// the real connection and has the kernel resend what the dead daemon left.
     fn session(
         &self,
-        master_session: u64,
+        client: &Client,
         fs: AlcesFs,
         config: &Config,
         kernel_init: &Arc<parking_lot::Mutex<Option<takeover::KernelInit>>>,
@@ -429,7 +466,8 @@ impl Handed {
                     init,
                     generation,
                     pid: std::process::id(),
-                    master_session,
+                    master_session: client.session_id(),
+                    master_secret: client.session_secret(),
                     version: env!("CARGO_PKG_VERSION").to_string(),
                 })
                 .map_err(|e| anyhow::anyhow!("recording the session in --state-fd: {e}"))?;

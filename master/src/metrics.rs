@@ -30,6 +30,8 @@ pub struct Metrics {
     pub reply_cache_entries: Gauge,
     /// Estimated memory the reply cache holds (bytes).
     pub reply_cache_bytes: Gauge,
+    /// Retried mutations answered from the reply cache.
+    pub reply_cache_hits: Counter,
 }
 
 impl Metrics {
@@ -45,7 +47,13 @@ impl Metrics {
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             reply_cache_entries: Gauge::default(),
             reply_cache_bytes: Gauge::default(),
+            reply_cache_hits: Counter::default(),
         };
+        reg.register(
+            "alces_master_reply_cache_hits",
+            "Retried mutations answered with their first outcome from the reply cache",
+            m.reply_cache_hits.clone(),
+        );
         reg.register(
             "alces_master_rpc",
             "gRPC calls by rpc and result",
