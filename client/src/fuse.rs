@@ -96,6 +96,10 @@ struct Shared {
     /// Inodes the master last reported without any extended attribute, and when:
     /// a getxattr on them is answered ENODATA locally for the attribute TTL.
     xattr_free: BoundedCache<u64, ()>,
+    /// Files whose journalled writes the replay gave up (see
+    /// [`crate::replay`]): every fsync and flush of a handle an earlier
+    /// daemon opened on them fails with EIO.
+    lost_writes: std::collections::HashSet<u64>,
 }
 
 /// A FUSE thread's own single-threaded runtime and master connection (see
@@ -428,6 +432,19 @@ impl Shared {
         }
     }
 
+    /// EIO for a handle an earlier daemon opened on a file whose journalled
+    /// writes were lost at the takeover.
+    fn check_lost(&self, ino: INodeNo, fh: Fh) -> Result<(), Error> {
+        let inode = self.real(ino);
+        if fh.0 >> GENERATION_SHIFT != self.opts.generation && self.lost_writes.contains(&inode) {
+            return Err(Error::new(
+                libc::EIO,
+                format!("writes to inode {inode} acknowledged by the previous mount daemon were lost (see its user.alces.lost-writes attribute)"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Marks the journal before an operation that makes `inode`'s writes durable.
     fn journal_mark(&self) -> Option<u64> {
         self.journal.as_ref().map(|j| j.mark())
@@ -592,6 +609,7 @@ impl AlcesFs {
                 notifier: Arc::new(std::sync::OnceLock::new()),
                 no_xattr: BoundedCache::new(ABSENT_XATTRS, Some(ttl)),
                 xattr_free: BoundedCache::new(XATTR_FREE_INODES, Some(ttl)),
+                lost_writes: Default::default(),
             }),
             rt,
         }
@@ -601,6 +619,17 @@ impl AlcesFs {
     pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
         if let Some(s) = Arc::get_mut(&mut self.shared) {
             s.journal = Some(journal);
+        }
+        self
+    }
+
+    /// Marks files whose journalled writes were lost at the takeover (Alces
+    /// inodes): every fsync and flush (close) of a descriptor opened before
+    /// the takeover fails with EIO, so the application learns that writes it
+    /// was told succeeded are not in the file.
+    pub fn with_lost_writes(mut self, inodes: impl IntoIterator<Item = u64>) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.lost_writes.extend(inodes);
         }
         self
     }
@@ -1174,6 +1203,7 @@ impl Filesystem for AlcesFs {
                 }
                 None => Ok(()),
             };
+            let r = r.and(s.check_lost(ino, fh));
             // POSIX: any close by a process releases its locks on the file
             // (the kernel sends FLUSH with the process's lock owner on every
             // close, also of a dying process's files).
@@ -1221,7 +1251,7 @@ impl Filesystem for AlcesFs {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: Fh, _datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
             let r = match s.file(fh) {
                 Some(h) => {
@@ -1234,6 +1264,7 @@ impl Filesystem for AlcesFs {
                 // replayed and flushed before serving.
                 None => Ok(()),
             };
+            let r = r.and(s.check_lost(ino, fh));
             s.reply_empty("fsync", r, reply);
         });
     }

@@ -39,6 +39,7 @@ mod names;
 mod namespace;
 mod open_files;
 mod readahead;
+pub mod replay;
 mod session;
 pub mod takeover;
 mod volumes;

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use alces_client::fuse::{AlcesFs, FsOptions};
-use alces_client::journal::{Journal, Record};
+use alces_client::journal::Journal;
 use alces_client::metrics::Metrics;
 use alces_client::takeover::{self, SessionRecord, StateFile};
 use alces_client::{Caller, Client, ClientConfig, ResumeSession};
@@ -88,6 +88,13 @@ struct Args {
     /// daemon had read but not answered (Linux 6.9 or later).
     #[arg(long, requires_all = ["fuse_fd", "state_fd"])]
     takeover: bool,
+
+    /// Seconds a takeover keeps retrying the replay of the journalled writes
+    /// (while no copy of a chunk can be written, say) before it gives up the
+    /// files still failing: they are marked (user.alces.lost-writes) and each
+    /// fsync or close of a descriptor opened before the takeover fails with EIO.
+    #[arg(long, env = "ALCES_REPLAY_TIMEOUT", default_value_t = 120.0, value_parser = parse_secs)]
+    replay_timeout: f64,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -266,8 +273,26 @@ fn run(args: Args) -> anyhow::Result<()> {
         if !records.is_empty() {
             let n = records.len();
             let started = std::time::Instant::now();
-            rt.block_on(replay(&client, records))?;
-            tracing::info!(records = n, elapsed = ?started.elapsed(), "replayed the journalled writes of the previous daemon");
+            let done = rt.block_on(alces_client::replay::replay(
+                &client,
+                &records,
+                Duration::from_secs_f64(args.replay_timeout),
+            ));
+            tracing::info!(records = n, files = done.files, gone = done.gone.len(), lost = done.lost.len(), elapsed = ?started.elapsed(), "replayed the journalled writes of the previous daemon");
+            for l in &done.lost {
+                let root = Caller::new(0, 0, 0);
+                let mark = l.describe();
+                if let Err(e) = rt.block_on(client.setxattr(
+                    l.inode,
+                    alces_client::replay::LOST_WRITES_XATTR,
+                    mark.as_bytes(),
+                    0,
+                    &root,
+                )) {
+                    tracing::error!(inode = l.inode, error = %e, "cannot mark a file whose journalled writes were lost");
+                }
+            }
+            fs = fs.with_lost_writes(done.lost.iter().map(|l| l.inode));
         }
         let j = Arc::new(
             Journal::new(state.file().try_clone()?)
@@ -474,38 +499,4 @@ impl Handed {
         }
         Ok(session)
     }
-}
-
-/// Writes again, and flushes, the journalled writes of a dead daemon.
-async fn replay(client: &Client, records: Vec<Record>) -> anyhow::Result<()> {
-    let mut inodes: Vec<u64> = Vec::new();
-    for r in &records {
-        if !inodes.contains(&r.inode) {
-            inodes.push(r.inode);
-        }
-    }
-    let root = Caller::new(0, 0, 0);
-    for inode in inodes {
-        let h = match client.open(inode, libc::O_WRONLY, &root).await {
-            Ok(h) => h,
-            Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => {
-                tracing::warn!(
-                    inode,
-                    "a journalled file is gone; its unflushed writes are dropped"
-                );
-                continue;
-            }
-            Err(e) => anyhow::bail!("replaying the journal: opening inode {inode}: {e}"),
-        };
-        for r in records.iter().filter(|r| r.inode == inode) {
-            h.write(r.offset, &r.data).await.map_err(|e| {
-                anyhow::anyhow!("replaying the journal: writing inode {inode}: {e}")
-            })?;
-        }
-        h.flush()
-            .await
-            .map_err(|e| anyhow::anyhow!("replaying the journal: flushing inode {inode}: {e}"))?;
-        let _ = h.release().await;
-    }
-    Ok(())
 }
