@@ -389,6 +389,12 @@ impl Client {
         self.ns.session.close_other(session_id).await
     }
 
+    /// Flushes every file's buffered writes to the chunkservers (the session
+    /// stays open).
+    pub async fn flush_all(&self) -> Result<()> {
+        self.files.flush_all().await
+    }
+
     /// Flushes every file's buffered writes and closes the session with the master.
     pub async fn close(&self) -> Result<()> {
         let flushed = self.files.flush_all().await;

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags,
@@ -100,6 +100,103 @@ struct Shared {
     /// [`crate::replay`]): every fsync and flush of a handle an earlier
     /// daemon opened on them fails with EIO.
     lost_writes: std::collections::HashSet<u64>,
+    /// Set by a graceful hand-over ([`Drainer::hand_over`]): requests read
+    /// from now on are not served (the next daemon gets them resent).
+    draining: std::sync::atomic::AtomicBool,
+    /// Requests being served (counted by [`InFlight`]).
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as being served while alive.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    /// Counts a request in, or `None` when the daemon is handing over (the
+    /// request must not be served).
+    fn enter(s: &Arc<Shared>) -> Option<Self> {
+        // Counted before the flag is read, so a hand-over that sees no request
+        // in flight never misses one that is about to start.
+        s.in_flight.fetch_add(1, Ordering::SeqCst);
+        if s.draining.load(Ordering::SeqCst) {
+            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Self(s.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Keeps a request read after a hand-over began unanswered for good: the
+/// FUSE thread that read it stops here (it reads nothing more), and when the
+/// process exits the kernel resends the request to the next daemon. Never
+/// returns; `_request` (the reply included) is never dropped, so no error is
+/// sent.
+fn hold_unanswered<T>(_request: T) -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Ends the service of a handed-over connection gracefully (see
+/// [`Drainer::hand_over`]). Taken from an [`AlcesFs`] before its session runs.
+#[derive(Clone)]
+pub struct Drainer {
+    shared: Arc<Shared>,
+}
+
+/// What a graceful hand-over did.
+#[derive(Debug, Clone, Copy)]
+pub struct HandedOver {
+    /// Requests that were being served when it began (all finished).
+    pub finished: usize,
+    /// Whether every buffered write reached the chunkservers and the journal
+    /// was emptied.
+    pub flushed: bool,
+}
+
+impl Drainer {
+    /// Stops serving new requests (each FUSE thread keeps the first one it
+    /// reads from now on unanswered: the kernel resends it to the next
+    /// daemon, which runs it once), waits up to `wait` for the requests being
+    /// served to finish, flushes every buffered write and, when that
+    /// succeeded, empties the write journal: the next daemon has nothing to
+    /// replay. The master session stays open for the next daemon to continue.
+    pub async fn hand_over(&self, wait: Duration) -> HandedOver {
+        let s = &self.shared;
+        s.draining.store(true, Ordering::SeqCst);
+        let finished = s.in_flight.load(Ordering::SeqCst);
+        let deadline = Instant::now() + wait;
+        while s.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let left = s.in_flight.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(left, "requests still being served after {wait:?}; handing over without them (the kernel resends them)");
+        }
+        let mark = s.journal.as_ref().map(|j| j.mark());
+        let flushed = match s.client.flush_all().await {
+            Ok(()) => {
+                if let (Some(j), Some(_)) = (&s.journal, mark) {
+                    if left == 0 {
+                        if let Err(e) = j.clear() {
+                            tracing::warn!(error = %e, "cannot empty the write journal; the next daemon replays it");
+                        }
+                    }
+                }
+                left == 0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flushing before the hand-over failed; the journal keeps the writes for the next daemon");
+                false
+            }
+        };
+        HandedOver { finished, flushed }
+    }
 }
 
 /// A FUSE thread's own single-threaded runtime and master connection (see
@@ -610,6 +707,8 @@ impl AlcesFs {
                 no_xattr: BoundedCache::new(ABSENT_XATTRS, Some(ttl)),
                 xattr_free: BoundedCache::new(XATTR_FREE_INODES, Some(ttl)),
                 lost_writes: Default::default(),
+                draining: Default::default(),
+                in_flight: Default::default(),
             }),
             rt,
         }
@@ -650,8 +749,21 @@ impl AlcesFs {
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let Some(flight) = InFlight::enter(&self.shared) else {
+            hold_unanswered(f)
+        };
         let fut = f(self.shared.clone());
-        self.rt.spawn(fut);
+        self.rt.spawn(async move {
+            fut.await;
+            drop(flight);
+        });
+    }
+
+    /// The handle that ends the service gracefully (see [`Drainer`]).
+    pub fn drainer(&self) -> Drainer {
+        Drainer {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Runs a metadata operation to the end on the calling FUSE thread, with its
@@ -687,6 +799,9 @@ impl AlcesFs {
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: Future<Output = ()>,
     {
+        let Some(_flight) = InFlight::enter(&self.shared) else {
+            hold_unanswered(f)
+        };
         let shared = self.shared.clone();
         THREAD_RUNTIME.with(|cell| {
             let mut slot = cell.borrow_mut();

@@ -116,6 +116,10 @@ const FUSE_THREADS: usize = 8;
 /// unanswered requests as soon as this daemon serves).
 const RESEND_WINDOW: Duration = Duration::from_secs(60);
 
+/// How long a graceful hand-over (SIGTERM of a handed-over connection's
+/// daemon) waits for the requests being served to finish.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
+
 /// How long a detached but still used mount is served after SIGTERM/SIGINT.
 const BUSY_GRACE: Duration = Duration::from_secs(10);
 
@@ -301,6 +305,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         fs = fs.with_journal(j);
     }
 
+    // Taken last: the builders above need the only reference to the state.
+    let drainer = fs.drainer();
+
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![
         MountOption::FSName(format!("alces:{}{}", args.master, subdir)),
@@ -345,13 +352,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.spawn(async move {
         alces_telemetry::shutdown_signal().await;
         if handed_over {
-            // The connection belongs to whoever handed it over: flush and
-            // leave it mounted for the next daemon (--takeover), which the
-            // kernel resends whatever this one leaves unanswered.
-            tracing::info!(mountpoint = %mountpoint.display(), "stopping; the connection stays for a takeover");
-            if let Err(e) = closing.close().await {
-                tracing::warn!(error = %e, "flushing before exit; the journal keeps the writes");
-            }
+            // The connection belongs to whoever handed it over: a graceful
+            // hand-over. Requests read from now on stay unanswered (the
+            // kernel resends them to the next daemon, which runs them once);
+            // those being served finish; buffered writes are flushed and the
+            // journal emptied; the master session stays open for the next
+            // daemon (--takeover) to continue. The connection stays mounted.
+            let started = std::time::Instant::now();
+            tracing::info!(mountpoint = %mountpoint.display(), "handing over: serving no new request; the connection stays for the next daemon");
+            let done = drainer.hand_over(HANDOVER_WAIT).await;
+            tracing::info!(finished = done.finished, flushed = done.flushed, elapsed = ?started.elapsed(), "handed over; exiting without unmounting");
             std::process::exit(0);
         }
         tracing::info!(mountpoint = %mountpoint.display(), "unmounting");

@@ -992,10 +992,16 @@ fn daemon_pid(d: &Driver) -> u32 {
 /// SIGKILLs the volume's mount daemon and waits until another serves the same
 /// connection; returns the new daemon's pid.
 fn kill_daemon_and_wait_takeover(d: &Driver) -> u32 {
+    signal_daemon_and_wait_takeover(d, libc::SIGKILL)
+}
+
+/// Sends `sig` to the volume's mount daemon and waits until another serves
+/// the same connection; returns the new daemon's pid.
+fn signal_daemon_and_wait_takeover(d: &Driver, sig: i32) -> u32 {
     let old = daemon_pid(d);
     assert!(alces_e2e::alive(old as i32), "daemon {old} is not running");
-    // SAFETY: plain kill of the daemon this test's plugin started.
-    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    // SAFETY: plain signal to the daemon this test's plugin started.
+    unsafe { libc::kill(old as i32, sig) };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let new = daemon_pid(d);
@@ -1864,4 +1870,63 @@ fn a_journalled_write_that_cannot_be_replayed_is_given_up_and_the_file_marked() 
         unstage_volume(&d, &v).await;
         println!("FIGURE csi replay given up after its 3 s deadline: {served:?} from the SIGKILL to a listing served");
     });
+}
+
+/// A graceful hand-over: SIGTERM to the mount daemon while an application
+/// writes and fsyncs in a loop and another file holds 1 MiB written but not
+/// fsynced. The daemon serves no new request, finishes those it serves,
+/// flushes, empties its journal and exits without unmounting; the plugin
+/// starts the next daemon on the same connection. The application sees no
+/// error, every fsynced byte reads back, the next daemon has nothing to
+/// replay, and the unfsynced file is whole through another mount.
+#[test]
+fn sigterm_hands_the_connection_over_with_nothing_to_replay() {
+    let c = Cluster::start_default();
+    let d = Driver::start(&c);
+    let (pause, longest) = c.block_on(async {
+        let v = stage_volume(&c, &d, "pvc-term", &[]).await;
+        let dev_before =
+            std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&v.staging).unwrap());
+        let app = App::start(v.staging.join("app.log"));
+        app.wait_past(16 << 10, "the application to fsync");
+        let unsynced: Vec<u8> = (0..(1u64 << 20)).map(|i| pattern(i * 11)).collect();
+        let mut g = std::fs::File::create(v.staging.join("unsynced")).unwrap();
+        g.write_all(&unsynced).unwrap();
+        let t = Instant::now();
+        let new = signal_daemon_and_wait_takeover(&d, libc::SIGTERM);
+        let names: Vec<String> = std::fs::read_dir(&v.staging)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let pause = t.elapsed();
+        assert!(names.contains(&"unsynced".to_string()), "{names:?}");
+        let before = app.synced();
+        app.wait_past(before, "the application to fsync through the next daemon");
+        let longest = app.finish();
+        drop(g);
+        let back = std::fs::read(v.vpath.join("unsynced")).unwrap();
+        assert_eq!(back.len(), unsynced.len(), "size through another mount");
+        assert!(back == unsynced, "another mount reads other bytes");
+        let dev_after =
+            std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&v.staging).unwrap());
+        assert_eq!(dev_before, dev_after, "the same connection");
+        assert!(alces_e2e::alive(new as i32));
+        let logs = daemon_logs(&d);
+        assert!(
+            logs.contains("handed over; exiting without unmounting"),
+            "{logs}"
+        );
+        assert!(logs.contains("flushed=true"), "{logs}");
+        assert!(
+            !logs.contains("replayed the journalled writes"),
+            "the next daemon had writes to replay:\n{logs}"
+        );
+        assert!(
+            logs.contains("continuing the previous daemon's session"),
+            "{logs}"
+        );
+        unstage_volume(&d, &v).await;
+        (pause, longest)
+    });
+    println!("FIGURE csi graceful hand-over (SIGTERM): {pause:?} from the SIGTERM to a listing answered by the next daemon; longest pause between fsyncs seen by the application: {longest:?}");
 }
