@@ -17,7 +17,7 @@ use crate::file::FileHandle;
 use crate::locks::{LockConflict, LockSpec, Locks};
 use crate::namespace::{Attr, Caller, DirEntry, Namespace, NewNode, SetAttr, StatfsReply};
 use crate::open_files::OpenFiles;
-use crate::session::{ClientConfig, OpenList, Session};
+use crate::session::{ClientConfig, Inherited, OpenList, ResumeSession, Session};
 
 /// A connected filesystem client. Cheap to clone; all clones share one session.
 #[derive(Clone)]
@@ -38,14 +38,57 @@ impl Client {
     /// unreachable, for up to `config.reconnect_timeout`. Starts the lease
     /// renewal task on the current tokio runtime.
     pub async fn connect(config: ClientConfig) -> Result<Client> {
+        Ok(Self::connect_continuing(config, None).await?.0)
+    }
+
+    /// [`Client::connect`], continuing the session of a dead process when
+    /// `resume` is given (a takeover of its FUSE connection): the master keeps
+    /// that session's open files (an unlinked file stays alive), its file
+    /// locks and its reply cache. What was inherited is returned: each
+    /// inherited open is released by [`Client::release_inherited`]. A session
+    /// the master no longer has (expired, closed, or the secret does not
+    /// match) is replaced by a new one and nothing is inherited.
+    pub async fn connect_continuing(
+        config: ClientConfig,
+        resume: Option<ResumeSession>,
+    ) -> Result<(Client, Inherited)> {
         let session = Session::new(config)?;
         let ns = Namespace::new(session.clone());
         let files = Arc::new(OpenFiles::new(ns.clone()));
         let list: Arc<dyn OpenList> = files.clone();
         session.set_open_list(Arc::downgrade(&list));
-        session.start().await?;
+        let inherited = session.start_with(resume).await?;
+        files.inherit_opens(&inherited.open_inodes);
         let locks = Locks::new(session);
-        Ok(Client { ns, files, locks })
+        Ok((Client { ns, files, locks }, inherited))
+    }
+
+    /// Runs `f`, the handling of kernel FUSE request `unique` (if given): its
+    /// first non-idempotent mutation carries a request id derived from
+    /// `unique`, so the master answers the same request resent by the kernel
+    /// to a daemon continuing this session with the first outcome.
+    pub async fn as_request<F: Future>(&self, unique: Option<u64>, f: F) -> F::Output {
+        self.ns.session.with_request(unique, f).await
+    }
+
+    /// Tags acknowledge no cached outcome for `window` (a daemon continuing a
+    /// dead one's session: the kernel resends that daemon's requests).
+    pub fn hold_acks(&self, window: std::time::Duration) {
+        self.ns.session.hold_acks(window)
+    }
+
+    /// The secret of this client's session with the master (what a process
+    /// continuing it must present, see [`Client::connect_continuing`]).
+    pub fn session_secret(&self) -> Vec<u8> {
+        self.ns.session.session_secret()
+    }
+
+    /// Releases one open of `inode` inherited from the process whose session
+    /// this client continues (the kernel closed a handle that process had
+    /// opened). Returns false, doing nothing, when no inherited open of
+    /// `inode` is left.
+    pub async fn release_inherited(&self, inode: u64) -> Result<bool> {
+        self.files.release_inherited(inode).await
     }
 
     /// The configuration the client was connected with.
@@ -352,6 +395,12 @@ impl Client {
             return Ok(());
         }
         self.ns.session.close_other(session_id).await
+    }
+
+    /// Flushes every file's buffered writes to the chunkservers (the session
+    /// stays open).
+    pub async fn flush_all(&self) -> Result<()> {
+        self.files.flush_all().await
     }
 
     /// Flushes every file's buffered writes and closes the session with the master.

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle as Fh, Filesystem, FopenFlags,
@@ -96,6 +96,107 @@ struct Shared {
     /// Inodes the master last reported without any extended attribute, and when:
     /// a getxattr on them is answered ENODATA locally for the attribute TTL.
     xattr_free: BoundedCache<u64, ()>,
+    /// Files whose journalled writes the replay gave up (see
+    /// [`crate::replay`]): every fsync and flush of a handle an earlier
+    /// daemon opened on them fails with EIO.
+    lost_writes: std::collections::HashSet<u64>,
+    /// Set by a graceful hand-over ([`Drainer::hand_over`]): requests read
+    /// from now on are not served (the next daemon gets them resent).
+    draining: std::sync::atomic::AtomicBool,
+    /// Requests being served (counted by [`InFlight`]).
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as being served while alive.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    /// Counts a request in, or `None` when the daemon is handing over (the
+    /// request must not be served).
+    fn enter(s: &Arc<Shared>) -> Option<Self> {
+        // Counted before the flag is read, so a hand-over that sees no request
+        // in flight never misses one that is about to start.
+        s.in_flight.fetch_add(1, Ordering::SeqCst);
+        if s.draining.load(Ordering::SeqCst) {
+            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Self(s.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Keeps a request read after a hand-over began unanswered for good: the
+/// FUSE thread that read it stops here (it reads nothing more), and when the
+/// process exits the kernel resends the request to the next daemon. Never
+/// returns; `_request` (the reply included) is never dropped, so no error is
+/// sent.
+fn hold_unanswered<T>(_request: T) -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Ends the service of a handed-over connection gracefully (see
+/// [`Drainer::hand_over`]). Taken from an [`AlcesFs`] before its session runs.
+#[derive(Clone)]
+pub struct Drainer {
+    shared: Arc<Shared>,
+}
+
+/// What a graceful hand-over did.
+#[derive(Debug, Clone, Copy)]
+pub struct HandedOver {
+    /// Requests that were being served when it began (all finished).
+    pub finished: usize,
+    /// Whether every buffered write reached the chunkservers and the journal
+    /// was emptied.
+    pub flushed: bool,
+}
+
+impl Drainer {
+    /// Stops serving new requests (each FUSE thread keeps the first one it
+    /// reads from now on unanswered: the kernel resends it to the next
+    /// daemon, which runs it once), waits up to `wait` for the requests being
+    /// served to finish, flushes every buffered write and, when that
+    /// succeeded, empties the write journal: the next daemon has nothing to
+    /// replay. The master session stays open for the next daemon to continue.
+    pub async fn hand_over(&self, wait: Duration) -> HandedOver {
+        let s = &self.shared;
+        s.draining.store(true, Ordering::SeqCst);
+        let finished = s.in_flight.load(Ordering::SeqCst);
+        let deadline = Instant::now() + wait;
+        while s.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let left = s.in_flight.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(left, "requests still being served after {wait:?}; handing over without them (the kernel resends them)");
+        }
+        let mark = s.journal.as_ref().map(|j| j.mark());
+        let flushed = match s.client.flush_all().await {
+            Ok(()) => {
+                if let (Some(j), Some(_)) = (&s.journal, mark) {
+                    if left == 0 {
+                        if let Err(e) = j.clear() {
+                            tracing::warn!(error = %e, "cannot empty the write journal; the next daemon replays it");
+                        }
+                    }
+                }
+                left == 0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "flushing before the hand-over failed; the journal keeps the writes for the next daemon");
+                false
+            }
+        };
+        HandedOver { finished, flushed }
+    }
 }
 
 /// A FUSE thread's own single-threaded runtime and master connection (see
@@ -428,6 +529,19 @@ impl Shared {
         }
     }
 
+    /// EIO for a handle an earlier daemon opened on a file whose journalled
+    /// writes were lost at the takeover.
+    fn check_lost(&self, ino: INodeNo, fh: Fh) -> Result<(), Error> {
+        let inode = self.real(ino);
+        if fh.0 >> GENERATION_SHIFT != self.opts.generation && self.lost_writes.contains(&inode) {
+            return Err(Error::new(
+                libc::EIO,
+                format!("writes to inode {inode} acknowledged by the previous mount daemon were lost (see its user.alces.lost-writes attribute)"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Marks the journal before an operation that makes `inode`'s writes durable.
     fn journal_mark(&self) -> Option<u64> {
         self.journal.as_ref().map(|j| j.mark())
@@ -594,6 +708,9 @@ impl AlcesFs {
                 notifier: Arc::new(std::sync::OnceLock::new()),
                 no_xattr: BoundedCache::new(ABSENT_XATTRS, Some(ttl)),
                 xattr_free: BoundedCache::new(XATTR_FREE_INODES, Some(ttl)),
+                lost_writes: Default::default(),
+                draining: Default::default(),
+                in_flight: Default::default(),
             }),
             rt,
         }
@@ -603,6 +720,17 @@ impl AlcesFs {
     pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
         if let Some(s) = Arc::get_mut(&mut self.shared) {
             s.journal = Some(journal);
+        }
+        self
+    }
+
+    /// Marks files whose journalled writes were lost at the takeover (Alces
+    /// inodes): every fsync and flush (close) of a descriptor opened before
+    /// the takeover fails with EIO, so the application learns that writes it
+    /// was told succeeded are not in the file.
+    pub fn with_lost_writes(mut self, inodes: impl IntoIterator<Item = u64>) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.lost_writes.extend(inodes);
         }
         self
     }
@@ -623,8 +751,21 @@ impl AlcesFs {
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let Some(flight) = InFlight::enter(&self.shared) else {
+            hold_unanswered(f)
+        };
         let fut = f(self.shared.clone());
-        self.rt.spawn(fut);
+        self.rt.spawn(async move {
+            fut.await;
+            drop(flight);
+        });
+    }
+
+    /// The handle that ends the service gracefully (see [`Drainer`]).
+    pub fn drainer(&self) -> Drainer {
+        Drainer {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Runs a metadata operation to the end on the calling FUSE thread, with its
@@ -639,6 +780,30 @@ impl AlcesFs {
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: Future<Output = ()>,
     {
+        self.inline_inner(None, f)
+    }
+
+    /// [`Self::inline`] for a request that makes one non-idempotent mutation:
+    /// the mutation's id in the master's reply cache is derived from the
+    /// kernel's request id `unique`, which a resent request keeps, so the
+    /// request resent to a daemon that took over the connection gets the
+    /// reply cached for the dead daemon's attempt.
+    fn inline_tagged<F, Fut>(&self, unique: u64, f: F)
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.inline_inner(Some(unique), f)
+    }
+
+    fn inline_inner<F, Fut>(&self, unique: Option<u64>, f: F)
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let Some(_flight) = InFlight::enter(&self.shared) else {
+            hold_unanswered(f)
+        };
         let shared = self.shared.clone();
         THREAD_RUNTIME.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -652,11 +817,14 @@ impl AlcesFs {
             }
             match slot.as_ref() {
                 Some(t) => {
-                    let fut = shared.client.with_master(t.master.clone(), f(shared.clone()));
+                    let fut = shared.client.with_master(
+                        t.master.clone(),
+                        shared.client.as_request(unique, f(shared.clone())),
+                    );
                     t.rt.block_on(fut);
                 }
                 None => {
-                    let fut = f(shared.clone());
+                    let fut = shared.client.as_request(unique, f(shared.clone()));
                     self.rt.block_on(fut);
                 }
             }
@@ -796,7 +964,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s
                 .client
                 .mknod(
@@ -838,7 +1006,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s
                 .client
                 .mkdir(s.real(parent), &name, mode & 0o7777, umask, &c)
@@ -868,7 +1036,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let resent = is_resent(req.unique().0);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s.client.unlink(s.real(parent), &name, &c).await;
             // Resent after a takeover: the dead daemon removed it already.
             let r = r.or_else(|e| {
@@ -886,7 +1054,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let resent = is_resent(req.unique().0);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s.client.rmdir(s.real(parent), &name, &c).await;
             let r = r.or_else(|e| {
                 if resent && e.errno() == libc::ENOENT {
@@ -911,7 +1079,7 @@ impl Filesystem for AlcesFs {
         let target = target.as_os_str().as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s.client.symlink(s.real(parent), &name, &target, &c).await;
             let r = match r {
                 Err(e) => match s
@@ -952,7 +1120,7 @@ impl Filesystem for AlcesFs {
         let newname = newname.as_bytes().to_vec();
         let c = caller(req);
         let resent = is_resent(req.unique().0);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s
                 .client
                 .rename(
@@ -990,7 +1158,7 @@ impl Filesystem for AlcesFs {
         let name = newname.as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s
                 .client
                 .link(s.real(ino), s.real(newparent), &name, &c)
@@ -1152,6 +1320,7 @@ impl Filesystem for AlcesFs {
                 }
                 None => Ok(()),
             };
+            let r = r.and(s.check_lost(ino, fh));
             // POSIX: any close by a process releases its locks on the file
             // (the kernel sends FLUSH with the process's lock owner on every
             // close, also of a dying process's files).
@@ -1185,7 +1354,7 @@ impl Filesystem for AlcesFs {
                 tracing::warn!(error = %e, "releasing an open file's locks at close failed");
             }
             let h = s.files.lock().remove(&fh.0);
-            let r = match h {
+            let mut r = match h {
                 Some(h) => {
                     let mark = s.journal_mark();
                     let r = h.release().await;
@@ -1194,11 +1363,18 @@ impl Filesystem for AlcesFs {
                 }
                 None => Ok(()),
             };
+            // A handle an earlier daemon opened: its open in the session this
+            // daemon continues ends now.
+            if fh.0 >> GENERATION_SHIFT != s.opts.generation {
+                if let Err(e) = s.client.release_inherited(s.real(ino)).await {
+                    r = r.and(Err(e));
+                }
+            }
             s.reply_empty("release", r, reply);
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: Fh, _datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
             let r = match s.file(fh) {
                 Some(h) => {
@@ -1211,6 +1387,7 @@ impl Filesystem for AlcesFs {
                 // replayed and flushed before serving.
                 None => Ok(()),
             };
+            let r = r.and(s.check_lost(ino, fh));
             s.reply_empty("fsync", r, reply);
         });
     }
@@ -1388,7 +1565,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let value = value.to_vec();
         let c = caller(req);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let ino = s.real(ino);
             s.set_xattr_absent(ino, &name, false);
             let r = s
@@ -1460,7 +1637,7 @@ impl Filesystem for AlcesFs {
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let r = s.client.removexattr(s.real(ino), &name, &c).await;
             s.reply_empty("removexattr", r, reply);
         });
@@ -1488,7 +1665,7 @@ impl Filesystem for AlcesFs {
         let name = name.as_bytes().to_vec();
         let c = caller(req);
         let unique = req.unique().0;
-        self.inline(move |s| async move {
+        self.inline_tagged(req.unique().0, move |s| async move {
             let exclusive = flags & libc::O_EXCL != 0;
             let r = s
                 .client

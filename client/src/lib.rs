@@ -39,6 +39,7 @@ mod names;
 mod namespace;
 mod open_files;
 mod readahead;
+pub mod replay;
 mod session;
 pub mod takeover;
 mod volumes;
@@ -51,7 +52,7 @@ pub use locks::{LockConflict, LockKind, LockSpec};
 pub use namespace::{
     rename_flags, Attr, Caller, DirEntry, FileType, NewNode, SetAttr, SetTime, StatfsReply,
 };
-pub use session::ClientConfig;
+pub use session::{ClientConfig, Inherited, ResumeSession};
 pub use volumes::{
     ConsistencyReport, DiskUsageReply, PurgeTrashReply, QuotaInfo, QuotaLimits, SnapshotReply,
     TrashEntry, TrashTimeReply,

@@ -14,10 +14,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use alces_client::fuse::{AlcesFs, FsOptions};
-use alces_client::journal::{Journal, Record};
+use alces_client::journal::Journal;
 use alces_client::metrics::Metrics;
 use alces_client::takeover::{self, SessionRecord, StateFile};
-use alces_client::{Caller, Client, ClientConfig};
+use alces_client::{Caller, Client, ClientConfig, ResumeSession};
 use clap::Parser;
 use fuser::{Config, MountOption, Session, SessionACL};
 
@@ -88,6 +88,13 @@ struct Args {
     /// daemon had read but not answered (Linux 6.9 or later).
     #[arg(long, requires_all = ["fuse_fd", "state_fd"])]
     takeover: bool,
+
+    /// Seconds a takeover keeps retrying the replay of the journalled writes
+    /// (while no copy of a chunk can be written, say) before it gives up the
+    /// files still failing: they are marked (user.alces.lost-writes) and each
+    /// fsync or close of a descriptor opened before the takeover fails with EIO.
+    #[arg(long, env = "ALCES_REPLAY_TIMEOUT", default_value_t = 120.0, value_parser = parse_secs)]
+    replay_timeout: f64,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -103,6 +110,15 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 
 /// Threads reading FUSE requests.
 const FUSE_THREADS: usize = 8;
+
+/// How long a daemon continuing a dead one's session keeps the master's
+/// cached outcomes of every request (the kernel resends the dead daemon's
+/// unanswered requests as soon as this daemon serves).
+const RESEND_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a graceful hand-over (SIGTERM of a handed-over connection's
+/// daemon) waits for the requests being served to finish.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a detached but still used mount is served after SIGTERM/SIGINT.
 const BUSY_GRACE: Duration = Duration::from_secs(10);
@@ -198,9 +214,37 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.read_only = args.read_only;
     config.client_name = format!("alces-mount {}", args.mountpoint.display());
     config.dir_attr_ttl = Duration::from_secs_f64(args.attr_timeout);
-    let client = rt
-        .block_on(Client::connect(config))
+    // A takeover continues the dead daemon's session: its open files (an
+    // unlinked one included), its file locks and its reply cache stay.
+    let resume = handed
+        .as_ref()
+        .and_then(|h| h.previous.as_ref())
+        .filter(|p| p.master_session != 0 && !p.master_secret.is_empty())
+        .map(|p| ResumeSession {
+            session_id: p.master_session,
+            secret: p.master_secret.clone(),
+        });
+    let (client, inherited) = rt
+        .block_on(Client::connect_continuing(config, resume.clone()))
         .map_err(|e| anyhow::anyhow!("cannot open a session with master {}: {e}", args.master))?;
+    if resume.is_some() {
+        if inherited.continued {
+            // The kernel resends what the dead daemon left unanswered: keep
+            // the outcomes the master cached for it until they are asked.
+            client.hold_acks(RESEND_WINDOW);
+            tracing::info!(
+                session = client.session_id(),
+                opens = inherited.open_inodes.len(),
+                locks = inherited.held_locks.len(),
+                "continuing the previous daemon's session"
+            );
+        } else {
+            tracing::warn!(
+                session = client.session_id(),
+                "the previous daemon's session had ended: a new session; its open files are opened again when used, files unlinked while open are gone, and its locks were released"
+            );
+        }
+    }
 
     let generation = handed
         .as_ref()
@@ -217,11 +261,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(state) = handed.as_ref().and_then(|h| h.state.as_ref()) {
         // Writes the dead daemon acknowledged but had not flushed: made durable
         // before anything else is served (the kernel's resent fsyncs included).
-        // The dead daemon's master session still holds its write sessions:
-        // end it, so the replay (and every later write) can write those chunks.
+        // A dead daemon of an earlier version recorded no secret: its
+        // session still holds its write sessions; end it, so the replay (and
+        // every later write) can write those chunks. (A continued session's
+        // write sessions were ended by the master at the resume.)
         if let Some(prev) = handed.as_ref().and_then(|h| h.previous.as_ref()) {
-            if let Err(e) = rt.block_on(client.close_dead_session(prev.master_session)) {
-                tracing::warn!(error = %e, "closing the previous daemon's session (it expires by itself)");
+            if prev.master_session != client.session_id() {
+                if let Err(e) = rt.block_on(client.close_dead_session(prev.master_session)) {
+                    tracing::warn!(error = %e, "closing the previous daemon's session (it expires by itself)");
+                }
             }
         }
         let records = Journal::scan(state.file())
@@ -229,8 +277,26 @@ fn run(args: Args) -> anyhow::Result<()> {
         if !records.is_empty() {
             let n = records.len();
             let started = std::time::Instant::now();
-            rt.block_on(replay(&client, records))?;
-            tracing::info!(records = n, elapsed = ?started.elapsed(), "replayed the journalled writes of the previous daemon");
+            let done = rt.block_on(alces_client::replay::replay(
+                &client,
+                &records,
+                Duration::from_secs_f64(args.replay_timeout),
+            ));
+            tracing::info!(records = n, files = done.files, gone = done.gone.len(), lost = done.lost.len(), elapsed = ?started.elapsed(), "replayed the journalled writes of the previous daemon");
+            for l in &done.lost {
+                let root = Caller::new(0, 0, 0);
+                let mark = l.describe();
+                if let Err(e) = rt.block_on(client.setxattr(
+                    l.inode,
+                    alces_client::replay::LOST_WRITES_XATTR,
+                    mark.as_bytes(),
+                    0,
+                    &root,
+                )) {
+                    tracing::error!(inode = l.inode, error = %e, "cannot mark a file whose journalled writes were lost");
+                }
+            }
+            fs = fs.with_lost_writes(done.lost.iter().map(|l| l.inode));
         }
         let j = Arc::new(
             Journal::new(state.file().try_clone()?)
@@ -238,6 +304,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         fs = fs.with_journal(j);
     }
+
+    // Taken last: the builders above need the only reference to the state.
+    let drainer = fs.drainer();
 
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![
@@ -264,7 +333,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut session = match &handed {
         None => Session::new(fs, &args.mountpoint, &fuse_config)
             .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", args.mountpoint.display()))?,
-        Some(h) => h.session(client.session_id(), fs, &fuse_config, &kernel_init)?,
+        Some(h) => h.session(&client, fs, &fuse_config, &kernel_init)?,
     };
     let _ = notifier_slot.set(session.notifier());
     tracing::info!(
@@ -283,13 +352,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.spawn(async move {
         alces_telemetry::shutdown_signal().await;
         if handed_over {
-            // The connection belongs to whoever handed it over: flush and
-            // leave it mounted for the next daemon (--takeover), which the
-            // kernel resends whatever this one leaves unanswered.
-            tracing::info!(mountpoint = %mountpoint.display(), "stopping; the connection stays for a takeover");
-            if let Err(e) = closing.close().await {
-                tracing::warn!(error = %e, "flushing before exit; the journal keeps the writes");
-            }
+            // The connection belongs to whoever handed it over: a graceful
+            // hand-over. Requests read from now on stay unanswered (the
+            // kernel resends them to the next daemon, which runs them once);
+            // those being served finish; buffered writes are flushed and the
+            // journal emptied; the master session stays open for the next
+            // daemon (--takeover) to continue. The connection stays mounted.
+            let started = std::time::Instant::now();
+            tracing::info!(mountpoint = %mountpoint.display(), "handing over: serving no new request; the connection stays for the next daemon");
+            let done = drainer.hand_over(HANDOVER_WAIT).await;
+            tracing::info!(finished = done.finished, flushed = done.flushed, elapsed = ?started.elapsed(), "handed over; exiting without unmounting");
             std::process::exit(0);
         }
         tracing::info!(mountpoint = %mountpoint.display(), "unmounting");
@@ -393,7 +465,7 @@ impl Handed {
     /// the real connection and has the kernel resend what the dead daemon left.
     fn session(
         &self,
-        master_session: u64,
+        client: &Client,
         fs: AlcesFs,
         config: &Config,
         kernel_init: &Arc<parking_lot::Mutex<Option<takeover::KernelInit>>>,
@@ -429,45 +501,12 @@ impl Handed {
                     init,
                     generation,
                     pid: std::process::id(),
-                    master_session,
+                    master_session: client.session_id(),
+                    master_secret: client.session_secret(),
                     version: env!("CARGO_PKG_VERSION").to_string(),
                 })
                 .map_err(|e| anyhow::anyhow!("recording the session in --state-fd: {e}"))?;
         }
         Ok(session)
     }
-}
-
-/// Writes again, and flushes, the journalled writes of a dead daemon.
-async fn replay(client: &Client, records: Vec<Record>) -> anyhow::Result<()> {
-    let mut inodes: Vec<u64> = Vec::new();
-    for r in &records {
-        if !inodes.contains(&r.inode) {
-            inodes.push(r.inode);
-        }
-    }
-    let root = Caller::new(0, 0, 0);
-    for inode in inodes {
-        let h = match client.open(inode, libc::O_WRONLY, &root).await {
-            Ok(h) => h,
-            Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => {
-                tracing::warn!(
-                    inode,
-                    "a journalled file is gone; its unflushed writes are dropped"
-                );
-                continue;
-            }
-            Err(e) => anyhow::bail!("replaying the journal: opening inode {inode}: {e}"),
-        };
-        for r in records.iter().filter(|r| r.inode == inode) {
-            h.write(r.offset, &r.data).await.map_err(|e| {
-                anyhow::anyhow!("replaying the journal: writing inode {inode}: {e}")
-            })?;
-        }
-        h.flush()
-            .await
-            .map_err(|e| anyhow::anyhow!("replaying the journal: flushing inode {inode}: {e}"))?;
-        let _ = h.release().await;
-    }
-    Ok(())
 }

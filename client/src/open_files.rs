@@ -27,6 +27,10 @@ pub(crate) struct OpenFiles {
     files: Mutex<HashMap<u64, Weak<FileState>>>,
     /// Size and mtime of each file at its last open (close-to-open cache check).
     last_open: BoundedCache<u64, (u64, i64)>,
+    /// Opens inherited from the dead process whose session this client
+    /// continues, by inode (counted in `io`'s opens too, so a
+    /// re-registration lists them).
+    inherited: Mutex<HashMap<u64, u32>>,
 }
 
 impl OpenList for OpenFiles {
@@ -50,7 +54,33 @@ impl OpenFiles {
             io: Arc::new(FileIo::new(ns)),
             files: Mutex::new(HashMap::new()),
             last_open: BoundedCache::new(LAST_OPENS, None),
+            inherited: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes over the opens a dead process held in the session (one entry
+    /// per open).
+    pub(crate) fn inherit_opens(&self, inodes: &[u64]) {
+        let mut m = self.inherited.lock();
+        for ino in inodes {
+            *m.entry(*ino).or_insert(0) += 1;
+            self.io.count_open(*ino);
+        }
+    }
+
+    /// Releases one inherited open of `inode`; false when none is left.
+    pub(crate) async fn release_inherited(&self, inode: u64) -> Result<bool> {
+        {
+            let mut m = self.inherited.lock();
+            match m.get_mut(&inode) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    m.remove(&inode);
+                }
+                None => return Ok(false),
+            }
+        }
+        self.io.release_inode(inode).await.map(|()| true)
     }
 
     fn ns(&self) -> &Namespace {

@@ -96,8 +96,32 @@ struct SessionState {
     lease_secs: u32,
     read_only: bool,
     cluster_id: String,
+    /// What a resume of the session must present (from the master).
+    secret: Vec<u8>,
     /// Bumped on every successful (re-)registration.
     generation: u64,
+}
+
+/// A session of a dead process that this client continues (a takeover of
+/// its FUSE connection): its id and secret, from the state file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeSession {
+    /// The session id.
+    pub session_id: u64,
+    /// Its secret, as the master gave it at registration.
+    pub secret: Vec<u8>,
+}
+
+/// What a client continuing a dead process's session inherits from it.
+#[derive(Clone, Debug, Default)]
+pub struct Inherited {
+    /// True when the master let the session be continued; false when it had
+    /// ended (a new session was registered, and nothing is inherited).
+    pub continued: bool,
+    /// One entry per open the dead process held, by inode.
+    pub open_inodes: Vec<u64>,
+    /// The file locks the dead process held.
+    pub held_locks: Vec<pb::HeldLock>,
 }
 
 struct SessionInner {
@@ -130,6 +154,10 @@ struct SessionInner {
 struct RequestIds {
     last: u64,
     unanswered: BTreeSet<u64>,
+    /// Until then, tags acknowledge nothing: a daemon that took over a
+    /// connection does not know which requests of the dead one the kernel
+    /// will resend, and their outcomes must stay cached until they are.
+    hold_acks_until: Option<Instant>,
 }
 
 impl RequestIds {
@@ -140,11 +168,22 @@ impl RequestIds {
     }
 
     fn tag(&self, id: u64) -> pb::RequestTag {
-        pb::RequestTag {
-            id,
-            acked_below: self.unanswered.first().copied().unwrap_or(id).min(id),
+        let mut acked_below = self.unanswered.first().copied().unwrap_or(id).min(id);
+        if self.hold_acks_until.is_some_and(|t| Instant::now() < t) {
+            acked_below = acked_below.min(1);
         }
+        pb::RequestTag { id, acked_below }
     }
+}
+
+/// Bit 62 marks a request id derived from a kernel FUSE request id (see
+/// [`Session::with_request`]); ids counted by the client stay far below it.
+const FUSE_REQUEST_ID: u64 = 1 << 62;
+
+/// The request id a kernel FUSE request `unique` gives its mutation: the same
+/// for the request the kernel resends after a takeover (bit 63 cleared).
+pub(crate) fn request_id_of_fuse(unique: u64) -> u64 {
+    (unique & !(1 << 63) & (FUSE_REQUEST_ID - 1)) | FUSE_REQUEST_ID
 }
 
 /// Marks a tagged request answered (or abandoned) when dropped.
@@ -187,6 +226,9 @@ tokio::task_local! {
     /// A master client that calls made in this task use first instead of the
     /// shared one (see [`Session::with_master`]).
     static TASK_MASTER: MasterClient<AuthChannel>;
+    /// The request id the next tagged mutation of this task uses (see
+    /// [`Session::with_request`]); taken by the first one.
+    static TASK_REQUEST: std::cell::Cell<Option<u64>>;
 }
 
 /// True when the master no longer knows our session (it restarted or expired it):
@@ -228,6 +270,7 @@ impl Session {
                     lease_secs: 30,
                     read_only: false,
                     cluster_id: String::new(),
+                    secret: Vec::new(),
                     generation: 0,
                 }),
                 seen_epoch: AtomicU64::new(0),
@@ -250,12 +293,21 @@ impl Session {
     /// Registers the session, retrying while the master is unreachable for up
     /// to the configured reconnect timeout, then starts the lease renewal task
     /// on the current tokio runtime.
-    pub(crate) async fn start(&self) -> Result<()> {
+    /// Continues `resume` (a dead process's session) when given: the master keeps its open files and locks, which are
+    /// returned. A session that can no longer be continued (it ended, or the
+    /// secret does not match) is replaced by a new one, and nothing is
+    /// inherited.
+    pub(crate) async fn start_with(&self, resume: Option<ResumeSession>) -> Result<Inherited> {
+        if let Some(r) = &resume {
+            let mut s = self.inner.state.lock();
+            s.session_id = r.session_id;
+            s.secret = r.secret.clone();
+        }
         let deadline = Instant::now() + self.inner.config.reconnect_timeout;
         let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.register(0).await {
-                Ok(()) => break,
+        let inherited = loop {
+            match self.register(0, resume.is_some()).await {
+                Ok(i) => break i,
                 Err(RegisterError::Transient(e)) if Instant::now() < deadline => {
                     tracing::warn!(error = %e, master = %self.inner.config.master, "master not reachable yet, retrying");
                     tokio::time::sleep(backoff).await;
@@ -263,26 +315,40 @@ impl Session {
                 }
                 Err(RegisterError::Transient(e)) | Err(RegisterError::Fatal(e)) => return Err(e),
             }
+        };
+        if !inherited.held_locks.is_empty() {
+            let mut held = self.inner.held_locks.lock();
+            for l in &inherited.held_locks {
+                held.entry((l.inode, l.owner)).or_default().push(*l);
+            }
         }
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(renew_loop(weak));
-        Ok(())
+        Ok(inherited)
     }
 
-    async fn register(&self, expected_generation: u64) -> std::result::Result<(), RegisterError> {
-        let (session_id, generation) = {
+    /// Registers (or resumes) the session; `takeover` continues a dead
+    /// process's session as [`Session::start_with`] says. A resume the master
+    /// refuses (the session ended, or the secret does not match) is followed
+    /// at once by the registration of a new session listing the open files.
+    async fn register(
+        &self,
+        expected_generation: u64,
+        takeover: bool,
+    ) -> std::result::Result<Inherited, RegisterError> {
+        let (session_id, secret, generation) = {
             let s = self.inner.state.lock();
-            (s.session_id, s.generation)
+            (s.session_id, s.secret.clone(), s.generation)
         };
         if generation != expected_generation {
-            return Ok(());
+            return Ok(Inherited::default());
         }
         let open = self.inner.open_list.get().and_then(Weak::upgrade);
         let (open_inodes, write_sessions) = match open {
             Some(o) => (o.open_inodes(), o.write_sessions()),
             None => (Vec::new(), Vec::new()),
         };
-        let req = pb::RegisterSessionRequest {
+        let mut req = pb::RegisterSessionRequest {
             client_name: self.inner.config.client_name.clone(),
             subdir: self.inner.config.subdir.clone(),
             read_only: self.inner.config.read_only,
@@ -291,8 +357,25 @@ impl Session {
             hostname: hostname(),
             seen_epoch: self.inner.seen_epoch.load(Ordering::SeqCst),
             write_sessions,
+            session_secret: secret,
+            takeover,
         };
-        let reply = match self.inner.master.clone().register_session(req).await {
+        let mut answer = self
+            .inner
+            .master
+            .clone()
+            .register_session(req.clone())
+            .await;
+        if let Err(s) = &answer {
+            if session_id != 0 && errno::is_session_ended(s) {
+                tracing::warn!(session = session_id, reason = %s.message(), "the session cannot be resumed; registering a new one and opening the files again");
+                req.session_id = 0;
+                req.session_secret = Vec::new();
+                req.takeover = false;
+                answer = self.inner.master.clone().register_session(req).await;
+            }
+        }
+        let reply = match answer {
             Ok(r) => r.into_inner(),
             Err(s) if errno::is_transient(&s) => {
                 return Err(RegisterError::Transient(Error::new(
@@ -338,7 +421,7 @@ impl Session {
                 self.inner.config.master, reply.cluster_id, s.cluster_id
             ))));
             }
-            if s.session_id != 0 && s.root_inode != reply.root_inode {
+            if s.generation > 0 && s.root_inode != reply.root_inode {
                 tracing::warn!(
                     old = s.root_inode,
                     new = reply.root_inode,
@@ -354,6 +437,7 @@ impl Session {
             s.lease_secs = reply.lease_secs.max(1);
             s.read_only = reply.read_only || self.inner.config.read_only;
             s.cluster_id = reply.cluster_id;
+            s.secret = reply.session_secret;
             s.generation += 1;
             let resumed = (s.generation > 1).then_some(s.session_id);
             if resumed.is_some() {
@@ -376,7 +460,11 @@ impl Session {
         if let Some(sid) = resumed {
             self.reassert_locks(sid).await;
         }
-        Ok(())
+        Ok(Inherited {
+            continued: takeover && reply.session_id == session_id,
+            open_inodes: reply.open_inodes,
+            held_locks: reply.held_locks,
+        })
     }
 
     /// Tells a master this session re-registered with the file locks it
@@ -445,7 +533,7 @@ impl Session {
 
     async fn reregister(&self, failed_generation: u64) -> std::result::Result<(), RegisterError> {
         let _g = self.inner.reconnect.lock().await;
-        self.register(failed_generation).await
+        self.register(failed_generation, false).await.map(|_| ())
     }
 
     /// Starts background work on the runtime the client was connected on.
@@ -542,6 +630,29 @@ impl Session {
         }
     }
 
+    /// Runs `f` (the handling of one kernel FUSE request) with its first
+    /// non-idempotent mutation tagged with an id derived from the kernel's
+    /// request id `unique` ([`request_id_of_fuse`]) instead of a counted one.
+    /// The id counts as unanswered until `f` ends (the reply reached the
+    /// kernel), so the master keeps the outcome for a resent request until
+    /// then. Without `unique`, `f` runs as is.
+    pub(crate) async fn with_request<F: Future>(&self, unique: Option<u64>, f: F) -> F::Output {
+        let Some(unique) = unique else {
+            return f.await;
+        };
+        let id = request_id_of_fuse(unique);
+        let ids = &self.inner.requests;
+        ids.lock().unanswered.insert(id);
+        let _pending = Unanswered { ids, id };
+        TASK_REQUEST.scope(std::cell::Cell::new(Some(id)), f).await
+    }
+
+    /// Tags acknowledge nothing for `window`: for a daemon that continues a
+    /// dead one's session, whose requests the kernel resends.
+    pub(crate) fn hold_acks(&self, window: Duration) {
+        self.inner.requests.lock().hold_acks_until = Some(Instant::now() + window);
+    }
+
     /// [`Session::call`] for a non-idempotent mutation: `f` also gets the
     /// request's tag, the same id on every retry (also after a reconnect to a
     /// new master), so the master answers a retry of a request that already
@@ -552,8 +663,14 @@ impl Session {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let ids = &self.inner.requests;
-        let id = ids.lock().begin();
-        let _pending = Unanswered { ids, id };
+        let given = TASK_REQUEST.try_with(|c| c.take()).ok().flatten();
+        let (id, _pending) = match given {
+            Some(id) => (id, None),
+            None => {
+                let id = ids.lock().begin();
+                (id, Some(Unanswered { ids, id }))
+            }
+        };
         self.call(what, |m, sid| {
             let tag = ids.lock().tag(id);
             f(m, sid, tag)
@@ -594,6 +711,11 @@ impl Session {
     /// Current session id.
     pub(crate) fn session_id(&self) -> u64 {
         self.inner.state.lock().session_id
+    }
+
+    /// The current session's secret (what a resume must present).
+    pub(crate) fn session_secret(&self) -> Vec<u8> {
+        self.inner.state.lock().secret.clone()
     }
 
     /// Highest master epoch seen.

@@ -72,9 +72,13 @@ pub struct SessionRecord {
     pub generation: u64,
     /// Pid of that daemon.
     pub pid: u32,
-    /// That daemon's session with the master (closed by the next daemon
-    /// before it writes, so the chunks its write sessions held are free).
+    /// That daemon's session with the master, which the next daemon
+    /// continues (its open files, locks and reply cache stay).
     pub master_session: u64,
+    /// The session's secret, which the master asks of whoever resumes it
+    /// (empty in a record of a daemon before 0.2: the next daemon then
+    /// closes that session and registers its own).
+    pub master_secret: Vec<u8>,
     /// Version of `alces-mount` that wrote it.
     pub version: String,
 }
@@ -84,8 +88,8 @@ impl SessionRecord {
     pub fn encode(&self) -> String {
         let i = &self.init;
         format!(
-            "{STATE_MAGIC}\nabi {}.{}\nmax_readahead {}\nflags {:#x}\ngeneration {}\npid {}\nmaster_session {}\nversion {}\n",
-            i.major, i.minor, i.max_readahead, i.flags, self.generation, self.pid, self.master_session, self.version
+            "{STATE_MAGIC}\nabi {}.{}\nmax_readahead {}\nflags {:#x}\ngeneration {}\npid {}\nmaster_session {}\nmaster_secret {}\nversion {}\n",
+            i.major, i.minor, i.max_readahead, i.flags, self.generation, self.pid, self.master_session, hex(&self.master_secret), self.version
         )
     }
 
@@ -107,6 +111,7 @@ impl SessionRecord {
         let (mut ra, mut flags, mut generation, mut pid, mut version) =
             (None, None, None, None, None);
         let mut master_session = None;
+        let mut master_secret = Vec::new();
         for l in lines {
             let Some((k, v)) = l.split_once(' ') else {
                 continue;
@@ -129,6 +134,7 @@ impl SessionRecord {
                 "generation" => generation = Some(v.parse::<u64>().map_err(|_| bad())?),
                 "pid" => pid = Some(v.parse::<u32>().map_err(|_| bad())?),
                 "master_session" => master_session = Some(v.parse::<u64>().map_err(|_| bad())?),
+                "master_secret" => master_secret = unhex(v).ok_or_else(bad)?,
                 "version" => version = Some(v.to_string()),
                 _ => {}
             }
@@ -145,9 +151,24 @@ impl SessionRecord {
             generation: generation.ok_or_else(|| missing("generation"))?,
             pid: pid.ok_or_else(|| missing("pid"))?,
             master_session: master_session.ok_or_else(|| missing("master_session"))?,
+            master_secret,
             version: version.ok_or_else(|| missing("version"))?,
         }))
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Takes ownership of descriptor `fd` given on the command line, checking that
@@ -370,6 +391,7 @@ mod tests {
             generation: 3,
             pid: 42,
             master_session: 0x1234_5678_9abc_def0,
+            master_secret: (0u8..16).collect(),
             version: "0.1.0".into(),
         }
     }
@@ -377,13 +399,25 @@ mod tests {
     #[test]
     fn records_round_trip_and_bad_ones_are_named() {
         let r = record();
-        assert_eq!(SessionRecord::decode(r.encode().as_bytes()), Ok(Some(r)));
+        assert_eq!(
+            SessionRecord::decode(r.encode().as_bytes()),
+            Ok(Some(r.clone()))
+        );
         assert_eq!(SessionRecord::decode(&[0u8; 64]), Ok(None));
         assert_eq!(SessionRecord::decode(b""), Ok(None));
         let e = SessionRecord::decode(b"hello\n").unwrap_err();
         assert!(e.contains("not a session record"), "{e}");
         let e = SessionRecord::decode(format!("{STATE_MAGIC}\nabi 7.45\n").as_bytes()).unwrap_err();
         assert!(e.contains("lacks"), "{e}");
+        // A record of an earlier daemon, without a secret, still reads.
+        let old = r
+            .encode()
+            .replace("master_secret 000102030405060708090a0b0c0d0e0f\n", "");
+        let d = SessionRecord::decode(old.as_bytes()).unwrap().unwrap();
+        assert!(d.master_secret.is_empty());
+        let bad = r.encode().replace("master_secret 00", "master_secret zz");
+        let e = SessionRecord::decode(bad.as_bytes()).unwrap_err();
+        assert!(e.contains("bad session record line"), "{e}");
     }
 
     #[test]

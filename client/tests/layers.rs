@@ -19,7 +19,7 @@ fn layer(module: &str) -> u32 {
         "file" => 4,
         "open_files" => 5,
         "client" => 6,
-        "volumes" => 7,
+        "volumes" | "replay" => 7,
         "fuse" | "metrics" => 8,
         _ => panic!("module {module} has no layer: add it to tests/layers.rs"),
     }

@@ -33,6 +33,12 @@ pub struct HandoverFigures {
     pub mib: u64,
     /// Files per metadata round.
     pub files: u64,
+    /// From SIGTERM (a graceful hand-over) to a listing answered by the next
+    /// daemon, ms (median of the rounds; nothing buffered).
+    pub handover_ms: f64,
+    /// From SIGKILL to a listing answered by the next daemon (a takeover),
+    /// ms (median of the rounds; nothing buffered).
+    pub takeover_ms: f64,
 }
 
 fn pattern(i: u64) -> u8 {
@@ -91,8 +97,9 @@ fn metadata(dir: &Path, files: u64) -> f64 {
 struct Handed {
     dir: PathBuf,
     child: std::process::Child,
-    _fuse: std::os::fd::OwnedFd,
-    _state: std::os::fd::OwnedFd,
+    spec: keeper::DaemonSpec,
+    fuse: std::os::fd::OwnedFd,
+    state: std::os::fd::OwnedFd,
 }
 
 impl Handed {
@@ -122,10 +129,31 @@ impl Handed {
         Self {
             dir,
             child,
-            _fuse: fuse,
-            _state: state,
+            spec,
+            fuse,
+            state,
         }
     }
+
+    /// Ends the daemon with `sig` (SIGTERM: a graceful hand-over; SIGKILL),
+    /// starts the next one with `--takeover` on the same connection, as the
+    /// plugin does, and returns the time from the signal to a listing the
+    /// next daemon answered.
+    fn replace(&mut self, sig: i32) -> Duration {
+        let t = Instant::now();
+        // SAFETY: plain signal to this measurement's own daemon.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let _ = self.child.wait();
+        self.child = keeper::spawn(&self.spec, &self.fuse, &self.state, true)
+            .expect("start the next alces-mount");
+        std::fs::read_dir(&self.dir).expect("a listing through the next daemon");
+        t.elapsed()
+    }
+}
+
+fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 impl Drop for Handed {
@@ -142,7 +170,7 @@ impl Drop for Handed {
 /// alternating between them.
 pub fn handover(mib: u64, files: u64, reps: u32) -> HandoverFigures {
     let c = Cluster::start_default();
-    let h = Handed::start(&c);
+    let mut h = Handed::start(&c);
     let plain = c.mnt.join("bench-plain");
     let handed_dir = h.dir.join("bench-handed");
     std::fs::create_dir_all(&plain).expect("mkdir");
@@ -166,6 +194,8 @@ pub fn handover(mib: u64, files: u64, reps: u32) -> HandoverFigures {
         },
         mib,
         files,
+        handover_ms: 0.0,
+        takeover_ms: 0.0,
     };
     for r in 0..reps {
         let name = format!("seq-{r}");
@@ -191,6 +221,16 @@ pub fn handover(mib: u64, files: u64, reps: u32) -> HandoverFigures {
             metadata(&handed_dir.join(format!("meta-{r}")), files),
         );
     }
+    let (mut graceful, mut killed) = (Vec::new(), Vec::new());
+    // No file is kept open across a replacement: the next daemon is forked
+    // from this process, and its exec would close (FUSE flush) such a file
+    // while no daemon serves the connection.
+    for _ in 0..reps {
+        graceful.push(h.replace(libc::SIGTERM));
+        killed.push(h.replace(libc::SIGKILL));
+    }
+    f.handover_ms = median_ms(graceful);
+    f.takeover_ms = median_ms(killed);
     drop(h);
     f
 }

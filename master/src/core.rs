@@ -373,13 +373,27 @@ impl Core {
         reply: impl FnOnce(&Inner) -> FsResult<R>,
     ) -> Result<R, Status> {
         self.mutate_as(session, |core, inner| {
-            if let Some((v, r)) = inner.state.replies.answer::<R>(tag)? {
+            if let Some((v, r)) = core.cached_reply::<R>(inner, tag)? {
                 return Ok((Some(v), r));
             }
             let (v, r) = core.commit_replied(inner, op, tag, reply)?;
             Ok((Some(v), r))
         })
         .await
+    }
+
+    /// The first outcome of the request tagged `tag`, when it already ran (a
+    /// retry), counted in `alces_master_reply_cache_hits_total`.
+    pub fn cached_reply<R: Reply>(
+        &self,
+        inner: &Inner,
+        tag: Option<Tag>,
+    ) -> FsResult<Option<(u64, R)>> {
+        let r = inner.state.replies.answer::<R>(tag)?;
+        if r.is_some() {
+            self.metrics.reply_cache_hits.inc();
+        }
+        Ok(r)
     }
 
     /// Runs the read-only `f` under the lock.

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub lock_waiters: Gauge,
     /// Lock requests refused by a cap, by `cap` (session / total).
     pub lock_cap_refusals: Family<RpcLabels, Counter>,
+    /// Retried mutations answered from the reply cache.
+    pub reply_cache_hits: Counter,
 }
 
 impl Metrics {
@@ -54,7 +56,13 @@ impl Metrics {
             locks: Gauge::default(),
             lock_waiters: Gauge::default(),
             lock_cap_refusals: Family::default(),
+            reply_cache_hits: Counter::default(),
         };
+        reg.register(
+            "alces_master_reply_cache_hits",
+            "Retried mutations answered with their first outcome from the reply cache",
+            m.reply_cache_hits.clone(),
+        );
         reg.register(
             "alces_master_rpc",
             "gRPC calls by rpc and result",

@@ -55,6 +55,43 @@ pub fn is_session_unknown(status: &Status) -> bool {
     status.metadata().get(SESSION_UNKNOWN_KEY).is_some()
 }
 
+/// Metadata key marking a refused resume: the session ended (closed, or its
+/// lease expired) or its secret does not match; the client registers a new
+/// session instead and opens its files again.
+pub const SESSION_ENDED_KEY: &str = "x-alces-session-ended";
+
+/// The status of a resume the master refuses because session `session_id`
+/// ended: `why` says how (closed, expired, unknown for longer than a lease).
+pub fn session_ended(session_id: u64, why: &str) -> Status {
+    let mut s = Status::failed_precondition(format!(
+        "session {session_id} cannot be resumed: {why}; register a new session (session id 0) and open the files again"
+    ));
+    s.metadata_mut().insert(
+        SESSION_ENDED_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
+/// The status of a resume whose secret does not match the session's: the
+/// caller is not the process that holds the session.
+pub fn session_secret_mismatch(session_id: u64) -> Status {
+    let mut s = Status::permission_denied(format!(
+        "session {session_id} is live and the resume does not carry its secret: only the process holding the session (or the one continuing its connection, with the secret from its state file) may resume it; register a new session instead"
+    ));
+    s.metadata_mut().insert(
+        SESSION_ENDED_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
+/// True when `status` refuses a resume (the session ended, or the secret
+/// does not match): the caller registers a new session.
+pub fn is_session_ended(status: &Status) -> bool {
+    status.metadata().get(SESSION_ENDED_KEY).is_some()
+}
+
 /// The errno carried by `status`, or the closest errno for its gRPC code.
 pub fn of(status: &Status) -> i32 {
     if let Some(v) = status.metadata().get(ERRNO_KEY) {

@@ -87,6 +87,16 @@ fn check(inner: &Inner, session: u64, ino: u64) -> Result<(), Status> {
     inner.state.get(ino).map(|_| ()).map_err(|e| e.to_status())
 }
 
+/// Every lock session `sid` holds, as a takeover resume lists them.
+pub fn held_by_session(inner: &Inner, sid: u64) -> Vec<pb::HeldLock> {
+    inner
+        .locks
+        .held_by_session(sid)
+        .iter()
+        .map(|(ino, l)| held(l, *ino))
+        .collect()
+}
+
 fn held(l: &Lock, ino: u64) -> pb::HeldLock {
     pb::HeldLock {
         inode: ino,

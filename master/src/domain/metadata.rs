@@ -139,7 +139,7 @@ pub async fn create(core: &Core, c: Create<'_>) -> Result<pb::AttrReply, Status>
         }
     };
     core.mutate_as(sid, |core, inner| {
-        if let Some((v, reply)) = inner.state.replies.answer::<pb::AttrReply>(c.tag)? {
+        if let Some((v, reply)) = core.cached_reply::<pb::AttrReply>(inner, c.tag)? {
             // A retry: the first run marked the file open in this session,
             // unless that was on a master that has since been replaced (the
             // client could not list a file whose create it never saw).
@@ -290,7 +290,7 @@ pub async fn symlink(core: &Core, r: pb::SymlinkRequest) -> Result<pb::AttrReply
 pub async fn link(core: &Core, r: pb::LinkRequest) -> Result<pb::AttrReply, Status> {
     let tag = tag(r.session_id, r.tag.as_ref())?;
     core.mutate_as(r.session_id, |core, inner| {
-        if let Some((v, reply)) = inner.state.replies.answer(tag)? {
+        if let Some((v, reply)) = core.cached_reply(inner, tag)? {
             return Ok((Some(v), reply));
         }
         if let Ok(i) = inner.state.get(r.inode) {
@@ -327,7 +327,7 @@ pub async fn remove(
 ) -> Result<pb::EntryChangeReply, Status> {
     let tag = tag(r.session_id, r.tag.as_ref())?;
     core.mutate_as(r.session_id, |core, inner| {
-        if let Some((v, reply)) = inner.state.replies.answer(tag)? {
+        if let Some((v, reply)) = core.cached_reply(inner, tag)? {
             return Ok((Some(v), reply));
         }
         let child = inner.state.lookup(r.parent, &r.name).ok();
@@ -357,7 +357,7 @@ pub async fn remove(
 pub async fn rename(core: &Core, r: pb::RenameRequest) -> Result<pb::EntryChangeReply, Status> {
     let tag = tag(r.session_id, r.tag.as_ref())?;
     core.mutate_as(r.session_id, |core, inner| {
-        if let Some((v, reply)) = inner.state.replies.answer(tag)? {
+        if let Some((v, reply)) = core.cached_reply(inner, tag)? {
             return Ok((Some(v), reply));
         }
         let victim = inner

@@ -8,7 +8,7 @@ use alces_proto::pb;
 use tonic::Status;
 
 use crate::core::{Core, Inner};
-use crate::runtime::sessions::Session;
+use crate::runtime::sessions::{Refusal, Session, SECRET_BYTES};
 use crate::state::error::{err, FsError, FsResult};
 use crate::state::namespace::ROOT_INODE;
 
@@ -32,8 +32,19 @@ fn resolve_subdir(inner: &Inner, subdir: &str) -> FsResult<u64> {
     Ok(ino)
 }
 
-/// Registers a session (a new one, or `r.session_id` resumed with the open
-/// files and write sessions the client lists).
+/// Registers a session: a new one, or `r.session_id` resumed.
+///
+/// - A resume must carry the session's secret when this master knows the
+///   session (else PERMISSION_DENIED); a session this master closed or
+///   expired, or one it has not known for longer than a session timeout since
+///   it started, cannot be resumed (the session-ended mark: the client
+///   registers anew). A session unknown to a master that started less than a
+///   session timeout ago is adopted: it was live before a restart or failover.
+/// - A plain resume (a reconnect) replaces the session's open files and write
+///   sessions with those the client lists.
+/// - A takeover resume (`r.takeover`: another process continues the dead
+///   one's connection) keeps the open files and locks, ends the write sessions,
+///   and lists the open files and locks in the reply.
 pub fn register(
     core: &Core,
     r: pb::RegisterSessionRequest,
@@ -42,6 +53,9 @@ pub fn register(
     let mut g = core.inner.lock();
     let inner = &mut *g;
     let root = resolve_subdir(inner, &r.subdir)?;
+    if r.session_id != 0 {
+        check_resume(core, inner, &r)?;
+    }
     let sid = if r.session_id != 0 {
         r.session_id
     } else {
@@ -52,31 +66,63 @@ pub fn register(
             }
         }
     };
-    let resumed = inner.sessions.close(sid);
-    inner.sessions.map.insert(
-        sid,
-        Session {
-            root,
-            read_only: r.read_only,
-            client_name: r.client_name.clone(),
-            hostname: r.hostname.clone(),
-            renewed: Instant::now(),
-            open: Default::default(),
+    let known = inner.sessions.map.get(&sid).map(|s| s.secret);
+    let secret = match known {
+        Some(Some(s)) => Some(s),
+        // A new session, or one adopted or kept unprotected: the secret it
+        // presents (if any) is its secret from now on.
+        _ => match <[u8; SECRET_BYTES]>::try_from(r.session_secret.as_slice()) {
+            Ok(s) => Some(s),
+            Err(_) if r.session_id == 0 => Some(rand::random()),
+            Err(_) => None,
         },
-    );
-    for ino in &r.open_inodes {
-        if inner.state.inodes.contains_key(ino) {
-            inner.sessions.open(sid, *ino);
+    };
+    let (mut open_inodes, mut held_locks) = (Vec::new(), Vec::new());
+    let resumed = if r.takeover && known.is_some() {
+        // The dead process's write sessions end (what they wrote past a
+        // file's end was never recorded); its opens and locks stay.
+        inner.tails.session_gone(&inner.state, sid);
+        let s = inner.sessions.map.get_mut(&sid).expect("known session");
+        s.root = root;
+        s.read_only = r.read_only;
+        s.client_name = r.client_name.clone();
+        s.hostname = r.hostname.clone();
+        s.renewed = Instant::now();
+        s.secret = secret;
+        open_inodes = inner.sessions.opens_of(sid);
+        held_locks = crate::domain::locks::held_by_session(inner, sid);
+        Vec::new()
+    } else {
+        let resumed = inner.sessions.close(sid);
+        inner.sessions.map.insert(
+            sid,
+            Session {
+                root,
+                read_only: r.read_only,
+                client_name: r.client_name.clone(),
+                hostname: r.hostname.clone(),
+                renewed: Instant::now(),
+                open: Default::default(),
+                secret,
+            },
+        );
+        if !r.takeover {
+            for ino in &r.open_inodes {
+                if inner.state.inodes.contains_key(ino) {
+                    inner.sessions.open(sid, *ino);
+                }
+            }
+            for w in &r.write_sessions {
+                if inner.state.chunks.contains_key(&w.chunk_id) {
+                    inner.tails.opened(w.chunk_id, sid, w.version);
+                }
+            }
         }
-    }
-    for w in &r.write_sessions {
-        if inner.state.chunks.contains_key(&w.chunk_id) {
-            inner.tails.opened(w.chunk_id, sid, w.version);
-        }
-    }
+        resumed
+    };
     // Inodes the previous incarnation held but the client no longer lists.
     core.purge_unused(inner, &resumed);
-    tracing::info!(session = sid, client = %r.client_name, host = %r.hostname, subdir = %r.subdir, read_only = r.read_only, resumed = r.session_id != 0, "session registered");
+    tracing::info!(session = sid, client = %r.client_name, host = %r.hostname, subdir = %r.subdir, read_only = r.read_only, resumed = r.session_id != 0, takeover = r.takeover, opens = open_inodes.len(), locks = held_locks.len(), "session registered");
     Ok(pb::RegisterSessionReply {
         session_id: sid,
         root_inode: root,
@@ -85,7 +131,34 @@ pub fn register(
         chunk_size: inner.state.chunk_size,
         cluster_id: inner.state.cluster_id.clone(),
         read_only: r.read_only,
+        session_secret: secret.map(|s| s.to_vec()).unwrap_or_default(),
+        open_inodes,
+        held_locks,
     })
+}
+
+/// Refuses a resume of `r.session_id` that may not continue the session.
+fn check_resume(core: &Core, inner: &Inner, r: &pb::RegisterSessionRequest) -> Result<(), Status> {
+    let sid = r.session_id;
+    match inner.sessions.refusal(sid, &r.session_secret) {
+        Some(Refusal::Secret) => {
+            tracing::warn!(session = sid, client = %r.client_name, host = %r.hostname, "refused a resume without the session's secret");
+            Err(alces_proto::errno::session_secret_mismatch(sid))
+        }
+        Some(Refusal::Ended) => Err(alces_proto::errno::session_ended(
+            sid,
+            "it was closed or its lease expired on this master",
+        )),
+        None if !inner.sessions.map.contains_key(&sid)
+            && core.started.elapsed() > core.settings.session_timeout =>
+        {
+            Err(alces_proto::errno::session_ended(
+                sid,
+                "this master has served for longer than a session timeout without it, so its lease expired",
+            ))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Renews the lease of session `sid`.
@@ -104,6 +177,7 @@ pub fn renew(core: &Core, sid: u64) -> Result<pb::RenewSessionReply, Status> {
 pub async fn close(core: &Core, sid: u64) -> Result<pb::Empty, Status> {
     core.mutate(|core, inner| {
         let freed = inner.sessions.close(sid);
+        inner.sessions.mark_ended(sid);
         inner.tails.session_gone(&inner.state, sid);
         inner.locks.release_session(sid);
         Ok((core.purge_unused(inner, &freed), pb::Empty {}))

@@ -275,6 +275,21 @@ impl LockTable {
         v
     }
 
+    /// Every lock `session` holds, with its inode, by inode then range.
+    pub fn held_by_session(&self, session: u64) -> Vec<(u64, Lock)> {
+        let mut v: Vec<(u64, Lock)> = self
+            .files
+            .iter()
+            .flat_map(|(ino, ls)| {
+                ls.iter()
+                    .filter(|l| l.owner.session == session)
+                    .map(|l| (*ino, *l))
+            })
+            .collect();
+        v.sort_by_key(|(ino, l)| (*ino, l.owner.owner, l.start));
+        v
+    }
+
     /// Removes every lock of `owner` on `ino` (the process closed the file).
     pub fn release_owner(&mut self, ino: u64, owner: Owner) {
         let _ = self.set(ino, owner, None, 0, u64::MAX, 0);

@@ -1,7 +1,7 @@
 //! Client sessions: leases, the root and mode of each session, and which inodes
 //! each session holds open (an unlinked file lives while it is open).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// One client session.
@@ -19,6 +19,44 @@ pub struct Session {
     pub renewed: Instant,
     /// Open count per inode.
     pub open: HashMap<u64, u32>,
+    /// What a resume must present: 16 random bytes given at registration.
+    /// `None` for a session adopted after a restart from a client that
+    /// presented none (an older client), which any resume may continue.
+    pub secret: Option<[u8; SECRET_BYTES]>,
+}
+
+/// Bytes of a session secret.
+pub const SECRET_BYTES: usize = 16;
+
+/// How many ended session ids a master remembers (to refuse their resume
+/// with a clear error rather than adopting them as after a restart).
+const ENDED_KEPT: usize = 65536;
+
+/// Why a resume of a session is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The session was closed or its lease expired on this master.
+    Ended,
+    /// The session is live and the secret does not match.
+    Secret,
+}
+
+impl Session {
+    /// Whether `presented` may resume this session.
+    pub fn admits(&self, presented: &[u8]) -> bool {
+        match &self.secret {
+            None => true,
+            Some(s) => {
+                // Constant time in the secret's content.
+                presented.len() == s.len()
+                    && presented
+                        .iter()
+                        .zip(s.iter())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
+            }
+        }
+    }
 }
 
 /// Every session and the global open counts.
@@ -27,6 +65,9 @@ pub struct Sessions {
     /// Sessions by id.
     pub map: HashMap<u64, Session>,
     open_count: HashMap<u64, u32>,
+    /// Sessions closed or expired on this master, oldest first (bounded).
+    ended: VecDeque<u64>,
+    ended_set: HashSet<u64>,
 }
 
 impl Sessions {
@@ -71,6 +112,40 @@ impl Sessions {
         }
     }
 
+    /// Whether a resume of `sid` presenting `secret` is refused, and why.
+    pub fn refusal(&self, sid: u64, secret: &[u8]) -> Option<Refusal> {
+        match self.map.get(&sid) {
+            Some(s) if s.admits(secret) => None,
+            Some(_) => Some(Refusal::Secret),
+            None if self.ended_set.contains(&sid) => Some(Refusal::Ended),
+            None => None,
+        }
+    }
+
+    /// Records that `sid` ended (closed or expired): a later resume is refused.
+    pub fn mark_ended(&mut self, sid: u64) {
+        if self.ended_set.insert(sid) {
+            self.ended.push_back(sid);
+            if self.ended.len() > ENDED_KEPT {
+                if let Some(old) = self.ended.pop_front() {
+                    self.ended_set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The inodes session `sid` holds open, one entry per open.
+    pub fn opens_of(&self, sid: u64) -> Vec<u64> {
+        let mut v = Vec::new();
+        if let Some(s) = self.map.get(&sid) {
+            for (ino, n) in &s.open {
+                v.extend(std::iter::repeat_n(*ino, *n as usize));
+            }
+        }
+        v.sort_unstable();
+        v
+    }
+
     /// Closes session `sid`; returns the inodes no session holds open anymore.
     pub fn close(&mut self, sid: u64) -> Vec<u64> {
         let mut freed = Vec::new();
@@ -96,6 +171,7 @@ impl Sessions {
         let mut freed = Vec::new();
         for sid in &stale {
             freed.extend(self.close(*sid));
+            self.mark_ended(*sid);
         }
         (stale, freed)
     }
