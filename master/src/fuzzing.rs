@@ -1,0 +1,85 @@
+//! Entry points for the fuzz targets in `fuzz/` (built only with the
+//! `fuzzing` feature): the master's parsers of bytes that come from outside,
+//! driven the way the master and the metaloggers drive them, with the
+//! invariants they rely on checked as assertions (a failed assertion is a
+//! crash the fuzzer reports).
+
+use alces_proto::pb::ChangelogRecord;
+use prost::Message;
+
+use crate::disk::{frame, snapshot};
+use crate::state::namespace::{self, State};
+use crate::state::ops;
+
+/// The state records are applied to: a new filesystem, as `alces-master`
+/// formats it.
+fn fresh() -> State {
+    State::format("fuzz".into(), 1 << 20, 2, 1)
+}
+
+/// A changelog file (or a replication batch) read at start-up or by a
+/// metalogger: frames are split and decoded as `changelog::read_file` does,
+/// then each record is applied to a new filesystem twice: as it is (a record
+/// out of sequence must be refused) and renumbered to follow the state (so
+/// the operations themselves are exercised). A refused record must leave the
+/// state unchanged, and the state reached must survive a snapshot round trip.
+pub fn changelog(data: &[u8]) {
+    let (frames, _bad, _) = frame::split_preallocated(data);
+    let recs: Vec<ChangelogRecord> = frames
+        .into_iter()
+        .map_while(|f| ChangelogRecord::decode(f).ok())
+        .collect();
+    let mut as_is = fresh();
+    for r in &recs {
+        if ops::apply(&mut as_is, r).is_err() {
+            break;
+        }
+    }
+    let mut st = fresh();
+    for r in recs {
+        let mut r = r;
+        r.version = st.version + 1;
+        let before = snapshot::encode(&st, 0);
+        if ops::apply(&mut st, &r).is_err() {
+            assert!(
+                snapshot::encode(&st, 0) == before,
+                "a refused changelog record changed the state: {r:?}"
+            );
+        }
+    }
+    round_trip(&st);
+}
+
+/// A snapshot file: decoded as start-up and a metalogger's download do; a
+/// snapshot that decodes must encode and decode again to the same state.
+pub fn snapshot(data: &[u8]) {
+    if let Ok(st) = snapshot::decode(data) {
+        round_trip(&st);
+    }
+}
+
+/// Names and paths from requests, through the checks every namespace call
+/// and every admin call by path makes before it touches the namespace.
+pub fn names(data: &[u8]) {
+    let st = fresh();
+    if namespace::check_name(data).is_ok() {
+        assert!(!data.is_empty() && !data.contains(&b'/') && !data.contains(&0));
+        let _ = st.lookup(namespace::ROOT_INODE, data);
+    }
+    let _ = namespace::show(data);
+    if let Ok(path) = std::str::from_utf8(data) {
+        if namespace::check_absolute(path).is_ok() {
+            let _ = st.resolve_absolute(path);
+        }
+    }
+}
+
+fn round_trip(st: &State) {
+    let bytes = snapshot::encode(st, 0);
+    let again = snapshot::decode(&bytes)
+        .unwrap_or_else(|e| panic!("a snapshot this master encoded does not decode: {e}"));
+    assert!(
+        snapshot::encode(&again, 0) == bytes,
+        "a snapshot does not decode to the state it was encoded from"
+    );
+}
