@@ -75,10 +75,20 @@ pub fn check_private_file(path: &Path, what: &str) -> anyhow::Result<()> {
     let others = mode & 0o077;
     let fs_group_secret = others == 0o040 && md.gid() == egid && mode & 0o200 == 0;
     if others != 0 && !fs_group_secret {
+        let (who, bits) = if mode & 0o007 != 0 {
+            ("every user", mode & 0o007)
+        } else {
+            ("its group", (mode >> 3) & 0o007)
+        };
+        let access = match (bits & 0o4 != 0, bits & 0o2 != 0) {
+            (true, true) => "read and change",
+            (true, false) => "read",
+            (false, true) => "change",
+            (false, false) => "execute",
+        };
         anyhow::bail!(
-            "the {what} {} has mode {mode:04o}: {} can read or change it; make it readable by its owner only with `chmod 600 {}`",
+            "the {what} {} has mode {mode:04o}: {who} can {access} it; make it readable by its owner only with `chmod 600 {}`",
             path.display(),
-            if mode & 0o007 != 0 { "every user" } else { "its group" },
             path.display()
         );
     }
