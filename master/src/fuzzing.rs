@@ -4,7 +4,7 @@
 //! invariants they rely on checked as assertions (a failed assertion is a
 //! crash the fuzzer reports).
 
-use alces_proto::pb::ChangelogRecord;
+use alces_proto::pb::{self, ChangelogRecord};
 use prost::Message;
 
 use crate::disk::{frame, snapshot};
@@ -70,6 +70,97 @@ pub fn names(data: &[u8]) {
     if let Ok(path) = std::str::from_utf8(data) {
         if namespace::check_absolute(path).is_ok() {
             let _ = st.resolve_absolute(path);
+        }
+    }
+}
+
+/// Requests of the Master and Admin services that carry names, paths, goals
+/// or limits (the first byte picks the type), through the checks their
+/// handlers make before any lock is taken, then resolved against a new
+/// filesystem as the handlers do.
+pub fn requests(data: &[u8]) {
+    let Some((&pick, b)) = data.split_first() else {
+        return;
+    };
+    let st = fresh();
+    let entry = |parent: u64, name: &[u8]| {
+        if namespace::check_name(name).is_ok() {
+            let _ = st.lookup(parent, name);
+        }
+    };
+    let path = |p: &str| {
+        if namespace::check_absolute(p).is_ok() {
+            let _ = st.resolve_absolute(p);
+        }
+    };
+    match pick % 11 {
+        0 => {
+            if let Ok(r) = pb::EntryRequest::decode(b) {
+                entry(r.parent, &r.name);
+            }
+        }
+        1 => {
+            if let Ok(r) = pb::MknodRequest::decode(b) {
+                entry(r.parent, &r.name);
+            }
+        }
+        2 => {
+            if let Ok(r) = pb::SymlinkRequest::decode(b) {
+                entry(r.parent, &r.name);
+            }
+        }
+        3 => {
+            if let Ok(r) = pb::LinkRequest::decode(b) {
+                entry(r.new_parent, &r.new_name);
+            }
+        }
+        4 => {
+            if let Ok(r) = pb::RenameRequest::decode(b) {
+                entry(r.parent, &r.name);
+                entry(r.new_parent, &r.new_name);
+            }
+        }
+        5 => {
+            if let Ok(r) = pb::XattrRequest::decode(b) {
+                let _ = ops::check_xattr_name(&r.name);
+            }
+        }
+        6 => {
+            if let Ok(r) = pb::SetXattrRequest::decode(b) {
+                let _ = ops::check_xattr_name(&r.name);
+            }
+        }
+        7 => {
+            if let Ok(r) = pb::SetGoalRequest::decode(b) {
+                if ops::check_goal(r.goal).is_ok() {
+                    assert!((1..=alces_proto::geometry::MAX_GOAL).contains(&r.goal));
+                }
+                path(&r.path);
+            }
+        }
+        8 => {
+            if let Ok(r) = pb::SetQuotaRequest::decode(b) {
+                path(&r.path);
+                let _ = crate::state::volumes::check_limits(&pb::SetQuotaOp {
+                    inode: namespace::ROOT_INODE,
+                    soft_bytes: r.soft_bytes,
+                    hard_bytes: r.hard_bytes,
+                    soft_inodes: r.soft_inodes,
+                    hard_inodes: r.hard_inodes,
+                    grace_secs: r.grace_secs,
+                });
+            }
+        }
+        9 => {
+            if let Ok(r) = pb::SnapshotRequest::decode(b) {
+                path(&r.source);
+                path(&r.destination);
+            }
+        }
+        _ => {
+            if let Ok(r) = pb::SetTrashTimeRequest::decode(b) {
+                path(&r.path);
+            }
         }
     }
 }
