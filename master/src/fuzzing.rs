@@ -22,7 +22,8 @@ fn fresh() -> State {
 /// then each record is applied to a new filesystem twice: as it is (a record
 /// out of sequence must be refused) and renumbered to follow the state (so
 /// the operations themselves are exercised). A refused record must leave the
-/// state unchanged, and the state reached must survive a snapshot round trip.
+/// state unchanged, the state reached must pass the consistency check
+/// `alces fsck` runs, and survive a snapshot round trip.
 pub fn changelog(data: &[u8]) {
     let (frames, _bad, _) = frame::split_preallocated(data);
     let recs: Vec<ChangelogRecord> = frames
@@ -47,6 +48,13 @@ pub fn changelog(data: &[u8]) {
             );
         }
     }
+    // What `alces fsck` checks: the incremental usage and chunk reference
+    // counts match the ones recomputed from the namespace.
+    let problems = crate::state::volumes::check(&st);
+    assert!(
+        problems.is_empty(),
+        "the applied records left an inconsistent state: {problems:?}"
+    );
     round_trip(&st);
 }
 
