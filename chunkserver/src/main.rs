@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    alces_telemetry::warn_if_root("alces-chunkserver");
     let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
     let cfg = Config {
         data_dirs: args.data_dirs,

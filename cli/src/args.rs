@@ -62,6 +62,22 @@ pub enum Command {
     Fsck,
     /// Make a metalogger the master (after the master died, or --switchover).
     Promote(PromoteArgs),
+    /// Give data directories to the unprivileged user the daemons run as
+    /// (run as root with CAP_CHOWN only: the operator's init step for
+    /// hostPath disks, which the kubelet creates owned by root).
+    ChownData(ChownDataArgs),
+}
+
+/// Options of `alces chown-data`.
+#[derive(Debug, Clone, Args)]
+pub struct ChownDataArgs {
+    /// The owner to give, as UID:GID (numbers).
+    #[arg(long, value_name = "UID:GID", value_parser = crate::chown::parse_owner)]
+    pub owner: (u32, u32),
+    /// The data directories (each walked without following symbolic links
+    /// or leaving its filesystem).
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
 }
 
 /// `alces goal ...`.

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod args;
+mod chown;
 mod connect;
 mod drain;
 mod fileinfo;
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Du(p) => volumes::du(&cli.global, p).await,
             Command::Fsck => volumes::fsck(&cli.global).await,
             Command::Promote(p) => promote::run(&cli.global, p).await,
+            Command::ChownData(a) => chown::run(a),
         }
     })
 }

@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -241,11 +241,22 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
 
     let secret_path = dir.join("secret");
     let secret = match std::fs::read_to_string(&secret_path) {
-        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        Ok(s) if !s.trim().is_empty() => {
+            // The daemons would refuse it: say so before starting any.
+            alces_proto::auth::check_private_file(&secret_path, "cluster secret file")?;
+            s.trim().to_string()
+        }
         _ => {
             let s = random_secret();
-            std::fs::write(&secret_path, format!("{s}\n"))?;
-            std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600))?;
+            // Created 0600: never readable by others, not even for a moment.
+            let _ = std::fs::remove_file(&secret_path);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&secret_path)?;
+            f.write_all(format!("{s}\n").as_bytes())?;
+            f.sync_all()?;
             s
         }
     };

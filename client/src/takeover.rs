@@ -135,6 +135,9 @@ impl SessionRecord {
                 "pid" => pid = Some(v.parse::<u32>().map_err(|_| bad())?),
                 "master_session" => master_session = Some(v.parse::<u64>().map_err(|_| bad())?),
                 "master_secret" => master_secret = unhex(v).ok_or_else(bad)?,
+                // Printable text, as `encode` writes it: a control character
+                // (a stray '\r' before the end) would not survive a rewrite.
+                "version" if v.chars().any(char::is_control) => return Err(bad()),
                 "version" => version = Some(v.to_string()),
                 _ => {}
             }
@@ -379,6 +382,26 @@ pub fn is_resent(unique: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `mount_state` fuzz target (fuzz/seeds/mount_state/
+    /// crash-version-with-cr): a version ending in '\r' was accepted, and
+    /// the record written back from it read as another version.
+    #[test]
+    fn a_version_with_control_characters_is_refused() {
+        let text = format!(
+            "{STATE_MAGIC}\nabi 7.31\nmax_readahead 131072\nflags 0x3\ngeneration 3\npid 4242\nmaster_session 17\nversion 0.1.0\r"
+        );
+        let e = SessionRecord::decode(text.as_bytes()).unwrap_err();
+        assert!(
+            e.contains("bad session record line") && e.contains("version"),
+            "{e}"
+        );
+        let tab = text.replace("0.1.0\r", "0.1\t0");
+        assert!(SessionRecord::decode(tab.as_bytes()).is_err());
+        let ok = text.replace("0.1.0\r", "0.1.0");
+        let r = SessionRecord::decode(ok.as_bytes()).unwrap().unwrap();
+        assert_eq!(SessionRecord::decode(r.encode().as_bytes()), Ok(Some(r)));
+    }
 
     fn record() -> SessionRecord {
         SessionRecord {

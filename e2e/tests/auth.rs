@@ -1,5 +1,6 @@
 //! Peers with a wrong cluster secret are refused with a clear error.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -11,6 +12,8 @@ fn auth() {
     let c = Cluster::start_default();
     let wrong = c.dir.join("wrong-secret");
     std::fs::write(&wrong, "not-the-cluster-secret-at-all\n").unwrap();
+    // Owner-only, so what is refused is the secret, not the file's mode.
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // CLI.
     let out = Command::new(bin("alces"))
@@ -132,4 +135,102 @@ fn auth() {
         "the master registered a chunkserver with a wrong secret"
     );
     let _: PathBuf = data;
+}
+
+/// Every binary that reads a cluster secret file refuses one that others can
+/// read, before it does anything else, naming the file, its mode and the fix.
+#[test]
+fn secret_files_readable_by_others_stop_every_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-secret-that-leaked-to-everyone\n").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (d, m, sock) = (
+        data.display().to_string(),
+        mnt.display().to_string(),
+        format!("unix://{}", dir.path().join("csi.sock").display()),
+    );
+    let master = "127.0.0.1:9"; // never reached: the secret is checked first
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "alces-master",
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &d,
+            ],
+        ),
+        (
+            "alces-metalogger",
+            vec![
+                "--master",
+                master,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &d,
+            ],
+        ),
+        (
+            "alces-chunkserver",
+            vec![
+                "--master",
+                master,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &d,
+            ],
+        ),
+        ("alces-mount", vec!["--master", master, &m]),
+        ("alces", vec!["--master", master, "status"]),
+        (
+            "alces-csi",
+            vec!["controller", "--endpoint", &sock, "--master", master],
+        ),
+    ];
+    for mode in [0o644, 0o640] {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        if mode == 0o640 {
+            // A group other than the process's own (as root in CI).
+            let _ = std::os::unix::fs::chown(&secret, None, Some(4242));
+            if std::fs::metadata(&secret)
+                .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+                .ok()
+                != Some(4242)
+            {
+                println!("mode 0640 with another group: needs root to chown; checked 0644 only");
+                continue;
+            }
+        }
+        for (b, args) in &runs {
+            let out = Command::new(bin(b))
+                .args(args)
+                .arg("--secret-file")
+                .arg(&secret)
+                .env_remove("ALCES_SECRET")
+                .env_remove("ALCES_SECRET_FILE")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{b} started with a {mode:o} secret file: {err}"
+            );
+            let path = secret.display().to_string();
+            assert!(
+                err.contains(&path)
+                    && err.contains(&format!("{mode:04o}"))
+                    && err.contains(&format!("chmod 600 {path}")),
+                "{b}'s error does not name the file, its mode and the fix: {err}"
+            );
+        }
+    }
+    assert!(!is_mount_point(&mnt));
 }

@@ -19,7 +19,9 @@
 //! directories created by root with mode 0755, secrets with their mode, `fsGroup`
 //! applied as the kubelet applies it), the user, group and supplementary group
 //! of its security context, the environment the kubelet builds (`envFrom`, field
-//! references, `$(VAR)` expansion), and an `/etc/hosts` that resolves the pod
+//! references, `$(VAR)` expansion), its init containers run to completion first
+//! (a root one with only the capabilities it adds, and those `chroot` needs:
+//! never DAC_OVERRIDE), and an `/etc/hosts` that resolves the pod
 //! and Service names (a Service to the Ready pods its selector picks). The
 //! metadata pods start, the operator's bootstrap (`Promote{bootstrap, epoch 1}`)
 //! makes ordinal 0 master, the chunkservers register through the master Service,
@@ -32,8 +34,8 @@
 //! holder, and the writer sees no error and loses no fsynced line. The kubelet's
 //! directory is a shared mount on the node and a `Bidirectional` volume mount
 //! is an `rbind` in a pod that keeps the node's propagation, so mounts the plugin
-//! makes reach the node and outlive its pod. Not emulated: capabilities (a root
-//! container keeps them here), seccomp, AppArmor, resource limits, pid
+//! makes reach the node and outlive its pod. Not emulated: capabilities of
+//! containers (a root container keeps them here), seccomp, AppArmor, resource limits, pid
 //! namespaces (every pod sees the host's pids, as `hostPID` gives).
 //!
 //! And the chart's operator container, started with the in-cluster
@@ -758,7 +760,13 @@ fn static_problems(op: &Operated, chart: &[Value], bins: &BTreeSet<String>) -> V
             .as_array()
             .cloned()
             .unwrap_or_default();
-        for c in spec["containers"].as_array().into_iter().flatten() {
+        let init = spec["initContainers"].as_array().into_iter().flatten();
+        for c in spec["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(init)
+        {
             let what = format!(
                 "StatefulSet {} container {}",
                 sts["metadata"]["name"], c["name"]
@@ -1285,6 +1293,78 @@ impl Kubelet {
         s += &format!("hostname {}\n", q(p.name));
         if csc["readOnlyRootFilesystem"] == true {
             s += &format!("mount -o remount,ro {r}\n");
+        }
+        // Init containers, in order, each to completion before the container
+        // starts. Emulated when their mounts are the container's (same volume,
+        // path and subdirectory); a root one runs with only the capabilities
+        // it adds (and those chroot needs to enter the image: SYS_CHROOT,
+        // SETUID, SETGID), so never with DAC_OVERRIDE or DAC_READ_SEARCH.
+        for ic in p.spec["initContainers"].as_array().into_iter().flatten() {
+            let name = ic["name"].as_str().unwrap_or("");
+            for m in ic["volumeMounts"].as_array().into_iter().flatten() {
+                let same = c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|cm| {
+                        ["name", "mountPath", "subPath", "subPathExpr", "readOnly"]
+                            .iter()
+                            .all(|k| cm[*k] == m[*k])
+                    });
+                if !same {
+                    return Err(format!(
+                        "pod {}: init container {name} mounts {m}, which the container does not: not emulated",
+                        p.name
+                    ));
+                }
+            }
+            let isc = &ic["securityContext"];
+            let ipick = |k: &str| isc[k].as_u64().or_else(|| psc[k].as_u64());
+            let iuid = ipick("runAsUser").unwrap_or(IMAGE_USER as u64);
+            let igid = ipick("runAsGroup").unwrap_or(IMAGE_USER as u64);
+            let inon_root = isc["runAsNonRoot"]
+                .as_bool()
+                .or(psc["runAsNonRoot"].as_bool())
+                .unwrap_or(false);
+            if inon_root && iuid == 0 {
+                return Err(format!(
+                    "pod {}: init container {name} has runAsNonRoot with user 0",
+                    p.name
+                ));
+            }
+            let ienv = container_env(ic, &info, config_maps, secrets)?;
+            let iargv: Vec<String> = ic["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(ic["args"].as_array().into_iter().flatten())
+                .filter_map(|a| a.as_str())
+                .map(|a| expand(a, &ienv))
+                .collect();
+            let added: Vec<String> = isc["capabilities"]["add"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str())
+                .map(|c| format!("+{}", c.to_lowercase()))
+                .collect();
+            let caps = added.join(",");
+            s += "env -i PATH=/usr/local/bin:/usr/bin:/bin";
+            for (k, v) in &ienv {
+                s += &format!(" {}", q(&format!("{k}={v}")));
+            }
+            if iuid == 0 {
+                s += &format!(
+                    " setpriv --bounding-set=-all,+sys_chroot,+setuid,+setgid{}{caps} --inh-caps=-all{}{caps}",
+                    if caps.is_empty() { "" } else { "," },
+                    if caps.is_empty() { "" } else { "," },
+                );
+            }
+            s += &format!(" \"$(command -v chroot)\" --userspec={iuid}:{igid} --groups={igid} {r}");
+            for a in &iargv {
+                s += &format!(" {}", q(a));
+            }
+            s += &format!(" || {{ echo 'init container {name} failed'; exit 1; }}\n");
         }
         let mut groups = vec![gid.to_string()];
         groups.extend(fs_group.map(|g| g.to_string()));

@@ -32,6 +32,8 @@ pub mod config;
 pub mod core;
 pub mod disk;
 mod domain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metalogger;
 mod metrics;
 pub mod runtime;

@@ -428,6 +428,7 @@ pub fn exec_metalogger(args: &[std::ffi::OsString]) -> anyhow::Error {
 /// Runs the master from command-line flags until SIGTERM/SIGINT; a deposed
 /// master turns into a metalogger of the new one.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    alces_telemetry::warn_if_root("alces-master");
     let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
     let running = start(Options::from_args(&args, secret.clone())).await?;
     let rejoin_master = args.rejoin_master.clone().unwrap_or_else(|| {

@@ -16,7 +16,7 @@ fn layer(module: &str) -> u32 {
         ("core", _) => 3,
         ("domain", _) | (_, "metalogger::follower" | "metalogger::replica") => 4,
         ("services", _) => 5,
-        ("server" | "metalogger" | "config", _) => 6,
+        ("server" | "metalogger" | "config" | "fuzzing", _) => 6,
         _ => panic!("module {module} has no layer: add it to tests/layers.rs"),
     }
 }

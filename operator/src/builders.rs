@@ -56,6 +56,8 @@ pub const CHUNKSERVER: &str = "chunkserver";
 /// The image's non-root user and group (`image/build-oci`), which the daemons
 /// run as unless a hostPath disk needs root.
 pub const RUN_AS: i64 = 65532;
+/// Name of the init container that gives hostPath disks to [`RUN_AS`].
+pub const DATA_OWNER: &str = "data-owner";
 
 /// Names of a cluster's objects.
 pub mod names {
@@ -366,25 +368,53 @@ fn placement(
 
 /// The pod's security context. The daemons run as the image's non-root user,
 /// with `fsGroup` so that volume claims and the secret (mode 0400, made 0440
-/// group-readable by the kubelet) are theirs. A hostPath disk is not touched
-/// by `fsGroup`: the kubelet creates it (and the per-pod `subPathExpr`
-/// directory) owned by root with mode 0755, so a pod with one runs as root —
-/// with no capability (see [`container_security`]), writing only where root
-/// owns the directory.
-fn pod_security(host_path: bool) -> Value {
-    let (uid, non_root) = if host_path {
-        (0, false)
-    } else {
-        (RUN_AS, true)
-    };
+/// and group-readable by the kubelet, a mode the daemons accept for their own
+/// group: `alces_proto::auth::check_private_file`) are theirs. `fsGroup`
+/// does not apply to hostPath disks: [`data_owner_init`] gives those to the
+/// user before the daemon starts.
+fn pod_security() -> Value {
     json!({
-        "runAsNonRoot": non_root,
-        "runAsUser": uid,
-        "runAsGroup": uid,
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
         "fsGroup": RUN_AS,
         "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": { "type": "RuntimeDefault" },
     })
+}
+
+/// The init container of a pod with hostPath disks: the kubelet creates a
+/// hostPath directory (and the per-pod `subPathExpr` folder in it) owned by
+/// root, so `alces chown-data` gives them (`mounts`, at `dirs`) to the
+/// daemons' user. It is the pod's only root process, with CAP_CHOWN as its
+/// only capability: it can change owners, not read or write other users'
+/// files, and it exits before the daemon starts.
+fn data_owner_init(c: &AlcesCluster, mounts: Vec<Value>, dirs: Vec<String>) -> Value {
+    let mut command = vec![
+        json!("alces"),
+        json!("chown-data"),
+        json!("--owner"),
+        json!(format!("{RUN_AS}:{RUN_AS}")),
+    ];
+    command.extend(dirs.into_iter().map(Value::from));
+    let mut container = json!({
+        "name": DATA_OWNER,
+        "command": command,
+        "env": [
+            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+        ],
+        "securityContext": {
+            "runAsNonRoot": false,
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": { "drop": ["ALL"], "add": ["CHOWN"] },
+        },
+        "volumeMounts": mounts,
+    });
+    image_fields(c, &mut container);
+    container
 }
 
 /// A daemon container's security context: no capability, no privilege
@@ -571,12 +601,18 @@ pub fn metadata_statefulset(c: &AlcesCluster, config_hash: &str) -> Value {
     if let Some(r) = &c.spec.master.resources {
         container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
     }
-    let host_path = src.host_path.is_some();
+    let init = src
+        .host_path
+        .is_some()
+        .then(|| data_owner_init(c, vec![mount.clone()], vec![METADATA_DIR.into()]));
     let mut volumes = vec![secret_volume(c)];
     volumes.extend(vol);
     let mut pod = serde_json::Map::new();
     pod.insert("automountServiceAccountToken".into(), json!(false));
-    pod.insert("securityContext".into(), pod_security(host_path));
+    pod.insert("securityContext".into(), pod_security());
+    if let Some(i) = init {
+        pod.insert("initContainers".into(), json!([i]));
+    }
     // The master writes a final snapshot on SIGTERM.
     pod.insert("terminationGracePeriodSeconds".into(), json!(60));
     pod.insert("containers".into(), json!([container]));
@@ -624,9 +660,14 @@ pub fn pool_statefulset(
         args.push(json!(fd));
     }
     let (mut volumes, mut mounts, mut claims) = (vec![secret_volume(c)], Vec::new(), Vec::new());
+    let (mut host_mounts, mut host_dirs) = (Vec::new(), Vec::new());
     for d in &pool.disks {
         let path = format!("/data/{}", d.name);
         let (vol, mount, claim) = disk(&format!("disk-{}", d.name), &d.source(), &path);
+        if d.source().host_path.is_some() {
+            host_mounts.push(mount.clone());
+            host_dirs.push(path.clone());
+        }
         args.push(json!("--data-dir"));
         args.push(json!(path));
         volumes.extend(vol);
@@ -653,10 +694,15 @@ pub fn pool_statefulset(
     if let Some(r) = &pool.resources {
         container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
     }
-    let host_path = pool.disks.iter().any(|d| d.source().host_path.is_some());
     let mut pod = serde_json::Map::new();
     pod.insert("automountServiceAccountToken".into(), json!(false));
-    pod.insert("securityContext".into(), pod_security(host_path));
+    pod.insert("securityContext".into(), pod_security());
+    if !host_dirs.is_empty() {
+        pod.insert(
+            "initContainers".into(),
+            json!([data_owner_init(c, host_mounts, host_dirs)]),
+        );
+    }
     pod.insert("terminationGracePeriodSeconds".into(), json!(30));
     pod.insert("containers".into(), json!([container]));
     pod.insert("volumes".into(), Value::Array(volumes));

@@ -369,6 +369,35 @@ fn crd_is_accepted_invalid_specs_are_refused_and_reconcile_reaches_a_steady_stat
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "MissingSecret"));
         assert!(d.message.contains("spec.secretRef"), "{}", d.message);
         assert!(sts.get_opt("ext-metadata").await.expect("get").is_none(), "nothing applied without the secret");
+
+        // Least privilege, as the API server stored the pods: the daemons as
+        // uid 65532; a hostPath disk given to it by a CHOWN-only init step.
+        let md = serde_json::to_value(sts.get("demo-metadata").await.expect("get")).unwrap();
+        let pod = &md["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+        assert!(pod["initContainers"].is_null(), "claims need no init step: {}", pod["initContainers"]);
+        let mut hp = cluster("hp");
+        hp["spec"]["chunkservers"]["pools"][0]["disks"][0] = json!({ "name": "d0", "hostPath": "/var/lib/alces/d0" });
+        create(&dynapi, hp).await.expect("a hostPath cluster is accepted");
+        let mut pool = None;
+        for _ in 0..10 {
+            let c = api.get("hp").await.expect("get");
+            controller::reconcile(Arc::new(c), ctx.clone()).await.expect("reconcile");
+            pool = sts.get_opt("hp-cs-a").await.expect("get");
+            if pool.is_some() {
+                break;
+            }
+        }
+        let pool = serde_json::to_value(pool.expect("the hostPath pool's StatefulSet")).unwrap();
+        let pod = &pool["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+        let init = &pod["initContainers"][0];
+        assert_eq!(init["command"], json!(["alces", "chown-data", "--owner", "65532:65532", "/data/d0"]));
+        assert_eq!(init["securityContext"]["runAsUser"], 0);
+        assert_eq!(init["securityContext"]["capabilities"], json!({ "drop": ["ALL"], "add": ["CHOWN"] }));
+        assert_eq!(init["volumeMounts"][0]["subPathExpr"], "$(POD_NAME)");
     });
 }
 

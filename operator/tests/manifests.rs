@@ -146,6 +146,46 @@ fn manifests_match_the_golden_files_and_the_kubernetes_types() {
         pool["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
         "fast"
     );
+    // Least privilege: every daemon pod runs as the image's user; the hostPath
+    // disk is given to it by an init container that is root with CHOWN only.
+    for sts in [&objects[5].1, pool] {
+        let pod = &sts["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["runAsUser"], builders::RUN_AS);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let c = &pod["containers"][0]["securityContext"];
+        assert_eq!(c["allowPrivilegeEscalation"], false);
+        assert_eq!(c["readOnlyRootFilesystem"], true);
+        assert_eq!(c["capabilities"], serde_json::json!({ "drop": ["ALL"] }));
+    }
+    assert!(
+        objects[5].1["spec"]["template"]["spec"]["initContainers"].is_null(),
+        "metadata on claims needs no init step (fsGroup gives them)"
+    );
+    let init = &pool["spec"]["template"]["spec"]["initContainers"];
+    assert_eq!(init.as_array().map(Vec::len), Some(1));
+    assert_eq!(init[0]["name"], builders::DATA_OWNER);
+    assert_eq!(
+        init[0]["command"],
+        serde_json::json!(["alces", "chown-data", "--owner", "65532:65532", "/data/d1"]),
+        "only the hostPath disk is given, not the claim"
+    );
+    assert_eq!(
+        init[0]["securityContext"]["capabilities"],
+        serde_json::json!({ "drop": ["ALL"], "add": ["CHOWN"] })
+    );
+    assert_eq!(
+        init[0]["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        init[0]["volumeMounts"],
+        serde_json::json!([mounts[1]]),
+        "the init step mounts the hostPath disk as the daemon does"
+    );
     let md_sts = &objects[5].1;
     assert_eq!(
         md_sts["spec"]["replicas"], 3,

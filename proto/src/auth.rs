@@ -23,8 +23,12 @@ pub const SECRET_ENV: &str = "ALCES_SECRET";
 /// Loads the cluster secret: from `file` when given, else from `$ALCES_SECRET`.
 ///
 /// Surrounding whitespace (a trailing newline in a file) is ignored. An empty
-/// secret is an error: it would let anyone in.
+/// secret is an error: it would let anyone in, and so is a file that users
+/// other than its owner can read ([`check_private_file`]).
 pub fn load_secret(file: Option<&Path>) -> anyhow::Result<Arc<str>> {
+    if let Some(p) = file {
+        check_private_file(p, "cluster secret file")?;
+    }
     let raw = match file {
         Some(p) => std::fs::read_to_string(p).map_err(|e| {
             anyhow::anyhow!(
@@ -48,6 +52,47 @@ pub fn load_secret(file: Option<&Path>) -> anyhow::Result<Arc<str>> {
         anyhow::bail!("the cluster secret contains spaces or control characters; use printable characters only");
     }
     Ok(Arc::from(s))
+}
+
+/// Refuses a file holding a secret (the cluster secret, a private key) that
+/// users other than its owner can read, with an error naming the file (`what`
+/// says which), its mode and the fix. A symbolic link is followed (a
+/// Kubernetes Secret volume's files are links into its `..data` folder): the
+/// target's mode counts.
+///
+/// One group-readable case is accepted, the one Kubernetes makes: a Secret
+/// mounted in a pod with `fsGroup` is mode 0440 (whatever its `defaultMode`),
+/// owned by root and by the pod's group; a file that only its owner and the
+/// group this process runs as (its effective group) can read, and nobody can
+/// write, is accepted.
+pub fn check_private_file(path: &Path, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", path.display()))?;
+    let mode = md.mode() & 0o7777;
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let egid = unsafe { libc::getegid() };
+    let others = mode & 0o077;
+    let fs_group_secret = others == 0o040 && md.gid() == egid && mode & 0o200 == 0;
+    if others != 0 && !fs_group_secret {
+        let (who, bits) = if mode & 0o007 != 0 {
+            ("every user", mode & 0o007)
+        } else {
+            ("its group", (mode >> 3) & 0o007)
+        };
+        let access = match (bits & 0o4 != 0, bits & 0o2 != 0) {
+            (true, true) => "read and change",
+            (true, false) => "read",
+            (false, true) => "change",
+            (false, false) => "execute",
+        };
+        anyhow::bail!(
+            "the {what} {} has mode {mode:04o}: {who} can {access} it; make it readable by its owner only with `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Constant-time comparison of two byte strings.
@@ -169,6 +214,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("secret");
         std::fs::write(&f, "abc-def\n").unwrap();
+        chmod(&f, 0o600);
         assert_eq!(&*load_secret(Some(&f)).unwrap(), "abc-def");
         std::fs::write(&f, "  \n").unwrap();
         assert!(load_secret(Some(&f))
@@ -180,6 +226,65 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn secret_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("alces-auth-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("secret");
+        std::fs::write(&f, "abc-def\n").unwrap();
+        for bad in [0o644, 0o604, 0o660, 0o620, 0o640 | 0o020, 0o777] {
+            chmod(&f, bad);
+            let e = load_secret(Some(&f)).unwrap_err().to_string();
+            assert!(
+                e.contains(&f.display().to_string())
+                    && e.contains(&format!("{bad:04o}"))
+                    && e.contains(&format!("chmod 600 {}", f.display())),
+                "mode {bad:o}: {e}"
+            );
+        }
+        for good in [0o600, 0o400] {
+            chmod(&f, good);
+            assert_eq!(&*load_secret(Some(&f)).unwrap(), "abc-def", "mode {good:o}");
+        }
+        // Kubernetes with fsGroup: 0440, group = the group the daemon runs as.
+        chmod(&f, 0o440);
+        assert_eq!(&*load_secret(Some(&f)).unwrap(), "abc-def");
+        // The same mode with another group is refused (root can give the
+        // file a group this process is not in).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let other = unsafe { libc::getegid() } + 4242;
+            std::os::unix::fs::chown(&f, None, Some(other)).unwrap();
+            let e = load_secret(Some(&f)).unwrap_err().to_string();
+            assert!(e.contains("0440") && e.contains("its group"), "{e}");
+            std::os::unix::fs::chown(&f, None, Some(unsafe { libc::getegid() })).unwrap();
+        }
+        // A Kubernetes Secret volume: secret -> ..data/secret, ..data -> a
+        // timestamped folder. The target's mode counts, not the links'.
+        let vol = dir.join("vol");
+        let stamp = vol.join("..2026_12_05_07_00_00.1");
+        std::fs::create_dir_all(&stamp).unwrap();
+        let target = stamp.join("secret");
+        std::fs::write(&target, "abc-def\n").unwrap();
+        chmod(&target, 0o400);
+        symlink("..2026_12_05_07_00_00.1", vol.join("..data")).unwrap();
+        symlink("..data/secret", vol.join("secret")).unwrap();
+        assert_eq!(&*load_secret(Some(&vol.join("secret"))).unwrap(), "abc-def");
+        chmod(&target, 0o644);
+        let e = load_secret(Some(&vol.join("secret")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0644") && e.contains("chmod 600"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -126,3 +126,18 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
     }
 }
+
+/// Logs a warning when the process runs as root: `binary` (the master, a
+/// metalogger, a chunkserver) needs no privilege, so root only widens what a
+/// bug in it could reach. Only a warning: `alces local up` run as root, and
+/// existing installations, keep working. Returns whether it warned.
+pub fn warn_if_root(binary: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        tracing::warn!(
+            "{binary} is running as root, which it does not need: run it as an unprivileged user that owns its data directories (the operator's pods run it as uid 65532)"
+        );
+    }
+    root
+}

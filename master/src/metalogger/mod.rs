@@ -79,6 +79,7 @@ fn advertise(listen: SocketAddr, configured: &Option<String>) -> String {
 /// Runs a metalogger until SIGTERM/SIGINT, or until it is promoted (then it
 /// serves as the master until stopped or deposed).
 pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
+    alces_telemetry::warn_if_root("alces-metalogger");
     let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
     let id = load_id(&args.data_dir)?;
     let dir = args.data_dir.clone();
