@@ -331,8 +331,10 @@ impl FileState {
             return Ok(s.clone());
         }
         let inode = self.inode;
-        // Right after a master restart no chunkserver may be registered yet: the
-        // master answers ENOSPC/EAGAIN until they are back, so wait a bounded time.
+        // Right after a master restart or promotion no chunkserver may be registered
+        // yet: the master answers ENOSPC/EAGAIN until they are back, so wait a bounded
+        // time. An EAGAIN still there at the end is an I/O error to the application
+        // (write and fsync on a blocking descriptor never mean "try again").
         let deadline = Instant::now() + self.io.config().reconnect_timeout.min(NO_SERVER_WAIT);
         let mut backoff = Duration::from_millis(100);
         let r = loop {
@@ -356,6 +358,17 @@ impl FileState {
                     tracing::debug!(inode, chunk = idx, error = %e, "no chunkserver for a write yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) if e.errno() == libc::EAGAIN => {
+                    return Err(Error::io(format!(
+                        "chunk {idx} of inode {inode}: {} (waited {} s)",
+                        e.message(),
+                        self.io
+                            .config()
+                            .reconnect_timeout
+                            .min(NO_SERVER_WAIT)
+                            .as_secs()
+                    )));
                 }
                 r => break r?,
             }
@@ -1025,9 +1038,15 @@ impl FileState {
             .await
             .map_err(|_| Error::io("read slots closed"))?;
         let mut last_err = None;
-        for round in 0..3u32 {
+        // Three rounds over the copies; a chunk with no copy on a connected
+        // chunkserver (right after a master restart or promotion, before they
+        // registered again) is asked for again until the same bounded wait as a
+        // write's.
+        let deadline = Instant::now() + self.io.config().reconnect_timeout.min(NO_SERVER_WAIT);
+        let mut round = 0u32;
+        loop {
             if round > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(round))).await;
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(round.min(5)))).await;
             }
             let info = self.chunk_info(idx, round > 0).await?;
             if info.chunk_id == 0 {
@@ -1072,11 +1091,18 @@ impl FileState {
                     }
                 }
             }
+            round += 1;
             if info.locations.is_empty() {
                 last_err = Some(Error::io(format!(
                     "chunk {} of inode {} has no valid copy",
                     info.chunk_id, self.inode
                 )));
+                if Instant::now() < deadline {
+                    continue;
+                }
+            }
+            if round >= 3 {
+                break;
             }
         }
         let e = last_err.unwrap_or_else(|| Error::io("no copy could be read"));

@@ -111,8 +111,18 @@ def main():
         for h in holders:
             spec = h["spec"]["template"]["spec"]
             check(spec.get("hostPID") is True, "the holder does not share the host's pids")
-            check(h["spec"]["updateStrategy"] == {"type": "OnDelete"} or case != "defaults",
-                  f"the holder is replaced on every upgrade: {h['spec']['updateStrategy']}")
+            # Replaced one node at a time, and only while a node plugin pod runs on the
+            # node throughout the plugin's own roll (maxUnavailable 0): a holder and a
+            # plugin pod never stop together. OnDelete would leave the DaemonSet out of
+            # date after every image change, which kstatus-based waits (Helm 4's
+            # --wait, Flux) wait on forever.
+            check(h["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+                  or case != "defaults",
+                  f"the holder's default updateStrategy should roll one node at a time: {h['spec']['updateStrategy']}")
+            if h["spec"]["updateStrategy"]["type"] == "RollingUpdate":
+                check(strategy.get("type") == "OnDelete"
+                      or strategy.get("rollingUpdate", {}).get("maxUnavailable") == 0,
+                      f"holders roll while node plugin pods may be down (plugin updateStrategy {strategy})")
             hc = [c for c in containers(h) if c["name"] == "holder"]
             check(len(hc) == 1 and hc[0]["args"][0] == "hold", "the holder does not run alces-csi hold")
             caps = hc[0]["securityContext"].get("capabilities", {})

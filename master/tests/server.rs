@@ -940,6 +940,69 @@ async fn restarts_keep_the_metadata() {
 }
 
 #[tokio::test]
+async fn a_write_after_a_restart_waits_for_the_chunkservers_with_eagain() {
+    let (tmp, m, mut c, sid, _dir, file) = with_a_file().await;
+    let mut cm = chunk_master(&m);
+    register_cs(&mut cm, 1, "a", 100 << 30, vec![]).await;
+    register_cs(&mut cm, 2, "b", 100 << 30, vec![]).await;
+    let req = pb::ChunkRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+    };
+    let w = c.write_chunk(req).await.unwrap().into_inner();
+    let chunk = w.chunk_id;
+    heartbeat(&mut cm, 1, vec![info(chunk, 1)]).await;
+    heartbeat(&mut cm, 2, vec![info(chunk, 1)]).await;
+    c.write_chunk_end(pb::WriteChunkEndRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+        chunk_id: chunk,
+        file_size: 100,
+        modified: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    m.stop().await.unwrap();
+    // Restarted (or a promoted metalogger): the chunk is known, its chunkservers
+    // have not registered yet. A write session is "try again", not an I/O error.
+    let m = start(options(tmp.path())).await.unwrap();
+    let mut c = master(&m);
+    let sid = c
+        .register_session(pb::RegisterSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let req = pb::ChunkRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+    };
+    let e = c.write_chunk(req).await.unwrap_err();
+    assert_eq!(errno::of(&e), libc::EAGAIN, "{e:?}");
+    assert!(e.message().contains("no valid copy"), "{e:?}");
+    // Once a holder registers, the same request opens a session on it.
+    register_cs(
+        &mut chunk_master(&m),
+        1,
+        "a",
+        100 << 30,
+        vec![info(chunk, 1)],
+    )
+    .await;
+    let w = c.write_chunk(req).await.unwrap().into_inner();
+    assert_eq!((w.chunk_id, w.old_version, w.version), (chunk, 1, 2));
+    assert_eq!(
+        w.chain.iter().map(|l| l.server_id).collect::<Vec<_>>(),
+        vec![1]
+    );
+    m.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_peer_that_saw_a_higher_epoch_fences_the_master() {
     let tmp = tempfile::tempdir().unwrap();
     let m = start(options(tmp.path())).await.unwrap();

@@ -767,6 +767,23 @@ async fn rolling_upgrade_replaces_chunkservers_then_metaloggers_then_the_master_
             .filter(|w| w.starts_with("DELETE pods/"))
             .collect()
     };
+    // The pool's StatefulSet controller has not yet observed the new template
+    // (its updateRevision still the pods' "old"), the metadata one has: nothing
+    // is replaced, not even a metalogger, until the pool's status catches up.
+    api.edit("statefulsets", "c-cs-a", |s| {
+        s["metadata"]["generation"] = json!(2);
+        s["status"] = json!({ "replicas": 3, "readyReplicas": 3, "updateRevision": "old", "observedGeneration": 1 });
+    });
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(
+        deleted(&api),
+        Vec::<String>::new(),
+        "a pod replaced while a StatefulSet's revision is stale"
+    );
+    api.edit("statefulsets", "c-cs-a", |s| {
+        s["status"] = json!({ "replicas": 3, "readyReplicas": 3, "updateRevision": "new", "observedGeneration": 2 })
+    });
     // Chunkservers first, highest ordinal first, one at a time: the next
     // waits until the replacement is Ready.
     api.clear();

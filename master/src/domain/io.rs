@@ -226,9 +226,12 @@ fn open_session(
         })?;
     let holders: Vec<u64> = inner.chunks.holders(current, old);
     if holders.is_empty() {
+        // Right after this master started or was promoted no chunkserver may have
+        // registered yet: EAGAIN, which clients retry for a bounded time (as the
+        // ENOSPC of a new chunk above), rather than an I/O error at once.
         return err(
-            libc::EIO,
-            format!("chunk {current} has no valid copy on a connected chunkserver"),
+            libc::EAGAIN,
+            format!("chunk {current} has no valid copy on a connected chunkserver (yet)"),
         );
     }
     if inner.state.chunks.get(&current).is_some_and(|c| c.refs > 1) {

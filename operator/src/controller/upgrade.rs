@@ -45,6 +45,18 @@ fn update_revision(s: &StatefulSet) -> Option<&str> {
     s.status.as_ref()?.update_revision.as_deref()
 }
 
+/// False while the StatefulSet controller has not yet seen the latest change
+/// of `s`: its `updateRevision` is then still the previous template's.
+fn observed(s: &StatefulSet) -> bool {
+    match (
+        s.metadata.generation,
+        s.status.as_ref().and_then(|st| st.observed_generation),
+    ) {
+        (Some(g), Some(o)) => o >= g,
+        _ => true,
+    }
+}
+
 /// Outdated pods of `sts` among `pods`, highest ordinal first.
 fn outdated<'a>(sts: &StatefulSet, pods: &[&'a Pod]) -> Vec<&'a Pod> {
     let Some(rev) = update_revision(sts) else {
@@ -85,6 +97,14 @@ pub async fn step(
         metadata,
         master: ms,
     } = seen;
+    // Right after a template change a StatefulSet whose controller has not
+    // caught up still names the old revision: its pods would look up to date
+    // and the round would go on to the next role (seen on a real cluster: a
+    // metalogger replaced beside the first chunkserver). Wait for it; its
+    // status update triggers the next round.
+    if pools.iter().flatten().chain(metadata).any(|s| !observed(s)) {
+        return Ok(Step::default());
+    }
     let ns = c.namespace().unwrap_or_default();
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let sel = format!(
