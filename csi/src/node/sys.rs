@@ -30,6 +30,8 @@ pub struct MountEntry {
     pub options: String,
 }
 
+/// Undoes the kernel's octal escapes (`\040` for a space, `\134` for a
+/// backslash). Only `\000`..`\377` name a byte; anything else is kept as it is.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -37,7 +39,8 @@ fn unescape(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
@@ -69,11 +72,12 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
-/// The current mount table.
+/// The current mount table. A mount point that is not UTF-8 (any user of the
+/// node may make one) reads with replacement characters instead of failing the
+/// whole table; the driver's own paths are UTF-8.
 pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string(
-        "/proc/self/mountinfo",
-    )?))
+    let raw = std::fs::read("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&String::from_utf8_lossy(&raw)))
 }
 
 /// The topmost mount at `path`, if any.
@@ -252,6 +256,16 @@ mod tests {
         assert!(!is_alces(&m[0]));
         assert_eq!(m[1].dev, "0:55");
         assert_eq!(m[1].source, "alces:127.0.0.1:9421/csi/volumes/v");
+    }
+
+    /// Found by the `text_files` fuzz target: `\\777` overflowed a byte.
+    #[test]
+    fn escapes_past_a_byte_are_kept_as_text() {
+        let t = "22 27 0:21 / /a\\777b\\134c\\400 rw - proc proc rw\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m[0].mount_point, PathBuf::from("/a\\777b\\c\\400"));
+        assert_eq!(unescape("\\377"), "\u{fffd}");
+        assert_eq!(unescape("x\\04"), "x\\04");
     }
 
     #[test]
