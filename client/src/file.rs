@@ -355,7 +355,7 @@ impl FileState {
                     if matches!(e.errno(), libc::ENOSPC | libc::EAGAIN)
                         && Instant::now() < deadline =>
                 {
-                    tracing::debug!(inode, chunk = idx, error = %e, "no chunkserver for a write yet; retrying");
+                    tracing::debug!(inode, chunk = idx, error = %e, "the master has no chunkserver for this write yet, or a copy of the chunk is being made; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }

@@ -1002,6 +1002,65 @@ async fn a_write_after_a_restart_waits_for_the_chunkservers_with_eagain() {
     m.stop().await.unwrap();
 }
 
+/// A file written again and again (each write session moves the chunk's
+/// version on) still gets its missing copy back: a new write session waits,
+/// with EAGAIN, while a copy of the chunk is being made, and then writes on
+/// every copy.
+#[tokio::test]
+async fn a_write_waits_for_a_replication_in_flight() {
+    let (_tmp, m, mut c, sid, _dir, file) = with_a_file().await;
+    let mut cm = chunk_master(&m);
+    register_cs(&mut cm, 1, "a", 100 << 30, vec![]).await;
+    let req = pb::ChunkRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+    };
+    let w = c.write_chunk(req).await.unwrap().into_inner();
+    let chunk = w.chunk_id;
+    heartbeat(&mut cm, 1, vec![info(chunk, 1)]).await;
+    c.write_chunk_end(pb::WriteChunkEndRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+        chunk_id: chunk,
+        file_size: 100,
+        modified: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A second server: the chunk (goal 2) is copied to it.
+    register_cs(&mut cm, 2, "b", 100 << 30, vec![]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let cmds = heartbeat(&mut cm, 2, vec![]).await.commands;
+        if cmds
+            .iter()
+            .any(|c| matches!(&c.command, Some(Command::Replicate(r)) if r.chunk_id == chunk && r.version == 1))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replication was planned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A write now would make the copy stale before it lands: try again.
+    let e = c.write_chunk(req).await.unwrap_err();
+    assert_eq!(errno::of(&e), libc::EAGAIN, "{e:?}");
+    assert!(
+        e.message().contains("being copied to chunkserver 2"),
+        "{e:?}"
+    );
+    // The copy lands; the write goes ahead on both copies.
+    heartbeat(&mut cm, 2, vec![info(chunk, 1)]).await;
+    let w = c.write_chunk(req).await.unwrap().into_inner();
+    assert_eq!((w.chunk_id, w.old_version, w.version), (chunk, 1, 2));
+    let mut chain: Vec<u64> = w.chain.iter().map(|l| l.server_id).collect();
+    chain.sort_unstable();
+    assert_eq!(chain, vec![1, 2]);
+    m.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_peer_that_saw_a_higher_epoch_fences_the_master() {
     let tmp = tempfile::tempdir().unwrap();

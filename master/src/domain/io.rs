@@ -234,6 +234,17 @@ fn open_session(
             format!("chunk {current} has no valid copy on a connected chunkserver (yet)"),
         );
     }
+    if let Some((dest, age)) = inner.chunks.replication_blocking_write(current, now) {
+        // A copy is being made at this version: a write session now would make
+        // it stale before it lands. Clients retry EAGAIN for a bounded time.
+        return err(
+            libc::EAGAIN,
+            format!(
+                "chunk {current} is being copied to chunkserver {dest} (for {} ms); try again",
+                age.as_millis()
+            ),
+        );
+    }
     if inner.state.chunks.get(&current).is_some_and(|c| c.refs > 1) {
         // Shared with a snapshot: the master makes a private copy first and
         // switches the file to it after (see `cow`).

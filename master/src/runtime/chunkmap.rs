@@ -45,6 +45,14 @@ pub struct Liveness {
 /// How long a replication may take before it is planned again.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a new write session on a chunk waits for a replication of that
+/// chunk in flight. Every write session moves the chunk's version on, which
+/// makes the copy being made stale: a file written again and again (a log
+/// fsynced several times a second) would otherwise never get its missing copy
+/// back. Past this the replication is given up and the write goes ahead; the
+/// chunk is planned again once the write session ends.
+pub const WRITE_WAITS_FOR_REPLICATION: Duration = Duration::from_secs(10);
+
 /// One chunkserver.
 #[derive(Debug)]
 pub struct Server {
@@ -873,6 +881,31 @@ impl ChunkMap {
             .count() as u64
     }
 
+    /// A replication of `chunk_id` that a new write session must wait for:
+    /// its destination and how long it has been running. One running for
+    /// [`WRITE_WAITS_FOR_REPLICATION`] or more is given up instead (the copy
+    /// it makes is stale once the write starts, and is deleted when reported),
+    /// and `None` is returned.
+    pub fn replication_blocking_write(
+        &mut self,
+        chunk_id: u64,
+        now: Instant,
+    ) -> Option<(u64, Duration)> {
+        let (dest, started) = *self.replicating.get(&chunk_id)?;
+        let age = now.saturating_duration_since(started);
+        if age < WRITE_WAITS_FOR_REPLICATION {
+            return Some((dest, age));
+        }
+        tracing::warn!(
+            chunk = chunk_id,
+            server = dest,
+            waited_ms = age.as_millis() as u64,
+            "a replication kept a writer waiting too long: giving it up for the write"
+        );
+        self.replicating.remove(&chunk_id);
+        None
+    }
+
     /// Replications in flight.
     pub fn replications_in_flight(&self) -> usize {
         self.replicating.len()
@@ -1432,6 +1465,44 @@ mod tests {
         );
         assert_eq!(m.counts(&st).at, 1);
         assert!(m.servers[&1].held.is_empty());
+    }
+
+    #[test]
+    fn a_write_waits_for_a_replication_in_flight_then_gives_it_up() {
+        let st = state_with_chunk();
+        let mut m = ChunkMap::default();
+        let t = Instant::now();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t, &st);
+        m.register(&reg(2, "b", 100, &[]), t, &st);
+        assert_eq!(m.replication_blocking_write(1, t), None);
+        tick(&mut m, &st, t);
+        let cmds = hb(&mut m, &st, 2, &[], t);
+        assert!(
+            matches!(cmds.as_slice(), [Command::Replicate(r)] if r.chunk_id == 1),
+            "{cmds:?}"
+        );
+        // While the copy is made, a write must wait: it would make it stale.
+        let later = t + Duration::from_secs(3);
+        assert_eq!(
+            m.replication_blocking_write(1, later),
+            Some((2, Duration::from_secs(3)))
+        );
+        // Other chunks are not held up.
+        assert_eq!(m.replication_blocking_write(7, later), None);
+        // Once the copy is reported, the write goes ahead on both copies.
+        hb(&mut m, &st, 2, &[(1, 1)], later);
+        assert_eq!(m.replication_blocking_write(1, later), None);
+        assert_eq!(m.valid_count(1, 1), 2);
+
+        // A replication that never reports keeps a writer waiting only so long.
+        let mut m = ChunkMap::default();
+        m.register(&reg(1, "a", 100, &[(1, 1)]), t, &st);
+        m.register(&reg(2, "b", 100, &[]), t, &st);
+        tick(&mut m, &st, t);
+        assert!(!hb(&mut m, &st, 2, &[], t).is_empty());
+        let too_late = t + WRITE_WAITS_FOR_REPLICATION;
+        assert_eq!(m.replication_blocking_write(1, too_late), None);
+        assert_eq!(m.replications_in_flight(), 0);
     }
 
     #[test]
