@@ -861,3 +861,95 @@ async fn rolling_upgrade_replaces_chunkservers_then_metaloggers_then_the_master_
     );
     master.stop().await.unwrap();
 }
+
+/// The image changes and, within the same reconcile, the StatefulSet controller
+/// observes the metadata StatefulSet's new template before the operator looks
+/// at the pools (as a real cluster's does, found with a kubelet): the first pod
+/// replaced is still a chunkserver, not a metalogger beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_change_replaces_a_chunkserver_first_even_when_the_metadata_set_is_observed_at_once(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let master = alces_master::server::start(alces_master::server::Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: None,
+        data_dir: dir.path().to_path_buf(),
+        secret: Arc::from(SECRET),
+        chunk_size: 1 << 20,
+        default_goal: 2,
+        session_timeout: Duration::from_secs(30),
+        chunkserver_timeout: Duration::from_secs(600),
+        chunkserver_disconnect: Duration::from_secs(600),
+        snapshot_interval: Duration::from_secs(3600),
+        replication: Default::default(),
+        sync_metaloggers: 0,
+        sync_timeout: Duration::from_secs(5),
+        lock_caps: Default::default(),
+    })
+    .await
+    .expect("master");
+    register_chunkservers(master.grpc_addr, 3).await;
+    let epoch = master.core.epoch;
+    let (api, client) = Api::start();
+    let addrs = Addresses::default();
+    addrs.set("c-metadata-0", MASTER_PORT, master.grpc_addr);
+    let ctx = context(client, addrs.clone());
+    let mut c = cluster("c", 3);
+    c["status"] = json!({ "activeMaster": "c-metadata-0", "epoch": epoch, "initialized": true });
+    api.put("alcesclusters", c);
+    api.put("secrets", the_secret());
+    let info = pb::MetaloggerInfo {
+        role: "metalogger".into(),
+        durable_version: 1,
+        applied_version: 1,
+        seen_epoch: epoch,
+        holds_metadata: true,
+        ..Default::default()
+    };
+    let (_m1, a1, _t1) = FakeMetalogger::serve(&api, "c-metadata-1", info.clone()).await;
+    let (_m2, a2, _t2) = FakeMetalogger::serve(&api, "c-metadata-2", info).await;
+    addrs.set("c-metadata-1", METALOGGER_PORT, a1);
+    addrs.set("c-metadata-2", METALOGGER_PORT, a2);
+    reconcile(&api, &ctx).await.expect("reconcile");
+    // Every pod and both StatefulSets at the current template ("old").
+    let typed = api.cluster("c");
+    use alces_operator::builders::{CHUNKSERVER, METADATA};
+    for i in 0..3 {
+        api.put(
+            "pods",
+            pod_at(&typed, &format!("c-metadata-{i}"), METADATA, "old", true),
+        );
+        api.put(
+            "pods",
+            pod_at(&typed, &format!("c-cs-a-{i}"), CHUNKSERVER, "old", true),
+        );
+    }
+    for s in ["c-cs-a", "c-metadata"] {
+        api.edit("statefulsets", s, |s| {
+            let g = s["metadata"]["generation"].clone();
+            s["status"] = json!({ "replicas": 3, "readyReplicas": 3, "updateRevision": "old", "observedGeneration": g })
+        });
+    }
+    let deleted = |api: &Api| -> Vec<String> {
+        api.writes()
+            .into_iter()
+            .filter(|w| w.starts_with("DELETE pods/"))
+            .collect()
+    };
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(deleted(&api), Vec::<String>::new(), "nothing outdated yet");
+    // A new image; every StatefulSet the operator changes is observed at once.
+    api.state.lock().instant_statefulset_revision = Some("new".into());
+    api.edit("alcesclusters", "c", |c| {
+        c["spec"]["image"] = json!("alces:next")
+    });
+    api.clear();
+    reconcile(&api, &ctx).await.expect("reconcile");
+    assert_eq!(
+        deleted(&api),
+        ["DELETE pods/c-cs-a-2"],
+        "the chunkservers go first, one at a time"
+    );
+    master.stop().await.unwrap();
+}

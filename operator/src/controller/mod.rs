@@ -798,7 +798,12 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
             current: plan.replicas,
             draining: plan.draining.clone(),
         });
-        live_sets.push(live);
+        // The upgrade looks at the StatefulSet as it is after this apply: the
+        // one read before it may still carry the previous generation and
+        // revision, and the pool would look up to date while the metadata
+        // StatefulSet (applied earlier in this pass) already wants its pods
+        // replaced.
+        live_sets.push(sts_api.get_opt(&sname).await?);
     }
     if let Some(b) = blocked.first() {
         let known = old

@@ -76,6 +76,10 @@ pub struct State {
     pub conflict_status: bool,
     /// A shared journal (API writes and gRPC calls in order).
     pub journal: Vec<String>,
+    /// While set, a StatefulSet whose spec an apply changes is observed at
+    /// once, as a StatefulSet controller quicker than the operator would:
+    /// its status gets the new generation and this update revision.
+    pub instant_statefulset_revision: Option<String>,
     rv: u64,
 }
 
@@ -447,8 +451,22 @@ impl Api {
                             o["status"] = old["status"].clone();
                         }
                         o["metadata"]["uid"] = old["metadata"]["uid"].clone();
+                        // As the API server: the generation moves on with the spec.
+                        let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                        let changed = old["spec"] != o["spec"];
+                        o["metadata"]["generation"] = json!(g + i64::from(changed));
+                        if let (true, "statefulsets", Some(rev)) =
+                            (changed, plural.as_str(), &s.instant_statefulset_revision)
+                        {
+                            if !o["status"].is_object() {
+                                o["status"] = json!({});
+                            }
+                            o["status"]["observedGeneration"] = json!(g + 1);
+                            o["status"]["updateRevision"] = json!(rev);
+                        }
                     } else {
                         o["metadata"]["uid"] = json!(format!("uid-{plural}-{n}"));
+                        o["metadata"]["generation"] = json!(1);
                     }
                     o
                 } else {
