@@ -28,7 +28,17 @@ struct NotFoundServer {
 
 impl NotFoundServer {
     fn start(addr: &str) -> Self {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        // The killed master's connections may hold the port for a moment.
+        let mut bound = None;
+        wait_until(
+            &format!("{addr} to be free for the 404 server"),
+            Duration::from_secs(60),
+            || {
+                bound = TcpListener::bind(addr).ok();
+                bound.is_some()
+            },
+        );
+        let listener = bound.expect("bound");
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
