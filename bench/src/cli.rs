@@ -177,6 +177,9 @@ pub enum Workload {
     Rss,
     /// The small-file and metadata workloads from 4 mounts at once.
     Multi,
+    /// CPU time of the filesystem's processes per create, stat, 16 KiB file write
+    /// and read, and 1 MiB file write.
+    Cpu,
 }
 
 /// The systems measured.
@@ -214,12 +217,13 @@ impl SystemKind {
 
 impl Workload {
     /// Every workload, in run order.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Seq,
         Workload::Fio,
         Workload::Meta,
         Workload::Small,
         Workload::Multi,
+        Workload::Cpu,
         Workload::Rss,
     ];
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::cli::SystemKind;
+use crate::cpu::Role;
 
 /// One measured quantity: a row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,6 +38,36 @@ pub enum Figure {
     MultiSmallRead,
     /// Master resident memory per file (bytes).
     RssPerFile,
+    /// User + system CPU time of the filesystem's processes in a role (or all of
+    /// them) per operation (µs).
+    CpuPerOp(CpuOp, Role),
+}
+
+/// The operations whose CPU cost is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CpuOp {
+    /// Create an empty file.
+    Create,
+    /// stat a file.
+    Stat,
+    /// Write a 16 KiB file.
+    SmallWrite,
+    /// Read a 16 KiB file, page cache dropped.
+    SmallRead,
+    /// Write and fsync a 1 MiB file.
+    MibWrite,
+}
+
+impl CpuOp {
+    fn name(self) -> &'static str {
+        match self {
+            CpuOp::Create => "create",
+            CpuOp::Stat => "stat",
+            CpuOp::SmallWrite => "16 KiB file write",
+            CpuOp::SmallRead => "16 KiB file read",
+            CpuOp::MibWrite => "1 MiB file write + fsync",
+        }
+    }
 }
 
 /// The phases of the metadata workload.
@@ -93,6 +124,7 @@ impl Figure {
             Figure::MultiSmallWrite => "4 mounts: small files, write".into(),
             Figure::MultiSmallRead => "4 mounts: small files, read".into(),
             Figure::RssPerFile => "master RSS per file".into(),
+            Figure::CpuPerOp(op, role) => format!("CPU per {}: {}", op.name(), role.name()),
         }
     }
 
@@ -112,6 +144,7 @@ impl Figure {
             | Figure::MultiSmallWrite
             | Figure::MultiSmallRead => "files/s",
             Figure::RssPerFile => "bytes/file",
+            Figure::CpuPerOp(..) => "µs CPU/op",
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod cleanup;
 pub mod cli;
 pub mod cluster_figures;
+mod cpu;
 mod data;
 mod exec;
 mod figures;

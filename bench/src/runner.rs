@@ -81,6 +81,7 @@ fn workload_name(w: Workload) -> &'static str {
         Workload::Meta => "meta",
         Workload::Small => "small",
         Workload::Rss => "rss",
+        Workload::Cpu => "cpu",
         Workload::Multi => "multi",
     }
 }
@@ -144,6 +145,7 @@ fn run_one(
             sys.close_mounts();
             r
         }
+        Workload::Cpu => workloads::cpu::run(sys, p, pat, rep),
         Workload::Rss => Ok(rss::run(sys, p.rss_files)?
             .map(|v| vec![(Figure::RssPerFile, v)])
             .unwrap_or_default()),

@@ -4,12 +4,18 @@
 //!
 //! While the master is unreachable the chunkserver keeps serving clients and
 //! retries with backoff; it logs once per change of state, not per attempt.
+//! A failure that is not the master's clear refusal (unreachable, timed out,
+//! or an answer that is not gRPC, such as an HTTP 404 from another service
+//! behind the master's address) drops the connection: the next attempt
+//! connects again, resolving the address again, so a chunkserver whose
+//! connection reached the wrong peer finds the master.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use alces_proto::auth::ClientAuth;
+use alces_proto::errno;
 use alces_proto::net::AuthChannel;
 use alces_proto::pb::chunk_command::Command;
 use alces_proto::pb::chunk_master_client::ChunkMasterClient;
@@ -50,6 +56,7 @@ pub struct MasterLink {
     store: Arc<ChunkStore>,
     identity: Arc<Identity>,
     peers: Arc<Peers>,
+    auth: ClientAuth,
     client: ChunkMasterClient<AuthChannel>,
     replicating: Arc<Mutex<HashSet<u64>>>,
     replication_slots: Arc<Semaphore>,
@@ -72,24 +79,31 @@ impl MasterLink {
         peers: Arc<Peers>,
         auth: &ClientAuth,
     ) -> anyhow::Result<Self> {
-        let ch = alces_proto::net::channel(&cfg.master, auth)
-            .map_err(|e| anyhow::anyhow!("--master: {e}"))?;
-        let client = ChunkMasterClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client = connect(&cfg.master, auth).map_err(|e| anyhow::anyhow!("--master: {e}"))?;
         Ok(Self {
             cfg,
             store,
             identity,
             peers,
+            auth: auth.clone(),
             client,
             replicating: Arc::new(Mutex::new(HashSet::new())),
             replication_slots: Arc::new(Semaphore::new(MAX_REPLICATIONS)),
         })
     }
 
+    /// Drops the connection to the master; the next call connects again,
+    /// resolving the master's address again.
+    fn reconnect(&mut self, why: &LinkError) {
+        tracing::debug!(master = %self.cfg.master, error = %why.message, "connecting to the master again");
+        // The address was valid at startup and does not change.
+        if let Ok(c) = connect(&self.cfg.master, &self.auth) {
+            self.client = c;
+        }
+    }
+
     /// Runs forever: register, heartbeat, reconnect.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut state = LinkState::Starting;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -108,19 +122,25 @@ impl MasterLink {
                         }
                         HeartbeatEnd::Failed(e) => {
                             self.store.metrics().master_connected.set(0);
-                            let s = LinkState::Down(e.clone());
-                            tracing::warn!(master = %self.cfg.master, error = %e, "lost the master; still serving clients, reconnecting");
+                            let s = LinkState::Down(e.message.clone());
+                            tracing::warn!(master = %self.cfg.master, error = %e.message, new_connection = e.reconnect, "lost the master; still serving clients, reconnecting");
                             state = s;
+                            if e.reconnect {
+                                self.reconnect(&e);
+                            }
                         }
                     }
                 }
                 Err(e) => {
                     self.store.metrics().master_connected.set(0);
-                    let s = LinkState::Down(e.clone());
+                    let s = LinkState::Down(e.message.clone());
                     if s != state {
-                        tracing::error!(master = %self.cfg.master, error = %e, "cannot register with the master; still serving clients, retrying");
+                        tracing::error!(master = %self.cfg.master, error = %e.message, new_connection = e.reconnect, "cannot register with the master; still serving clients, retrying");
                     }
                     state = s;
+                    if e.reconnect {
+                        self.reconnect(&e);
+                    }
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -129,7 +149,7 @@ impl MasterLink {
     }
 
     /// Registers; returns the heartbeat period to use.
-    async fn register(&self) -> Result<Duration, String> {
+    async fn register(&self) -> Result<Duration, LinkError> {
         // Everything changed before the full list is in it; later changes go
         // into the next heartbeat.
         self.store.clear_deltas();
@@ -144,15 +164,15 @@ impl MasterLink {
         let reply =
             tokio::time::timeout(RPC_TIMEOUT, self.client.clone().register_chunkserver(req))
                 .await
-                .map_err(|_| format!("no answer within {} s", RPC_TIMEOUT.as_secs()))?
-                .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+                .map_err(|_| LinkError::timeout("registration"))?
+                .map_err(|s| LinkError::status(&s))?
                 .into_inner();
         self.identity
             .check_cluster(&reply.cluster_id)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LinkError::refused(e.to_string()))?;
         self.identity
             .check_epoch(reply.epoch)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LinkError::refused(e.to_string()))?;
         Ok(if reply.heartbeat_ms > 0 {
             Duration::from_millis(reply.heartbeat_ms as u64)
         } else {
@@ -182,21 +202,18 @@ impl MasterLink {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(s)) => {
                     self.store.restore_deltas(deltas);
-                    return HeartbeatEnd::Failed(format!("{}: {}", s.code(), s.message()));
+                    return HeartbeatEnd::Failed(LinkError::status(&s));
                 }
                 Err(_) => {
                     self.store.restore_deltas(deltas);
-                    return HeartbeatEnd::Failed(format!(
-                        "heartbeat not answered within {} s",
-                        RPC_TIMEOUT.as_secs()
-                    ));
+                    return HeartbeatEnd::Failed(LinkError::timeout("heartbeat"));
                 }
             };
             // Epoch 0 means the master did not fill the field.
             if reply.epoch != 0 {
                 if let Err(e) = self.identity.check_epoch(reply.epoch) {
                     self.store.restore_deltas(deltas);
-                    return HeartbeatEnd::Failed(e.to_string());
+                    return HeartbeatEnd::Failed(LinkError::refused(e.to_string()));
                 }
             }
             if reply.reregister {
@@ -252,7 +269,49 @@ impl MasterLink {
 
 enum HeartbeatEnd {
     Reregister,
-    Failed(String),
+    Failed(LinkError),
+}
+
+/// A failed registration or heartbeat.
+struct LinkError {
+    message: String,
+    /// Not a clear refusal by the master: the next attempt uses a new connection.
+    reconnect: bool,
+}
+
+impl LinkError {
+    /// The master answered with `s`.
+    fn status(s: &tonic::Status) -> Self {
+        Self {
+            message: format!("{}: {}", s.code(), s.message()),
+            reconnect: !errno::is_refusal(s),
+        }
+    }
+
+    /// No answer in time.
+    fn timeout(what: &str) -> Self {
+        Self {
+            message: format!("{what} not answered within {} s", RPC_TIMEOUT.as_secs()),
+            reconnect: true,
+        }
+    }
+
+    /// The master answered, and this chunkserver will not take the answer (another
+    /// cluster, an older epoch).
+    fn refused(message: String) -> Self {
+        Self {
+            message,
+            reconnect: false,
+        }
+    }
+}
+
+/// A client of the master's ChunkMaster service on a new (lazy) connection.
+fn connect(master: &str, auth: &ClientAuth) -> Result<ChunkMasterClient<AuthChannel>, String> {
+    let ch = alces_proto::net::channel(master, auth)?;
+    Ok(ChunkMasterClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Fetches chunk `r.chunk_id` at `r.version` from the first source that has it

@@ -102,6 +102,14 @@ impl Client {
         self.ns.session.new_master_client()
     }
 
+    /// How many times the shared master connection was replaced because the
+    /// master's address answered with something that is not gRPC; a client from
+    /// [`Client::new_master_client`] made when this was lower is worth making
+    /// again.
+    pub fn master_connections(&self) -> u64 {
+        self.ns.session.master_connections()
+    }
+
     /// Runs `f` with master calls going first through `master` (made by
     /// [`Client::new_master_client`] on the runtime that runs `f`). A FUSE thread
     /// that drives its own connection this way answers a call without handing it to

@@ -204,6 +204,8 @@ impl Drainer {
 struct ThreadRuntime {
     rt: tokio::runtime::Runtime,
     master: MasterClient<AuthChannel>,
+    /// [`Client::master_connections`] when `master` was made.
+    made_at: u64,
 }
 
 impl ThreadRuntime {
@@ -211,13 +213,32 @@ impl ThreadRuntime {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let made_at = client.master_connections();
         let master = {
             let _in = rt.enter();
             client
                 .new_master_client()
                 .map_err(|e| std::io::Error::other(e.to_string()))?
         };
-        Ok(Self { rt, master })
+        Ok(Self {
+            rt,
+            master,
+            made_at,
+        })
+    }
+
+    /// Makes the thread's master connection again when the shared one was
+    /// replaced since (the master's address reached a peer that is not gRPC).
+    fn refresh(&mut self, client: &Client) {
+        let now = client.master_connections();
+        if now == self.made_at {
+            return;
+        }
+        let _in = self.rt.enter();
+        if let Ok(m) = client.new_master_client() {
+            self.master = m;
+            self.made_at = now;
+        }
     }
 }
 
@@ -814,6 +835,9 @@ impl AlcesFs {
                         tracing::warn!(error = %e, "cannot start a FUSE thread's runtime; serving on the shared one");
                     }
                 }
+            }
+            if let Some(t) = slot.as_mut() {
+                t.refresh(&shared.client);
             }
             match slot.as_ref() {
                 Some(t) => {

@@ -129,7 +129,12 @@ struct SessionInner {
     /// The runtime the client was connected on: background work (write-behind,
     /// read pieces, readahead) always runs there, whichever thread started it.
     rt: tokio::runtime::Handle,
-    master: MasterClient<AuthChannel>,
+    /// The shared master connection, replaced when it reaches a peer that is
+    /// not a gRPC server ([`Session::drop_master_connection`]).
+    master: Mutex<MasterClient<AuthChannel>>,
+    /// Times the shared master connection was replaced: a FUSE thread's own
+    /// connection made before the last replacement is made again.
+    master_connections: AtomicU64,
     auth: alces_proto::auth::ClientAuth,
     state: Mutex<SessionState>,
     seen_epoch: AtomicU64,
@@ -261,7 +266,8 @@ impl Session {
             inner: Arc::new(SessionInner {
                 rt: tokio::runtime::Handle::current(),
                 config,
-                master: master_client(ch),
+                master: Mutex::new(master_client(ch)),
+                master_connections: AtomicU64::new(0),
                 auth,
                 state: Mutex::new(SessionState {
                     session_id: 0,
@@ -360,24 +366,20 @@ impl Session {
             session_secret: secret,
             takeover,
         };
-        let mut answer = self
-            .inner
-            .master
-            .clone()
-            .register_session(req.clone())
-            .await;
+        let mut answer = self.master().register_session(req.clone()).await;
         if let Err(s) = &answer {
             if session_id != 0 && errno::is_session_ended(s) {
                 tracing::warn!(session = session_id, reason = %s.message(), "the session cannot be resumed; registering a new one and opening the files again");
                 req.session_id = 0;
                 req.session_secret = Vec::new();
                 req.takeover = false;
-                answer = self.inner.master.clone().register_session(req).await;
+                answer = self.master().register_session(req).await;
             }
         }
         let reply = match answer {
             Ok(r) => r.into_inner(),
             Err(s) if errno::is_transient(&s) => {
+                self.drop_master_connection(&s);
                 return Err(RegisterError::Transient(Error::new(
                     libc::EIO,
                     format!(
@@ -385,7 +387,7 @@ impl Session {
                         self.inner.config.master,
                         s.message()
                     ),
-                )))
+                )));
             }
             Err(s) => {
                 let e = Error::from_status(&s);
@@ -484,7 +486,7 @@ impl Session {
         }
         let n = locks.len();
         let req = pb::ReassertLocksRequest { session_id, locks };
-        match self.inner.master.clone().reassert_locks(req).await {
+        match self.master().reassert_locks(req).await {
             Ok(r) => {
                 let lost = r.into_inner().lost;
                 if lost.is_empty() {
@@ -545,6 +547,44 @@ impl Session {
         self.inner.rt.spawn(f)
     }
 
+    /// The shared master client.
+    fn master(&self) -> MasterClient<AuthChannel> {
+        self.inner.master.lock().clone()
+    }
+
+    /// After a call failed with `s`: when the answer was not gRPC (another
+    /// service behind the master's address, such as an HTTP server answering
+    /// 404), replaces the shared connection, which would otherwise stay up and
+    /// keep reaching that peer; the new one connects (and resolves the address)
+    /// again on its next call. Connection failures need nothing: the channel
+    /// connects again by itself.
+    fn drop_master_connection(&self, s: &Status) {
+        if !errno::is_not_grpc(s) {
+            return;
+        }
+        // Made on the session's runtime: a channel's connection is driven by the
+        // runtime it is made on, and a FUSE thread's runtime runs only while that
+        // thread answers a request.
+        let made = {
+            let _rt = self.inner.rt.enter();
+            alces_proto::net::channel(&self.inner.config.master, &self.inner.auth)
+        };
+        let Ok(ch) = made else {
+            return;
+        };
+        let mut m = self.inner.master.lock();
+        *m = master_client(ch);
+        let n = self.inner.master_connections.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::warn!(master = %self.inner.config.master, error = %s.message(), replaced = n, "the master's address answered with something that is not gRPC; connecting again");
+    }
+
+    /// How many times the shared master connection was replaced; a connection
+    /// from [`Session::new_master_client`] made when this was lower should be
+    /// made again.
+    pub(crate) fn master_connections(&self) -> u64 {
+        self.inner.master_connections.load(Ordering::SeqCst)
+    }
+
     /// A new master client on its own connection, driven by the runtime this is
     /// called in (the connection is made on first use and remade after a failure).
     pub(crate) fn new_master_client(&self) -> Result<MasterClient<AuthChannel>> {
@@ -602,7 +642,7 @@ impl Session {
             };
             let (master, own) = match task_master.take() {
                 Some(m) => (m, true),
-                None => (self.inner.master.clone(), false),
+                None => (self.master(), false),
             };
             match f(master, sid).await {
                 Ok(r) => return Ok(r.into_inner()),
@@ -612,6 +652,9 @@ impl Session {
                     tracing::debug!(what, error = %s.message(), "call on the task's own master connection failed, retrying on the shared one");
                 }
                 Err(s) if errno::is_transient(&s) || session_lost(&s) => {
+                    if !own {
+                        self.drop_master_connection(&s);
+                    }
                     if Instant::now() >= deadline {
                         return Err(Error::io(format!(
                             "{what}: master {} unreachable for {:?}: {}",
@@ -747,9 +790,7 @@ impl Session {
     /// Closes another session `sid` (a dead process's whose work this one
     /// continues): its open files are released and its write sessions end.
     pub(crate) async fn close_other(&self, sid: u64) -> Result<()> {
-        self.inner
-            .master
-            .clone()
+        self.master()
             .close_session(pb::SessionRef { session_id: sid })
             .await
             .map(|_| ())
@@ -762,9 +803,7 @@ impl Session {
         self.inner.closed.store(true, Ordering::SeqCst);
         let sid = self.session_id();
         let _ = self
-            .inner
-            .master
-            .clone()
+            .master()
             .close_session(pb::SessionRef { session_id: sid })
             .await;
     }
@@ -791,9 +830,7 @@ async fn renew_loop(weak: Weak<SessionInner>) {
         }
         let client = Session { inner };
         let r = client
-            .inner
-            .master
-            .clone()
+            .master()
             .renew_session(pb::SessionRef { session_id: sid })
             .await;
         match r {

@@ -102,6 +102,7 @@ fn mount_state(out: &Path) {
         generation: 3,
         pid: 4242,
         master_session: 17,
+        master_secret: vec![0x5a; 32],
         version: "0.1.0".into(),
     };
     put(&dir, "session-record", r.encode().as_bytes());

@@ -112,16 +112,52 @@ pub fn of(status: &Status) -> i32 {
 }
 
 /// True when the status means the peer could not be reached or is not serving
-/// (worth retrying after a reconnect) rather than a definite answer.
+/// (worth retrying after a reconnect) rather than a definite answer. An answer
+/// that is not gRPC at all ([`is_not_grpc`]) is one: the address reached
+/// something other than an Alces server.
 pub fn is_transient(status: &Status) -> bool {
     status.metadata().get(ERRNO_KEY).is_none()
+        && (is_not_grpc(status)
+            || matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+            ))
+}
+
+/// True when the answer did not come from a gRPC server: an HTTP response
+/// without a `grpc-status` (another service behind the address, such as an
+/// HTTP/2 server answering 404, whose status the gRPC library maps to a code).
+/// The connection reaches the wrong peer and stays up, so only a new
+/// connection (the address resolved again) can reach the right one.
+pub fn is_not_grpc(status: &Status) -> bool {
+    status.metadata().get(ERRNO_KEY).is_none()
+        && (status.message().starts_with("grpc-status header missing")
+            || status
+                .message()
+                .starts_with("protocol error: missing grpc-status"))
+}
+
+/// True when the peer clearly refused the request (bad credentials, a
+/// request it will not take, a state that forbids it): a gRPC answer, so the
+/// connection reaches a real server and retrying on it is right. Anything
+/// else (unreachable, timed out, not a gRPC answer) calls for a new
+/// connection.
+pub fn is_refusal(status: &Status) -> bool {
+    !is_not_grpc(status)
         && matches!(
             status.code(),
-            Code::Unavailable
-                | Code::Unknown
-                | Code::Cancelled
-                | Code::DeadlineExceeded
-                | Code::Aborted
+            Code::InvalidArgument
+                | Code::NotFound
+                | Code::AlreadyExists
+                | Code::PermissionDenied
+                | Code::ResourceExhausted
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::Unauthenticated
         )
 }
 
@@ -143,6 +179,33 @@ mod tests {
         assert_eq!(of(&Status::unavailable("down")), libc::EIO);
         assert!(is_transient(&Status::unavailable("down")));
         assert!(!is_transient(&status(libc::EAGAIN, "busy")));
+    }
+
+    #[test]
+    fn answers_that_are_not_grpc() {
+        // What the gRPC library makes of an HTTP 404, 401 and a bare 200.
+        let not_found = Status::new(
+            Code::Unimplemented,
+            "grpc-status header missing, mapped from HTTP status code 404",
+        );
+        let unauthorized = Status::new(
+            Code::Unauthenticated,
+            "grpc-status header missing, mapped from HTTP status code 401",
+        );
+        let bare = Status::unknown("protocol error: missing grpc-status trailer, stream was terminated without a final status");
+        for s in [&not_found, &unauthorized, &bare] {
+            assert!(is_not_grpc(s), "{s:?}");
+            assert!(is_transient(s), "{s:?}");
+            assert!(!is_refusal(s), "{s:?}");
+        }
+        // Real answers from an Alces server.
+        assert!(!is_not_grpc(&Status::unimplemented("no such method")));
+        assert!(!is_transient(&Status::unimplemented("no such method")));
+        assert!(is_refusal(&Status::failed_precondition("stale epoch")));
+        assert!(is_refusal(&Status::unauthenticated("bad token")));
+        assert!(is_refusal(&status(libc::ENOENT, "no such file")));
+        assert!(!is_refusal(&Status::unavailable("down")));
+        assert!(!is_refusal(&Status::internal("h2 protocol error")));
         let lost = session_unknown(7);
         assert!(is_session_unknown(&lost));
         assert!(!is_session_unknown(&status(

@@ -261,6 +261,12 @@ impl System for Alces {
         self.extra.clear();
     }
 
+    fn processes(&self) -> Vec<i32> {
+        self.main()
+            .map(|c| pids_mentioning(&c.cluster.dir.to_string_lossy()))
+            .unwrap_or_default()
+    }
+
     fn master_pid(&self) -> Option<i32> {
         self.main().ok().and_then(|c| c.cluster.pid(Proc::Master))
     }

@@ -35,6 +35,12 @@ pub trait System {
         None
     }
 
+    /// Process ids of the filesystem's daemons and mounts, for the CPU-per-operation
+    /// workload; empty when its work runs in no separate process.
+    fn processes(&self) -> Vec<i32> {
+        Vec::new()
+    }
+
     /// True when reads return zeros instead of what was written (the no-op FUSE mount).
     fn reads_zeros(&self) -> bool {
         false

@@ -255,6 +255,10 @@ impl System for Moosefs {
         self.extra.clear();
     }
 
+    fn processes(&self) -> Vec<i32> {
+        crate::exec::pids_mentioning(&self.base.to_string_lossy())
+    }
+
     fn master_pid(&self) -> Option<i32> {
         Some(self.master_pid)
     }

@@ -1,5 +1,6 @@
 //! The workloads of issue 6; each returns the figures of one repetition.
 
+pub mod cpu;
 pub mod fio;
 pub mod meta;
 pub mod rss;

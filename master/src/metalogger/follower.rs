@@ -1,17 +1,24 @@
 //! Following the master: the changelog stream applied to the replica and
 //! reported back, snapshots fetched when the history differs, and the checks
 //! and step-down of a promotion.
+//!
+//! A failure that is not the master's clear refusal drops the connection to
+//! the master ([`Follower::reconnect_after`]): the next attempt connects again,
+//! resolving the address again, so a connection that reached another service
+//! behind the master's address (an HTTP 404, not a gRPC answer) is not kept.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alces_proto::auth::ClientAuth;
+use alces_proto::errno;
 use alces_proto::net::AuthChannel;
 use alces_proto::pb::{
     self, admin_client::AdminClient, metalogger_client::MetaloggerClient,
     replication_client::ReplicationClient,
 };
+use alces_proto::MAX_MESSAGE_BYTES;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
@@ -152,7 +159,43 @@ pub(crate) fn grpc_err(e: anyhow::Error) -> Status {
     Status::internal(format!("{e:#}"))
 }
 
+/// Clients of the master's Replication and Admin services, sharing one new
+/// (lazy) connection.
+pub(crate) fn master_clients(
+    master: &str,
+    auth: &ClientAuth,
+) -> Result<(ReplicationClient<AuthChannel>, AdminClient<AuthChannel>), String> {
+    let ch = alces_proto::net::channel(master, auth)?;
+    Ok((
+        ReplicationClient::new(ch.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        AdminClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    ))
+}
+
 impl Follower {
+    /// After `e` ended following the master: unless it is the master's clear
+    /// refusal (a gRPC answer such as a stale epoch or bad credentials), drops
+    /// the connection, so the next attempt connects (and resolves the address)
+    /// again. Returns whether it did.
+    pub(crate) fn reconnect_after(&mut self, e: &anyhow::Error) -> bool {
+        if e.downcast_ref::<Status>().is_some_and(errno::is_refusal) {
+            return false;
+        }
+        match master_clients(&self.shared.master, &self.auth) {
+            Ok((repl, admin)) => {
+                self.repl = repl;
+                self.admin = admin;
+                true
+            }
+            // The address was valid at startup and does not change.
+            Err(_) => false,
+        }
+    }
+
     pub(crate) fn set(&self, f: impl FnOnce(&mut Info)) {
         f(&mut self.shared.info.lock());
     }

@@ -20,10 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alces_proto::auth::{ClientAuth, ServerAuth};
-use alces_proto::pb::{
-    self, admin_client::AdminClient, metalogger_server::MetaloggerServer,
-    replication_client::ReplicationClient,
-};
+use alces_proto::pb::{self, metalogger_server::MetaloggerServer};
 use alces_proto::MAX_MESSAGE_BYTES;
 use alces_telemetry::Health;
 use parking_lot::Mutex;
@@ -35,7 +32,9 @@ use tonic::Status;
 
 use crate::config::MetaloggerArgs;
 use crate::disk::datadir;
-use crate::metalogger::follower::{grpc_err, Follower, Info, Outcome, RetryLog, Shared, RETRY};
+use crate::metalogger::follower::{
+    grpc_err, master_clients, Follower, Info, Outcome, RetryLog, Shared, RETRY,
+};
 use crate::metalogger::replica::Replica;
 use crate::server::{self, Ended, Options};
 use crate::services::metalogger::MetaloggerService;
@@ -120,16 +119,12 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     let client_auth = ClientAuth::new(&secret)?;
-    let ch = alces_proto::net::channel(&args.master, &client_auth)
+    let (repl, admin) = master_clients(&args.master, &client_auth)
         .map_err(|e| anyhow::anyhow!("--master {}: {e}", args.master))?;
     let mut f = Follower {
         shared: shared.clone(),
-        repl: ReplicationClient::new(ch.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        admin: AdminClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        repl,
+        admin,
         auth: client_auth,
         rx: promote_rx,
     };
@@ -173,8 +168,9 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
                     if was_following {
                         retries.reset();
                     }
+                    let new_connection = f.reconnect_after(&e);
                     if let Some(n) = retries.failed(Instant::now()) {
-                        tracing::warn!(error = %format!("{e:#}"), master = %args.master, failed_attempts = n, "not following the master; retrying every {RETRY:?}");
+                        tracing::warn!(error = %format!("{e:#}"), master = %args.master, failed_attempts = n, new_connection, "not following the master; retrying every {RETRY:?}");
                     }
                 }
             }
