@@ -94,17 +94,17 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// failure says there which it was).
 pub fn status_text(s: &tonic::Status) -> String {
     use std::error::Error;
-    match s.source() {
-        Some(src) => {
-            let chain = error_chain(src);
-            if s.message().contains(&chain) {
-                s.message().to_string()
-            } else {
-                format!("{}: {chain}", s.message())
-            }
+    let mut out = s.message().to_string();
+    let mut cur = s.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
         }
-        None => s.message().to_string(),
+        cur = c.source();
     }
+    out
 }
 
 /// Connects a channel over TCP, then TLS when it is on.
@@ -140,27 +140,66 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
+/// The first bytes an HTTP/2 client sends (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Connects to `peer` and waits for its first bytes: an HTTP/2 server speaks
+/// first (its SETTINGS), so every way a connection can be refused (a TLS port
+/// answering a plaintext client, a server refusing this client's certificate
+/// after the handshake) is seen and explained here, before the channel uses
+/// the connection, and never lost in a race with a call.
 async fn dial(peer: &str, host: &str, tls: &Tls) -> io::Result<ClientIo> {
-    let tcp = TcpStream::connect(peer).await?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(peer).await?;
     tcp.set_nodelay(true)?;
+    let mut first = vec![0u8; 4096];
     let Some(cfg) = tls.client_config() else {
-        return Ok(ClientIo::Plain {
-            s: tcp,
-            peer: peer.to_string(),
-            first: true,
+        // The preface is sent here (and dropped when the channel sends it):
+        // a TLS server answers it with an alert, an HTTP/2 server greets.
+        tcp.write_all(H2_PREFACE).await?;
+        let n = tcp.read(&mut first).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{peer} closed the connection without a word: is it an Alces server?"),
+            ));
+        }
+        if n >= 2 && (first[0] == 0x15 || first[0] == 0x16) && first[1] == 0x03 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("TLS: {peer} speaks TLS and this process connects in plaintext: give it --tls-ca (and --tls-cert/--tls-key if the server requires client certificates)"),
+            ));
+        }
+        first.truncate(n);
+        return Ok(ClientIo {
+            inner: Stream::Plain(tcp),
+            pending: first,
+            skip: H2_PREFACE.len(),
         });
     };
     let name = tls
         .server_name_for(host)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let shown = name.to_str().to_string();
-    let s = tokio_rustls::TlsConnector::from(cfg)
+    let mut s = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
         .map_err(|e| explain_io(e, peer, &shown))?;
-    Ok(ClientIo::Tls {
-        s: Box::new(s),
-        peer: peer.to_string(),
+    let n = s
+        .read(&mut first)
+        .await
+        .map_err(|e| explain_io(e, peer, &shown))?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("TLS: {peer} closed the connection right after the handshake: it refused this client (see its log)"),
+        ));
+    }
+    first.truncate(n);
+    Ok(ClientIo {
+        inner: Stream::Tls(Box::new(s)),
+        pending: first,
+        skip: 0,
     })
 }
 
@@ -172,15 +211,15 @@ pub async fn peer_certificate(
 ) -> io::Result<rustls::pki_types::CertificateDer<'static>> {
     validate_addr(addr).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-    match dial(addr, host, tls).await? {
-        ClientIo::Tls { s, .. } => s
+    match dial(addr, host, tls).await?.inner {
+        Stream::Tls(s) => s
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first().cloned())
             .map(|c| c.into_owned())
             .ok_or_else(|| io::Error::other(format!("{addr} presented no certificate"))),
-        ClientIo::Plain { .. } => Err(io::Error::new(
+        Stream::Plain(_) => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "TLS is off in this process: no certificate to look at",
         )),
@@ -198,24 +237,20 @@ fn explain_io(e: io::Error, peer: &str, name: &str) -> io::Error {
     }
 }
 
-/// A client connection: plaintext or TLS, whose errors say what went wrong.
-pub enum ClientIo {
-    /// Plaintext; the first bytes received are checked for a TLS server.
-    Plain {
-        /// The connection.
-        s: TcpStream,
-        /// Who it goes to.
-        peer: String,
-        /// Nothing received yet.
-        first: bool,
-    },
-    /// TLS.
-    Tls {
-        /// The connection.
-        s: Box<tokio_rustls::client::TlsStream<TcpStream>>,
-        /// Who it goes to.
-        peer: String,
-    },
+/// A client connection (plaintext or TLS), with the server's first bytes
+/// already read by [`dial`].
+pub struct ClientIo {
+    inner: Stream,
+    /// Bytes read ahead, returned first.
+    pending: Vec<u8>,
+    /// Bytes of the HTTP/2 preface the channel will write and [`dial`]
+    /// already sent.
+    skip: usize,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for ClientIo {
@@ -224,39 +259,47 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain { s, peer, first } => {
-                let before = buf.filled().len();
-                let r = Pin::new(s).poll_read(cx, buf);
-                if let Poll::Ready(Ok(())) = r {
-                    let got = &buf.filled()[before..];
-                    if *first && !got.is_empty() {
-                        *first = false;
-                        // A TLS record (handshake or alert) where an HTTP/2
-                        // frame was expected: the server speaks TLS.
-                        if got.len() >= 2 && (got[0] == 0x15 || got[0] == 0x16) && got[1] == 0x03 {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("TLS: {peer} speaks TLS and this process connects in plaintext: give it --tls-ca (and --tls-cert/--tls-key if the server requires client certificates)"),
-                            )));
-                        }
-                    }
-                }
-                r
-            }
-            ClientIo::Tls { s, peer } => match Pin::new(s.as_mut()).poll_read(cx, buf) {
-                Poll::Ready(Err(e)) => Poll::Ready(Err(explain_io(e, peer, peer))),
-                r => r,
-            },
+        let me = self.get_mut();
+        if !me.pending.is_empty() {
+            let n = me.pending.len().min(buf.remaining());
+            buf.put_slice(&me.pending[..n]);
+            me.pending.drain(..n);
+            return Poll::Ready(Ok(()));
         }
+        match &mut me.inner {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl ClientIo {
+    /// Drops what the channel writes of the preface [`dial`] sent.
+    fn skipped(&mut self, b: &[u8]) -> Option<usize> {
+        if self.skip == 0 || b.is_empty() {
+            return None;
+        }
+        let done = H2_PREFACE.len() - self.skip;
+        let n = self.skip.min(b.len());
+        if b[..n] != H2_PREFACE[done..done + n] {
+            // Not the preface: nothing to drop.
+            self.skip = 0;
+            return None;
+        }
+        self.skip -= n;
+        Some(n)
     }
 }
 
 impl AsyncWrite for ClientIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientIo::Plain { s, .. } => Pin::new(s).poll_write(cx, b),
-            ClientIo::Tls { s, .. } => Pin::new(s.as_mut()).poll_write(cx, b),
+        let me = self.get_mut();
+        if let Some(n) = me.skipped(b) {
+            return Poll::Ready(Ok(n));
+        }
+        match &mut me.inner {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
         }
     }
 
@@ -265,30 +308,38 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         b: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientIo::Plain { s, .. } => Pin::new(s).poll_write_vectored(cx, b),
-            ClientIo::Tls { s, .. } => Pin::new(s.as_mut()).poll_write_vectored(cx, b),
+        let me = self.get_mut();
+        if me.skip > 0 {
+            if let Some(first) = b.iter().find(|s| !s.is_empty()) {
+                if let Some(n) = me.skipped(first) {
+                    return Poll::Ready(Ok(n));
+                }
+            }
+        }
+        match &mut me.inner {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, b),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, b),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientIo::Plain { s, .. } => s.is_write_vectored(),
-            ClientIo::Tls { s, .. } => s.is_write_vectored(),
+        match &self.inner {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain { s, .. } => Pin::new(s).poll_flush(cx),
-            ClientIo::Tls { s, .. } => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().inner {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain { s, .. } => Pin::new(s).poll_shutdown(cx),
-            ClientIo::Tls { s, .. } => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().inner {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -341,17 +392,21 @@ pub fn incoming(
                             refuse_plaintext(tcp, remote).await;
                             return;
                         }
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(tcp)).await {
+                        let accept = acc.accept(tcp).into_fallible();
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
                             Ok(Ok(s)) => {
                                 let _ = tx.send(Ok(ServerIo::Tls(Box::new(s), info))).await;
                             }
-                            Ok(Err(e)) => {
+                            Ok(Err((e, tcp))) => {
                                 let peer = remote.to_string();
                                 let why = match rustls_error(&e) {
                                     Some(r) => explain(r, &peer, Side::Server, ""),
                                     None => format!("TLS handshake with {peer} failed: {e}"),
                                 };
                                 tracing::warn!(peer = %remote, "{why}");
+                                // The alert saying why is sent: let the client
+                                // read it before the connection goes.
+                                linger(tcp).await;
                             }
                             Err(_) => {
                                 tracing::warn!(peer = %remote, "TLS: the client did not finish its handshake within {HANDSHAKE_TIMEOUT:?}; connection closed")
@@ -373,12 +428,20 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// reads what it sent until it hangs up (so the close resets nothing before it
 /// reads the alert), and logs who it was.
 async fn refuse_plaintext(mut tcp: TcpStream, remote: std::net::SocketAddr) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     tracing::warn!(peer = %remote, "TLS: {remote} did not speak TLS (a plaintext client?) to this TLS port: give the client --tls-ca (and --tls-cert/--tls-key for mutual TLS)");
     let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a];
     if tcp.write_all(&alert).await.is_err() {
         return;
     }
+    linger(tcp).await;
+}
+
+/// Closes our side of `tcp` and reads what the peer still sends until it
+/// hangs up (2 s at most): closing with unread bytes would reset the
+/// connection, and the peer would lose the alert sent last.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tcp.shutdown().await;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

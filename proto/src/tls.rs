@@ -241,6 +241,10 @@ impl Tls {
             None => client.with_no_client_auth(),
         };
         client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // Every connection is a full handshake, so a rotated certificate or CA
+        // bundle is checked on the next connection (connections are
+        // long-lived: resumption would save little).
+        client.resumption = rustls::client::Resumption::disabled();
         let server = match (&key, role) {
             (Some(k), Role::Server) => {
                 let b = rustls::ServerConfig::builder_with_provider(p.clone())
