@@ -46,7 +46,6 @@ use rustls::{
 /// `--tls-ca`, and `--tls-cert`/`--tls-key` when the servers ask for client
 /// certificates.
 #[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = "TLS (every gRPC connection)")]
 pub struct TlsArgs {
     /// PEM certificate (chain) this process presents: as a server to its
     /// clients, as a client to servers that ask for one (--tls-client-auth).
