@@ -74,7 +74,7 @@ async fn run(dir: &std::path::Path) {
         "127.0.0.1:0",
     ])
     .expect("master flags");
-    let mut opts = Options::from_args(&args, Arc::from(secret));
+    let mut opts = Options::from_args(&args, Arc::from(secret), Default::default());
     opts.http_listen = None;
     let m = start(opts).await.expect("master");
     let ch = channel(

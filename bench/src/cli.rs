@@ -187,6 +187,9 @@ pub enum Workload {
 pub enum SystemKind {
     /// Alces, started with `alces local up`.
     Alces,
+    /// Alces with mutual TLS on every connection (`alces local up --tls`):
+    /// the cost of TLS, next to the Alces column.
+    AlcesTls,
     /// MooseFS 3.0 from Debian, inside a network namespace.
     Moosefs,
     /// A plain directory on the local disk.
@@ -197,8 +200,9 @@ pub enum SystemKind {
 
 impl SystemKind {
     /// Every system, in table order.
-    pub const ALL: [SystemKind; 4] = [
+    pub const ALL: [SystemKind; 5] = [
         SystemKind::Alces,
+        SystemKind::AlcesTls,
         SystemKind::Moosefs,
         SystemKind::Local,
         SystemKind::Noop,
@@ -208,6 +212,7 @@ impl SystemKind {
     pub fn title(self) -> &'static str {
         match self {
             SystemKind::Alces => "Alces",
+            SystemKind::AlcesTls => "Alces TLS",
             SystemKind::Moosefs => "MooseFS",
             SystemKind::Local => "local dir",
             SystemKind::Noop => "no-op FUSE",

@@ -110,8 +110,8 @@ fn median(r: &Results, fig: crate::figures::Figure, sys: SystemKind) -> Option<f
 /// The markdown table: median (min–max) per system, and Alces/MooseFS.
 pub fn table(r: &Results) -> String {
     let mut s = String::new();
-    s.push_str("| figure | unit | Alces | MooseFS | Alces/MooseFS | local dir | no-op FUSE |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    s.push_str("| figure | unit | Alces | Alces TLS | TLS/plain | MooseFS | Alces/MooseFS | local dir | no-op FUSE |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (&fig, _) in r.values.iter() {
         let ratio = match (
             median(r, fig, SystemKind::Alces),
@@ -120,12 +120,21 @@ pub fn table(r: &Results) -> String {
             (Some(a), Some(m)) if m > 0.0 => format!("{a_m:.2}×", a_m = a / m),
             _ => "–".into(),
         };
+        let tls = match (
+            median(r, fig, SystemKind::AlcesTls),
+            median(r, fig, SystemKind::Alces),
+        ) {
+            (Some(t), Some(a)) if a > 0.0 => format!("{t_a:.2}×", t_a = t / a),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fig.title(),
             fig.unit(),
             cell(r, fig, SystemKind::Alces),
+            cell(r, fig, SystemKind::AlcesTls),
+            tls,
             cell(r, fig, SystemKind::Moosefs),
             ratio,
             cell(r, fig, SystemKind::Local),

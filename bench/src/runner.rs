@@ -48,18 +48,23 @@ pub fn clean_leftovers(work_dir: &Path) {
 fn start(kind: SystemKind, args: &RunArgs, bin_dir: &Path) -> Result<Box<dyn System>> {
     let base = args.work_dir.join(match kind {
         SystemKind::Alces => "alces",
+        SystemKind::AlcesTls => "alces-tls",
         SystemKind::Moosefs => "moosefs",
         SystemKind::Local => "local",
         SystemKind::Noop => "noop",
     });
     Ok(match kind {
-        SystemKind::Alces => {
+        SystemKind::Alces | SystemKind::AlcesTls => {
             if !args.no_build {
                 eprintln!("alces-bench: building the Alces binaries (cargo build --release)");
                 alces::build()?;
             }
             // Alces::start takes the starting lock for each cluster it starts.
-            Box::new(Alces::start(bin_dir.to_path_buf(), base)?)
+            Box::new(Alces::start(
+                bin_dir.to_path_buf(),
+                base,
+                kind == SystemKind::AlcesTls,
+            )?)
         }
         SystemKind::Moosefs => {
             moosefs::ensure_installed()?;
@@ -298,10 +303,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     eprintln!("alces-bench: finished in {:.0?}", started.elapsed());
 
-    let alces_missing = results.unavailable.contains_key(&SystemKind::Alces);
-    let others_missing = results.unavailable.keys().any(|k| *k != SystemKind::Alces);
-    let alces_errors = results.errors.iter().any(|(k, _)| *k == SystemKind::Alces);
-    let other_errors = results.errors.iter().any(|(k, _)| *k != SystemKind::Alces);
+    let is_alces = |k: &SystemKind| matches!(k, SystemKind::Alces | SystemKind::AlcesTls);
+    let alces_missing = results.unavailable.keys().any(is_alces);
+    let others_missing = results.unavailable.keys().any(|k| !is_alces(k));
+    let alces_errors = results.errors.iter().any(|(k, _)| is_alces(k));
+    let other_errors = results.errors.iter().any(|(k, _)| !is_alces(k));
     let failed_run = interrupted()
         || others_missing
         || other_errors

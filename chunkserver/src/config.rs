@@ -48,6 +48,11 @@ pub struct Args {
     #[arg(long, env = "ALCES_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
 
+    /// TLS on the chunk port (clients, the master, peers in a write chain) and
+    /// on this server's connections to the master and to peers.
+    #[command(flatten)]
+    pub tls: alces_proto::tls::TlsArgs,
+
     /// Rate of background CRC verification of stored chunks, e.g. 32MiB; 0 disables it.
     #[arg(
         long,

@@ -14,7 +14,6 @@ use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 
 use crate::identity::Identity;
 use crate::master_link::{LinkConfig, MasterLink};
@@ -40,6 +39,8 @@ pub struct Config {
     pub label: String,
     /// Cluster secret.
     pub secret: Arc<str>,
+    /// TLS of the chunk port and of the connections to the master and peers.
+    pub tls: alces_proto::tls::Tls,
     /// Scrub rate in bytes per second (0 = off).
     pub scrub_bytes_per_sec: u64,
     /// Heartbeat period.
@@ -168,7 +169,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .clone()
         .unwrap_or_else(|| default_advertise(grpc_addr));
 
-    let auth = ClientAuth::new(&cfg.secret)?;
+    let auth = ClientAuth::new(&cfg.secret)?.with_tls(&cfg.tls);
     let peers = Arc::new(Peers::new(auth.clone()));
     let service = ChunkService::new(store.clone(), peers.clone());
     let server = ChunkserverServer::new(service)
@@ -180,12 +181,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tonic::transport::Server::builder()
             .add_service(svc)
             // No Nagle delay: small reads and acknowledgements are latency-bound.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
+            .serve_with_incoming_shutdown(alces_proto::net::incoming(listener, &cfg.tls), async {
+                let _ = stop_rx.await;
+            }),
     );
 
     let link = MasterLink::new(

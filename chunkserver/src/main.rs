@@ -34,6 +34,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         master: args.master,
         label: args.label,
         secret,
+        tls: args.tls.load(alces_proto::tls::Role::Server)?,
         scrub_bytes_per_sec: args.scrub_bytes_per_sec,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         open_files: args.open_files,

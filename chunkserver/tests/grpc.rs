@@ -52,6 +52,7 @@ async fn node() -> Node {
         master: dead_addr(),
         label: String::new(),
         secret: Arc::from(SECRET),
+        tls: Default::default(),
         scrub_bytes_per_sec: 0,
         open_files: 16,
         heartbeat: Duration::from_millis(100),

@@ -107,6 +107,7 @@ async fn start_cs(dir: &Path, master: &str) -> Running {
         master: master.to_string(),
         label: "rack-a".to_string(),
         secret: Arc::from(SECRET),
+        tls: Default::default(),
         scrub_bytes_per_sec: 0,
         open_files: 16,
         heartbeat: Duration::from_millis(50),

@@ -29,6 +29,10 @@ pub struct Global {
     /// Print machine-readable JSON instead of human-readable text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// TLS to the master and metaloggers (when unset and ALCES_LOCAL_DIR points
+    /// at an `alces local up --tls` directory, that cluster's CA and certificate).
+    #[command(flatten)]
+    pub tls: alces_proto::tls::TlsArgs,
 }
 
 /// The commands.
@@ -295,6 +299,11 @@ pub struct UpArgs {
     /// Without it, `alces` stays in the foreground and Ctrl-C stops the cluster.
     #[arg(long)]
     pub detach: bool,
+    /// Run every connection with mutual TLS: a throwaway CA and one certificate
+    /// per process are generated into DIR/tls (keys mode 0600), and the env
+    /// file points the CLI at the CA and a client certificate.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Options of `alces local down`.

@@ -34,6 +34,25 @@ pub fn read_env_file(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The TLS settings of the CLI: from the --tls-* options, else from the env
+/// file of `$ALCES_LOCAL_DIR` (a cluster made by `alces local up --tls`).
+pub fn tls(global: &Global) -> anyhow::Result<alces_proto::tls::Tls> {
+    let mut a = global.tls.clone();
+    if !a.enabled() {
+        if let Some(d) = local_dir_from_env() {
+            for (k, v) in read_env_file(&d) {
+                match k.as_str() {
+                    "ALCES_TLS_CA" => a.tls_ca = Some(v.into()),
+                    "ALCES_TLS_CERT" => a.tls_cert = Some(v.into()),
+                    "ALCES_TLS_KEY" => a.tls_key = Some(v.into()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    a.load(alces_proto::tls::Role::Client)
+}
+
 /// Resolves the master address and secret from the global options (falling back to
 /// the env file of `$ALCES_LOCAL_DIR`) and builds an admin client.
 pub fn admin(global: &Global, fallback_master: Option<&str>) -> anyhow::Result<Admin> {
@@ -64,12 +83,12 @@ pub fn admin(global: &Global, fallback_master: Option<&str>) -> anyhow::Result<A
         }
     });
     let secret = load_secret(secret_file.as_deref())?;
-    admin_at(&addr, &secret)
+    admin_at(&addr, &secret, &tls(global)?)
 }
 
 /// Builds an admin client for `addr` presenting `secret`.
-pub fn admin_at(addr: &str, secret: &str) -> anyhow::Result<Admin> {
-    let auth = ClientAuth::new(secret)?;
+pub fn admin_at(addr: &str, secret: &str, tls: &alces_proto::tls::Tls) -> anyhow::Result<Admin> {
+    let auth = ClientAuth::new(secret)?.with_tls(tls);
     let ch = alces_proto::net::channel(addr, &auth)
         .map_err(|e| anyhow::anyhow!("{e} (check --master / ALCES_MASTER)"))?;
     let client = AdminClient::new(ch)
@@ -84,10 +103,14 @@ pub fn admin_at(addr: &str, secret: &str) -> anyhow::Result<Admin> {
 /// Turns a failed admin call into an error that says what to check.
 pub fn explain(addr: &str, what: &str, s: &Status) -> anyhow::Error {
     match s.code() {
+        _ if alces_proto::net::status_text(s).contains("TLS: ") => anyhow::anyhow!(
+            "cannot reach master at {addr}: {}",
+            alces_proto::net::status_text(s)
+        ),
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
             anyhow::anyhow!(
                 "cannot reach master at {addr}: {}; is it running? (ALCES_MASTER)",
-                s.message()
+                alces_proto::net::status_text(s)
             )
         }
         Code::Unauthenticated => anyhow::anyhow!(

@@ -128,13 +128,14 @@ fn os(s: impl Into<OsString>) -> OsString {
 async fn wait_status(
     master: &str,
     secret: &str,
+    tls: &alces_proto::tls::Tls,
     what: &str,
     deadline: Instant,
     watch: &mut [Started],
     cond: impl Fn(&alces_proto::pb::ClusterStatus) -> bool,
 ) -> anyhow::Result<()> {
     eprintln!("alces: waiting for {what}");
-    let mut admin = admin_at(master, secret)?;
+    let mut admin = admin_at(master, secret, tls)?;
     let mut last: String;
     loop {
         for p in watch.iter_mut() {
@@ -158,7 +159,7 @@ async fn wait_status(
                     st.metaloggers.iter().filter(|m| m.connected).count()
                 );
             }
-            Ok(Err(s)) => last = format!("{}: {}", s.code(), s.message()),
+            Ok(Err(s)) => last = format!("{}: {}", s.code(), alces_proto::net::status_text(&s)),
             Err(_) => last = "Status call timed out".into(),
         }
         if Instant::now() >= deadline {
@@ -260,12 +261,18 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
             s
         }
     };
+    let tls = if a.tls {
+        Some(TlsFiles::generate(&dir)?)
+    } else {
+        None
+    };
     let mut started: Vec<Started> = Vec::new();
     let site = Site {
         dir: &dir,
         mnt: &mnt,
         secret: &secret,
         secret_path: &secret_path,
+        tls: tls.as_ref(),
     };
     let res = start_all(a, &site, &bins, &mut started).await;
     if let Err(e) = res {
@@ -307,6 +314,65 @@ struct Site<'a> {
     mnt: &'a Path,
     secret: &'a str,
     secret_path: &'a Path,
+    /// The CA and certificates of `alces local up --tls`.
+    tls: Option<&'a TlsFiles>,
+}
+
+/// The throwaway CA of a local cluster run with TLS, in DIR/tls.
+struct TlsFiles {
+    dir: PathBuf,
+    ca: alces_proto::tls::certgen::Ca,
+    ca_file: PathBuf,
+}
+
+impl TlsFiles {
+    /// A new CA in `<dir>/tls` (a folder only its owner can enter).
+    fn generate(dir: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let tdir = dir.join("tls");
+        std::fs::create_dir_all(&tdir)?;
+        std::fs::set_permissions(&tdir, std::fs::Permissions::from_mode(0o700))?;
+        let ca = alces_proto::tls::certgen::Ca::new("alces local CA")?;
+        let ca_file = tdir.join("ca.crt");
+        alces_proto::tls::certgen::write_file(&ca_file, ca.cert_pem().as_bytes(), 0o644)?;
+        Ok(Self {
+            dir: tdir,
+            ca,
+            ca_file,
+        })
+    }
+
+    /// Issues a certificate for the process `name` (valid for this machine's
+    /// names) and returns its TLS flags (mutual TLS on).
+    fn args_for(&self, name: &str) -> anyhow::Result<alces_proto::tls::TlsArgs> {
+        let serial = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let (cert, key) = self.ca.write_pair(
+            &self.dir,
+            name,
+            &alces_proto::tls::certgen::local_names(),
+            serial,
+        )?;
+        Ok(alces_proto::tls::TlsArgs {
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            tls_ca: Some(self.ca_file.clone()),
+            tls_client_auth: true,
+            tls_server_name: None,
+        })
+    }
+}
+
+impl Site<'_> {
+    /// The TLS flags of the process `name` (none without --tls).
+    fn tls_flags(&self, name: &str) -> anyhow::Result<Vec<OsString>> {
+        match self.tls {
+            Some(t) => Ok(t.args_for(name)?.to_flags()),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 async fn start_all(
@@ -320,7 +386,18 @@ async fn start_all(
         mnt,
         secret,
         secret_path,
+        ..
     } = *site;
+    // The CLI's own certificate, used here and by `source DIR/env; alces ...`.
+    let cli_tls = match site.tls {
+        Some(t) => Some(t.args_for("cli")?),
+        None => None,
+    };
+    let tls = match &cli_tls {
+        Some(a) => a.load(alces_proto::tls::Role::Client)?,
+        None => alces_proto::tls::Tls::plain(),
+    };
+    let tls = &tls;
     let (master_bin, cs_bin, mount_bin) = (&bins.master, &bins.chunkserver, &bins.mount);
     let ml_bin = bins.metalogger.as_deref();
     let timeout = Duration::from_secs(a.timeout.max(1));
@@ -343,6 +420,7 @@ async fn start_all(
         os("--secret-file"),
         sf.clone(),
     ];
+    args.extend(site.tls_flags("master")?);
     let mut tuning = Vec::new();
     if let Some(cs) = &a.chunk_size {
         tuning.extend([os("--chunk-size"), os(cs)]);
@@ -363,6 +441,7 @@ async fn start_all(
     wait_status(
         &master,
         secret,
+        tls,
         &format!("the master at {master} to become ready"),
         deadline,
         started,
@@ -376,7 +455,7 @@ async fn start_all(
         let addr = format!("127.0.0.1:{}", free_port()?);
         let data = dir.join(&name).join("data");
         std::fs::create_dir_all(&data)?;
-        let args = vec![
+        let mut args = vec![
             os("--master"),
             os(&master),
             os("--listen"),
@@ -392,6 +471,7 @@ async fn start_all(
             os("--secret-file"),
             sf.clone(),
         ];
+        args.extend(site.tls_flags(&name)?);
         eprintln!("alces: starting chunkserver {name} on {addr}");
         let (child, log) = spawn_process(dir, &name, cs_bin, &args)?;
         std::fs::write(dir.join(&name).join("address"), format!("{addr}\n"))?;
@@ -402,6 +482,7 @@ async fn start_all(
     wait_status(
         &master,
         secret,
+        tls,
         &format!("{n} chunkservers to register with the master"),
         deadline,
         started,
@@ -441,6 +522,7 @@ async fn start_all(
             // master as configured (the ALCES_* tuning variables of this
             // environment reach both processes alike).
             args.extend(tuning.iter().cloned());
+            args.extend(site.tls_flags(&name)?);
             eprintln!("alces: starting metalogger {name}");
             let (child, log) = spawn_process(dir, &name, ml_bin, &args)?;
             std::fs::write(dir.join(&name).join("address"), format!("{addr}\n"))?;
@@ -451,6 +533,7 @@ async fn start_all(
         wait_status(
             &master,
             secret,
+            tls,
             &format!("{n} metaloggers to connect"),
             deadline,
             started,
@@ -469,6 +552,7 @@ async fn start_all(
         os("--secret-file"),
         sf.clone(),
     ];
+    args.extend(site.tls_flags("mount")?);
     // Run as root, the mount serves every local user, the kernel checking
     // permissions (default_permissions): as a system mount would.
     // SAFETY: geteuid has no preconditions.
@@ -507,12 +591,23 @@ async fn start_all(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let env = format!(
+    let mut env = format!(
         "ALCES_MASTER={master}\nALCES_SECRET_FILE={}\nALCES_LOCAL_DIR={}\nALCES_MOUNT={}\n",
         secret_path.display(),
         dir.display(),
         mnt.display()
     );
+    if let Some(t) = &cli_tls {
+        for (k, v) in [
+            ("ALCES_TLS_CA", &t.tls_ca),
+            ("ALCES_TLS_CERT", &t.tls_cert),
+            ("ALCES_TLS_KEY", &t.tls_key),
+        ] {
+            if let Some(p) = v {
+                env.push_str(&format!("{k}={}\n", p.display()));
+            }
+        }
+    }
     let mut f = std::fs::File::create(dir.join("env"))?;
     f.write_all(env.as_bytes())?;
     Ok(())

@@ -45,7 +45,8 @@ pub async fn run(global: &Global, a: &PromoteArgs) -> anyhow::Result<()> {
         })
     });
     let secret = load_secret(secret_file.as_deref())?;
-    let ch = alces_proto::net::channel(&addr, &ClientAuth::new(&secret)?)
+    let auth = ClientAuth::new(&secret)?.with_tls(&crate::connect::tls(global)?);
+    let ch = alces_proto::net::channel(&addr, &auth)
         .map_err(|e| anyhow::anyhow!("metalogger address {addr}: {e}"))?;
     let reply = MetaloggerClient::new(ch)
         .promote(PromoteRequest {
@@ -54,7 +55,12 @@ pub async fn run(global: &Global, a: &PromoteArgs) -> anyhow::Result<()> {
             ..Default::default()
         })
         .await
-        .map_err(|s| anyhow::anyhow!("metalogger {addr} refused the promotion: {}", s.message()))?
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "metalogger {addr} refused the promotion: {}",
+                alces_proto::net::status_text(&s)
+            )
+        })?
         .into_inner();
     if global.json {
         println!(

@@ -42,7 +42,11 @@ impl Error {
     pub fn from_status(status: &tonic::Status) -> Self {
         Self::new(
             alces_proto::errno::of(status),
-            format!("{}: {}", status.code(), status.message()),
+            format!(
+                "{}: {}",
+                status.code(),
+                alces_proto::net::status_text(status)
+            ),
         )
     }
 }

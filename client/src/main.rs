@@ -49,6 +49,10 @@ struct Args {
     #[arg(long, env = "ALCES_SECRET_FILE")]
     secret_file: Option<PathBuf>,
 
+    /// TLS to the master and the chunkservers.
+    #[command(flatten)]
+    tls: alces_proto::tls::TlsArgs,
+
     /// Let users other than the mounting one use the mount (non-root mounting
     /// needs `user_allow_other` in /etc/fuse.conf).
     #[arg(long, env = "ALCES_ALLOW_OTHER")]
@@ -190,6 +194,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
+    let tls = args.tls.load(alces_proto::tls::Role::Client)?;
     let subdir = if args.subdir.starts_with('/') {
         args.subdir.clone()
     } else {
@@ -211,6 +216,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut config = ClientConfig::new(args.master.clone(), secret);
     config.subdir = subdir.clone();
+    config.tls = tls;
     config.read_only = args.read_only;
     config.client_name = format!("alces-mount {}", args.mountpoint.display());
     config.dir_attr_ttl = Duration::from_secs_f64(args.attr_timeout);

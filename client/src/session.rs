@@ -29,6 +29,8 @@ pub struct ClientConfig {
     pub master: String,
     /// Cluster secret (see `alces_proto::auth::load_secret`).
     pub secret: Arc<str>,
+    /// TLS to the master and the chunkservers (plaintext by default).
+    pub tls: alces_proto::tls::Tls,
     /// Subdirectory of the filesystem used as this client's root ("/" = all).
     pub subdir: String,
     /// Open a read-only session: every mutation fails with `EROFS`.
@@ -61,6 +63,7 @@ impl ClientConfig {
         Self {
             master: master.into(),
             secret,
+            tls: alces_proto::tls::Tls::plain(),
             subdir: "/".into(),
             read_only: false,
             client_name: "alces-client".into(),
@@ -259,7 +262,8 @@ impl Session {
     /// the current tokio runtime.
     pub(crate) fn new(config: ClientConfig) -> Result<Session> {
         let auth = alces_proto::auth::ClientAuth::new(&config.secret)
-            .map_err(|e| Error::new(libc::EINVAL, e.to_string()))?;
+            .map_err(|e| Error::new(libc::EINVAL, e.to_string()))?
+            .with_tls(&config.tls);
         let ch = alces_proto::net::channel(&config.master, &auth)
             .map_err(|e| Error::new(libc::EINVAL, format!("--master: {e}")))?;
         Ok(Session {

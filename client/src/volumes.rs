@@ -33,7 +33,8 @@ pub struct QuotaLimits {
 impl Client {
     fn admin(&self) -> Result<AdminClient<AuthChannel>> {
         let auth = alces_proto::auth::ClientAuth::new(&self.config().secret)
-            .map_err(|e| Error::new(libc::EINVAL, e.to_string()))?;
+            .map_err(|e| Error::new(libc::EINVAL, e.to_string()))?
+            .with_tls(&self.config().tls);
         let ch = alces_proto::net::channel(&self.config().master, &auth)
             .map_err(|e| Error::new(libc::EINVAL, format!("master address: {e}")))?;
         Ok(AdminClient::new(ch)

@@ -29,6 +29,11 @@ pub struct Cli {
     #[arg(long, env = "ALCES_LOG_JSON", global = true)]
     pub log_json: bool,
 
+    /// TLS to the masters and chunkservers (the controller's calls and every
+    /// volume's mount).
+    #[command(flatten)]
+    pub tls: alces_proto::tls::TlsArgs,
+
     /// What to run.
     #[command(subcommand)]
     pub role: Role,
@@ -200,7 +205,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.role)) {
+    match rt.block_on(run(cli.role, cli.tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("alces-csi: {e:#}");
@@ -216,23 +221,37 @@ fn default_secret(file: Option<&std::path::Path>) -> anyhow::Result<Option<Arc<s
     alces_proto::auth::load_secret(file).map(Some)
 }
 
-async fn run(role: Role) -> anyhow::Result<()> {
+async fn run(role: Role, tls: alces_proto::tls::TlsArgs) -> anyhow::Result<()> {
     match role {
         Role::Controller(a) => {
-            let (c, probe) = controller_service(&a)?;
+            let (c, probe) = controller_service(&a, &tls)?;
             serve(&a.serve, probe, Some(c), None).await
         }
         Role::Node(a) => {
             let secret = default_secret(a.node_secret_file.as_deref())?;
-            let n = node_service(a.node_id, a.kubelet_dir, a.state_dir, a.mount_bin, secret)?;
+            let n = node_service(
+                a.node_id,
+                a.kubelet_dir,
+                a.state_dir,
+                a.mount_bin,
+                secret,
+                &tls,
+            )?;
             let probe: ProbeFn = Arc::new(|| Box::pin(async { Ok(()) }));
             serve(&a.serve, probe, None, Some(n)).await
         }
         Role::Hold(a) => crate::node::holder::run(a.state_dir).await,
         Role::All(a) => {
-            let (c, probe) = controller_service(&a.controller)?;
+            let (c, probe) = controller_service(&a.controller, &tls)?;
             let secret = default_secret(a.controller.secret_file.as_deref())?;
-            let n = node_service(a.node_id, a.kubelet_dir, a.state_dir, a.mount_bin, secret)?;
+            let n = node_service(
+                a.node_id,
+                a.kubelet_dir,
+                a.state_dir,
+                a.mount_bin,
+                secret,
+                &tls,
+            )?;
             serve(&a.controller.serve, probe, Some(c), Some(n)).await
         }
     }
@@ -244,7 +263,10 @@ fn node_service(
     state_dir: PathBuf,
     mount_bin: Option<PathBuf>,
     default_secret: Option<Arc<str>>,
+    tls: &alces_proto::tls::TlsArgs,
 ) -> anyhow::Result<NodeService> {
+    // Checked here, so a bad flag stops the plugin instead of every mount.
+    tls.load(alces_proto::tls::Role::Client)?;
     let node_id = match node_id {
         Some(n) if !n.trim().is_empty() => n,
         _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -271,10 +293,14 @@ fn node_service(
         state_dir,
         mount_bin,
         default_secret,
+        tls_flags: tls.to_flags(),
     })
 }
 
-fn controller_service(a: &ControllerArgs) -> anyhow::Result<(ControllerService, ProbeFn)> {
+fn controller_service(
+    a: &ControllerArgs,
+    tls: &alces_proto::tls::TlsArgs,
+) -> anyhow::Result<(ControllerService, ProbeFn)> {
     let default = a
         .master
         .as_deref()
@@ -284,7 +310,9 @@ fn controller_service(a: &ControllerArgs) -> anyhow::Result<(ControllerService, 
     let list_root = crate::ids::validate_dir_path("--list-root", &a.list_root)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = default_secret(a.secret_file.as_deref())?;
-    let clusters = Arc::new(Clusters::new(default, secret));
+    let clusters = Arc::new(
+        Clusters::new(default, secret).with_tls(tls.load(alces_proto::tls::Role::Client)?),
+    );
     let controller = ControllerService::new(
         clusters.clone(),
         ControllerConfig {

@@ -22,6 +22,7 @@ pub struct Clusters {
     default: Option<ClusterRef>,
     default_secret: Option<Arc<str>>,
     clients: tokio::sync::Mutex<HashMap<(String, Arc<str>), Client>>,
+    tls: alces_proto::tls::Tls,
 }
 
 impl Clusters {
@@ -32,7 +33,14 @@ impl Clusters {
             default,
             default_secret,
             clients: tokio::sync::Mutex::new(HashMap::new()),
+            tls: alces_proto::tls::Tls::plain(),
         }
+    }
+
+    /// The same, connecting to masters and chunkservers with `tls`.
+    pub fn with_tls(mut self, tls: alces_proto::tls::Tls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The cluster a StorageClass names, or the default one.
@@ -77,6 +85,7 @@ impl Clusters {
         }
         let mut config = ClientConfig::new(master.clone(), secret);
         config.client_name = "alces-csi".into();
+        config.tls = self.tls.clone();
         config.reconnect_timeout = MASTER_TIMEOUT;
         let client = Client::connect(config).await.map_err(|e| {
             let msg = format!("cannot reach the master of cluster {cluster} at {master}: {e}");

@@ -118,6 +118,7 @@ impl Handed {
             subdir: "/".into(),
             read_only: false,
             secret: c.secret().into(),
+            tls_flags: Vec::new(),
             log: base.join("alces-mount.log"),
         };
         let child = keeper::spawn(&spec, &fuse, &state, false).expect("start alces-mount");

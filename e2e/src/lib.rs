@@ -186,6 +186,9 @@ pub struct Options {
     /// Network namespace every daemon runs in (network only: the mount stays
     /// visible here); `None` = the host's network.
     pub netns: Option<String>,
+    /// Every connection with mutual TLS (`alces local up --tls`); the default
+    /// is on when `ALCES_E2E_TLS=1`, so the whole suite can run with TLS.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -198,6 +201,7 @@ impl Default for Options {
             metaloggers: 1,
             root: None,
             netns: None,
+            tls: std::env::var("ALCES_E2E_TLS").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -280,6 +284,11 @@ pub struct Cluster {
     pub master: String,
     /// The cluster secret file.
     pub secret_file: PathBuf,
+    /// The TLS settings of the test's own connections (plaintext without
+    /// [`Options::tls`]).
+    pub tls: alces_proto::tls::Tls,
+    /// `ALCES_TLS_*` of the env file (the CLI's CA and certificate).
+    tls_env: Vec<(String, String)>,
     /// How it was started.
     pub opts: Options,
     /// The `alces` binary that started it (and stops it).
@@ -390,6 +399,9 @@ impl Cluster {
             .arg("--timeout")
             .arg("60")
             .arg("--detach");
+        if opts.tls {
+            cmd.arg("--tls");
+        }
         if let Some(cs) = &opts.chunk_size {
             cmd.arg("--chunk-size").arg(cs);
         }
@@ -401,6 +413,11 @@ impl Cluster {
             "ALCES_SECRET_FILE",
             "ALCES_SECRET",
             "ALCES_LOCAL_DIR",
+            "ALCES_TLS_CA",
+            "ALCES_TLS_CERT",
+            "ALCES_TLS_KEY",
+            "ALCES_TLS_CLIENT_AUTH",
+            "ALCES_TLS_SERVER_NAME",
         ] {
             cmd.env_remove(k);
         }
@@ -428,6 +445,23 @@ impl Cluster {
         };
         let master = get("ALCES_MASTER")?;
         let secret_file = PathBuf::from(get("ALCES_SECRET_FILE")?);
+        let tls_env: Vec<(String, String)> = ["ALCES_TLS_CA", "ALCES_TLS_CERT", "ALCES_TLS_KEY"]
+            .iter()
+            .filter_map(|k| get(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
+        let tls_file = |k: &str| {
+            tls_env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| PathBuf::from(v))
+        };
+        let tls = alces_proto::tls::TlsArgs {
+            tls_ca: tls_file("ALCES_TLS_CA"),
+            tls_cert: tls_file("ALCES_TLS_CERT"),
+            tls_key: tls_file("ALCES_TLS_KEY"),
+            ..Default::default()
+        }
+        .load(alces_proto::tls::Role::Client)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -439,6 +473,8 @@ impl Cluster {
             mnt,
             master,
             secret_file,
+            tls,
+            tls_env,
             opts,
             alces: alces.to_path_buf(),
             tmp,
@@ -468,6 +504,22 @@ impl Cluster {
             .to_string()
     }
 
+    /// The TLS flags of a client of this cluster (its CA and the CLI's
+    /// certificate; none without [`Options::tls`]).
+    pub fn tls_flags(&self) -> Vec<OsString> {
+        let mut args = Vec::new();
+        for (k, v) in &self.tls_env {
+            let flag = match k.as_str() {
+                "ALCES_TLS_CA" => "--tls-ca",
+                "ALCES_TLS_CERT" => "--tls-cert",
+                "ALCES_TLS_KEY" => "--tls-key",
+                _ => continue,
+            };
+            args.extend([OsString::from(flag), OsString::from(v)]);
+        }
+        args
+    }
+
     /// Environment variables pointing the CLI at this cluster.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
@@ -478,6 +530,9 @@ impl Cluster {
             ),
             ("ALCES_LOCAL_DIR".into(), self.dir.display().to_string()),
         ]
+        .into_iter()
+        .chain(self.tls_env.iter().cloned())
+        .collect()
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
@@ -728,7 +783,7 @@ impl Cluster {
 
     /// An authenticated channel to `addr` presenting `secret`.
     pub fn channel_with_secret(&self, addr: &str, secret: &str) -> AuthChannel {
-        let auth = ClientAuth::new(secret).expect("secret");
+        let auth = ClientAuth::new(secret).expect("secret").with_tls(&self.tls);
         let _g = self.rt().enter();
         alces_proto::net::channel(addr, &auth).expect("channel")
     }
@@ -763,6 +818,7 @@ impl Cluster {
         let secret: std::sync::Arc<str> = self.secret().into();
         let mut cfg = alces_client::ClientConfig::new(self.master.clone(), secret);
         cfg.client_name = "alces-e2e".into();
+        cfg.tls = self.tls.clone();
         cfg.reconnect_timeout = Duration::from_secs(60);
         self.block_on(alces_client::Client::connect(cfg))
             .expect("client library session")
@@ -867,6 +923,7 @@ impl Cluster {
             "--secret-file".into(),
             secret_file.into(),
         ];
+        args.extend(self.tls_flags());
         args.extend(extra.iter().map(OsString::from));
         self.spawn_logged(&bin("alces-mount").to_string_lossy(), &args, log)
     }

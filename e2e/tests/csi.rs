@@ -1181,6 +1181,7 @@ fn alces_mount_refuses_bad_descriptors_and_a_takeover_without_state() {
         subdir: "/".into(),
         read_only: false,
         secret: c.secret().into(),
+        tls_flags: Vec::new(),
         log: base.join(log),
     };
     let fuse = keeper::open_fuse().unwrap();

@@ -45,6 +45,10 @@ pub struct Args {
     #[command(flatten)]
     pub tuning: Tuning,
 
+    /// TLS on the gRPC port and on this master's connections to chunkservers.
+    #[command(flatten)]
+    pub tls: alces_proto::tls::TlsArgs,
+
     /// Master address to follow as a metalogger after being deposed (a newer
     /// master took over); default: this master's --listen address (the address
     /// a promoted metalogger takes over), with 127.0.0.1 for an unspecified IP.
@@ -233,6 +237,11 @@ pub struct MetaloggerArgs {
     /// File holding the cluster secret (else the ALCES_SECRET environment variable).
     #[arg(long, env = "ALCES_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+
+    /// TLS on this metalogger's port, its connection to the master, and the
+    /// master it becomes when promoted.
+    #[command(flatten)]
+    pub tls: alces_proto::tls::TlsArgs,
 
     /// Write a local snapshot after this many changelog records.
     #[arg(long, env = "ALCES_METALOGGER_SNAPSHOT_RECORDS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]

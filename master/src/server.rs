@@ -18,7 +18,6 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Args, Tuning};
 use crate::core::{now_ns, Core, Settings};
@@ -40,6 +39,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Cluster secret.
     pub secret: Arc<str>,
+    /// TLS of the gRPC port and of the connections to chunkservers.
+    pub tls: alces_proto::tls::Tls,
     /// Chunk size of a new filesystem.
     pub chunk_size: u64,
     /// Goal of the root of a new filesystem.
@@ -65,12 +66,13 @@ pub struct Options {
 
 impl Options {
     /// Options from command-line flags and the loaded secret.
-    pub fn from_args(a: &Args, secret: Arc<str>) -> Self {
+    pub fn from_args(a: &Args, secret: Arc<str>, tls: alces_proto::tls::Tls) -> Self {
         Self::from_tuning(
             a.listen,
             Some(a.http_listen),
             a.data_dir.clone(),
             secret,
+            tls,
             &a.tuning,
         )
     }
@@ -82,6 +84,7 @@ impl Options {
         http_listen: Option<SocketAddr>,
         data_dir: PathBuf,
         secret: Arc<str>,
+        tls: alces_proto::tls::Tls,
         t: &Tuning,
     ) -> Self {
         Self {
@@ -89,6 +92,7 @@ impl Options {
             http_listen,
             data_dir,
             secret,
+            tls,
             chunk_size: t.chunk_size,
             default_goal: t.default_goal,
             session_timeout: Duration::from_secs(u64::from(t.session_timeout)),
@@ -146,7 +150,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         sync_timeout: opts.sync_timeout,
         chunk_auth: alces_proto::auth::ClientAuth::new(&opts.secret)
             .ok()
-            .map(crate::core::ChunkAuth),
+            .map(|a| crate::core::ChunkAuth(a.with_tls(&opts.tls))),
     };
     tracing::info!(
         version = rec.state.version,
@@ -212,7 +216,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
             .add_service(InterceptedService::new(admin, auth))
             // No Nagle delay: replication replies and streams are small and latency-bound.
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                alces_proto::net::incoming(listener, &opts.tls),
                 async move {
                     let _ = grpc_stop.wait_for(|s| *s).await;
                 },
@@ -349,15 +353,12 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// it fences itself, and [`serve`] turns it into a metalogger of the new one.
 /// While the address still leads to this master itself, the answer carries its
 /// own epoch and nothing happens.
-pub fn watch_for_newer_master(core: Arc<Core>, addr: String, secret: Arc<str>) -> JoinHandle<()> {
+pub fn watch_for_newer_master(
+    core: Arc<Core>,
+    addr: String,
+    auth: alces_proto::auth::ClientAuth,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let auth = match alces_proto::auth::ClientAuth::new(&secret) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the master address for a newer master");
-                return;
-            }
-        };
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut warned_other_cluster = false;
@@ -369,15 +370,13 @@ pub fn watch_for_newer_master(core: Arc<Core>, addr: String, secret: Arc<str>) -
             if core.chunkserver_quorum() {
                 continue;
             }
-            let Ok(ep) = alces_proto::net::endpoint(&addr) else {
-                tracing::error!(address = %addr, "the rejoin address is not host:port: not watching it for a newer master");
+            if let Err(e) = alces_proto::net::validate_addr(&addr) {
+                tracing::error!(address = %addr, "the rejoin address is not host:port ({e}): not watching it for a newer master");
                 return;
-            };
+            }
             let probe = async {
-                let ch = ep.connect().await.map_err(|e| e.to_string())?;
-                let mut c = alces_proto::pb::replication_client::ReplicationClient::new(
-                    tonic::service::interceptor::InterceptedService::new(ch, auth.clone()),
-                );
+                let ch = alces_proto::net::connect(&addr, &auth).await?;
+                let mut c = alces_proto::pb::replication_client::ReplicationClient::new(ch);
                 c.identify(alces_proto::pb::Empty {})
                     .await
                     .map(|r| r.into_inner())
@@ -430,7 +429,9 @@ pub fn exec_metalogger(args: &[std::ffi::OsString]) -> anyhow::Error {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     alces_telemetry::warn_if_root("alces-master");
     let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
-    let running = start(Options::from_args(&args, secret.clone())).await?;
+    let tls = args.tls.load(alces_proto::tls::Role::Server)?;
+    let auth = alces_proto::auth::ClientAuth::new(&secret)?.with_tls(&tls);
+    let running = start(Options::from_args(&args, secret.clone(), tls)).await?;
     let rejoin_master = args.rejoin_master.clone().unwrap_or_else(|| {
         let mut a = args.listen;
         if a.ip().is_unspecified() {
@@ -438,7 +439,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         a.to_string()
     });
-    let watch = watch_for_newer_master(running.core.clone(), rejoin_master.clone(), secret);
+    let watch = watch_for_newer_master(running.core.clone(), rejoin_master.clone(), auth);
     let ended = serve(running).await;
     watch.abort();
     match ended? {
@@ -461,6 +462,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             // The same tuning, so that this process, promoted again one day,
             // runs the master as it was configured.
             argv.extend(args.tuning.to_flags());
+            argv.extend(args.tls.to_flags());
             if let Some(f) = &args.secret_file {
                 argv.push("--secret-file".into());
                 argv.push(f.clone().into());

@@ -19,6 +19,11 @@ pub struct Args {
     )]
     pub http_listen: SocketAddr,
 
+    /// TLS of the operator's calls to masters and metaloggers (the same CA
+    /// and, with mutual TLS, a client certificate for every cluster).
+    #[command(flatten)]
+    pub tls: alces_proto::tls::TlsArgs,
+
     /// Watch AlcesClusters of this namespace only (default: every namespace).
     #[arg(long, env = "ALCES_OPERATOR_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,

@@ -52,6 +52,12 @@ impl DataPlane {
         })
     }
 
+    /// The same, connecting with `tls`.
+    pub fn with_tls(mut self, tls: &alces_proto::tls::Tls) -> Self {
+        self.auth = self.auth.with_tls(tls);
+        self
+    }
+
     fn channel(&self, addr: &str) -> Result<alces_proto::net::AuthChannel, CallError> {
         if let Some(c) = self.channels.lock().get(addr) {
             return Ok(c.clone());
@@ -73,7 +79,7 @@ impl DataPlane {
             Ok(Err(s)) => Err(CallError::Status(
                 addr.into(),
                 s.code(),
-                s.message().to_string(),
+                alces_proto::net::status_text(&s),
             )),
             Ok(Ok(r)) => Ok(r.into_inner()),
         };

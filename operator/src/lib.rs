@@ -36,6 +36,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         Arc::new(controller::target::PodDns),
     );
     ctx.poll = Duration::from_millis(args.poll_ms);
+    ctx.tls = args.tls.load(alces_proto::tls::Role::Client)?;
     let ctx = Arc::new(ctx);
     if args.no_leader_election {
         m.leader.set(1);

@@ -156,9 +156,13 @@ impl Interceptor for ServerAuth {
 }
 
 /// Client-side interceptor: adds the cluster secret and the protocol version.
+///
+/// It also carries the TLS settings of the process ([`ClientAuth::with_tls`]),
+/// so that every channel built from it ([`crate::net::channel`]) uses them.
 #[derive(Clone)]
 pub struct ClientAuth {
     header: MetadataValue<tonic::metadata::Ascii>,
+    tls: crate::tls::Tls,
 }
 
 impl ClientAuth {
@@ -167,7 +171,21 @@ impl ClientAuth {
         let header = format!("Bearer {secret}")
             .parse()
             .map_err(|_| anyhow::anyhow!("the cluster secret must be printable ASCII"))?;
-        Ok(Self { header })
+        Ok(Self {
+            header,
+            tls: crate::tls::Tls::plain(),
+        })
+    }
+
+    /// The same credentials, connecting with `tls`.
+    pub fn with_tls(mut self, tls: &crate::tls::Tls) -> Self {
+        self.tls = tls.clone();
+        self
+    }
+
+    /// The TLS settings channels built from these credentials use.
+    pub fn tls(&self) -> &crate::tls::Tls {
+        &self.tls
     }
 }
 

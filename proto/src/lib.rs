@@ -6,6 +6,7 @@
 //! - [`checksum`]: CRC32C of chunk blocks and on-disk records.
 //! - [`net`]: building channels to peers (DNS re-resolved on every reconnect).
 //! - [`geometry`]: chunk and block sizes.
+//! - [`tls`]: TLS flags and settings (rustls), reloaded when their files change.
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod checksum;
 pub mod errno;
 pub mod geometry;
 pub mod net;
+pub mod tls;
 
 /// Generated protobuf messages and tonic services of package `alces.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

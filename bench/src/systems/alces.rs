@@ -107,7 +107,7 @@ fn stop_cluster(alces: &Path, root: &Path) {
 }
 
 impl Cluster {
-    fn start(bin_dir: &Path, base: &Path, goal: u32) -> Result<Cluster> {
+    fn start(bin_dir: &Path, base: &Path, goal: u32, tls: bool) -> Result<Cluster> {
         let root = base.join(format!("g{goal}"));
         mkdirs(base)?;
         let alces = bin_dir.join("alces");
@@ -123,6 +123,7 @@ impl Cluster {
             metaloggers: 1,
             root: Some(root),
             netns: Some(netns::NAME.into()),
+            tls,
         };
         let cluster =
             alces_e2e::Cluster::start_with(&alces, opts).context("`alces local up` failed")?;
@@ -139,6 +140,8 @@ pub struct Alces {
     base: PathBuf,
     clusters: BTreeMap<u32, Cluster>,
     extra: Vec<Guard>,
+    /// Every connection with mutual TLS.
+    tls: bool,
 }
 
 impl Drop for Alces {
@@ -149,11 +152,12 @@ impl Drop for Alces {
 }
 
 impl Alces {
-    /// Starts the main (goal 2) cluster under `base` with the binaries of `bin_dir`.
-    pub fn start(bin_dir: PathBuf, base: PathBuf) -> Result<Alces> {
+    /// Starts the main (goal 2) cluster under `base` with the binaries of
+    /// `bin_dir`, with mutual TLS when `tls`.
+    pub fn start(bin_dir: PathBuf, base: PathBuf, tls: bool) -> Result<Alces> {
         check_binaries(&bin_dir)?;
         let main = cleanup::starting("starting Alces", || {
-            Cluster::start(&bin_dir, &base, MAIN_GOAL)
+            Cluster::start(&bin_dir, &base, MAIN_GOAL, tls)
         })?;
         let mut clusters = BTreeMap::new();
         clusters.insert(MAIN_GOAL, main);
@@ -162,6 +166,7 @@ impl Alces {
             base,
             clusters,
             extra: Vec::new(),
+            tls,
         })
     }
 
@@ -174,7 +179,11 @@ impl Alces {
 
 impl System for Alces {
     fn kind(&self) -> SystemKind {
-        SystemKind::Alces
+        if self.tls {
+            SystemKind::AlcesTls
+        } else {
+            SystemKind::Alces
+        }
     }
 
     fn version(&self) -> String {
@@ -202,7 +211,7 @@ impl System for Alces {
     fn make_dir(&mut self, rel: &str, goal: u32) -> Result<PathBuf> {
         if !self.clusters.contains_key(&goal) {
             let c = cleanup::starting("starting an Alces cluster", || {
-                Cluster::start(&self.bin_dir, &self.base, goal)
+                Cluster::start(&self.bin_dir, &self.base, goal, self.tls)
             })
             .with_context(|| format!("cannot start an Alces cluster with goal {goal}"))?;
             self.clusters.insert(goal, c);
@@ -214,9 +223,9 @@ impl System for Alces {
     }
 
     fn open_mounts(&mut self, n: usize) -> Result<Vec<PathBuf>> {
-        let (master, secret) = {
+        let (master, secret, tls) = {
             let m = &self.main()?.cluster;
-            (m.master.clone(), m.secret_file.clone())
+            (m.master.clone(), m.secret_file.clone(), m.tls_flags())
         };
         let mut roots = Vec::new();
         for i in 0..n {
@@ -229,7 +238,8 @@ impl System for Alces {
                 .arg("--master")
                 .arg(&master)
                 .arg("--secret-file")
-                .arg(&secret);
+                .arg(&secret)
+                .args(&tls);
             let mut child = cleanup::starting("starting a mount", || spawn_logged(&mut c, &log))?;
             let ok = wait_for(
                 &format!("alces-mount on {}", at.display()),

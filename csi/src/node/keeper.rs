@@ -236,6 +236,8 @@ pub struct DaemonSpec {
     pub read_only: bool,
     /// Cluster secret (given in the environment).
     pub secret: Arc<str>,
+    /// TLS flags of the daemon.
+    pub tls_flags: Vec<std::ffi::OsString>,
     /// The daemon's log file (appended).
     pub log: PathBuf,
 }
@@ -266,6 +268,7 @@ pub fn spawn(
         .arg(DAEMON_STATE_FD.to_string())
         .env_remove("ALCES_SECRET_FILE")
         .env(alces_proto::auth::SECRET_ENV, &*spec.secret)
+        .args(&spec.tls_flags)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);

@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub mount_bin: PathBuf,
     /// Cluster secret used when a call carries none.
     pub default_secret: Option<Arc<str>>,
+    /// TLS flags given to every volume's `alces-mount` (its `ALCES_TLS_*`
+    /// environment, inherited from this process, works too).
+    pub tls_flags: Vec<std::ffi::OsString>,
 }
 
 /// What the node keeps about a staged volume.
@@ -336,6 +339,7 @@ impl NodeService {
             subdir: r.subdir.clone(),
             read_only: r.read_only,
             secret,
+            tls_flags: self.config.tls_flags.clone(),
             log: self.log_path(&r.volume_id),
         }
     }

@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
 use crate::config::MetaloggerArgs;
@@ -80,6 +79,7 @@ fn advertise(listen: SocketAddr, configured: &Option<String>) -> String {
 pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
     alces_telemetry::warn_if_root("alces-metalogger");
     let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
+    let tls = args.tls.load(alces_proto::tls::Role::Server)?;
     let id = load_id(&args.data_dir)?;
     let dir = args.data_dir.clone();
     let (resync, records) = (args.resync, args.snapshot_records);
@@ -116,16 +116,16 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(InterceptedService::new(svc, auth))
-            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+            .serve_with_incoming(alces_proto::net::incoming(listener, &tls)),
     );
-    let client_auth = ClientAuth::new(&secret)?;
+    let client_auth = ClientAuth::new(&secret)?.with_tls(&tls);
     let (repl, admin) = master_clients(&args.master, &client_auth)
         .map_err(|e| anyhow::anyhow!("--master {}: {e}", args.master))?;
     let mut f = Follower {
         shared: shared.clone(),
         repl,
         admin,
-        auth: client_auth,
+        auth: client_auth.clone(),
         rx: promote_rx,
     };
     // /readyz follows the replica: caught up and following, or serving as
@@ -216,7 +216,7 @@ pub async fn run(args: MetaloggerArgs) -> anyhow::Result<()> {
             let watch = server::watch_for_newer_master(
                 running.core.clone(),
                 args.master.clone(),
-                secret.clone(),
+                client_auth.clone(),
             );
             let ended = server::serve(running).await;
             watch.abort();
@@ -290,6 +290,7 @@ async fn promote(
         args.promote_http_listen,
         args.data_dir.clone(),
         secret.clone(),
+        args.tls.load(alces_proto::tls::Role::Server)?,
         &args.tuning,
     );
     let running = server::start(opts).await?;

@@ -32,6 +32,7 @@ pub fn options(dir: &std::path::Path) -> Options {
         http_listen: None,
         data_dir: dir.to_path_buf(),
         secret: Arc::from(SECRET),
+        tls: Default::default(),
         chunk_size: MIB,
         default_goal: 2,
         session_timeout: Duration::from_secs(30),

@@ -91,6 +91,8 @@ pub struct Context {
     /// gRPC clients per cluster (`ns/name`) with the secret they use: their
     /// channels outlive a reconcile.
     pub dataplanes: Mutex<HashMap<String, (String, DataPlane)>>,
+    /// TLS of the calls to masters and metaloggers (`--tls-*` of the operator).
+    pub tls: alces_proto::tls::Tls,
 }
 
 impl Context {
@@ -108,6 +110,7 @@ impl Context {
             pdb_version: tokio::sync::OnceCell::new(),
             poll: DEFAULT_POLL,
             dataplanes: Mutex::new(HashMap::new()),
+            tls: alces_proto::tls::Tls::plain(),
         }
     }
 
@@ -119,7 +122,9 @@ impl Context {
                 return Ok(dp.clone());
             }
         }
-        let dp = DataPlane::new(secret).map_err(|e| Error::Other(e.to_string()))?;
+        let dp = DataPlane::new(secret)
+            .map_err(|e| Error::Other(e.to_string()))?
+            .with_tls(&self.tls);
         m.insert(key.to_string(), (secret.to_string(), dp.clone()));
         Ok(dp)
     }
