@@ -49,6 +49,12 @@ struct Args {
     #[arg(long, env = "ALCES_SECRET_FILE")]
     secret_file: Option<PathBuf>,
 
+    /// File holding a credential token (`alces credential issue`) to present
+    /// instead of the cluster secret (also ALCES_CREDENTIAL, the token itself):
+    /// the mount then sees only the credential's directory, with its rules.
+    #[arg(long, env = "ALCES_CREDENTIAL_FILE")]
+    credential_file: Option<PathBuf>,
+
     /// Let users other than the mounting one use the mount (non-root mounting
     /// needs `user_allow_other` in /etc/fuse.conf).
     #[arg(long, env = "ALCES_ALLOW_OTHER")]
@@ -189,7 +195,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             "--allow-other needs 'user_allow_other' in /etc/fuse.conf when not mounting as root"
         );
     }
-    let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
+    let secret = alces_proto::auth::load_client_token(
+        args.credential_file.as_deref(),
+        args.secret_file.as_deref(),
+    )?;
     let subdir = if args.subdir.starts_with('/') {
         args.subdir.clone()
     } else {
