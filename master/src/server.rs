@@ -147,6 +147,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         chunk_auth: alces_proto::auth::ClientAuth::new(&opts.secret)
             .ok()
             .map(crate::core::ChunkAuth),
+        access_secret: crate::core::AccessSecret(opts.secret.clone()),
     };
     tracing::info!(
         version = rec.state.version,

@@ -30,10 +30,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The status of a call presenting revoked credential `id`.
 pub fn revoked(id: u64) -> Status {
-    alces_proto::errno::status(
-        libc::EACCES,
-        format!("credential {id} revoked: ask the cluster's administrator for a new one"),
-    )
+    alces_proto::errno::credential_revoked(id)
 }
 
 /// The credential id of `token`, or why it is refused: unknown (wrong
@@ -399,4 +396,38 @@ pub fn check_goal(e: &Option<Export>, goal: u32) -> Result<(), Status> {
         }
         _ => Ok(()),
     }
+}
+
+/// The chunk access a credential's session gets with a chunk's locations
+/// (`write` false) or a write chain (see `alces_proto::access`).
+pub fn chunk_access(
+    core: &Core,
+    who: Identity,
+    chunk_id: u64,
+    version: u64,
+    write: bool,
+    copy_from_chunk_id: u64,
+    chain: &[pb::ChunkLocation],
+) -> Option<pb::ChunkAccess> {
+    let Identity::Credential(id) = who else {
+        return None;
+    };
+    let secs = if write {
+        alces_proto::access::WRITE_SECS
+    } else {
+        alces_proto::access::READ_SECS
+    };
+    Some(alces_proto::access::sign(
+        &core.settings.access_secret.0,
+        pb::ChunkAccess {
+            credential: id,
+            chunk_id,
+            version,
+            write,
+            copy_from_chunk_id,
+            expires_unix: alces_proto::access::now_unix() + secs,
+            chain: chain.iter().map(|l| l.address.clone()).collect(),
+            mac: Vec::new(),
+        },
+    ))
 }

@@ -321,7 +321,18 @@ impl Master for MasterService {
             self,
             "ReadChunk",
             self.admit(&req, r.session_id, &[r.inode]),
-            |_| io::read_chunk(&self.core, r)
+            |_| io::read_chunk(&self.core, r).map(|mut rep| {
+                rep.access = credentials::chunk_access(
+                    &self.core,
+                    Identity::of(&req),
+                    rep.chunk_id,
+                    rep.version,
+                    false,
+                    0,
+                    &[],
+                );
+                rep
+            })
         )
     }
 
@@ -333,7 +344,21 @@ impl Master for MasterService {
         if let Err(s) = self.admit(&req, req.get_ref().session_id, &ins) {
             return reply(&self.core, "WriteChunk", Err(s));
         }
-        let res = io::write_chunk(&self.core, req.into_inner()).await;
+        let who = Identity::of(&req);
+        let res = io::write_chunk(&self.core, req.into_inner())
+            .await
+            .map(|mut rep| {
+                rep.access = credentials::chunk_access(
+                    &self.core,
+                    who,
+                    rep.chunk_id,
+                    rep.version,
+                    true,
+                    rep.copy_from_chunk_id,
+                    &rep.chain,
+                );
+                rep
+            });
         reply(&self.core, "WriteChunk", res)
     }
 
