@@ -663,3 +663,53 @@ async fn revocation_is_immediate_and_survives_restarts() {
     check(&m).await;
     m.stop().await.unwrap();
 }
+
+/// The subtree's quota holds for a credential's session (and statfs shows
+/// it), and its deletes go to the trash like anyone's.
+#[tokio::test]
+async fn quota_and_trash_of_the_subtree() {
+    let (_tmp, m) = started().await;
+    let t = tree(&m).await;
+    admin(&m)
+        .set_quota(pb::SetQuotaRequest {
+            path: "/vols/a".into(),
+            hard_inodes: 3,
+            hard_bytes: 1 << 30,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, token) = issue(&m, rule("/vols/a")).await;
+    let mut c = master_with(&m, &token);
+    let sid = register(&mut c).await.session_id;
+    let st = c.statfs(getattr(sid, t.a)).await.unwrap().into_inner();
+    assert_eq!(st.total_inodes, 3, "{st:?}");
+    assert_eq!(st.total_bytes, 1 << 30, "{st:?}");
+    // /vols/a holds `in`: two more fit, the third does not.
+    create_as(&mut c, sid, t.a, "q1", 1000).await;
+    create_as(&mut c, sid, t.a, "q2", 1000).await;
+    let over = c
+        .mknod(pb::MknodRequest {
+            session_id: sid,
+            parent: t.a,
+            name: b"q3".to_vec(),
+            kind: FileType::Regular as i32,
+            mode: 0o644,
+            caller: caller(),
+            exclusive: true,
+            ..Default::default()
+        })
+        .await;
+    refused(over, libc::EDQUOT, "create past the quota");
+    c.unlink(entry(sid, t.a, "q1")).await.unwrap();
+    let trash = admin(&m)
+        .list_trash(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        trash.entries.iter().any(|e| e.path == "/vols/a/q1"),
+        "{trash:?}"
+    );
+    m.stop().await.unwrap();
+}
