@@ -136,14 +136,17 @@ async fn main() {
         println!("  {what:<40} {:>8.0} ns", check_ns(&m, vol, ino, 200_000));
     }
     // A file inside linked from outside by an administrator: its latest
-    // parent is outside, so the directories are scanned.
+    // parent is outside, so the directories are scanned (in inode order,
+    // until one inside holds a link): the file sits in a directory made after
+    // every other inode, the scan's worst case.
     let outside = mkdir(&mut c, sid, 1, "outside").await;
     for (total, step) in [(1_000u32, 1_000u32), (10_000, 9_000)] {
         let flat = mkdir(&mut c, sid, 1, &format!("flat{total}")).await;
         for i in 0..step {
             mknod(&mut c, sid, flat, &format!("f{i}")).await;
         }
-        let linked = mknod(&mut c, sid, vol, &format!("linked{total}")).await;
+        let late = mkdir(&mut c, sid, vol, &format!("late{total}")).await;
+        let linked = mknod(&mut c, sid, late, &format!("linked{total}")).await;
         c.link(pb::LinkRequest {
             session_id: sid,
             inode: linked,
