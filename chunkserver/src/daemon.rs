@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alces_proto::auth::{ClientAuth, ServerAuth};
+use alces_proto::auth::{ClientAuth, IdOnly, ServerAuth};
 use alces_proto::pb::chunkserver_server::ChunkserverServer;
 use alces_proto::MAX_MESSAGE_BYTES;
 use alces_telemetry::Health;
@@ -171,11 +171,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let auth = ClientAuth::new(&cfg.secret)?.with_tls(&cfg.tls);
     let peers = Arc::new(Peers::new(auth.clone()));
-    let service = ChunkService::new(store.clone(), peers.clone());
+    let service =
+        ChunkService::new(store.clone(), peers.clone()).with_access_secret(cfg.secret.clone());
     let server = ChunkserverServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let svc = InterceptedService::new(server, ServerAuth::new(cfg.secret.clone()));
+    // A client may present a credential: its calls must then carry a chunk
+    // access the master signed (`ChunkService::admit`).
+    let svc = InterceptedService::new(
+        server,
+        ServerAuth::new(cfg.secret.clone()).with_credentials(Arc::new(IdOnly)),
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()

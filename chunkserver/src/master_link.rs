@@ -364,6 +364,7 @@ async fn fetch(peers: &Peers, addr: &str, chunk_id: u64, version: u64) -> Result
             version,
             offset,
             length: REPLICATE_PIECE,
+            access: None,
         });
         let reply = tokio::time::timeout(RPC_TIMEOUT, call)
             .await

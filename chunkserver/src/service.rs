@@ -12,6 +12,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alces_proto::access;
+use alces_proto::auth::Identity;
 use alces_proto::geometry::{MAX_CHUNK_SIZE, MAX_GOAL};
 use alces_proto::pb::chunkserver_server::Chunkserver;
 use alces_proto::pb::{
@@ -39,6 +41,9 @@ pub struct ChunkService {
     store: Arc<ChunkStore>,
     peers: Arc<Peers>,
     metrics: Metrics,
+    /// The cluster secret, checking the chunk access of calls made with a
+    /// credential (none: such calls are refused).
+    access_secret: Option<Arc<str>>,
 }
 
 fn einval(msg: String) -> Status {
@@ -119,7 +124,36 @@ impl ChunkService {
             store,
             peers,
             metrics,
+            access_secret: None,
         }
+    }
+
+    /// Serves calls made with a credential when they carry a chunk access
+    /// signed with `secret`'s key (see `alces_proto::access`).
+    pub fn with_access_secret(mut self, secret: Arc<str>) -> Self {
+        self.access_secret = Some(secret);
+        self
+    }
+
+    /// Admits a call of `who` asking for `asked` with the access it carries (`given`).
+    fn admit(
+        &self,
+        op: &str,
+        who: Identity,
+        given: Option<&alces_proto::pb::ChunkAccess>,
+        asked: access::Asked<'_>,
+    ) -> Result<(), Status> {
+        let res = match (&self.access_secret, who) {
+            (_, Identity::Cluster) => Ok(()),
+            (Some(s), _) => access::check(s, who, given, asked, access::now_unix()),
+            (None, _) => Err(Status::unauthenticated(
+                "this chunkserver takes the cluster secret only",
+            )),
+        };
+        if res.is_err() {
+            self.metrics.op(op, false);
+        }
+        res
     }
 
     /// Runs the local operation and the forward to the rest of the chain
@@ -185,7 +219,16 @@ impl ChunkService {
 #[tonic::async_trait]
 impl Chunkserver for ChunkService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let who = Identity::of(&request);
         let r = request.into_inner();
+        let asked = access::Asked {
+            chunk_id: r.chunk_id,
+            version: r.version,
+            write: false,
+            copy_from_chunk_id: 0,
+            chain: &[],
+        };
+        self.admit("read", who, r.access.as_ref(), asked)?;
         let res = async {
             check_common(r.chunk_id, &[])?;
             if r.length > MAX_READ_BYTES {
@@ -217,7 +260,16 @@ impl Chunkserver for ChunkService {
     }
 
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        let who = Identity::of(&request);
         let r = request.into_inner();
+        let asked = access::Asked {
+            chunk_id: r.chunk_id,
+            version: r.version,
+            write: true,
+            copy_from_chunk_id: r.copy_from_chunk_id,
+            chain: &r.chain,
+        };
+        self.admit("write", who, r.access.as_ref(), asked)?;
         let valid = check_common(r.chunk_id, &r.chain).and_then(|_| check_range(r.offset, &r.data));
         if let Err(e) = valid {
             self.metrics.op("write", false);
@@ -250,7 +302,16 @@ impl Chunkserver for ChunkService {
         &self,
         request: Request<WriteManyRequest>,
     ) -> Result<Response<WriteReply>, Status> {
+        let who = Identity::of(&request);
         let r = request.into_inner();
+        let asked = access::Asked {
+            chunk_id: r.chunk_id,
+            version: r.version,
+            write: true,
+            copy_from_chunk_id: r.copy_from_chunk_id,
+            chain: &r.chain,
+        };
+        self.admit("write", who, r.access.as_ref(), asked)?;
         let valid = (|| {
             check_common(r.chunk_id, &r.chain)?;
             if r.extents.is_empty() {
@@ -305,6 +366,7 @@ impl Chunkserver for ChunkService {
                             chain: rest.clone(),
                             copy_from_chunk_id: fwd.copy_from_chunk_id,
                             copy_from_version: fwd.copy_from_version,
+                            access: fwd.access.clone(),
                         })
                         .await?;
                     }
@@ -318,7 +380,16 @@ impl Chunkserver for ChunkService {
     }
 
     async fn truncate(&self, request: Request<TruncateRequest>) -> Result<Response<Empty>, Status> {
+        let who = Identity::of(&request);
         let r = request.into_inner();
+        let asked = access::Asked {
+            chunk_id: r.chunk_id,
+            version: r.version,
+            write: true,
+            copy_from_chunk_id: r.copy_from_chunk_id,
+            chain: &r.chain,
+        };
+        self.admit("truncate", who, r.access.as_ref(), asked)?;
         let valid = (|| {
             check_common(r.chunk_id, &r.chain)?;
             if r.length > MAX_CHUNK_SIZE {
@@ -357,7 +428,16 @@ impl Chunkserver for ChunkService {
     }
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<Empty>, Status> {
+        let who = Identity::of(&request);
         let r = request.into_inner();
+        let asked = access::Asked {
+            chunk_id: r.chunk_id,
+            version: r.version,
+            write: true,
+            copy_from_chunk_id: 0,
+            chain: &r.chain,
+        };
+        self.admit("sync", who, r.access.as_ref(), asked)?;
         if let Err(e) = check_common(r.chunk_id, &r.chain) {
             self.metrics.op("sync", false);
             return Err(e);

@@ -82,6 +82,7 @@ fn write_req(chunk_id: u64, offset: u64, data: &[u8], chain: Vec<ChunkLocation>)
         chain,
         copy_from_chunk_id: 0,
         copy_from_version: 0,
+        access: None,
     }
 }
 
@@ -91,6 +92,7 @@ async fn read(c: &mut ChunkserverClient<AuthChannel>, id: u64, off: u64, len: u3
         version: 1,
         offset: off,
         length: len,
+        access: None,
     })
     .await
     .expect("read succeeds")
@@ -128,6 +130,7 @@ async fn write_many_lands_every_range_on_the_chain() {
         chain,
         copy_from_chunk_id: 0,
         copy_from_version: 0,
+        access: None,
     };
     ca.write_many(req(&ranges, vec![b.location()]))
         .await
@@ -180,6 +183,7 @@ async fn chained_write_lands_on_both_servers() {
         chain: vec![b.location()],
         copy_from_chunk_id: 0,
         copy_from_version: 0,
+        access: None,
     })
     .await
     .expect("chained truncate succeeds");
@@ -187,6 +191,7 @@ async fn chained_write_lands_on_both_servers() {
         chunk_id: 0x77,
         version: 1,
         chain: vec![b.location()],
+        access: None,
     })
     .await
     .expect("chained sync succeeds");
@@ -197,6 +202,7 @@ async fn chained_write_lands_on_both_servers() {
                 version: 1,
                 offset: 0,
                 length: 4000,
+                access: None,
             })
             .await
             .unwrap()
@@ -317,6 +323,7 @@ async fn bad_requests_get_clear_errors() {
             version: 1,
             offset: 0,
             length: 1,
+            access: None,
         })
         .await
         .unwrap_err();
@@ -331,6 +338,7 @@ async fn bad_requests_get_clear_errors() {
             version: 1,
             offset: 0,
             length: 9 * 1024 * 1024,
+            access: None,
         })
         .await
         .unwrap_err();
@@ -343,6 +351,7 @@ async fn bad_requests_get_clear_errors() {
             version: 1,
             offset: u64::MAX - 10,
             length: 100,
+            access: None,
         })
         .await
         .unwrap_err();
@@ -360,6 +369,7 @@ async fn bad_requests_get_clear_errors() {
             version: 1,
             offset: 0,
             length: 1,
+            access: None,
         })
         .await
         .unwrap_err();

@@ -139,6 +139,7 @@ async fn write(r: &Running, chunk_id: u64, data: &[u8]) {
             chain: vec![],
             copy_from_chunk_id: 0,
             copy_from_version: 0,
+            access: None,
         })
         .await
         .expect("write succeeds");

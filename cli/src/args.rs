@@ -26,6 +26,10 @@ pub struct Global {
     /// File holding the cluster secret; when unset the secret is read from $ALCES_SECRET.
     #[arg(long, global = true, env = "ALCES_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+    /// File holding a credential token (`alces credential issue`) to present
+    /// instead of the cluster secret (also $ALCES_CREDENTIAL, the token itself).
+    #[arg(long, global = true, env = "ALCES_CREDENTIAL_FILE")]
+    pub credential_file: Option<PathBuf>,
     /// Print machine-readable JSON instead of human-readable text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -66,6 +70,9 @@ pub enum Command {
     Fsck,
     /// Make a metalogger the master (after the master died, or --switchover).
     Promote(PromoteArgs),
+    /// Credentials scoped to a directory (exports): issue, list, revoke.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Give data directories to the unprivileged user the daemons run as
     /// (run as root with CAP_CHOWN only: the operator's init step for
     /// hostPath disks, which the kubelet creates owned by root).
@@ -323,4 +330,65 @@ pub struct FileinfoArgs {
     /// Treat PATH as a path from the filesystem root instead of a local path.
     #[arg(long)]
     pub fs_path: bool,
+}
+
+/// `alces credential` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Issue a credential scoped to a directory; its token is printed once.
+    Issue(CredentialIssueArgs),
+    /// List the credentials (never their tokens).
+    List,
+    /// Revoke a credential: every mount and call using it is refused from now on.
+    Revoke(CredentialRevokeArgs),
+}
+
+/// How a credential's callers' ids are mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SquashArg {
+    /// Callers keep their uid and gid.
+    None,
+    /// Root (uid 0) becomes the anonymous uid/gid.
+    Root,
+    /// Every caller becomes the anonymous uid/gid.
+    All,
+}
+
+/// Options of `alces credential issue`.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialIssueArgs {
+    /// Directory the credential is rooted at (absolute from the filesystem root).
+    #[arg(long)]
+    pub path: String,
+    /// Every mutation is refused (EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Map root's or every caller's uid/gid to the anonymous ones.
+    #[arg(long, value_enum, default_value = "none")]
+    pub squash: SquashArg,
+    /// Anonymous uid for squashed callers.
+    #[arg(long, default_value_t = 65534)]
+    pub anon_uid: u32,
+    /// Anonymous gid for squashed callers.
+    #[arg(long, default_value_t = 65534)]
+    pub anon_gid: u32,
+    /// Largest goal the credential may set (1-9; unset: any).
+    #[arg(long)]
+    pub max_goal: Option<u32>,
+    /// Allow admin calls (goals, quotas, snapshots, trash time, du) inside the directory.
+    #[arg(long)]
+    pub admin: bool,
+    /// A name for people (e.g. the volume it is for).
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Write the token to this file (mode 0600) instead of printing it.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Options of `alces credential revoke`.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialRevokeArgs {
+    /// The credential's id (`alces credential list`).
+    pub id: u64,
 }

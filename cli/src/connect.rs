@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use alces_proto::auth::{load_secret, ClientAuth};
+use alces_proto::auth::{load_client_token, load_secret, ClientAuth};
 use alces_proto::net::AuthChannel;
 use alces_proto::pb::admin_client::AdminClient;
 use tonic::{Code, Status};
@@ -82,8 +82,14 @@ pub fn admin(global: &Global, fallback_master: Option<&str>) -> anyhow::Result<A
             from_env("ALCES_SECRET_FILE").map(PathBuf::from)
         }
     });
-    let secret = load_secret(secret_file.as_deref())?;
-    admin_at(&addr, &secret, &tls(global)?)
+    let presented = if global.credential_file.is_some()
+        || std::env::var_os(alces_proto::auth::CREDENTIAL_ENV).is_some()
+    {
+        load_client_token(global.credential_file.as_deref(), None)?
+    } else {
+        load_secret(secret_file.as_deref())?
+    };
+    admin_at(&addr, &presented, &tls(global)?)
 }
 
 /// Builds an admin client for `addr` presenting `secret`.
@@ -114,7 +120,7 @@ pub fn explain(addr: &str, what: &str, s: &Status) -> anyhow::Error {
             )
         }
         Code::Unauthenticated => anyhow::anyhow!(
-            "the master at {addr} refused the cluster secret: {} (check --secret-file / ALCES_SECRET_FILE / ALCES_SECRET)",
+            "the master at {addr} refused the cluster secret or credential: {} (check --secret-file / ALCES_SECRET_FILE / ALCES_SECRET, or --credential-file / ALCES_CREDENTIAL)",
             s.message()
         ),
         _ => anyhow::anyhow!("{what} failed at master {addr}: {}", s.message()),

@@ -6,6 +6,7 @@
 //! The commands live in private modules:
 //!
 //! - `connect`: reaching the master's admin service with the cluster secret.
+//! - `credential`: `alces credential issue|list|revoke`.
 //! - `status`: `alces status`.
 //! - `goal`: `alces goal set|get`.
 //! - `drain`: `alces chunkserver drain|undrain`.
@@ -21,6 +22,7 @@
 pub mod args;
 mod chown;
 mod connect;
+mod credential;
 mod drain;
 mod fileinfo;
 mod goal;
@@ -61,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Du(p) => volumes::du(&cli.global, p).await,
             Command::Fsck => volumes::fsck(&cli.global).await,
             Command::Promote(p) => promote::run(&cli.global, p).await,
+            Command::Credential(c) => credential::run(&cli.global, c).await,
             Command::ChownData(a) => chown::run(a),
         }
     })

@@ -40,6 +40,16 @@ impl Error {
 
     /// Converts a gRPC status from the master or a chunkserver, keeping its errno.
     pub fn from_status(status: &tonic::Status) -> Self {
+        if alces_proto::errno::is_credential_revoked(status) {
+            // Said once at error level: every later call fails the same way.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(
+                    message = status.message(),
+                    "the master refuses this client's credential: every call fails with EACCES until it is given a valid credential"
+                );
+            }
+        }
         Self::new(
             alces_proto::errno::of(status),
             format!(

@@ -107,8 +107,9 @@ impl FileIo {
     }
 }
 
-/// A written chunk waiting for fsync: chunk id, version and replication chain.
-type Unsynced = (u64, u64, Vec<pb::ChunkLocation>);
+/// A written chunk waiting for fsync: chunk id, version, replication chain
+/// and the chunk access of a credential's session.
+type Unsynced = (u64, u64, Vec<pb::ChunkLocation>, Option<pb::ChunkAccess>);
 /// Result slot of a readahead piece.
 type PieceRx = watch::Receiver<Option<Result<Bytes>>>;
 
@@ -121,6 +122,9 @@ struct WriteSession {
     chain: Vec<pb::ChunkLocation>,
     copy_from_chunk_id: u64,
     copy_from_version: u64,
+    /// What the chunkservers' calls carry when the session presents a
+    /// credential (signed by the master).
+    access: Option<pb::ChunkAccess>,
     /// End of the data written in this chunk during the session (and in
     /// sessions dropped after a failure before it).
     max_end: u64,
@@ -386,6 +390,7 @@ impl FileState {
             chain: r.chain,
             copy_from_chunk_id: r.copy_from_chunk_id,
             copy_from_version: r.copy_from_version,
+            access: r.access,
             max_end: 0,
             modified: false,
             since: r.version,
@@ -441,9 +446,10 @@ impl FileState {
     /// the session was closed meanwhile (a concurrent flush): the caller must
     /// then tell the master the size itself.
     async fn note_written(&self, idx: u64, s: &WriteSession, end: u64) -> bool {
-        self.unsynced
-            .lock()
-            .insert(idx, (s.chunk_id, s.version, s.chain.clone()));
+        self.unsynced.lock().insert(
+            idx,
+            (s.chunk_id, s.version, s.chain.clone(), s.access.clone()),
+        );
         let mut sessions = self.sessions.lock();
         match sessions.get_mut(&idx) {
             Some(cur) if cur.chunk_id == s.chunk_id && cur.version == s.version => {
@@ -614,6 +620,7 @@ impl FileState {
             chain: s.chain[1..].to_vec(),
             copy_from_chunk_id: s.copy_from_chunk_id,
             copy_from_version: s.copy_from_version,
+            access: s.access.clone(),
         };
         let st = match tokio::time::timeout(chain::WRITE_TIMEOUT, cs.write_many(req)).await {
             Ok(Ok(_)) => return Ok(()),
@@ -654,6 +661,7 @@ impl FileState {
             chain: s.chain[1..].to_vec(),
             copy_from_chunk_id: s.copy_from_chunk_id,
             copy_from_version: s.copy_from_version,
+            access: s.access.clone(),
         };
         let st = match tokio::time::timeout(chain::WRITE_TIMEOUT, cs.write(req)).await {
             Ok(Ok(_)) => return Ok(()),
@@ -772,7 +780,7 @@ impl FileState {
         // Sync before closing the sessions, so WriteChunkEnd follows durable data.
         let chunks: Vec<(u64, Unsynced)> = self.unsynced.lock().drain().collect();
         let mut sync_err = None;
-        for (_idx, (chunk_id, version, mut chain)) in chunks {
+        for (_idx, (chunk_id, version, mut chain, access)) in chunks {
             let res = loop {
                 let Some(first) = chain.first().cloned() else {
                     break Ok(());
@@ -785,6 +793,7 @@ impl FileState {
                     chunk_id,
                     version,
                     chain: chain[1..].to_vec(),
+                    access: access.clone(),
                 });
                 let st = match tokio::time::timeout(chain::WRITE_TIMEOUT, call).await {
                     Ok(Ok(_)) => break Ok(()),
@@ -870,6 +879,7 @@ impl FileState {
                         chain: s.chain[1..].to_vec(),
                         copy_from_chunk_id: s.copy_from_chunk_id,
                         copy_from_version: s.copy_from_version,
+                        access: s.access.clone(),
                     })
                     .await
                     .map_err(|st| chunk_error("truncate", s.chunk_id, &first.address, &st))
@@ -877,9 +887,10 @@ impl FileState {
                 .await;
                 match res {
                     Ok(_) => {
-                        self.unsynced
-                            .lock()
-                            .insert(idx, (s.chunk_id, s.version, s.chain.clone()));
+                        self.unsynced.lock().insert(
+                            idx,
+                            (s.chunk_id, s.version, s.chain.clone(), s.access.clone()),
+                        );
                         let mut ended = s.clone();
                         ended.modified = true;
                         ended.max_end = 0;
@@ -1060,6 +1071,7 @@ impl FileState {
                         version: info.version,
                         offset,
                         length: len as u32,
+                        access: info.access.clone(),
                     });
                     match tokio::time::timeout(chain::READ_TIMEOUT, call).await {
                         Ok(r) => {

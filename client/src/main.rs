@@ -52,6 +52,11 @@ struct Args {
     /// TLS to the master and the chunkservers.
     #[command(flatten)]
     tls: alces_proto::tls::TlsArgs,
+    /// File holding a credential token (`alces credential issue`) to present
+    /// instead of the cluster secret (also ALCES_CREDENTIAL, the token itself):
+    /// the mount then sees only the credential's directory, with its rules.
+    #[arg(long, env = "ALCES_CREDENTIAL_FILE")]
+    credential_file: Option<PathBuf>,
 
     /// Let users other than the mounting one use the mount (non-root mounting
     /// needs `user_allow_other` in /etc/fuse.conf).
@@ -193,7 +198,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             "--allow-other needs 'user_allow_other' in /etc/fuse.conf when not mounting as root"
         );
     }
-    let secret = alces_proto::auth::load_secret(args.secret_file.as_deref())?;
+    let secret = alces_proto::auth::load_client_token(
+        args.credential_file.as_deref(),
+        args.secret_file.as_deref(),
+    )?;
     let tls = args.tls.load(alces_proto::tls::Role::Client)?;
     let subdir = if args.subdir.starts_with('/') {
         args.subdir.clone()

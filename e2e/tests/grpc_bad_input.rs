@@ -51,6 +51,7 @@ async fn without_a_secret(c: &Cluster, t: &Target) {
             version: chunk.version,
             offset: 0,
             length: 10,
+            access: None,
         })
         .await
         .unwrap_err();
@@ -253,6 +254,7 @@ async fn garbage_at_a_chunkserver(c: &Cluster, t: &Target) {
             version: chunk.version,
             offset: 0,
             length: u32::MAX,
+            access: None,
         })
         .await
         .unwrap_err();
@@ -262,7 +264,8 @@ async fn garbage_at_a_chunkserver(c: &Cluster, t: &Target) {
             chunk_id: chunk.chunk_id,
             version: chunk.version,
             offset: u64::MAX - 10,
-            length: 100
+            length: 100,
+            access: None,
         })
         .await
         .is_err(),
@@ -273,7 +276,8 @@ async fn garbage_at_a_chunkserver(c: &Cluster, t: &Target) {
             chunk_id: 0xFFFF_FFFF_FFFF,
             version: 1,
             offset: 0,
-            length: 100
+            length: 100,
+            access: None,
         })
         .await
         .is_err(),

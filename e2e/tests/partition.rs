@@ -34,6 +34,7 @@ fn check_served(c: &Cluster, path: &str, want: &[u8]) -> usize {
                     version,
                     offset: 0,
                     length: MIB as u32,
+                    access: None,
                 });
                 tokio::time::timeout(Duration::from_secs(5), call).await
             });

@@ -297,6 +297,7 @@ fn flipped_bytes_in_one_copy_are_never_read_and_repaired() {
                 version,
                 offset: 0,
                 length: 1024 * 1024,
+                access: None,
             })
             .await
     });

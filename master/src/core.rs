@@ -58,6 +58,19 @@ pub struct Settings {
     /// The cluster secret presented to chunkservers (the master cuts chunks
     /// past a file's end itself).
     pub chunk_auth: Option<crate::core::ChunkAuth>,
+    /// The cluster secret, signing the chunk access of credentials' sessions
+    /// (`alces_proto::access`).
+    pub access_secret: AccessSecret,
+}
+
+/// The cluster secret the chunk access of credentials is signed with.
+#[derive(Clone)]
+pub struct AccessSecret(pub std::sync::Arc<str>);
+
+impl std::fmt::Debug for AccessSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessSecret(<cluster secret>)")
+    }
 }
 
 /// The cluster secret the master presents to chunkservers when it cuts a chunk.

@@ -101,7 +101,7 @@ pub fn requests(data: &[u8]) {
             let _ = st.resolve_absolute(p);
         }
     };
-    match pick % 11 {
+    match pick % 13 {
         0 => {
             if let Ok(r) = pb::EntryRequest::decode(b) {
                 entry(r.parent, &r.name);
@@ -165,9 +165,41 @@ pub fn requests(data: &[u8]) {
                 path(&r.destination);
             }
         }
-        _ => {
+        10 => {
             if let Ok(r) = pb::SetTrashTimeRequest::decode(b) {
                 path(&r.path);
+            }
+        }
+        11 => {
+            // An export rule, as IssueCredential checks it.
+            if let Ok(r) = pb::IssueCredentialRequest::decode(b) {
+                if let Some(rule) = r.rule {
+                    if crate::state::credentials::check_rule(&rule).is_ok() {
+                        assert!(rule.max_goal <= alces_proto::geometry::MAX_GOAL);
+                    }
+                    path(&rule.path);
+                }
+            }
+        }
+        _ => {
+            // A chunk access and a credential token from a client: never
+            // admitted unless the master signed it.
+            if let Ok(a) = pb::ChunkAccess::decode(b) {
+                let asked = alces_proto::access::Asked {
+                    chunk_id: a.chunk_id,
+                    version: a.version,
+                    write: a.write,
+                    copy_from_chunk_id: a.copy_from_chunk_id,
+                    chain: &[],
+                };
+                let who = alces_proto::auth::Identity::Credential(a.credential);
+                assert!(
+                    alces_proto::access::check("fuzz", who, Some(&a), asked, 0).is_err()
+                        || alces_proto::access::sign("fuzz", a.clone()).mac == a.mac
+                );
+            }
+            if let Ok(s) = std::str::from_utf8(b) {
+                let _ = alces_proto::auth::parse_credential(s);
             }
         }
     }

@@ -151,6 +151,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         chunk_auth: alces_proto::auth::ClientAuth::new(&opts.secret)
             .ok()
             .map(|a| crate::core::ChunkAuth(a.with_tls(&opts.tls))),
+        access_secret: crate::core::AccessSecret(opts.secret.clone()),
     };
     tracing::info!(
         version = rec.state.version,
@@ -187,6 +188,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {}: {e}", opts.listen))?;
     let grpc_addr = listener.local_addr()?;
     let auth = ServerAuth::new(opts.secret.clone());
+    // Clients and administrators may present a credential; peers may not.
+    let client_auth = auth
+        .clone()
+        .with_credentials(Arc::new(crate::domain::credentials::Checker(core.clone())));
     let master = MasterServer::new(MasterService::new(core.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -210,10 +215,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
             // processes on one node all register here; past it, only further
             // waits queue in that mount.
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(InterceptedService::new(master, auth.clone()))
+            .add_service(InterceptedService::new(master, client_auth.clone()))
             .add_service(InterceptedService::new(chunk, auth.clone()))
             .add_service(InterceptedService::new(replication, auth.clone()))
-            .add_service(InterceptedService::new(admin, auth))
+            .add_service(InterceptedService::new(admin, client_auth))
             // No Nagle delay: replication replies and streams are small and latency-bound.
             .serve_with_incoming_shutdown(
                 alces_proto::net::incoming(listener, &opts.tls),

@@ -103,21 +103,123 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Server-side interceptor: refuses calls without the cluster secret or with an
-/// unknown protocol version.
+/// Environment variable holding a credential token (instead of the cluster secret).
+pub const CREDENTIAL_ENV: &str = "ALCES_CREDENTIAL";
+
+/// How every credential token starts: `alces-credential-<id>-<secret>`.
+pub const CREDENTIAL_PREFIX: &str = "alces-credential-";
+
+/// Who a call comes from, as [`ServerAuth`] found it; the interceptor puts it
+/// in the request's extensions for the handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The cluster secret: the administrator and the cluster's own peers.
+    Cluster,
+    /// A credential the master issued, by id.
+    Credential(u64),
+}
+
+impl Identity {
+    /// The identity an interceptor found for `req` (the cluster's when no
+    /// interceptor ran, as in in-process calls).
+    pub fn of<T>(req: &Request<T>) -> Self {
+        req.extensions()
+            .get::<Identity>()
+            .copied()
+            .unwrap_or(Identity::Cluster)
+    }
+}
+
+/// Checks credential tokens for a server that accepts them (the master).
+pub trait CredentialCheck: Send + Sync {
+    /// The id of the credential `token` (which starts with
+    /// [`CREDENTIAL_PREFIX`]), or the status refusing it (unknown, wrong,
+    /// revoked).
+    fn check(&self, token: &str) -> Result<u64, Status>;
+}
+
+/// Takes a credential token's id without checking its secret: for
+/// chunkservers, which cannot check it and instead require a
+/// [`crate::access`] the master signed on every call made with one.
+pub struct IdOnly;
+
+impl CredentialCheck for IdOnly {
+    fn check(&self, token: &str) -> Result<u64, Status> {
+        parse_credential(token)
+            .map(|(id, _)| id)
+            .ok_or_else(|| Status::unauthenticated("malformed credential token"))
+    }
+}
+
+/// Splits a credential token into its id and its secret part.
+pub fn parse_credential(token: &str) -> Option<(u64, &str)> {
+    let rest = token.strip_prefix(CREDENTIAL_PREFIX)?;
+    let (id, secret) = rest.split_once('-')?;
+    let id = id.parse().ok().filter(|&id| id != 0)?;
+    (!secret.is_empty()).then_some((id, secret))
+}
+
+/// Loads what a client presents: the credential token from `credential_file`
+/// or `$ALCES_CREDENTIAL` when either is given, else the cluster secret (see
+/// [`load_secret`]). The file must be private like a secret file, and its
+/// content must be a credential token (`alces credential issue` prints it).
+pub fn load_client_token(
+    credential_file: Option<&Path>,
+    secret_file: Option<&Path>,
+) -> anyhow::Result<Arc<str>> {
+    let raw = match credential_file {
+        Some(p) => {
+            check_private_file(p, "credential file")?;
+            Some(std::fs::read_to_string(p).map_err(|e| {
+                anyhow::anyhow!("cannot read the credential file {}: {e}", p.display())
+            })?)
+        }
+        None => std::env::var(CREDENTIAL_ENV).ok(),
+    };
+    let Some(raw) = raw else {
+        return load_secret(secret_file);
+    };
+    let t = raw.trim();
+    if parse_credential(t).is_none() || t.chars().any(|c| c.is_control() || c == ' ') {
+        anyhow::bail!(
+            "the credential is not a token `alces credential issue` printed (`{CREDENTIAL_PREFIX}<id>-<secret>`); check the credential file or {CREDENTIAL_ENV}"
+        );
+    }
+    Ok(Arc::from(t))
+}
+
+/// Server-side interceptor: refuses calls without the cluster secret (or,
+/// when it accepts credentials, a valid credential token) or with an unknown
+/// protocol version.
 #[derive(Clone)]
 pub struct ServerAuth {
     secret: Arc<str>,
+    credentials: Option<Arc<dyn CredentialCheck>>,
 }
 
 impl ServerAuth {
     /// Checks calls against `secret`.
     pub fn new(secret: Arc<str>) -> Self {
-        Self { secret }
+        Self {
+            secret,
+            credentials: None,
+        }
+    }
+
+    /// Also accepts credential tokens, checked by `check` (only the services
+    /// clients and administrators call: peers use the cluster secret).
+    pub fn with_credentials(mut self, check: Arc<dyn CredentialCheck>) -> Self {
+        self.credentials = Some(check);
+        self
     }
 
     /// Checks the metadata of one request.
     pub fn check(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        self.identify(md).map(|_| ())
+    }
+
+    /// Checks the metadata of one request and says who sent it.
+    pub fn identify(&self, md: &tonic::metadata::MetadataMap) -> Result<Identity, Status> {
         if let Some(v) = md.get(PROTOCOL_KEY) {
             let major: u32 = v
                 .to_str()
@@ -140,7 +242,13 @@ impl ServerAuth {
             None => Err(Status::unauthenticated(
                 "missing cluster secret: configure this peer with the cluster's --secret-file or ALCES_SECRET",
             )),
-            Some(p) if ct_eq(p.as_bytes(), self.secret.as_bytes()) => Ok(()),
+            Some(p) if ct_eq(p.as_bytes(), self.secret.as_bytes()) => Ok(Identity::Cluster),
+            Some(p) if p.starts_with(CREDENTIAL_PREFIX) => match &self.credentials {
+                Some(c) => c.check(p).map(Identity::Credential),
+                None => Err(Status::unauthenticated(
+                    "this service takes the cluster secret only, not a credential",
+                )),
+            },
             Some(_) => Err(Status::unauthenticated(
                 "wrong cluster secret: this peer's --secret-file / ALCES_SECRET differs from the cluster's",
             )),
@@ -149,8 +257,9 @@ impl ServerAuth {
 }
 
 impl Interceptor for ServerAuth {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        self.check(req.metadata())?;
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let who = self.identify(req.metadata())?;
+        req.extensions_mut().insert(who);
         Ok(req)
     }
 }
@@ -224,6 +333,41 @@ mod tests {
             .insert(PROTOCOL_KEY, MetadataValue::from(99u32));
         let err = server.check(req.metadata()).unwrap_err();
         assert!(err.message().contains("protocol version 99"));
+    }
+
+    struct OnlySeven;
+    impl CredentialCheck for OnlySeven {
+        fn check(&self, token: &str) -> Result<u64, Status> {
+            match parse_credential(token) {
+                Some((7, "good")) => Ok(7),
+                _ => Err(Status::permission_denied("credential refused")),
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_are_taken_only_where_accepted() {
+        let peers = ServerAuth::new(Arc::from("s3cret-s3cret-s3cret"));
+        let mut clients = peers.clone().with_credentials(Arc::new(OnlySeven));
+        let mut good = ClientAuth::new("alces-credential-7-good").unwrap();
+        let req = good.call(Request::new(())).unwrap();
+        let req = clients.call(req).unwrap();
+        assert_eq!(Identity::of(&req), Identity::Credential(7));
+        let req = good.call(Request::new(())).unwrap();
+        let e = peers.check(req.metadata()).unwrap_err();
+        assert!(e.message().contains("cluster secret only"), "{e:?}");
+        let mut bad = ClientAuth::new("alces-credential-7-bad").unwrap();
+        let req = bad.call(Request::new(())).unwrap();
+        assert_eq!(
+            clients.check(req.metadata()).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        let mut admin = ClientAuth::new("s3cret-s3cret-s3cret").unwrap();
+        let req = clients.call(admin.call(Request::new(())).unwrap()).unwrap();
+        assert_eq!(Identity::of(&req), Identity::Cluster);
+        assert_eq!(parse_credential("alces-credential-0-x"), None);
+        assert_eq!(parse_credential("alces-credential-3-"), None);
+        assert_eq!(parse_credential("alces-credential-3-ab"), Some((3, "ab")));
     }
 
     #[test]

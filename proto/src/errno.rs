@@ -92,6 +92,28 @@ pub fn is_session_ended(status: &Status) -> bool {
     status.metadata().get(SESSION_ENDED_KEY).is_some()
 }
 
+/// Metadata key marking a call refused because its credential was revoked.
+pub const CREDENTIAL_REVOKED_KEY: &str = "x-alces-credential-revoked";
+
+/// The status of a call presenting credential `id`, which was revoked
+/// (PERMISSION_DENIED, EACCES).
+pub fn credential_revoked(id: u64) -> Status {
+    let mut s = status(
+        libc::EACCES,
+        format!("credential {id} revoked: ask the cluster's administrator for a new one"),
+    );
+    s.metadata_mut().insert(
+        CREDENTIAL_REVOKED_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
+/// True when `status` says the caller's credential was revoked.
+pub fn is_credential_revoked(status: &Status) -> bool {
+    status.metadata().get(CREDENTIAL_REVOKED_KEY).is_some()
+}
+
 /// The errno carried by `status`, or the closest errno for its gRPC code.
 pub fn of(status: &Status) -> i32 {
     if let Some(v) = status.metadata().get(ERRNO_KEY) {

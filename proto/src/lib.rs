@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod auth;
 pub mod checksum;
 pub mod errno;

@@ -15,8 +15,9 @@ use crate::state::inode::{Body, Inode, Kind};
 use crate::state::namespace::{ChunkMeta, State};
 
 /// Snapshot format version written: 2 adds the reply cache (`SnapshotReply`
-/// records). Format 1 files (no reply cache) are still read.
-pub const FORMAT: u32 = 2;
+/// records), 3 the issued credentials (`IssueCredentialOp` records). Formats
+/// 1 and 2 (neither) are still read.
+pub const FORMAT: u32 = 3;
 /// Oldest snapshot format read.
 pub const OLDEST_FORMAT: u32 = 1;
 
@@ -150,6 +151,9 @@ pub fn encode(st: &State, created_ns: i64) -> Vec<u8> {
             &mut out,
         );
     }
+    for c in st.credentials.map.values() {
+        push(Record::Credential(c.clone()), &mut out);
+    }
     for (version, reply) in st.replies.records() {
         push(
             Record::Reply(pb::SnapshotReplyEntry {
@@ -235,6 +239,7 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
         trash: BTreeMap::new(),
         trash_times: BTreeMap::new(),
         draining: BTreeSet::new(),
+        credentials: Default::default(),
         replies: Default::default(),
         usage: HashMap::new(),
     };
@@ -342,6 +347,25 @@ pub fn decode(data: &[u8]) -> anyhow::Result<State> {
             Some(Record::Draining(d)) => {
                 st.draining.insert(d.server_id);
             }
+            Some(Record::Credential(c)) => {
+                if format < 3 {
+                    anyhow::bail!("a credential record in a format {format} snapshot");
+                }
+                if c.id == 0 || c.token_hash.len() != 32 {
+                    anyhow::bail!(
+                        "credential record {} has no id or a token hash that is not 32 bytes",
+                        c.id
+                    );
+                }
+                let Some(rule) = c.rule.as_ref() else {
+                    anyhow::bail!("credential record {} has no export rule", c.id);
+                };
+                crate::state::credentials::check_rule(rule)
+                    .map_err(|e| anyhow::anyhow!("credential record {}: {}", c.id, e.message))?;
+                if st.credentials.map.insert(c.id, c).is_some() {
+                    anyhow::bail!("two credential records with one id");
+                }
+            }
             Some(Record::Reply(r)) => {
                 if format < 2 {
                     anyhow::bail!("a reply cache record in a format {format} snapshot");
@@ -438,6 +462,49 @@ mod tests {
     }
 
     #[test]
+    fn credentials_round_trip_and_need_format_3() {
+        let mut st = with_replies();
+        let c = pb::IssueCredentialOp {
+            id: 4,
+            token_hash: vec![7; 32],
+            root_inode: crate::state::namespace::ROOT_INODE,
+            rule: Some(pb::CredentialRule {
+                path: "/".into(),
+                read_only: true,
+                squash: pb::Squash::All as i32,
+                anon_uid: 65534,
+                anon_gid: 65534,
+                max_goal: 2,
+                admin: false,
+                name: "vol".into(),
+            }),
+            issued_ns: 5,
+            revoked: true,
+            revoked_ns: 6,
+        };
+        st.credentials.map.insert(4, c.clone());
+        let back = decode(&encode(&st, 1)).unwrap();
+        assert_eq!(back.credentials, st.credentials);
+        // Formats 1 and 2 have no credential records.
+        let e = decode(&reencode(&st, |r| {
+            if let Some(Record::Header(h)) = &mut r.record {
+                h.format = 2;
+            }
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("credential record in a format 2"), "{e}");
+        let e = decode(&reencode(&st, |r| {
+            if let Some(Record::Credential(c)) = &mut r.record {
+                c.token_hash.pop();
+            }
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not 32 bytes"), "{e}");
+    }
+
+    #[test]
     fn format_1_is_read_and_other_formats_are_refused_clearly() {
         let st = with_replies();
         let set_format = |n: u32| {
@@ -450,11 +517,11 @@ mod tests {
         let old = decode(&reencode(&st, set_format(1))).unwrap();
         assert!(old.replies.is_empty());
         assert_eq!(old.inodes.len(), st.inodes.len());
-        let e = decode(&reencode(&st, set_format(3)))
+        let e = decode(&reencode(&st, set_format(4)))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("format 3 is not supported") && e.contains("newer"),
+            e.contains("format 4 is not supported") && e.contains("newer"),
             "{e}"
         );
         // A format 1 file cannot hold reply records.

@@ -133,6 +133,7 @@ pub async fn copy(core: &Core, plan: &Plan) -> Vec<u64> {
             chain: Vec::new(),
             copy_from_chunk_id: plan.src,
             copy_from_version: plan.src_version,
+            access: None,
         };
         tasks.spawn(async move {
             let res = match alces_proto::net::channel(&loc.address, &auth) {

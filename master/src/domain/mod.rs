@@ -4,6 +4,7 @@
 //! functions and their results into replies; nothing here knows how a
 //! request arrived.
 //!
+//! - [`credentials`]: issuing and revoking credentials; what a credential's calls may reach.
 //! - [`sessions`]: client sessions: registration, renewal, closing.
 //! - [`metadata`]: lookups, attributes, entries, xattrs, statfs.
 //! - [`locks`]: file locks (flock, POSIX record locks): set, test, wait, release, re-assert.
@@ -20,6 +21,7 @@
 
 pub mod chunkservers;
 pub mod cow;
+pub mod credentials;
 pub mod goals;
 pub mod io;
 pub mod locks;

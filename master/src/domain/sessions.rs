@@ -11,13 +11,16 @@ use crate::core::{Core, Inner};
 use crate::runtime::sessions::{Refusal, Session, SECRET_BYTES};
 use crate::state::error::{err, FsError, FsResult};
 use crate::state::namespace::ROOT_INODE;
+use alces_proto::auth::Identity;
 
-/// Normalises a session subdirectory and resolves it to a directory inode.
-fn resolve_subdir(inner: &Inner, subdir: &str) -> FsResult<u64> {
+/// Normalises a session subdirectory and resolves it to a directory inode
+/// below `top` (the filesystem root, or a credential's directory: `..` does
+/// not climb above it).
+fn resolve_subdir(inner: &Inner, top: u64, subdir: &str) -> FsResult<u64> {
     if subdir.contains('\0') {
         return err(libc::EINVAL, "subdir contains NUL");
     }
-    let ino = inner.state.resolve(ROOT_INODE, subdir).map_err(|e| {
+    let ino = inner.state.resolve(top, subdir).map_err(|e| {
         FsError::new(
             e.errno,
             format!("cannot use subdir '{subdir}': {}", e.message),
@@ -45,17 +48,54 @@ fn resolve_subdir(inner: &Inner, subdir: &str) -> FsResult<u64> {
 /// - A takeover resume (`r.takeover`: another process continues the dead
 ///   one's connection) keeps the open files and locks, ends the write sessions,
 ///   and lists the open files and locks in the reply.
+///
+/// A session opened with a credential (`who`) is rooted at its directory
+/// (`subdir` is then below it), is read-only when the credential is, and only
+/// that credential may resume it.
 pub fn register(
     core: &Core,
-    r: pb::RegisterSessionRequest,
+    who: Identity,
+    mut r: pb::RegisterSessionRequest,
 ) -> Result<pb::RegisterSessionReply, Status> {
     core.check_epoch(r.seen_epoch)?;
     let mut g = core.inner.lock();
     let inner = &mut *g;
-    let root = resolve_subdir(inner, &r.subdir)?;
+    let credential = match who {
+        Identity::Cluster => None,
+        Identity::Credential(id) => Some(id),
+    };
+    let top = match credential {
+        None => ROOT_INODE,
+        Some(id) => {
+            let c = inner
+                .state
+                .credentials
+                .get(id)
+                .filter(|c| !c.revoked)
+                .ok_or_else(|| crate::domain::credentials::revoked(id))?;
+            let path = c.rule.as_ref().map(|r| r.path.clone()).unwrap_or_default();
+            if !inner.state.get(c.root_inode).is_ok_and(|i| i.is_dir()) {
+                return Err(alces_proto::errno::status(
+                    libc::ENOENT,
+                    format!("the directory of credential {id} ({path}) no longer exists"),
+                ));
+            }
+            r.read_only |= c.rule.as_ref().is_some_and(|r| r.read_only);
+            c.root_inode
+        }
+    };
+    let root = resolve_subdir(inner, top, &r.subdir)?;
     if r.session_id != 0 {
         check_resume(core, inner, &r)?;
+        if let Some(s) = inner.sessions.map.get(&r.session_id) {
+            if s.credential != credential {
+                return Err(alces_proto::errno::session_secret_mismatch(r.session_id));
+            }
+        }
     }
+    // Files a resumed session lists must lie in its subtree.
+    r.open_inodes
+        .retain(|ino| inner.state.in_subtree(root, *ino));
     let sid = if r.session_id != 0 {
         r.session_id
     } else {
@@ -85,6 +125,7 @@ pub fn register(
         let s = inner.sessions.map.get_mut(&sid).expect("known session");
         s.root = root;
         s.read_only = r.read_only;
+        s.credential = credential;
         s.client_name = r.client_name.clone();
         s.hostname = r.hostname.clone();
         s.renewed = Instant::now();
@@ -99,6 +140,7 @@ pub fn register(
             Session {
                 root,
                 read_only: r.read_only,
+                credential,
                 client_name: r.client_name.clone(),
                 hostname: r.hostname.clone(),
                 renewed: Instant::now(),

@@ -220,6 +220,7 @@ async fn send_truncate(core: &Core, plan: &Plan) -> (Result<(), Status>, Vec<u64
                     chain: chain[1..].to_vec(),
                     copy_from_chunk_id: 0,
                     copy_from_version: 0,
+                    access: None,
                 };
                 match tokio::time::timeout(CUT_TIMEOUT, cs.truncate(req)).await {
                     Ok(Ok(_)) => return (Ok(()), failed),

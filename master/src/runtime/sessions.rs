@@ -11,6 +11,8 @@ pub struct Session {
     pub root: u64,
     /// Mutations are refused with EROFS.
     pub read_only: bool,
+    /// The credential the session was opened with (None: the cluster secret).
+    pub credential: Option<u64>,
     /// Client-chosen name, for status.
     pub client_name: String,
     /// Client host name, for status.

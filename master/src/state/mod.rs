@@ -11,9 +11,11 @@
 //! - [`inodes`]: the inode table, dense pages indexed by inode number.
 //! - [`namespace`]: the whole [`namespace::State`] and the read-only queries on it.
 //! - [`volumes`]: usage accounting, quotas, the trash and snapshots as state changes.
+//! - [`credentials`]: issued credentials (export rules) and the subtree test.
 //! - [`replies`]: the reply cache, the first outcome of each tagged request.
 //! - [`ops`]: changelog operations: `prepare_*` decide a record, [`ops::apply`] carries it out.
 
+pub mod credentials;
 pub mod error;
 pub mod inode;
 pub mod inodes;

@@ -159,12 +159,18 @@ pub struct State {
     /// Chunkservers being drained (by server id): logged so that a drain
     /// survives master restarts and failovers.
     pub draining: BTreeSet<u64>,
+    /// Credentials issued by this cluster (export rules), revoked ones included.
+    pub credentials: crate::state::credentials::Credentials,
     /// The first outcomes of tagged requests (the reply cache).
     pub replies: crate::state::replies::Replies,
     /// Recursive usage of every directory's subtree (kept incrementally, not
     /// persisted: rebuilt when a snapshot is loaded).
     pub usage: HashMap<u64, Usage>,
 }
+
+/// Most directory levels walked from an inode up to a session's root before
+/// the walk gives up (refusing the inode).
+pub const MAX_SUBTREE_DEPTH: usize = 4096;
 
 impl State {
     /// A new filesystem: an empty root directory (0755, uid 0, gid 0).
@@ -201,6 +207,7 @@ impl State {
             trash: BTreeMap::new(),
             trash_times: BTreeMap::new(),
             draining: BTreeSet::new(),
+            credentials: Default::default(),
             replies: Default::default(),
             usage: HashMap::new(),
         }
@@ -248,6 +255,53 @@ impl State {
                 format!("no entry '{}' in directory {parent}", show(name)),
             )
         })
+    }
+
+    /// Whether `ino` lies in the subtree of directory `root`: a directory when
+    /// `root` is among its ancestors (one parent each); any other inode when one
+    /// of the directories holding a link to it does. The recorded parent (the
+    /// directory of its latest link) is tried first; a multiply-linked inode
+    /// whose recorded parent is outside is looked for in every directory (rare:
+    /// a hard link across the subtree's boundary made by a wider credential).
+    /// An orphan (unlinked but open) counts by the directory it was removed from.
+    pub fn in_subtree(&self, root: u64, ino: u64) -> bool {
+        let st = self;
+        if root == ROOT_INODE || ino == root {
+            return true;
+        }
+        let Ok(i) = st.get(ino) else {
+            return false;
+        };
+        if i.is_dir() {
+            return st.dir_in_subtree(root, ino);
+        }
+        if st.dir_in_subtree(root, i.parent) {
+            return true;
+        }
+        i.nlink > 1
+            && st.inodes.iter().any(|(d, di)| {
+                di.entries().is_some_and(|e| e.values().any(|&c| c == ino))
+                    && st.dir_in_subtree(root, d)
+            })
+    }
+
+    /// Whether directory `dir` is `root` or below it (at most [`MAX_SUBTREE_DEPTH`] levels).
+    fn dir_in_subtree(&self, root: u64, dir: u64) -> bool {
+        let st = self;
+        let mut cur = dir;
+        for _ in 0..MAX_SUBTREE_DEPTH {
+            if cur == root {
+                return true;
+            }
+            if cur == ROOT_INODE {
+                return false;
+            }
+            match st.inodes.get(&cur) {
+                Some(i) => cur = i.parent,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// True when directory `ancestor` is `node` or one of its ancestors.

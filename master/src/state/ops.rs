@@ -170,6 +170,11 @@ pub fn apply(st: &mut State, rec: &ChangelogRecord) -> FsResult<Applied> {
         Op::SetTrashTime(o) => volumes::set_trash_time(st, o)?,
         Op::Restore(o) => volumes::restore(st, t, o)?,
         Op::SetDraining(o) => set_draining(st, o),
+        Op::IssueCredential(o) => {
+            let root_is_dir = st.get(o.root_inode).is_ok_and(|i| i.is_dir());
+            st.credentials.issue(o, root_is_dir)?
+        }
+        Op::RevokeCredential(o) => st.credentials.revoke(o)?,
         Op::ForgetReplies(o) => {
             st.replies.forget(o.session_id);
         }
