@@ -33,6 +33,7 @@ fn options(dir: &std::path::Path) -> Options {
         sync_metaloggers: 0,
         sync_timeout: Duration::from_secs(5),
         lock_caps: Default::default(),
+        tls: Default::default(),
     }
 }
 

@@ -887,6 +887,7 @@ async fn an_image_change_replaces_a_chunkserver_first_even_when_the_metadata_set
         sync_metaloggers: 0,
         sync_timeout: Duration::from_secs(5),
         lock_caps: Default::default(),
+        tls: Default::default(),
     })
     .await
     .expect("master");
