@@ -77,6 +77,49 @@ pub enum Command {
     /// (run as root with CAP_CHOWN only: the operator's init step for
     /// hostPath disks, which the kubelet creates owned by root).
     ChownData(ChownDataArgs),
+    /// Certificates for TLS without cert-manager.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+/// `alces tls ...`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Make a CA and a certificate signed by it (server and client usages)
+    /// as a Kubernetes TLS Secret wants them: DIR/ca.crt, DIR/tls.crt,
+    /// DIR/tls.key (0600) and the CA's key DIR/ca.key (0600; keep it
+    /// offline). Prints the `kubectl create secret` command.
+    Generate(TlsGenerateArgs),
+}
+
+/// Options of `alces tls generate`.
+#[derive(Debug, Clone, Args)]
+pub struct TlsGenerateArgs {
+    /// Where to write the files (created 0700 if missing; files already
+    /// there are refused unless --force).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// DNS names or IP addresses the certificate carries (repeat the flag, or
+    /// separate with commas; `*.` wildcards allowed in the first label).
+    #[arg(long = "names", value_name = "NAME", value_delimiter = ',')]
+    pub names: Vec<String>,
+    /// Add the names an AlcesCluster of this name needs (its master Service,
+    /// metadata and chunkserver pods; with --namespace).
+    #[arg(long, value_name = "NAME", requires = "namespace")]
+    pub cluster: Option<String>,
+    /// Namespace of --cluster.
+    #[arg(long, value_name = "NAMESPACE", requires = "cluster")]
+    pub namespace: Option<String>,
+    /// PEM file of CA certificates to trust as well (appended to ca.crt):
+    /// the previous CA while a rotation to a new one reaches every pod.
+    #[arg(long, value_name = "FILE")]
+    pub also_trust: Option<PathBuf>,
+    /// Name of the Secret in the printed `kubectl` command.
+    #[arg(long, value_name = "NAME", default_value = "alces-tls")]
+    pub secret_name: String,
+    /// Replace files already in DIR.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options of `alces chown-data`.

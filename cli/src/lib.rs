@@ -16,6 +16,7 @@
 //! - `promote`: `alces promote`.
 //! - `procs`: pid files, liveness checks and signals for local processes.
 //! - `volumes`: `alces quota`, `snapshot`, `trash`, `du`, `fsck`.
+//! - `tls`: `alces tls generate` (a CA and a certificate for a Kubernetes TLS Secret).
 
 #![warn(missing_docs)]
 
@@ -32,9 +33,10 @@ pub mod ports;
 mod procs;
 mod promote;
 mod status;
+pub mod tls;
 mod volumes;
 
-use args::{ChunkserverCommand, Cli, Command, GoalCommand, LocalCommand};
+use args::{ChunkserverCommand, Cli, Command, GoalCommand, LocalCommand, TlsCommand};
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -65,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Promote(p) => promote::run(&cli.global, p).await,
             Command::Credential(c) => credential::run(&cli.global, c).await,
             Command::ChownData(a) => chown::run(a),
+            Command::Tls(TlsCommand::Generate(a)) => tls::generate(a),
         }
     })
 }

@@ -132,6 +132,57 @@ def main():
             check(hvols.get("state-dir", {}).get("hostPath") == vols.get("state-dir", {}).get("hostPath"),
                   "the holder and the node plugin do not share the state directory")
 
+    # TLS: the CSI containers get ALCES_TLS_* and the client Secret as a directory
+    # (no subPath, so renewals reach them), keys 0400; the chart's cluster gets
+    # spec.tls. Without TLS, none of it.
+    # tls: ci/tls-values.yaml (a Secret made beforehand, a client Secret, a server
+    # name); cert-manager: chart-test's render with tls.certManager.enabled.
+    tls_case = case in ("tls", "cert-manager")
+    want_secret, want_client, want_name = (
+        ("alces-tls", "alces-csi-tls", "alces.storage.internal") if case == "tls"
+        else ("demo-tls", "demo-tls", None))
+    for o in kinds.get("Deployment", []) + kinds.get("DaemonSet", []):
+        for c in containers(o):
+            if c["name"] != "alces-csi":
+                continue
+            where = f'{o["kind"]}/{o["metadata"]["name"]}'
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+            vols = {v["name"]: v for v in o["spec"]["template"]["spec"]["volumes"]}
+            if tls_case:
+                check(env.get("ALCES_TLS_CA") == "/etc/alces/tls/ca.crt"
+                      and env.get("ALCES_TLS_CERT") == "/etc/alces/tls/tls.crt"
+                      and env.get("ALCES_TLS_KEY") == "/etc/alces/tls/tls.key",
+                      f"{where}: ALCES_TLS_CA/CERT/KEY not set to the mounted Secret: {env}")
+                check(env.get("ALCES_TLS_SERVER_NAME") == want_name,
+                      f"{where}: ALCES_TLS_SERVER_NAME is not tls.serverName")
+                m = mounts.get("tls", {})
+                check(m.get("mountPath") == "/etc/alces/tls" and "subPath" not in m and m.get("readOnly"),
+                      f"{where}: the TLS Secret is not mounted read-only as a directory: {m}")
+                sec = vols.get("tls", {}).get("secret", {})
+                check(sec.get("secretName") == want_client and sec.get("defaultMode") == 0o400,
+                      f"{where}: the TLS volume is not the client Secret with mode 0400: {sec}")
+            else:
+                check(not any(k.startswith("ALCES_TLS_") for k in env) and "tls" not in vols,
+                      f"{where}: TLS settings without tls.enabled")
+    for o in kinds.get("AlcesCluster", []):
+        tls = o["spec"].get("tls")
+        if tls_case:
+            want = {"secretName": want_secret, "clientAuth": True}
+            if want_name:
+                want["serverName"] = want_name
+            check(tls == want, f"the chart's AlcesCluster spec.tls is {tls}")
+        else:
+            check(tls is None, f"the chart's AlcesCluster has spec.tls without tls.enabled: {tls}")
+    for o in kinds.get("Deployment", []):
+        if o["metadata"]["name"].endswith("-operator"):
+            op = [c for c in containers(o) if c["name"] == "operator"][0]
+            vols = {v["name"]: v for v in o["spec"]["template"]["spec"]["volumes"]}
+            check("--tls-dir=/tmp/alces-operator-tls" in op["args"]
+                  and any(m["mountPath"] == "/tmp/alces-operator-tls" for m in op.get("volumeMounts", []))
+                  and vols.get("tls-dir", {}).get("emptyDir", {}).get("medium") == "Memory",
+                  "the operator's --tls-dir is not an in-memory emptyDir")
+
     for d in kinds.get("CSIDriver", []):
         check(d["spec"]["attachRequired"] is False, "CSIDriver requires attach")
         check(d["spec"]["podInfoOnMount"] is True, "CSIDriver has no pod info on mount")
@@ -181,12 +232,31 @@ def main():
             check(any(r["metadata"]["namespace"] == secret_ns and r["metadata"]["name"].endswith("-csi-controller-secrets")
                       for r in kinds.get("Role", [])),
                   f"the CSI controller may not read Secrets in {secret_ns}, where the StorageClass's Secret is")
+            if case == "cluster-secret":
+                check(p.get("csi.storage.k8s.io/node-stage-secret-name") == p["csi.storage.k8s.io/provisioner-secret-name"],
+                      "without volume credentials nodes must get the cluster secret")
+                check(not any(r["metadata"]["name"].endswith("-csi-controller-volume-secrets") for r in kinds.get("Role", [])),
+                      "a Role for volume Secrets although volume credentials are off")
+                continue
+            # Nodes get each volume's own credential Secret, never the cluster secret.
+            check(p.get("csi.storage.k8s.io/node-stage-secret-name") == "alces-vol-${pv.name}",
+                  f"the node-stage secret is not the volume's own: {p.get('csi.storage.k8s.io/node-stage-secret-name')}")
+            check("csi.storage.k8s.io/node-publish-secret-name" not in p, "nodes are handed a secret at publish")
+            vol_ns = p.get("csi.storage.k8s.io/node-stage-secret-namespace")
+            roles = [r for r in kinds.get("Role", []) if r["metadata"]["name"].endswith("-csi-controller-volume-secrets")]
+            check(len(roles) == 1 and roles[0]["metadata"]["namespace"] == vol_ns,
+                  f"the CSI controller may not write the volumes' Secrets in {vol_ns}")
+            for r in roles:
+                check(r["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]}],
+                      f"the volume Secrets Role grants {r['rules']}")
+            args = [a for o in kinds.get("Deployment", []) for c in containers(o) if c["name"] == "alces-csi" for a in c.get("args", [])]
+            check(f"--volume-secret-namespace={vol_ns}" in args, f"the CSI controller does not write volume Secrets to {vol_ns}: {args}")
             if case == "pvc-disks":
                 check(p["cluster"] == "alces/shared" and p["goal"] == "3", f"StorageClass parameters {p}")
                 check(p["csi.storage.k8s.io/provisioner-secret-name"] == "shared-secret", "wrong secret")
 
     clusters = kinds.get("AlcesCluster", [])
-    check(bool(clusters) == (case in ("hostpath-disks", "pvc-disks")), f"{len(clusters)} AlcesClusters rendered")
+    check(bool(clusters) == (case in ("hostpath-disks", "pvc-disks", "tls", "cert-manager")), f"{len(clusters)} AlcesClusters rendered")
     for c in clusters:
         check(c["spec"].get("image", "").startswith("ghcr.io/alces/alces:"), "the AlcesCluster has not the chart's image")
     check_crds(objs, crd_dir)

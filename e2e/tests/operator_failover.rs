@@ -31,7 +31,9 @@ fn cluster_and_target() -> (Cluster, LocalTarget) {
     })
     .expect("start cluster");
     let local = LocalTarget::new(
-        DataPlane::new(&c.secret()).expect("client auth"),
+        DataPlane::new(&c.secret())
+            .expect("client auth")
+            .with_tls(&c.tls),
         c.master.clone(),
         vec![
             ("master".into(), 0, None),

@@ -49,6 +49,16 @@ pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const METADATA_DIR: &str = "/var/lib/alces/metadata";
 /// Where the secret is mounted.
 pub const SECRET_DIR: &str = "/etc/alces/secret";
+/// Where the TLS Secret (`spec.tls.secretName`) is mounted.
+pub const TLS_DIR: &str = "/etc/alces/tls";
+/// Keys of a TLS Secret as cert-manager writes them: the certificate, its
+/// private key and the CA bundle.
+pub const TLS_KEYS: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+/// Pod template annotation of pods that run with TLS (`"on"`; absent:
+/// plaintext). Plaintext and TLS pods cannot talk to each other, so a
+/// change between the two replaces the pods together
+/// (`controller::upgrade`).
+pub const TLS_ANNOTATION: &str = "alces.io/tls";
 /// Component label of metadata pods.
 pub const METADATA: &str = "metadata";
 /// Component label of chunkserver pods.
@@ -286,12 +296,72 @@ pub fn master_service(c: &AlcesCluster, active: Option<&str>) -> Value {
     })
 }
 
+/// The DNS names a cluster's server certificate must carry without
+/// `spec.tls.serverName`: the master Service (clients, chunkservers and
+/// metaloggers reach the master there), every metadata pod (the operator
+/// calls each one; metaloggers advertise these names) and every chunkserver
+/// (each registers, and is reached by clients and the write chain, at its
+/// pod name in the headless Service).
+pub fn tls_dns_names(c: &AlcesCluster) -> Vec<String> {
+    let (cname, ns) = (c.name_any(), c.namespace().unwrap_or_default());
+    vec![
+        format!("{}.{ns}.svc", names::master(&cname)),
+        format!("*.{}.{ns}.svc", names::metadata(&cname)),
+        format!("*.{}.{ns}.svc", names::chunkservers(&cname)),
+    ]
+}
+
+/// The `ALCES_TLS_*` variables of a daemon with `spec.tls` (none without).
+fn tls_env(c: &AlcesCluster) -> Vec<Value> {
+    let Some(t) = &c.spec.tls else {
+        return Vec::new();
+    };
+    let mut env = vec![
+        json!({ "name": "ALCES_TLS_CA", "value": format!("{TLS_DIR}/ca.crt") }),
+        json!({ "name": "ALCES_TLS_CERT", "value": format!("{TLS_DIR}/tls.crt") }),
+        json!({ "name": "ALCES_TLS_KEY", "value": format!("{TLS_DIR}/tls.key") }),
+    ];
+    if t.client_auth {
+        env.push(json!({ "name": "ALCES_TLS_CLIENT_AUTH", "value": "true" }));
+    }
+    if let Some(n) = &t.server_name {
+        env.push(json!({ "name": "ALCES_TLS_SERVER_NAME", "value": n }));
+    }
+    env
+}
+
+/// The TLS Secret's volume and mount (None without `spec.tls`). The whole
+/// Secret is mounted as a directory, never by `subPath`: the kubelet then
+/// swaps in a renewed certificate (`..data`) and the daemons load it at
+/// their next handshake. The key is 0400 (0440 with the group `fsGroup`
+/// gives it, the one group-readable mode the daemons accept for a key), the
+/// certificates 0444.
+fn tls_volume(c: &AlcesCluster) -> Option<(Value, Value)> {
+    let t = c.spec.tls.as_ref()?;
+    Some((
+        json!({
+            "name": "tls",
+            "secret": {
+                "secretName": t.secret_name,
+                "defaultMode": 0o400,
+                "items": [
+                    { "key": "tls.crt", "path": "tls.crt", "mode": 0o444 },
+                    { "key": "tls.key", "path": "tls.key", "mode": 0o400 },
+                    { "key": "ca.crt", "path": "ca.crt", "mode": 0o444 },
+                ],
+            },
+        }),
+        json!({ "name": "tls", "mountPath": TLS_DIR, "readOnly": true }),
+    ))
+}
+
 fn env_common(c: &AlcesCluster, config: &str) -> (Value, Value) {
     let mut env = vec![
         json!({ "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }),
         json!({ "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }),
         json!({ "name": "ALCES_SECRET_FILE", "value": format!("{SECRET_DIR}/{SECRET_KEY}") }),
     ];
+    env.extend(tls_env(c));
     for e in &c.spec.env_overrides {
         env.push(serde_json::to_value(e).unwrap_or(Value::Null));
     }
@@ -525,6 +595,9 @@ fn statefulset(c: &AlcesCluster, parts: SetParts<'_>) -> Value {
         },
         "spec": pod_spec,
     });
+    if c.spec.tls.is_some() {
+        template["metadata"]["annotations"][TLS_ANNOTATION] = json!("on");
+    }
     if let Some(o) = &c.spec.pod_overrides {
         merge(&mut template, o);
     }
@@ -597,6 +670,13 @@ pub fn metadata_statefulset(c: &AlcesCluster, config_hash: &str) -> Value {
             { "name": "secret", "mountPath": SECRET_DIR, "readOnly": true },
         ],
     });
+    let tls = tls_volume(c);
+    if let Some((_, m)) = &tls {
+        container["volumeMounts"]
+            .as_array_mut()
+            .expect("a list")
+            .push(m.clone());
+    }
     image_fields(c, &mut container);
     if let Some(r) = &c.spec.master.resources {
         container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
@@ -607,6 +687,7 @@ pub fn metadata_statefulset(c: &AlcesCluster, config_hash: &str) -> Value {
         .then(|| data_owner_init(c, vec![mount.clone()], vec![METADATA_DIR.into()]));
     let mut volumes = vec![secret_volume(c)];
     volumes.extend(vol);
+    volumes.extend(tls.map(|(v, _)| v));
     let mut pod = serde_json::Map::new();
     pod.insert("automountServiceAccountToken".into(), json!(false));
     pod.insert("securityContext".into(), pod_security());
@@ -675,6 +756,10 @@ pub fn pool_statefulset(
         claims.extend(claim);
     }
     mounts.push(json!({ "name": "secret", "mountPath": SECRET_DIR, "readOnly": true }));
+    if let Some((v, m)) = tls_volume(c) {
+        volumes.push(v);
+        mounts.push(m);
+    }
     let mut container = json!({
         "name": CHUNKSERVER,
         "command": ["alces-chunkserver"],
@@ -772,4 +857,156 @@ pub fn stamp(mut obj: Value) -> (Value, String) {
     let h = hash(obj.to_string().as_bytes());
     obj["metadata"]["annotations"] = json!({ APPLIED_HASH: h });
     (obj, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::AlcesClusterSpec;
+
+    fn cluster(tls: &str) -> AlcesCluster {
+        let spec: AlcesClusterSpec = serde_saphyr::from_str(&format!(
+            "image: alces:1\nchunkservers:\n  pools:\n  - name: a\n    replicas: 3\n    disks: [{{name: d, hostPath: /x}}]\n{tls}"
+        ))
+        .expect("spec");
+        let mut c = AlcesCluster::new("demo", spec);
+        c.metadata.namespace = Some("store".into());
+        c
+    }
+
+    /// The one container and the pod spec of a StatefulSet.
+    fn parts(sts: &Value) -> (&Value, &Value) {
+        let pod = &sts["spec"]["template"]["spec"];
+        (&pod["containers"][0], pod)
+    }
+
+    fn env_of(container: &Value) -> BTreeMap<String, String> {
+        container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+            .collect()
+    }
+
+    fn all_sets(c: &AlcesCluster) -> Vec<Value> {
+        vec![
+            metadata_statefulset(c, "h"),
+            pool_statefulset(c, &c.spec.chunkservers.pools[0], 3, "h"),
+        ]
+    }
+
+    #[test]
+    fn without_tls_nothing_of_it_is_built() {
+        for sts in all_sets(&cluster("")) {
+            let (ctr, pod) = parts(&sts);
+            assert!(env_of(ctr).keys().all(|k| !k.starts_with("ALCES_TLS")));
+            assert!(!pod["volumes"].to_string().contains("\"tls\""));
+            // No annotation: clusters made before TLS existed do not roll.
+            assert!(sts["spec"]["template"]["metadata"]["annotations"]
+                .get(TLS_ANNOTATION)
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn tls_mounts_the_secret_with_modes_and_sets_the_variables() {
+        let c = cluster("tls:\n  secretName: demo-tls\n  serverName: alces.example.org\n");
+        for sts in all_sets(&c) {
+            let (ctr, pod) = parts(&sts);
+            let env = env_of(ctr);
+            assert_eq!(env["ALCES_TLS_CA"], "/etc/alces/tls/ca.crt");
+            assert_eq!(env["ALCES_TLS_CERT"], "/etc/alces/tls/tls.crt");
+            assert_eq!(env["ALCES_TLS_KEY"], "/etc/alces/tls/tls.key");
+            assert_eq!(env["ALCES_TLS_CLIENT_AUTH"], "true");
+            assert_eq!(env["ALCES_TLS_SERVER_NAME"], "alces.example.org");
+            let vol = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "tls")
+                .expect("tls volume");
+            assert_eq!(vol["secret"]["secretName"], "demo-tls");
+            assert_eq!(vol["secret"]["defaultMode"], 0o400);
+            let modes: BTreeMap<String, i64> = vol["secret"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    (
+                        i["path"].as_str().unwrap().into(),
+                        i["mode"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                modes,
+                BTreeMap::from([
+                    ("ca.crt".into(), 0o444),
+                    ("tls.crt".into(), 0o444),
+                    ("tls.key".into(), 0o400),
+                ])
+            );
+            // A directory mount (no subPath), so renewals reach the files.
+            let mount = ctr["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == "tls")
+                .expect("tls mount");
+            assert_eq!(mount["mountPath"], TLS_DIR);
+            assert_eq!(mount["readOnly"], true);
+            assert!(mount.get("subPath").is_none());
+            // The group fsGroup gives the key is the daemons' own.
+            assert_eq!(pod["securityContext"]["fsGroup"], RUN_AS);
+            assert_eq!(pod["securityContext"]["runAsGroup"], RUN_AS);
+            assert_eq!(
+                sts["spec"]["template"]["metadata"]["annotations"][TLS_ANNOTATION],
+                "on"
+            );
+            // The init container (hostPath disks) needs no certificate.
+            assert!(!pod["initContainers"].to_string().contains("ALCES_TLS"));
+        }
+    }
+
+    #[test]
+    fn plain_tls_and_env_overrides_stack_in_that_order() {
+        let c = cluster(
+            "tls:\n  secretName: demo-tls\n  clientAuth: false\nenvOverrides:\n- name: ALCES_TLS_SERVER_NAME\n  value: x.example\n",
+        );
+        let sts = metadata_statefulset(&c, "h");
+        let (ctr, _) = parts(&sts);
+        let names: Vec<&str> = ctr["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert!(!names.contains(&"ALCES_TLS_CLIENT_AUTH"), "{names:?}");
+        // The user's override comes last, so it wins.
+        assert_eq!(names.last(), Some(&"ALCES_TLS_SERVER_NAME"));
+    }
+
+    #[test]
+    fn the_names_a_certificate_needs() {
+        assert_eq!(
+            tls_dns_names(&cluster("")),
+            [
+                "demo-master.store.svc",
+                "*.demo-metadata.store.svc",
+                "*.demo-chunkservers.store.svc"
+            ]
+        );
+        // They cover the addresses the pods advertise and the master address.
+        let c = cluster("");
+        assert!(master_address(&c).starts_with("demo-master.store.svc:"));
+        let args = metadata_statefulset(&c, "h")["spec"]["template"]["spec"]["containers"][0]
+            ["args"]
+            .to_string();
+        assert!(args.contains("$(POD_NAME).demo-metadata.$(POD_NAMESPACE).svc"));
+        let args = pool_statefulset(&c, &c.spec.chunkservers.pools[0], 3, "h")["spec"]["template"]
+            ["spec"]["containers"][0]["args"]
+            .to_string();
+        assert!(args.contains("$(POD_NAME).demo-chunkservers.$(POD_NAMESPACE).svc"));
+    }
 }

@@ -24,6 +24,18 @@ pub struct Args {
     #[command(flatten)]
     pub tls: alces_proto::tls::TlsArgs,
 
+    /// Directory where the operator writes, per cluster with `spec.tls`, the
+    /// CA bundle and client certificate it read from the cluster's Secrets
+    /// (keys mode 0600; an emptyDir in a pod). Those clusters use these
+    /// instead of the --tls-* flags.
+    #[arg(
+        long,
+        env = "ALCES_OPERATOR_TLS_DIR",
+        value_name = "DIR",
+        default_value = "/tmp/alces-operator-tls"
+    )]
+    pub tls_dir: std::path::PathBuf,
+
     /// Watch AlcesClusters of this namespace only (default: every namespace).
     #[arg(long, env = "ALCES_OPERATOR_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,

@@ -119,6 +119,12 @@ pub struct AlcesClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
 
+    /// TLS on every gRPC connection of the cluster (servers, chunkserver
+    /// chains, the operator's calls). Unset: plaintext. Changing it rolls the
+    /// pods (see `operator/ARCHITECTURE.md`, "TLS").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
     /// When and how the operator replaces a failed master.
     #[serde(default)]
     pub failover: FailoverSpec,
@@ -391,6 +397,45 @@ pub struct SecretKeyRef {
     /// Key holding the secret (default `secret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// TLS of a cluster: the certificate its servers present, the CA its peers
+/// verify, and whether servers ask clients for a certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Secret in the cluster's namespace with `tls.crt` (the servers'
+    /// certificate, with the "server auth" and, for mutual TLS, "client auth"
+    /// usages), `tls.key` (its private key) and `ca.crt` (the CA bundle every
+    /// peer is verified against): a cert-manager Certificate's Secret. Its
+    /// certificate must name `<cluster>-master.<namespace>.svc`,
+    /// `*.<cluster>-metadata.<namespace>.svc` and
+    /// `*.<cluster>-chunkservers.<namespace>.svc`, or `serverName`.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: String,
+    /// Mutual TLS: servers refuse clients without a certificate signed by
+    /// `ca.crt` (mounts, the CSI driver, the CLI and the operator need one).
+    #[serde(default = "default_true")]
+    pub client_auth: bool,
+    /// Secret (`tls.crt`, `tls.key`) with the client certificate the operator
+    /// presents to this cluster's servers; default: `secretName`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub client_secret_name: Option<String>,
+    /// A name every server certificate carries, verified instead of the host
+    /// part of each address (one shared name instead of the per-service ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
+    )]
+    pub server_name: Option<String>,
 }
 
 /// Failover settings.

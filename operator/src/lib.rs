@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod failover;
 pub mod leader;
 pub mod metrics;
+pub mod tls;
 pub mod validate;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     );
     ctx.poll = Duration::from_millis(args.poll_ms);
     ctx.tls = args.tls.load(alces_proto::tls::Role::Client)?;
+    ctx.tls_dir = args.tls_dir.clone();
     let ctx = Arc::new(ctx);
     if args.no_leader_election {
         m.leader.set(1);

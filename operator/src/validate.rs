@@ -137,6 +137,36 @@ pub fn check(name: &str, spec: &AlcesClusterSpec) -> Vec<Problem> {
             );
         }
     }
+    if let Some(t) = &spec.tls {
+        let secret_name = |s: &str| !s.is_empty() && s.len() <= 253 && s.split('.').all(dns_label);
+        if !secret_name(&t.secret_name) {
+            push(
+                o,
+                "spec.tls.secretName",
+                format!(
+                    "'{}' is not a Secret name: give the Secret holding tls.crt, tls.key and ca.crt",
+                    t.secret_name
+                ),
+            );
+        }
+        if let Some(n) = t.client_secret_name.as_deref().filter(|n| !secret_name(n)) {
+            push(
+                o,
+                "spec.tls.clientSecretName",
+                format!("'{n}' is not a Secret name: give the Secret holding the operator's tls.crt and tls.key, or leave it out"),
+            );
+        }
+        if let Some(n) = &t.server_name {
+            let lower = n.to_ascii_lowercase();
+            if n.len() > 253 || lower.is_empty() || !lower.split('.').all(dns_label) {
+                push(
+                    o,
+                    "spec.tls.serverName",
+                    format!("'{n}' is not a DNS name: give the name every server certificate carries, or leave it out"),
+                );
+            }
+        }
+    }
     let pools = &spec.chunkservers.pools;
     if pools.is_empty() {
         push(
@@ -251,6 +281,27 @@ mod tests {
     #[test]
     fn a_good_spec_has_no_problem() {
         assert_eq!(check("demo", &spec(OK)), []);
+    }
+
+    #[test]
+    fn bad_tls_names_are_named() {
+        let good = format!("{OK}tls:\n  secretName: demo-tls\n  serverName: alces.example.org\n");
+        assert_eq!(check("demo", &spec(&good)), []);
+        let s = spec(&format!(
+            "{OK}tls:\n  secretName: 'Bad/Name'\n  clientSecretName: '..'\n  serverName: 'a b'\n"
+        ));
+        assert_eq!(
+            fields("demo", &s),
+            [
+                "spec.tls.secretName",
+                "spec.tls.clientSecretName",
+                "spec.tls.serverName"
+            ]
+        );
+        let s = spec(&format!("{OK}tls:\n  secretName: ''\n"));
+        assert_eq!(fields("demo", &s), ["spec.tls.secretName"]);
+        // Mutual TLS unless asked otherwise.
+        assert!(spec(&good).tls.unwrap().client_auth);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use alces_operator::metrics::Metrics;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
@@ -398,6 +398,409 @@ fn crd_is_accepted_invalid_specs_are_refused_and_reconcile_reaches_a_steady_stat
         assert_eq!(init["securityContext"]["runAsUser"], 0);
         assert_eq!(init["securityContext"]["capabilities"], json!({ "drop": ["ALL"], "add": ["CHOWN"] }));
         assert_eq!(init["volumeMounts"][0]["subPathExpr"], "$(POD_NAME)");
+    });
+}
+
+async fn create_namespace(client: &Client, ns: &str) {
+    let n: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &n)
+        .await
+        .expect("namespace");
+}
+
+/// A TLS Secret as cert-manager makes it, for `names`, signed by `ca`.
+fn tls_secret(name: &str, ca: &alces_proto::tls::certgen::Ca, names: &[String]) -> Secret {
+    let p = ca
+        .issue(names, alces_proto::tls::certgen::Validity::Current, 1)
+        .expect("issue");
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "type": "kubernetes.io/tls",
+        "stringData": { "tls.crt": p.cert_pem, "tls.key": p.key_pem, "ca.crt": ca.cert_pem() },
+    }))
+    .expect("secret")
+}
+
+fn degraded(c: &AlcesCluster) -> Option<alces_operator::crd::Condition> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True")
+        .cloned()
+}
+
+/// `spec.tls` on a real API server: a missing Secret, a missing key and a
+/// key that is not PEM each become `Degraded`/`InvalidTLSSecret` naming the
+/// Secret and the key, with an event, and change nothing (the StatefulSets
+/// stay as they were); turning TLS on mounts the Secret in every pod template
+/// and replaces the plaintext pods together (`TLSSwitch`: a plaintext pod
+/// and a TLS pod cannot talk), which the StatefulSet controller makes again
+/// as TLS pods; another Secret is a template change the rolling upgrade
+/// handles, with no pod deleted at once; turning TLS off replaces the TLS
+/// pods together again.
+#[test]
+fn tls_secret_problems_are_conditions_and_a_tls_change_replaces_the_pods() {
+    let Some(env) = Env::start() else { return };
+    rt().block_on(async {
+        let client = env.client().await;
+        install_crd(&client).await;
+        let ns = "alces-tls";
+        create_namespace(&client, ns).await;
+        let ar = ApiResource::erase::<AlcesCluster>(&());
+        let dynapi: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        let api: Api<AlcesCluster> = Api::namespaced(client.clone(), ns);
+        let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let tls_dir = tempfile::Builder::new()
+            .prefix("alces-k8stls-operator-")
+            .tempdir()
+            .expect("tempdir");
+        let mut ctx = Context::new(
+            client.clone(),
+            Metrics::new(&mut registry),
+            Arc::new(PodDns),
+        );
+        ctx.tls_dir = tls_dir.path().to_path_buf();
+        let ctx = Arc::new(ctx);
+        let reconcile = |name: &'static str| {
+            let (api, ctx) = (api.clone(), ctx.clone());
+            async move {
+                let c = api.get(name).await.expect("get");
+                controller::reconcile(Arc::new(c), ctx)
+                    .await
+                    .expect("reconcile");
+                api.get(name).await.expect("get")
+            }
+        };
+        let ca = alces_proto::tls::certgen::Ca::new("envtest CA").expect("CA");
+        let names = |c: &str| {
+            vec![
+                format!("{c}-master.{ns}.svc"),
+                format!("*.{c}-metadata.{ns}.svc"),
+                format!("*.{c}-chunkservers.{ns}.svc"),
+            ]
+        };
+
+        // A missing Secret: nothing is made.
+        let mut v = cluster("sec");
+        v["spec"]["tls"] = json!({ "secretName": "sec-tls" });
+        create(&dynapi, v).await.expect("accepted by the schema");
+        reconcile("sec").await;
+        let c = reconcile("sec").await;
+        let d = degraded(&c).expect("Degraded");
+        assert_eq!(d.reason, "InvalidTLSSecret");
+        assert!(
+            d.message.contains("spec.tls.secretName")
+                && d.message.contains("alces-tls/sec-tls")
+                && d.message.contains("does not exist"),
+            "{}",
+            d.message
+        );
+        assert!(
+            sts.get_opt("sec-metadata").await.expect("get").is_none(),
+            "applied without its TLS Secret"
+        );
+        // A Secret without ca.crt, then with a key that is not PEM.
+        let mut bad = tls_secret("sec-tls", &ca, &names("sec"));
+        bad.string_data.as_mut().unwrap().remove("ca.crt");
+        secrets
+            .create(&PostParams::default(), &bad)
+            .await
+            .expect("secret");
+        let d = degraded(&reconcile("sec").await).expect("Degraded");
+        assert_eq!(d.reason, "InvalidTLSSecret");
+        assert!(
+            d.message
+                .contains("Secret alces-tls/sec-tls key 'ca.crt': missing"),
+            "{}",
+            d.message
+        );
+        secrets
+            .patch(
+                "sec-tls",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({ "stringData": { "ca.crt": ca.cert_pem(), "tls.key": "not a key" } }),
+                ),
+            )
+            .await
+            .expect("patch");
+        let d = degraded(&reconcile("sec").await).expect("Degraded");
+        assert!(
+            d.message
+                .contains("Secret alces-tls/sec-tls key 'tls.key': is not a PEM private key"),
+            "{}",
+            d.message
+        );
+        // A good Secret: the cluster is made, with the Secret mounted.
+        secrets
+            .replace(
+                "sec-tls",
+                &PostParams::default(),
+                &tls_secret("sec-tls", &ca, &names("sec")),
+            )
+            .await
+            .expect("replace");
+        let c = reconcile("sec").await;
+        assert!(
+            degraded(&c).is_none_or(|d| d.reason != "InvalidTLSSecret"),
+            "{:?}",
+            degraded(&c)
+        );
+        let md = serde_json::to_value(
+            sts.get("sec-metadata")
+                .await
+                .expect("made once the Secret is good"),
+        )
+        .unwrap();
+        assert!(md["spec"]["template"]["spec"]["volumes"]
+            .to_string()
+            .contains("sec-tls"));
+        // The operator's own files: the key readable by it alone.
+        let key = tls_dir.path().join(ns).join("sec").join("tls.key");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key)
+                .expect("operator's key")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+
+        // A plaintext cluster; this control plane's StatefulSet controller
+        // makes its pods (no kubelet runs them: they stay Pending).
+        create(&dynapi, cluster("roll")).await.expect("cluster");
+        reconcile("roll").await;
+        reconcile("roll").await;
+        let sel = ListParams::default().labels("app.kubernetes.io/instance=roll");
+        // The uids of the cluster's live pods, once all 6 (3 metadata, 3 chunkservers) exist.
+        let live = |want_tls: Option<bool>| {
+            let (pods, sel) = (pods.clone(), sel.clone());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let items: Vec<_> = pods
+                        .list(&sel)
+                        .await
+                        .expect("pods")
+                        .items
+                        .into_iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .collect();
+                    let tls_ok = want_tls.is_none_or(|t| {
+                        items.iter().all(|p| {
+                            (p.annotations().get("alces.io/tls").map(String::as_str) == Some("on"))
+                                == t
+                        })
+                    });
+                    if items.len() == 6 && tls_ok {
+                        return items
+                            .iter()
+                            .map(|p| p.metadata.uid.clone().unwrap_or_default())
+                            .collect::<std::collections::BTreeSet<String>>();
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "the StatefulSets' 6 pods (TLS {want_tls:?}) not there in 60 s: {:?}",
+                        items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        // Reconciles until none of `uids` is left (the upgrade acts once the
+        // StatefulSet controller has observed the new templates); the names
+        // still there after 30 s.
+        let until_gone = |uids: std::collections::BTreeSet<String>| {
+            let (pods, sel) = (pods.clone(), sel.clone());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    reconcile("roll").await;
+                    let left: Vec<String> = pods
+                        .list(&sel)
+                        .await
+                        .expect("pods")
+                        .items
+                        .into_iter()
+                        .filter(|p| {
+                            p.metadata.deletion_timestamp.is_none()
+                                && uids.contains(p.metadata.uid.as_deref().unwrap_or_default())
+                        })
+                        .map(|p| p.name_any())
+                        .collect();
+                    if left.is_empty() || Instant::now() > deadline {
+                        return left;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let still = |uids: std::collections::BTreeSet<String>| {
+            let (pods, sel) = (pods.clone(), sel.clone());
+            async move {
+                pods.list(&sel)
+                    .await
+                    .expect("pods")
+                    .items
+                    .into_iter()
+                    .filter(|p| {
+                        p.metadata.deletion_timestamp.is_none()
+                            && uids.contains(p.metadata.uid.as_deref().unwrap_or_default())
+                    })
+                    .map(|p| p.name_any())
+                    .collect::<Vec<_>>()
+            }
+        };
+        let plain = live(Some(false)).await;
+        let before = sts
+            .get("roll-metadata")
+            .await
+            .expect("sts")
+            .metadata
+            .resource_version;
+        // TLS on with a Secret that is not there: nothing changes, no pod goes.
+        api.patch(
+            "roll",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "tls": { "secretName": "roll-tls" } } })),
+        )
+        .await
+        .expect("patch");
+        let d = degraded(&reconcile("roll").await).expect("Degraded");
+        assert_eq!(d.reason, "InvalidTLSSecret");
+        assert_eq!(
+            sts.get("roll-metadata")
+                .await
+                .expect("sts")
+                .metadata
+                .resource_version,
+            before,
+            "changed with a bad TLS Secret"
+        );
+        assert_eq!(
+            still(plain.clone()).await.len(),
+            6,
+            "pods deleted with a bad TLS Secret"
+        );
+        // The Secret made: every template mounts it, and the plaintext pods go together.
+        secrets
+            .create(
+                &PostParams::default(),
+                &tls_secret("roll-tls", &ca, &names("roll")),
+            )
+            .await
+            .expect("secret");
+        reconcile("roll").await;
+        for s in ["roll-metadata", "roll-cs-a"] {
+            let t = serde_json::to_value(sts.get(s).await.expect("sts")).unwrap();
+            assert_eq!(
+                t["spec"]["template"]["metadata"]["annotations"]["alces.io/tls"], "on",
+                "{s}"
+            );
+            assert!(
+                t["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .to_string()
+                    .contains("ALCES_TLS_CLIENT_AUTH"),
+                "{s}"
+            );
+        }
+        let kept = until_gone(plain).await;
+        assert!(
+            kept.is_empty(),
+            "plaintext pods kept after TLS was turned on: {kept:?}; status: {:?}",
+            api.get("roll").await.expect("get").status
+        );
+        // The StatefulSets make TLS pods. Another Secret is a template change
+        // for the rolling upgrade (which waits for ready pods, never here): no
+        // pod goes at once.
+        let tls_pods = live(Some(true)).await;
+        secrets
+            .create(
+                &PostParams::default(),
+                &tls_secret("roll-tls2", &ca, &names("roll")),
+            )
+            .await
+            .expect("secret");
+        api.patch(
+            "roll",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "spec": { "tls": { "secretName": "roll-tls2", "clientAuth": false } } }),
+            ),
+        )
+        .await
+        .expect("patch");
+        for _ in 0..10 {
+            reconcile("roll").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let t = serde_json::to_value(sts.get("roll-cs-a").await.expect("sts")).unwrap();
+        assert!(t["spec"]["template"]["spec"]["volumes"]
+            .to_string()
+            .contains("roll-tls2"));
+        assert!(!t["spec"]["template"]["spec"]["containers"][0]["env"]
+            .to_string()
+            .contains("ALCES_TLS_CLIENT_AUTH"));
+        assert_eq!(
+            still(tls_pods.clone()).await.len(),
+            6,
+            "pods deleted at once for a change within TLS"
+        );
+        // TLS off: the TLS pods go together.
+        api.patch(
+            "roll",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "tls": null } })),
+        )
+        .await
+        .expect("patch");
+        let kept = until_gone(tls_pods).await;
+        assert!(
+            kept.is_empty(),
+            "TLS pods kept after TLS was turned off: {kept:?}"
+        );
+        let t = serde_json::to_value(sts.get("roll-metadata").await.expect("sts")).unwrap();
+        assert!(
+            !t.to_string().contains("ALCES_TLS_"),
+            "TLS settings left after spec.tls was removed"
+        );
+        live(Some(false)).await;
+
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+        let evs: Vec<(String, String)> = events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        assert!(
+            evs.iter()
+                .any(|(r, n)| r == "InvalidTLSSecret" && n.contains("sec-tls")),
+            "{evs:?}"
+        );
+        let switches: Vec<&String> = evs
+            .iter()
+            .filter(|(r, _)| r == "TLSSwitch")
+            .map(|(_, n)| n)
+            .collect();
+        assert!(
+            switches
+                .iter()
+                .any(|n| n.contains("from plaintext to TLS") && n.contains("roll-cs-a-0")),
+            "{switches:?}"
+        );
+        assert!(
+            switches.iter().any(|n| n.contains("from TLS to plaintext")),
+            "{switches:?}"
+        );
     });
 }
 

@@ -109,11 +109,78 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
+{{/* Namespace of the volumes' credential Secrets (alces-vol-<pv name>). */}}
+{{- define "alces.volumeSecretNamespace" -}}
+{{- .Values.csi.volumeCredentials.namespace | default .Release.Namespace -}}
+{{- end -}}
+
 {{/* CSI secret parameters for one operation prefix (provisioner, node-stage, ...). */}}
 {{- define "alces.csiSecretParams" -}}
 {{- $s := split "/" (include "alces.storageSecret" .root) -}}
 {{- range .prefixes }}
 csi.storage.k8s.io/{{ . }}-secret-name: {{ $s._1 | quote }}
 csi.storage.k8s.io/{{ . }}-secret-namespace: {{ $s._0 | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The TLS Secret of the chart's cluster and of the CSI pods (tls.secretName, else <cluster.name>-tls). */}}
+{{- define "alces.tlsSecret" -}}
+{{- default (printf "%s-tls" .Values.cluster.name) .Values.tls.secretName -}}
+{{- end -}}
+
+{{/* The Secret the CSI pods present as clients (tls.clientSecretName, else the TLS Secret). */}}
+{{- define "alces.tlsClientSecret" -}}
+{{- default (include "alces.tlsSecret" .) .Values.tls.clientSecretName -}}
+{{- end -}}
+
+{{/* Refuses TLS values that cannot work, naming the value. */}}
+{{- define "alces.tlsCheck" -}}
+{{- $t := .Values.tls -}}
+{{- if and $t.enabled (not $t.secretName) (not $t.certManager.enabled) -}}
+{{- fail "tls.secretName: name the Secret holding tls.crt, tls.key and ca.crt (make one with `alces tls generate`), or set tls.certManager.enabled=true to have cert-manager make it" -}}
+{{- end -}}
+{{- if and $t.certManager.enabled (not $t.enabled) -}}
+{{- fail "tls.certManager.enabled needs tls.enabled=true: the certificate is for TLS" -}}
+{{- end -}}
+{{- if and $t.certManager.enabled (not .Values.cluster.enabled) -}}
+{{- fail "tls.certManager.enabled makes the certificate of the chart's AlcesCluster (cluster.enabled=false here); for another cluster, make its Certificate with the names README.md lists and give tls.secretName" -}}
+{{- end -}}
+{{- if and $t.certManager.enabled (not (.Capabilities.APIVersions.Has "cert-manager.io/v1")) -}}
+{{- fail "tls.certManager.enabled: this cluster does not serve cert-manager.io/v1; install cert-manager first, or leave it off and make the Secret with `alces tls generate`" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ALCES_TLS_* of the CSI containers (clients of every cluster they serve). */}}
+{{- define "alces.tlsEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: ALCES_TLS_CA
+  value: /etc/alces/tls/ca.crt
+- name: ALCES_TLS_CERT
+  value: /etc/alces/tls/tls.crt
+- name: ALCES_TLS_KEY
+  value: /etc/alces/tls/tls.key
+{{- with .Values.tls.serverName }}
+- name: ALCES_TLS_SERVER_NAME
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The CSI containers' TLS mount (a directory, so renewals reach the files). */}}
+{{- define "alces.tlsMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/alces/tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The CSI pods' TLS volume: keys 0400 (0440 with the pod's fsGroup, the group-readable mode the binaries accept for a key). */}}
+{{- define "alces.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "alces.tlsClientSecret" . }}
+    defaultMode: 0400
 {{- end }}
 {{- end -}}

@@ -88,11 +88,18 @@ pub struct Context {
     pub pdb_version: tokio::sync::OnceCell<Option<&'static str>>,
     /// Requeue period while the master is healthy and nothing is in progress.
     pub poll: Duration,
-    /// gRPC clients per cluster (`ns/name`) with the secret they use: their
-    /// channels outlive a reconcile.
+    /// gRPC clients per cluster (`ns/name`) with a fingerprint of the secret
+    /// and TLS settings they use: their channels outlive a reconcile.
     pub dataplanes: Mutex<HashMap<String, (String, DataPlane)>>,
-    /// TLS of the calls to masters and metaloggers (`--tls-*` of the operator).
+    /// TLS of the calls to masters and metaloggers of clusters without
+    /// `spec.tls` (`--tls-*` of the operator).
     pub tls: alces_proto::tls::Tls,
+    /// Where the TLS files of clusters with `spec.tls` are written
+    /// (`--tls-dir`, one folder per cluster: [`crate::tls`]).
+    pub tls_dir: std::path::PathBuf,
+    /// The TLS client of each cluster with `spec.tls` (`ns/name`) and the
+    /// fingerprint of the material it was built from.
+    pub tls_clients: Mutex<HashMap<String, (String, alces_proto::tls::Tls)>>,
 }
 
 impl Context {
@@ -111,21 +118,36 @@ impl Context {
             poll: DEFAULT_POLL,
             dataplanes: Mutex::new(HashMap::new()),
             tls: alces_proto::tls::Tls::plain(),
+            tls_dir: std::env::temp_dir().join("alces-operator-tls"),
+            tls_clients: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The gRPC client of cluster `key`, made anew when its secret changed.
-    fn dataplane(&self, key: &str, secret: &str) -> Result<DataPlane, Error> {
+    /// The gRPC client of cluster `key`, made anew when its secret or its
+    /// TLS settings changed (`tls`: the fingerprint of the cluster's own
+    /// [`crate::tls::Material`] and its client settings; None: the
+    /// operator's `--tls-*`).
+    fn dataplane(
+        &self,
+        key: &str,
+        secret: &str,
+        tls: Option<&(String, alces_proto::tls::Tls)>,
+    ) -> Result<DataPlane, Error> {
+        let id = format!(
+            "{}\n{}",
+            builders::hash(secret.as_bytes()),
+            tls.map_or("operator flags", |(f, _)| f.as_str())
+        );
         let mut m = self.dataplanes.lock();
         if let Some((s, dp)) = m.get(key) {
-            if s == secret {
+            if *s == id {
                 return Ok(dp.clone());
             }
         }
         let dp = DataPlane::new(secret)
             .map_err(|e| Error::Other(e.to_string()))?
-            .with_tls(&self.tls);
-        m.insert(key.to_string(), (secret.to_string(), dp.clone()));
+            .with_tls(tls.map_or(&self.tls, |(_, t)| t));
+        m.insert(key.to_string(), (id, dp.clone()));
         Ok(dp)
     }
 }
@@ -258,6 +280,8 @@ async fn reconcile_with_finalizer(c: Arc<AlcesCluster>, ctx: &Context) -> Result
         let key = format!("{ns}/{}", c.name_any());
         ctx.dataplanes.lock().remove(&key);
         ctx.drivers.lock().remove(&key);
+        ctx.tls_clients.lock().remove(&key);
+        let _ = std::fs::remove_dir_all(crate::tls::cluster_dir(&ctx.tls_dir, &ns, &c.name_any()));
         if !has {
             return Ok(Action::await_change());
         }
@@ -425,6 +449,89 @@ async fn ensure_secret(
     }
 }
 
+/// The data of Secret `name` (None when it does not exist).
+async fn secret_data(
+    applier: &Applier,
+    name: &str,
+) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>, Error> {
+    let Some(live) = applier.get(&kinds::secret(), name).await? else {
+        return Ok(None);
+    };
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(d) = live.data.get("data").and_then(|d| d.as_object()) {
+        for (k, v) in d {
+            let bytes = v
+                .as_str()
+                .and_then(|b| {
+                    serde_json::from_value::<k8s_openapi::ByteString>(serde_json::Value::String(
+                        b.into(),
+                    ))
+                    .ok()
+                })
+                .map(|b| b.0)
+                .unwrap_or_default();
+            out.insert(k.clone(), bytes);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The operator's TLS client for cluster `c` from its `spec.tls` Secrets
+/// (None without `spec.tls`: the operator's own flags apply), or the
+/// message of a `Degraded`/`InvalidTLSSecret` condition naming the Secret
+/// and the key at fault.
+async fn cluster_tls(
+    c: &AlcesCluster,
+    applier: &Applier,
+    ctx: &Context,
+) -> Result<Result<Option<(String, alces_proto::tls::Tls)>, String>, Error> {
+    let Some(spec) = &c.spec.tls else {
+        return Ok(Ok(None));
+    };
+    let ns = c.namespace().unwrap_or_default();
+    let missing = |n: &str, field: &str| {
+        format!(
+            "{field}: Secret {ns}/{n} does not exist; create it (a cert-manager Certificate's Secret, or `alces tls generate`), or remove spec.tls; the pods keep running as they are"
+        )
+    };
+    let Some(server) = secret_data(applier, &spec.secret_name).await? else {
+        return Ok(Err(missing(&spec.secret_name, "spec.tls.secretName")));
+    };
+    let client = match &spec.client_secret_name {
+        Some(n) => match secret_data(applier, n).await? {
+            Some(d) => Some(d),
+            None => return Ok(Err(missing(n, "spec.tls.clientSecretName"))),
+        },
+        None => None,
+    };
+    let bad = |p: crate::tls::Problem| {
+        format!("spec.tls: {p}; nothing was changed, the pods keep running as they are")
+    };
+    let m = match crate::tls::check(&ns, spec, &server, client.as_ref()) {
+        Ok(m) => m,
+        Err(p) => return Ok(Err(bad(p))),
+    };
+    let fp = m.fingerprint(spec);
+    let key = format!("{ns}/{}", c.name_any());
+    if let Some(t) = ctx.tls_clients.lock().get(&key).filter(|(f, _)| *f == fp) {
+        return Ok(Ok(Some(t.clone())));
+    }
+    let dir = crate::tls::cluster_dir(&ctx.tls_dir, &ns, &c.name_any());
+    let who = format!(
+        "{ns}/{}",
+        spec.client_secret_name
+            .as_ref()
+            .unwrap_or(&spec.secret_name)
+    );
+    match crate::tls::client(&dir, spec, &m, &who) {
+        Ok(t) => {
+            ctx.tls_clients.lock().insert(key, (fp.clone(), t.clone()));
+            Ok(Ok(Some((fp, t))))
+        }
+        Err(p) => Ok(Err(bad(p))),
+    }
+}
+
 trait B64 {
     fn deserialize_b64(s: &str) -> Option<String>;
 }
@@ -556,6 +663,18 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
     };
+    // 2b. The TLS Secrets: checked before anything mounts them (a pod with a
+    // bad one would not start), so a bad one changes nothing.
+    let tls = match cluster_tls(&c, &applier, ctx).await? {
+        Ok(t) => t,
+        Err(msg) => {
+            st.conditions = status::invalid(&old.conditions, "InvalidTLSSecret", &msg, gen);
+            if write_status(ctx, &c, st).await? {
+                event(ctx, &c, true, "InvalidTLSSecret", msg).await;
+            }
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+    };
     st.secret_name = Some(match &c.spec.secret_ref {
         Some(r) => r.name.clone(),
         None => names::secret(&name),
@@ -643,7 +762,7 @@ async fn apply(c: Arc<AlcesCluster>, ctx: &Context) -> Result<Action, Error> {
         ctx.client.clone(),
         (*c).clone(),
         applier.clone(),
-        ctx.dataplane(&format!("{ns}/{name}"), &secret)?,
+        ctx.dataplane(&format!("{ns}/{name}"), &secret, tls.as_ref())?,
         ctx.resolver.clone(),
     );
     let rec = KubeTarget::record_of(&c);

@@ -9,6 +9,16 @@
 //! 3. the master last, by switchover to an up-to-date metalogger (one pause
 //!    of about a switchover for clients, no error), after which the old
 //!    master — now a metalogger — is replaced like the others.
+//!
+//! A change of `spec.tls` within TLS (another Secret, mutual TLS on or
+//! off, a server name) is such a roll: old and new pods still trust each
+//! other as long as the CA bundles overlap. Turning TLS on or off is not:
+//! a plaintext peer and a TLS peer cannot talk (no listener serves both),
+//! so a roll would stop at its first pod, which could reach nobody. Those
+//! pods are replaced together instead (event `TLSSwitch`): the cluster
+//! pauses while its pods restart, the master's pod comes back as a
+//! metalogger with all it acknowledged, and the failover driver promotes
+//! the most advanced metadata pod, as after any restart of every pod.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +65,14 @@ fn observed(s: &StatefulSet) -> bool {
         (Some(g), Some(o)) => o >= g,
         _ => true,
     }
+}
+
+/// True when pod `p` runs with TLS (its template's
+/// [`builders::TLS_ANNOTATION`]).
+fn runs_tls(p: &Pod) -> bool {
+    p.annotations()
+        .get(builders::TLS_ANNOTATION)
+        .is_some_and(|v| v == "on")
 }
 
 /// Outdated pods of `sts` among `pods`, highest ordinal first.
@@ -115,6 +133,44 @@ pub async fn step(
         .list(&ListParams::default().labels(&sel))
         .await?
         .items;
+    // TLS turned on or off: every pod on the other side goes at once.
+    let want_tls = c.spec.tls.is_some();
+    let switching: Vec<&Pod> = all
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && runs_tls(p) != want_tls)
+        .collect();
+    if !switching.is_empty() {
+        for p in &switching {
+            ctx.metrics.api_writes.inc();
+            match pod_api
+                .delete(&p.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (from, to) = if want_tls {
+            ("plaintext", "TLS")
+        } else {
+            ("TLS", "plaintext")
+        };
+        let names: Vec<String> = switching.iter().map(|p| p.name_any()).collect();
+        return Ok(Step {
+            progress: Some(format!(
+                "switching from {from} to {to}: {} pod(s) replaced together (plaintext and TLS pods cannot talk to each other)",
+                names.len()
+            )),
+            event: Some((
+                "TLSSwitch",
+                format!(
+                    "switching from {from} to {to}: replacing {} together; the cluster pauses until they are back and the master is promoted again",
+                    names.join(", ")
+                ),
+            )),
+        });
+    }
     let by_component = |comp: &str| -> Vec<&Pod> {
         all.iter()
             .filter(|p| {
