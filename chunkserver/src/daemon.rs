@@ -171,8 +171,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let auth = ClientAuth::new(&cfg.secret)?.with_tls(&cfg.tls);
     let peers = Arc::new(Peers::new(auth.clone()));
-    let service =
-        ChunkService::new(store.clone(), peers.clone()).with_access_secret(cfg.secret.clone());
+    let revoked = Arc::new(crate::revoked::Revoked::new());
+    let service = ChunkService::new(store.clone(), peers.clone())
+        .with_access_secret(cfg.secret.clone())
+        .with_revocations(revoked.clone());
     let server = ChunkserverServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -203,7 +205,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         identity.clone(),
         peers,
         &auth,
-    )?;
+    )?
+    .with_revocations(revoked);
     let mut background = vec![tokio::spawn(link.run())];
     background.push(tokio::spawn(crate::scrubber::run(
         store.clone(),

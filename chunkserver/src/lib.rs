@@ -8,7 +8,9 @@
 //! - `identity`: server id, cluster id and highest seen master epoch.
 //! - [`service`]: the `Chunkserver` gRPC service with chain forwarding.
 //! - [`peers`]: cached channels to other chunkservers.
-//! - [`master_link`]: registration, heartbeats, delete/replicate commands.
+//! - [`master_link`]: registration, heartbeats, delete/replicate commands,
+//!   the revoked credentials.
+//! - [`revoked`]: the credentials the master says are revoked, refused.
 //! - [`scrubber`]: background CRC verification.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`config`]: command-line flags.
@@ -27,6 +29,7 @@ pub mod master_link;
 pub mod metrics;
 mod open_files;
 pub mod peers;
+pub mod revoked;
 pub mod scrubber;
 pub mod service;
 pub mod store;

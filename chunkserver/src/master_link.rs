@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 
 use crate::identity::Identity;
 use crate::peers::Peers;
+use crate::revoked::Revoked;
 use crate::store::ChunkStore;
 
 /// Bytes fetched per Read while replicating.
@@ -60,6 +61,7 @@ pub struct MasterLink {
     client: ChunkMasterClient<AuthChannel>,
     replicating: Arc<Mutex<HashSet<u64>>>,
     replication_slots: Arc<Semaphore>,
+    revoked: Arc<Revoked>,
 }
 
 /// Connection state, for logging changes only.
@@ -89,7 +91,15 @@ impl MasterLink {
             client,
             replicating: Arc::new(Mutex::new(HashSet::new())),
             replication_slots: Arc::new(Semaphore::new(MAX_REPLICATIONS)),
+            revoked: Arc::new(Revoked::new()),
         })
+    }
+
+    /// Keeps `revoked` as the master lists revoked credentials (with every
+    /// registration and heartbeat reply).
+    pub fn with_revocations(mut self, revoked: Arc<Revoked>) -> Self {
+        self.revoked = revoked;
+        self
     }
 
     /// Drops the connection to the master; the next call connects again,
@@ -173,6 +183,7 @@ impl MasterLink {
         self.identity
             .check_epoch(reply.epoch)
             .map_err(|e| LinkError::refused(e.to_string()))?;
+        self.revoked.replace(&reply.revoked_credentials);
         Ok(if reply.heartbeat_ms > 0 {
             Duration::from_millis(reply.heartbeat_ms as u64)
         } else {
@@ -219,6 +230,7 @@ impl MasterLink {
             if reply.reregister {
                 return HeartbeatEnd::Reregister;
             }
+            self.revoked.replace(&reply.revoked_credentials);
             for c in reply.commands {
                 match c.command {
                     Some(Command::Delete(d)) => {

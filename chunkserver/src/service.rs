@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
 use crate::peers::Peers;
+use crate::revoked::Revoked;
 use crate::store::{ChunkStore, StoreError, VersionSpec};
 
 /// How long a forward down the chain may take before it counts as failed.
@@ -44,6 +45,8 @@ pub struct ChunkService {
     /// The cluster secret, checking the chunk access of calls made with a
     /// credential (none: such calls are refused).
     access_secret: Option<Arc<str>>,
+    /// Credentials the master says are revoked (none: not tracked).
+    revoked: Option<Arc<Revoked>>,
 }
 
 fn einval(msg: String) -> Status {
@@ -125,7 +128,15 @@ impl ChunkService {
             peers,
             metrics,
             access_secret: None,
+            revoked: None,
         }
+    }
+
+    /// Refuses every access of the credentials `revoked` lists (kept up to
+    /// date by the master link).
+    pub fn with_revocations(mut self, revoked: Arc<Revoked>) -> Self {
+        self.revoked = Some(revoked);
+        self
     }
 
     /// Serves calls made with a credential when they carry a chunk access
@@ -145,7 +156,11 @@ impl ChunkService {
     ) -> Result<(), Status> {
         let res = match (&self.access_secret, who) {
             (_, Identity::Cluster) => Ok(()),
-            (Some(s), _) => access::check(s, who, given, asked, access::now_unix()),
+            (Some(s), Identity::Credential(id)) => match &self.revoked {
+                Some(r) => r.check(id),
+                None => Ok(()),
+            }
+            .and_then(|()| access::check(s, who, given, asked, access::now_unix())),
             (None, _) => Err(Status::unauthenticated(
                 "this chunkserver takes the cluster secret only",
             )),

@@ -30,6 +30,8 @@ struct State {
     command_target: u64,
     reregister_server: Option<u64>,
     fail_heartbeats: bool,
+    /// Listed as revoked credentials in every reply.
+    revoked: Vec<u64>,
 }
 
 #[derive(Clone)]
@@ -50,6 +52,7 @@ impl ChunkMaster for TestMaster {
             epoch: self.epoch,
             cluster_id: self.cluster_id.clone(),
             heartbeat_ms: 50,
+            revoked_credentials: self.state.lock().revoked.clone(),
         }))
     }
 
@@ -77,6 +80,7 @@ impl ChunkMaster for TestMaster {
             commands,
             epoch: self.epoch,
             reregister,
+            revoked_credentials: s.revoked.clone(),
         }))
     }
 }
@@ -342,5 +346,88 @@ async fn refuses_other_cluster_and_older_epoch() {
     assert_eq!(master.state.lock().registers[0].seen_epoch, 5);
     // Clients are still served.
     write(&cs, 9, b"still serving").await;
+    cs.shutdown().await.unwrap();
+}
+
+/// A read a credential's client makes with an access the master signed is
+/// refused once the master lists the credential as revoked (within a
+/// heartbeat), and served again when the list no longer holds it.
+#[tokio::test]
+async fn revoked_credentials_are_refused_within_a_heartbeat() {
+    let (master, addr) = start_master(1, "cluster-r").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cs = start_cs(dir.path(), &addr).await;
+    write(&cs, 1, b"data").await;
+    until("registration", || !master.state.lock().registers.is_empty()).await;
+    let ch = alces_proto::net::channel(
+        &cs.grpc_addr.to_string(),
+        &ClientAuth::new("alces-credential-7-anything").unwrap(),
+    )
+    .unwrap();
+    let mut c = ChunkserverClient::new(ch);
+    let access = alces_proto::access::sign(
+        SECRET,
+        alces_proto::pb::ChunkAccess {
+            credential: 7,
+            chunk_id: 1,
+            version: 3,
+            write: false,
+            expires_unix: alces_proto::access::now_unix() + 120,
+            ..Default::default()
+        },
+    );
+    let read = |c: &mut ChunkserverClient<_>| {
+        let mut c = c.clone();
+        let access = access.clone();
+        async move {
+            c.read(alces_proto::pb::ReadRequest {
+                chunk_id: 1,
+                version: 3,
+                offset: 0,
+                length: 4,
+                access: Some(access),
+            })
+            .await
+        }
+    };
+    // Served once the registration's reply (an empty list) is in.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        match read(&mut c).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert!(Instant::now() < deadline, "never served: {e:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(&r.data[..], b"data");
+    master.state.lock().revoked = vec![5, 7];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let e = loop {
+        match read(&mut c).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "still served after the revocation"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert!(e.message().contains("credential 7 revoked"), "{e:?}");
+    assert_eq!(alces_proto::errno::of(&e), libc::EACCES);
+    // The list replaces the last one.
+    master.state.lock().revoked = vec![5];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while read(&mut c).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the list dropped it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cs.shutdown().await.unwrap();
 }

@@ -184,6 +184,14 @@ pub struct ControllerArgs {
     /// ListSnapshots without a filter list, on the default cluster.
     #[arg(long, env = "ALCES_CSI_LIST_ROOT", default_value = crate::params::DEFAULT_ROOT)]
     pub list_root: String,
+
+    /// Give every new volume a credential scoped to its directory, kept in
+    /// the Secret `alces-vol-<volume name>` of this Kubernetes namespace
+    /// (for the StorageClass's node-stage secret), and revoke it with the
+    /// volume. Needs the Kubernetes API (in-cluster, or KUBECONFIG). Without
+    /// it nodes mount with the secret the StorageClass names.
+    #[arg(long, env = "ALCES_CSI_VOLUME_SECRET_NAMESPACE")]
+    pub volume_secret_namespace: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -224,7 +232,7 @@ fn default_secret(file: Option<&std::path::Path>) -> anyhow::Result<Option<Arc<s
 async fn run(role: Role, tls: alces_proto::tls::TlsArgs) -> anyhow::Result<()> {
     match role {
         Role::Controller(a) => {
-            let (c, probe) = controller_service(&a, &tls)?;
+            let (c, probe) = controller_service(&a, &tls).await?;
             serve(&a.serve, probe, Some(c), None).await
         }
         Role::Node(a) => {
@@ -242,7 +250,7 @@ async fn run(role: Role, tls: alces_proto::tls::TlsArgs) -> anyhow::Result<()> {
         }
         Role::Hold(a) => crate::node::holder::run(a.state_dir).await,
         Role::All(a) => {
-            let (c, probe) = controller_service(&a.controller, &tls)?;
+            let (c, probe) = controller_service(&a.controller, &tls).await?;
             let secret = default_secret(a.controller.secret_file.as_deref())?;
             let n = node_service(
                 a.node_id,
@@ -297,7 +305,25 @@ fn node_service(
     })
 }
 
-fn controller_service(
+/// The volume credentials of `--volume-secret-namespace`, if given.
+async fn volume_credentials(
+    namespace: Option<&str>,
+) -> anyhow::Result<Option<crate::controller::credentials::VolumeCredentials>> {
+    let Some(ns) = namespace else { return Ok(None) };
+    crate::ids::validate_dns_label("--volume-secret-namespace", ns)
+        .map_err(|e| anyhow::anyhow!("{e} (a Kubernetes namespace name)"))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "--volume-secret-namespace {ns}: cannot reach the Kubernetes API ({e}); run in a pod with a ServiceAccount token, or set KUBECONFIG"
+        )
+    })?;
+    let store = crate::controller::credentials::KubeSecrets::new(client, ns);
+    Ok(Some(
+        crate::controller::credentials::VolumeCredentials::new(Arc::new(store)),
+    ))
+}
+
+async fn controller_service(
     a: &ControllerArgs,
     tls: &alces_proto::tls::TlsArgs,
 ) -> anyhow::Result<(ControllerService, ProbeFn)> {
@@ -313,13 +339,16 @@ fn controller_service(
     let clusters = Arc::new(
         Clusters::new(default, secret).with_tls(tls.load(alces_proto::tls::Role::Client)?),
     );
-    let controller = ControllerService::new(
+    let mut controller = ControllerService::new(
         clusters.clone(),
         ControllerConfig {
             default_capacity: a.default_capacity,
             list_root,
         },
     );
+    if let Some(creds) = volume_credentials(a.volume_secret_namespace.as_deref()).await? {
+        controller = controller.with_volume_credentials(creds);
+    }
     let probe: ProbeFn = Arc::new(move || {
         let c = clusters.clone();
         Box::pin(async move {

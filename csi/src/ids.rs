@@ -124,7 +124,8 @@ pub enum ClusterRef {
     Master(String),
 }
 
-fn validate_dns_label(what: &str, s: &str) -> Result<(), IdError> {
+/// Checks that `s` is a DNS label (a Kubernetes namespace or object name part).
+pub fn validate_dns_label(what: &str, s: &str) -> Result<(), IdError> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.chars()

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,146 +15,23 @@ use alces_csi::pb;
 use alces_csi::pb::controller_client::ControllerClient;
 use alces_csi::pb::identity_client::IdentityClient;
 use alces_csi::pb::node_client::NodeClient;
+use alces_e2e::csi_driver::CsiDriver;
 use alces_e2e::{bin, is_mount_point, wait_until, Cluster};
-use tonic::transport::Channel;
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
 
 /// A running `alces-csi all` with its socket and kubelet directory.
-struct Driver {
-    pid: Option<i32>,
-    sock: PathBuf,
-    kubelet: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
-    master: String,
-    secret_file: PathBuf,
-    /// Extra environment of the plugin (and so of its mount daemons).
-    env: Vec<String>,
+type Driver = CsiDriver;
+
+/// `alces-csi all` against `c`.
+fn driver(c: &Cluster) -> Driver {
+    driver_with_env(c, &[])
 }
 
-impl Driver {
-    fn start(c: &Cluster) -> Self {
-        Self::start_with_env(c, &[])
-    }
-
-    fn start_with_env(c: &Cluster, env: &[(&str, &str)]) -> Self {
-        let base = c.scratch("csi");
-        let mut d = Driver {
-            pid: None,
-            sock: base.join("csi.sock"),
-            kubelet: base.join("kubelet"),
-            state: base.join("state"),
-            log: base.join("alces-csi.log"),
-            master: c.master.clone(),
-            secret_file: c.secret_file.clone(),
-            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        };
-        std::fs::create_dir_all(d.kubelet.join("pods")).unwrap();
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-        d.spawn(c);
-        d
-    }
-
-    /// Starts the plugin through the cluster's launcher shell: a process forked
-    /// from the test while it keeps files open on a mount whose daemon is dead
-    /// would hang in its exec (see `Cluster::launch`), and the plugin is what
-    /// starts the next daemon.
-    fn spawn(&mut self, c: &Cluster) {
-        let mut args: Vec<std::ffi::OsString> = vec!["-u".into(), "ALCES_SECRET".into()];
-        args.extend(self.env.iter().map(Into::into));
-        args.extend::<Vec<std::ffi::OsString>>(vec![
-            bin("alces-csi").into(),
-            "all".into(),
-            "--endpoint".into(),
-            format!("unix://{}", self.sock.display()).into(),
-            "--master".into(),
-            self.master.clone().into(),
-            "--secret-file".into(),
-            self.secret_file.clone().into(),
-            "--kubelet-dir".into(),
-            self.kubelet.clone().into(),
-            "--state-dir".into(),
-            self.state.clone().into(),
-            "--node-id".into(),
-            "node-1".into(),
-            "--default-capacity".into(),
-            "4MiB".into(),
-        ]);
-        let pid = c.launch("env", &args, &self.log);
-        self.pid = Some(pid);
-        let sock = self.sock.clone();
-        wait_until("the CSI socket", Duration::from_secs(30), || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
-        });
-    }
-
-    fn kill9(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            sigkill_and_wait(pid);
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        alces_csi::uds::connect(self.sock.clone())
-            .await
-            .expect("connect to the CSI socket")
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.kubelet.join(rel)
-    }
-}
-
-/// SIGKILLs `pid` and waits until it is gone (or a zombie).
-fn sigkill_and_wait(pid: i32) {
-    // SAFETY: plain kill of a process this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    wait_until(
-        &format!("process {pid} to end"),
-        Duration::from_secs(10),
-        || !alces_e2e::alive(pid),
-    );
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // Unmount whatever a failed test left, so the cluster can go down.
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let k = self.kubelet.display().to_string();
-        let mut points: Vec<String> = text
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|p| p.starts_with(&k))
-            .collect();
-        points.reverse();
-        for p in points {
-            let _ = Command::new("umount").arg("-l").arg(&p).status();
-        }
-        self.kill9();
-        // A failed test may leave a connection paused (its daemon killed) with
-        // the test's own threads waiting in it: ending every daemon of a record
-        // (the plugin, which kept the other copy, is gone) aborts it.
-        if let Ok(dir) = std::fs::read_dir(self.state.join("volumes")) {
-            for e in dir.flatten() {
-                let pid = std::fs::read(e.path())
-                    .ok()
-                    .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v["pid"].as_i64());
-                if let Some(pid) = pid.filter(|&p| p > 0 && alces_e2e::alive(p as i32)) {
-                    // SAFETY: plain kill of a mount daemon this test's plugin started.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                }
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- alces-csi log ----\n{}",
-                alces_e2e::tail(&self.log, 60)
-            );
-        }
-    }
+/// The same with more environment (of the plugin, so of its mount daemons).
+fn driver_with_env(c: &Cluster, env: &[(&str, &str)]) -> Driver {
+    CsiDriver::start(c, "csi", "all", env, &[])
 }
 
 fn mount_cap(mode: pb::volume_capability::access_mode::Mode) -> pb::VolumeCapability {
@@ -200,7 +76,7 @@ fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Cod
 #[test]
 fn controller_rpcs_good_bad_and_idempotent() {
     let c = Cluster::start_default();
-    let d = Driver::start(&c);
+    let d = driver(&c);
     let q = c.client();
     c.block_on(async {
         let ch = d.channel().await;
@@ -757,7 +633,7 @@ impl App {
 #[test]
 fn node_stage_publish_quota_readonly_users_and_plugin_restart() {
     let c = Cluster::start_default();
-    let mut d = Driver::start(&c);
+    let mut d = driver(&c);
     let pause = c.block_on(async {
         let ch = d.channel().await;
         let mut ctl = ControllerClient::new(ch.clone());
@@ -1027,7 +903,7 @@ fn signal_daemon_and_wait_takeover(d: &Driver, sig: i32) -> u32 {
 #[test]
 fn node_mount_daemon_sigkill_is_taken_over_on_the_same_connection() {
     let c = Cluster::start_default();
-    let mut d = Driver::start(&c);
+    let mut d = driver(&c);
     let (mut pauses, takeovers) = c.block_on(async {
         let ch = d.channel().await;
         let mut ctl = ControllerClient::new(ch.clone());
@@ -1181,7 +1057,7 @@ fn alces_mount_refuses_bad_descriptors_and_a_takeover_without_state() {
         subdir: "/".into(),
         read_only: false,
         secret: c.secret().into(),
-        tls_flags: Vec::new(),
+        tls_flags: c.tls_flags(),
         log: base.join(log),
     };
     let fuse = keeper::open_fuse().unwrap();
@@ -1241,7 +1117,7 @@ fn record_and_held(d: &Driver) -> (serde_json::Value, Option<serde_json::Value>)
 #[test]
 fn node_plugin_and_daemon_killed_together_the_holder_keeps_the_connection() {
     let c = Cluster::start_default();
-    let mut d = Driver::start(&c);
+    let mut d = driver(&c);
     let holder_log = d.state.parent().unwrap().join("holder.log");
     let holder = KillOnDrop(c.launch(
         &bin("alces-csi").to_string_lossy(),
@@ -1445,6 +1321,29 @@ fn idle_fuse_readers(pid: i32) -> usize {
         .count()
 }
 
+/// The number of the daemon's FUSE threads waiting in read(2) of /dev/fuse
+/// once it has stopped changing: the same count (more than two) for half a
+/// second. The pool's threads start one after another and a thread may still
+/// be answering a request of the volume's preparation, so one look can count
+/// fewer than the pool.
+fn settled_idle_fuse_readers(pid: i32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut same_since) = (idle_fuse_readers(pid), Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = idle_fuse_readers(pid);
+        if now != last {
+            (last, same_since) = (now, Instant::now());
+        } else if now > 2 && same_since.elapsed() >= Duration::from_millis(500) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon's FUSE threads did not settle waiting for requests within 10 s (last count {last})"
+        );
+    }
+}
+
 /// Polls `cond` until it holds (true) or `timeout` passes (false).
 fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -1574,7 +1473,7 @@ fn a_request_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() 
         ..Default::default()
     })
     .unwrap();
-    let d = Driver::start(&c);
+    let d = driver(&c);
     let http = c.master_http();
     let mut figures = Vec::new();
     for case in [InFlight::Read, InFlight::Mkdir, InFlight::Write] {
@@ -1597,12 +1496,7 @@ fn a_request_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() 
                 InFlight::Mkdir => {}
             }
             let daemon = daemon_pid(&d) as i32;
-            wait_until(
-                "the daemon's FUSE threads to wait for requests",
-                Duration::from_secs(10),
-                || idle_fuse_readers(daemon) > 2,
-            );
-            let idle = idle_fuse_readers(daemon);
+            let idle = settled_idle_fuse_readers(daemon);
             let stopped: Vec<i32> = match case {
                 InFlight::Mkdir => vec![c
                     .pid(alces_e2e::Proc::Metalogger(1))
@@ -1650,7 +1544,7 @@ fn a_request_in_flight_when_the_daemon_is_killed_completes_after_the_takeover() 
                             && blocked_in(me, t).is_some_and(|(nr, _)| {
                                 [libc::SYS_read, libc::SYS_write, libc::SYS_fsync].contains(&nr)
                             })
-                            && idle_fuse_readers(daemon) == idle
+                            && idle_fuse_readers(daemon) >= idle
                     }
                 };
                 seen = if now { seen + 1 } else { 0 };
@@ -1736,7 +1630,7 @@ fn a_takeover_keeps_the_sessions_locks_and_unlinked_open_files() {
         ..Default::default()
     })
     .unwrap();
-    let d = Driver::start(&c);
+    let d = driver(&c);
     c.block_on(async {
         let v = stage_volume(&c, &d, "pvc-s", &[("trashTime", "0")]).await;
         let lockfile = v.staging.join("lockfile");
@@ -1813,7 +1707,7 @@ fn a_takeover_keeps_the_sessions_locks_and_unlinked_open_files() {
 fn a_journalled_write_that_cannot_be_replayed_is_given_up_and_the_file_marked() {
     use std::os::unix::fs::FileExt;
     let c = Cluster::start_default();
-    let d = Driver::start_with_env(&c, &[("ALCES_REPLAY_TIMEOUT", "3")]);
+    let d = driver_with_env(&c, &[("ALCES_REPLAY_TIMEOUT", "3")]);
     c.block_on(async {
         let v = stage_volume(&c, &d, "pvc-lost", &[]).await;
         let daemon = daemon_pid(&d) as i32;
@@ -1883,7 +1777,7 @@ fn a_journalled_write_that_cannot_be_replayed_is_given_up_and_the_file_marked() 
 #[test]
 fn sigterm_hands_the_connection_over_with_nothing_to_replay() {
     let c = Cluster::start_default();
-    let d = Driver::start(&c);
+    let d = driver(&c);
     let (pause, longest) = c.block_on(async {
         let v = stage_volume(&c, &d, "pvc-term", &[]).await;
         let dev_before =

@@ -4,6 +4,8 @@
 //! anonymous ids, and revoking the credential makes the live mount's next
 //! calls fail within seconds; the revocation survives a master restart.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -11,20 +13,8 @@ use std::time::{Duration, Instant};
 
 use alces_e2e::{Cluster, Proc};
 
-/// Issues a credential with the CLI; returns (id, token file).
 fn issue(c: &Cluster, name: &str, extra: &[&str]) -> (u64, PathBuf) {
-    let token = c.dir.join(format!("{name}.token"));
-    let mut args = vec![
-        "credential",
-        "issue",
-        "--name",
-        name,
-        "--token-file",
-        token.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let v = c.cli_json(&args).expect("alces credential issue");
-    (v["id"].as_u64().expect("id"), token)
+    common::issue_credential(c, name, extra)
 }
 
 fn names(p: &Path) -> Vec<String> {
@@ -95,6 +85,12 @@ fn exports_on_live_mounts() {
     let e = fs::remove_file(ro.path.join("file")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     drop(ro);
+    // Squashed callers create in /vols/a only if its mode lets them (the
+    // master checks permissions for credential sessions).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(c.path("vols/a"), fs::Permissions::from_mode(0o777)).unwrap();
+    }
     let (_, sq_token) = issue(
         &c,
         "a-squash",

@@ -7,81 +7,14 @@
 //! cluster secret and with a credential. Figures go to stdout; the decision
 //! and the numbers are in master/ARCHITECTURE.md ("Exports").
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use alces_master::server::{start, Options, Running};
-use alces_proto::auth::ClientAuth;
-use alces_proto::net::{channel, AuthChannel};
+use std::time::Instant;
+
+use alces_master::server::{start, Running};
+use alces_proto::net::AuthChannel;
 use alces_proto::pb::{self, admin_client::AdminClient, master_client::MasterClient};
-
-const SECRET: &str = "bench-secret-0123456789";
-
-fn options(dir: &std::path::Path) -> Options {
-    Options {
-        replication: alces_master::runtime::chunkmap::Policy::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: None,
-        data_dir: dir.to_path_buf(),
-        secret: Arc::from(SECRET),
-        chunk_size: 1 << 20,
-        default_goal: 1,
-        session_timeout: Duration::from_secs(60),
-        chunkserver_timeout: Duration::from_secs(60),
-        chunkserver_disconnect: Duration::from_secs(5),
-        snapshot_interval: Duration::from_secs(3600),
-        sync_metaloggers: 0,
-        sync_timeout: Duration::from_secs(5),
-        lock_caps: Default::default(),
-        tls: Default::default(),
-    }
-}
-
-fn chan(m: &Running, token: &str) -> AuthChannel {
-    channel(&m.grpc_addr.to_string(), &ClientAuth::new(token).unwrap()).unwrap()
-}
-
-async fn session(c: &mut MasterClient<AuthChannel>) -> u64 {
-    c.register_session(pb::RegisterSessionRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id
-}
-
-async fn mkdir(c: &mut MasterClient<AuthChannel>, sid: u64, parent: u64, name: &str) -> u64 {
-    c.mkdir(pb::MkdirRequest {
-        session_id: sid,
-        parent,
-        name: name.as_bytes().to_vec(),
-        mode: 0o755,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .attr
-    .unwrap()
-    .inode
-}
-
-async fn mknod(c: &mut MasterClient<AuthChannel>, sid: u64, parent: u64, name: &str) -> u64 {
-    c.mknod(pb::MknodRequest {
-        session_id: sid,
-        parent,
-        name: name.as_bytes().to_vec(),
-        kind: pb::FileType::Regular as i32,
-        mode: 0o644,
-        exclusive: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .attr
-    .unwrap()
-    .inode
-}
+use common::*;
 
 /// Nanoseconds per `in_subtree` call, the lock taken once per call.
 fn check_ns(m: &Running, root: u64, ino: u64, n: u32) -> f64 {
@@ -116,13 +49,9 @@ async fn main() {
     let m = start(options(tmp.path())).await.unwrap();
     let mut c = MasterClient::new(chan(&m, SECRET));
     let sid = session(&mut c).await;
-    let vol = mkdir(&mut c, sid, 1, "vol").await;
     // A chain of 64 directories below the volume, a file at its end.
-    let mut dirs = vec![vol];
-    for d in 0..64 {
-        let next = mkdir(&mut c, sid, *dirs.last().unwrap(), &format!("d{d}")).await;
-        dirs.push(next);
-    }
+    let dirs = dir_chain(&mut c, sid, 64).await;
+    let vol = dirs[0];
     let deep = mknod(&mut c, sid, *dirs.last().unwrap(), "f").await;
     let shallow = mknod(&mut c, sid, vol, "f").await;
     println!("export check (State::in_subtree under the master lock), per call:");

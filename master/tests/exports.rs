@@ -95,6 +95,7 @@ fn entry(sid: u64, parent: u64, name: &str) -> pb::EntryRequest {
         name: name.as_bytes().to_vec(),
         caller: caller(),
         tag: None,
+        negative_reply: false,
     }
 }
 
@@ -168,6 +169,7 @@ async fn sessions_are_rooted_and_confined() {
                 session_id: sid,
                 inode: ino,
                 chunk_index: 0,
+                caller: None,
             })
             .await,
             libc::EACCES,
@@ -178,6 +180,7 @@ async fn sessions_are_rooted_and_confined() {
                 session_id: sid,
                 inode: ino,
                 chunk_index: 0,
+                caller: None,
             })
             .await,
             libc::EACCES,
@@ -339,6 +342,7 @@ async fn read_only_credentials_refuse_mutations() {
             session_id: sid,
             inode: t.inside,
             chunk_index: 0,
+            caller: None,
         })
         .await,
         libc::EROFS,
@@ -393,6 +397,19 @@ async fn root_and_all_squash() {
         anon_gid: 4343,
         ..rule("/vols/a")
     };
+    // Squashed callers create in /vols/a: make it writable by all.
+    let mut ac = master(&m);
+    let asid = session(&mut ac).await;
+    ac.set_attr(pb::SetAttrRequest {
+        session_id: asid,
+        inode: t.a,
+        valid: pb::SetAttrField::SetAttrMode as u32,
+        mode: 0o777,
+        caller: caller(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let (_, root_token) = issue(&m, squash(pb::Squash::Root)).await;
     let mut c = master_with(&m, &root_token);
     let sid = register(&mut c).await.session_id;

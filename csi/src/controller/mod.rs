@@ -3,6 +3,7 @@
 //! side, `capabilities` the checks of volume capabilities).
 
 pub mod capabilities;
+pub mod credentials;
 pub mod store;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub struct ControllerService {
     clusters: Arc<Clusters>,
     locks: OpLocks,
     config: ControllerConfig,
+    /// Per-volume credentials kept in Secrets, when enabled.
+    credentials: Option<credentials::VolumeCredentials>,
 }
 
 fn source_string(src: &Source) -> String {
@@ -159,7 +162,30 @@ impl ControllerService {
             clusters,
             locks: OpLocks::default(),
             config,
+            credentials: None,
         }
+    }
+
+    /// The same, giving every volume a credential scoped to its directory
+    /// whose token is kept in a Secret of `creds` (issue 18).
+    pub fn with_volume_credentials(mut self, creds: credentials::VolumeCredentials) -> Self {
+        self.credentials = Some(creds);
+        self
+    }
+
+    /// Gives volume `id` its credential and Secret (see
+    /// [`credentials::VolumeCredentials::ensure`]), when enabled.
+    async fn ensure_credential(
+        &self,
+        store: &Store,
+        id: &EntryId,
+        p: &VolumeParams,
+    ) -> Result<(), Status> {
+        if let Some(c) = &self.credentials {
+            let max_goal = p.goal.unwrap_or(credentials::DEFAULT_MAX_GOAL);
+            c.ensure(store.client(), id, max_goal).await?;
+        }
+        Ok(())
     }
 
     async fn store(
@@ -218,6 +244,9 @@ impl ControllerService {
         let cluster = self.clusters.resolve(cp.cluster.as_ref())?;
         let id =
             EntryId::new(Kind::Volume, cluster.clone(), &cp.root, &req.name).map_err(invalid)?;
+        if self.credentials.is_some() {
+            credentials::secret_name(&req.name)?;
+        }
         let range = req.capacity_range.unwrap_or_default();
         let cap = params::capacity(
             range.required_bytes,
@@ -282,6 +311,8 @@ impl ControllerService {
                     req.name
                 )));
             }
+            // A retry after any step of an earlier attempt.
+            self.ensure_credential(&store, &id, &m.params).await?;
             return Ok(pb::Volume {
                 capacity_bytes: have as i64,
                 volume_id: id.to_string(),
@@ -366,6 +397,7 @@ impl ControllerService {
             .rename(folder.inode, &tmp, &req.name)
             .await
             .map_err(|e| status(&format!("renaming {tmp_path} to {}", id.path()), &e))?;
+        self.ensure_credential(&store, &id, &cp.volume).await?;
         tracing::info!(volume_id = %id, capacity = cap, source = ?want.source, "volume created");
         Ok(pb::Volume {
             capacity_bytes: cap as i64,
@@ -579,6 +611,10 @@ impl Controller for ControllerService {
             // time was settled before the volume was moved out of the way).
             (None, _) => OnDelete::Trash,
         };
+        // Mounts lose the volume first; a retry after a crash finishes it.
+        if let Some(c) = &self.credentials {
+            c.retire(store.client(), &id).await?;
+        }
         self.remove(&store, &id, on_delete == OnDelete::Trash)
             .await?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))

@@ -161,7 +161,7 @@ pub struct KeeperNote {
     pub master: String,
     /// The volume's directory.
     pub subdir: String,
-    /// Cluster secret.
+    /// Cluster secret, or the volume's credential token.
     pub secret: String,
 }
 
@@ -234,7 +234,9 @@ pub struct DaemonSpec {
     pub subdir: String,
     /// Read-only session.
     pub read_only: bool,
-    /// Cluster secret (given in the environment).
+    /// Cluster secret or the volume's credential token (given in the
+    /// environment, `ALCES_SECRET` or `ALCES_CREDENTIAL`). A credential is
+    /// rooted at the volume's directory, so its daemon mounts `/` of it.
     pub secret: Arc<str>,
     /// TLS flags of the daemon.
     pub tls_flags: Vec<std::ffi::OsString>,
@@ -255,19 +257,35 @@ pub fn spawn(
         .append(true)
         .open(&spec.log)?;
     let log2 = log.try_clone()?;
+    let credential = alces_proto::auth::parse_credential(&spec.secret).is_some();
+    let (env, other, subdir) = if credential {
+        (
+            alces_proto::auth::CREDENTIAL_ENV,
+            alces_proto::auth::SECRET_ENV,
+            "/",
+        )
+    } else {
+        (
+            alces_proto::auth::SECRET_ENV,
+            alces_proto::auth::CREDENTIAL_ENV,
+            spec.subdir.as_str(),
+        )
+    };
     let mut cmd = Command::new(&spec.bin);
     cmd.arg(&spec.mountpoint)
         .arg("--master")
         .arg(&spec.master)
         .arg("--subdir")
-        .arg(&spec.subdir)
+        .arg(subdir)
         .arg("--allow-other")
         .arg("--fuse-fd")
         .arg(DAEMON_FUSE_FD.to_string())
         .arg("--state-fd")
         .arg(DAEMON_STATE_FD.to_string())
         .env_remove("ALCES_SECRET_FILE")
-        .env(alces_proto::auth::SECRET_ENV, &*spec.secret)
+        .env_remove("ALCES_CREDENTIAL_FILE")
+        .env_remove(other)
+        .env(env, &*spec.secret)
         .args(&spec.tls_flags)
         .stdin(Stdio::null())
         .stdout(log)

@@ -116,15 +116,75 @@ fn write_record_at(path: &Path, r: &StagedRecord) -> Result<(), Status> {
         .map_err(|e| io_status(&format!("writing {}", path.display()), &e))
 }
 
-/// The cluster secret in the environment of process `pid` (a running mount
-/// daemon's), so a restarted plugin never keeps secrets on disk.
+/// The credential token or cluster secret in the environment of process
+/// `pid` (a running mount daemon's), so a restarted plugin never keeps
+/// secrets on disk.
 fn secret_of(pid: u32) -> Option<Arc<str>> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let key = format!("{}=", alces_proto::auth::SECRET_ENV);
-    env.split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(key.as_bytes()))
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(Arc::from)
+    [
+        alces_proto::auth::CREDENTIAL_ENV,
+        alces_proto::auth::SECRET_ENV,
+    ]
+    .iter()
+    .find_map(|name| {
+        let key = format!("{name}=");
+        env.split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(key.as_bytes()))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| !v.is_empty())
+            .map(Arc::from)
+    })
+}
+
+/// Longest credential token accepted (the master's are about 90 bytes; the
+/// token must fit the keeper's note in the state memfd).
+const MAX_TOKEN_BYTES: usize = 1024;
+
+/// What a volume's daemon presents to the master, from the node-stage
+/// `secrets` of the call: the volume's credential (`credential`, from its
+/// Secret `alces-vol-<name>`; the volume directory becomes the mount's root),
+/// else the cluster secret (`secret`: volumes provisioned before per-volume
+/// credentials), else the plugin's default secret.
+pub fn stage_token(
+    volume_id: &str,
+    secrets: &HashMap<String, String>,
+    default_secret: Option<&Arc<str>>,
+) -> Result<Arc<str>, Status> {
+    use crate::controller::credentials::{CREDENTIAL_KEY, SECRET_PREFIX, VOLUME_ID_KEY};
+    let name = volume_id.rsplit('/').next().unwrap_or(volume_id);
+    let secret_name = format!("{SECRET_PREFIX}{name}");
+    if let Some(t) = secrets.get(CREDENTIAL_KEY) {
+        let t = t.trim();
+        if t.len() > MAX_TOKEN_BYTES
+            || alces_proto::auth::parse_credential(t).is_none()
+            || t.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return Err(invalid(format!(
+                "the node-stage Secret (StorageClass csi.storage.k8s.io/node-stage-secret-name, normally {secret_name}) has a key '{CREDENTIAL_KEY}' that is not a credential token (`alces-credential-<id>-<secret>`): delete the Secret and call CreateVolume again (the controller issues a new credential), or put the token `alces credential issue` printed there"
+            )));
+        }
+        if let Some(v) = secrets.get(VOLUME_ID_KEY) {
+            if v.trim() != volume_id {
+                return Err(invalid(format!(
+                    "the node-stage Secret holds the credential of volume {}, not of {volume_id}: the PersistentVolume names the wrong Secret (it should be {secret_name})",
+                    v.trim()
+                )));
+            }
+        }
+        return Ok(Arc::from(t));
+    }
+    match secrets.get(crate::clusters::SECRET_KEY) {
+        Some(s) if !s.trim().is_empty() => Ok(Arc::from(s.trim())),
+        Some(_) => Err(invalid(format!(
+            "the node-stage Secret's key '{}' is empty: fill it with the cluster secret, or give the volume its credential Secret {secret_name}",
+            crate::clusters::SECRET_KEY
+        ))),
+        None => default_secret.cloned().ok_or_else(|| {
+            invalid(format!(
+                "NodeStageVolume carries no secrets: the volume's Secret {secret_name} (key '{CREDENTIAL_KEY}', made by the controller at CreateVolume) must be named by the StorageClass's csi.storage.k8s.io/node-stage-secret-name and -namespace, or start the node plugin with --secret-file"
+            ))
+        }),
+    }
 }
 
 /// A stable file name for a volume id (64-bit FNV-1a, hex).
@@ -415,9 +475,16 @@ impl NodeService {
 
     /// Whether the Alces mount at `path` answers (`Err` says why not).
     async fn healthy(&self, path: &Path) -> Result<sys::Usage, String> {
-        sys::usage(path, STATS_TIMEOUT)
-            .await
-            .map_err(|e| format!("the mount at {} is broken: {e}", path.display()))
+        sys::usage(path, STATS_TIMEOUT).await.map_err(|e| {
+            if e.raw_os_error() == Some(libc::EACCES) {
+                format!(
+                    "the master refuses this mount's credential at {} ({e}): the volume's credential was revoked (the volume was deleted, or its credential replaced); unpublish and publish the volume again",
+                    path.display()
+                )
+            } else {
+                format!("the mount at {} is broken: {e}", path.display())
+            }
+        })
     }
 
     async fn stage(&self, req: pb::NodeStageVolumeRequest) -> Result<(), Status> {
@@ -459,12 +526,11 @@ impl NodeService {
         }
         std::fs::create_dir_all(&staging)
             .map_err(|e| io_status(&format!("creating {}", staging.display()), &e))?;
-        let secret: Arc<str> = match req.secrets.get(crate::clusters::SECRET_KEY) {
-            Some(s) if !s.trim().is_empty() => Arc::from(s.trim()),
-            _ => self.config.default_secret.clone().ok_or_else(|| {
-                invalid("no cluster secret: reference a Secret with the key 'secret' in the StorageClass (csi.storage.k8s.io/node-stage-secret-name) or start the node plugin with --secret-file")
-            })?,
-        };
+        let secret = stage_token(
+            &req.volume_id,
+            &req.secrets,
+            self.config.default_secret.as_ref(),
+        )?;
         let mut record = StagedRecord {
             volume_id: req.volume_id.clone(),
             staging_path: staging.clone(),
@@ -520,11 +586,18 @@ impl NodeService {
                         std::fs::read_to_string(self.log_path(&req.volume_id)).unwrap_or_default();
                     let tail: Vec<&str> = tail.lines().rev().take(5).collect();
                     let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    Some(Status::unavailable(format!(
-                        "the mount daemon for {} exited ({st}) before serving: {}",
-                        id,
-                        tail.join(" | ")
-                    )))
+                    let tail = tail.join(" | ");
+                    if credential_refused(&tail) {
+                        Some(Status::permission_denied(format!(
+                            "the master refuses the credential of volume {id} (revoked, or the volume was deleted): {tail}; if the volume still exists, delete its Secret {}{} and have the controller issue a new one (CreateVolume again), or recreate the volume",
+                            crate::controller::credentials::SECRET_PREFIX,
+                            id.name
+                        )))
+                    } else {
+                        Some(Status::unavailable(format!(
+                            "the mount daemon for {id} exited ({st}) before serving: {tail}"
+                        )))
+                    }
                 }
                 _ if Instant::now() > deadline => {
                     let _ = child.kill();
@@ -750,6 +823,11 @@ impl NodeService {
     }
 }
 
+/// Whether a daemon's last log lines say the master refused its credential.
+fn credential_refused(log: &str) -> bool {
+    log.contains("revoked") || log.contains("refuses this client's credential")
+}
+
 fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks existence.
     let exists = unsafe { libc::kill(pid as i32, 0) } == 0;
@@ -864,6 +942,67 @@ impl Node for NodeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_tokens_come_from_the_volume_secret_else_the_cluster_secret() {
+        let id = "a1#alces/x#/csi/volumes/pvc-1";
+        let m = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let tok = "alces-credential-7-00ff";
+        assert_eq!(
+            &*stage_token(id, &m(&[("credential", tok), ("volumeId", id)]), None).unwrap(),
+            tok
+        );
+        // The credential wins over a cluster secret in the same Secret.
+        assert_eq!(
+            &*stage_token(id, &m(&[("credential", tok), ("secret", "s")]), None).unwrap(),
+            tok
+        );
+        assert_eq!(
+            &*stage_token(id, &m(&[("secret", " s \n")]), None).unwrap(),
+            "s \n".trim()
+        );
+        let default: Arc<str> = Arc::from("d");
+        assert_eq!(&*stage_token(id, &m(&[]), Some(&default)).unwrap(), "d");
+        let long = format!("alces-credential-7-{}", "a".repeat(2000));
+        for (bad, what) in [
+            (m(&[]), "carries no secrets"),
+            (m(&[("secret", " ")]), "is empty"),
+            (m(&[("credential", "x")]), "not a credential token"),
+            (
+                m(&[("credential", "alces-credential-0-ab")]),
+                "not a credential token",
+            ),
+            (
+                m(&[("credential", "alces-credential-7-a b")]),
+                "not a credential token",
+            ),
+            (m(&[("credential", &long)]), "not a credential token"),
+            (
+                m(&[
+                    ("credential", tok),
+                    ("volumeId", "a1#alces/x#/csi/volumes/pvc-2"),
+                ]),
+                "not of",
+            ),
+        ] {
+            let e = stage_token(id, &bad, None).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(e.message().contains(what), "{}", e.message());
+            assert!(e.message().contains("alces-vol-pvc-1"), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn refused_credentials_are_recognised_in_daemon_logs() {
+        assert!(credential_refused(
+            "cannot open a session with master m: PERMISSION_DENIED credential 3 revoked"
+        ));
+        assert!(!credential_refused("cannot reach the master"));
+    }
 
     #[test]
     fn record_names_are_stable_and_safe() {

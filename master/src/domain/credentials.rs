@@ -199,6 +199,26 @@ pub async fn revoke(core: &Core, id: u64) -> Result<pb::CredentialInfo, Status> 
     .await
 }
 
+/// How long after its revocation a credential is still pushed to
+/// chunkservers: past the longest chunk access the master signs (a write
+/// session's), with as much again for clocks that disagree.
+const REVOKED_PUSHED_NS: i64 = 2 * alces_proto::access::WRITE_SECS * 1_000_000_000;
+
+/// The credentials revoked within [`REVOKED_PUSHED_NS`] of `now_ns`, which
+/// chunkservers refuse (sent with every heartbeat reply, so a revocation
+/// reaches them within a heartbeat, and a chunkserver that was down or a
+/// new master after a failover sends the list again).
+pub fn recently_revoked(inner: &Inner, now_ns: i64) -> Vec<u64> {
+    inner
+        .state
+        .credentials
+        .map
+        .values()
+        .filter(|c| c.revoked && now_ns.saturating_sub(c.revoked_ns) < REVOKED_PUSHED_NS)
+        .map(|c| c.id)
+        .collect()
+}
+
 /// What a credential's session may do, for the checks of each call.
 #[derive(Debug, Clone)]
 pub struct Export {
@@ -271,40 +291,6 @@ pub fn squash(e: &Option<Export>, caller: &mut Option<pb::Caller>) {
         },
         _ => {}
     }
-}
-
-/// Under a squashing export the caller is not root: only the owner of a file
-/// may change its mode, group or times to given values, and nobody may give
-/// it away (POSIX's rules for an unprivileged process).
-pub fn check_set_attr(core: &Core, e: &Option<Export>, r: &pb::SetAttrRequest) -> FsResult<()> {
-    let Some(e) = e else { return Ok(()) };
-    if e.rule.squash == pb::Squash::None as i32 {
-        return Ok(());
-    }
-    use pb::SetAttrField as F;
-    let uid = r.caller.as_ref().map_or(e.rule.anon_uid, |c| c.uid);
-    let g = core.inner.lock();
-    let i = g.state.get(r.inode)?;
-    let owner_only = F::SetAttrMode as u32 | F::SetAttrGid as u32;
-    if r.valid & F::SetAttrUid as u32 != 0 && r.uid != i.uid {
-        return Err(FsError::new(
-            libc::EPERM,
-            format!(
-                "inode {}: this export squashes the caller, who may not change a file's owner",
-                r.inode
-            ),
-        ));
-    }
-    if r.valid & owner_only != 0 && uid != i.uid {
-        return Err(FsError::new(
-            libc::EPERM,
-            format!(
-                "inode {}: only its owner (uid {}) may change its mode or group, not uid {uid} (this export squashes the caller)",
-                r.inode, i.uid
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Whether `who` may make an Admin call, and where: None for the cluster
