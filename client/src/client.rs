@@ -154,6 +154,20 @@ impl Client {
         self.ns.session.reconnects()
     }
 
+    /// True once the master accepted this session's lease stream: names and
+    /// attributes are then answered from the lease cache, which the master
+    /// keeps coherent across mounts, and the kernel should cache nothing
+    /// itself (its timeouts would outlive a break).
+    pub fn metadata_leases(&self) -> bool {
+        self.ns.session.cache().supported()
+    }
+
+    /// Lookups and stats answered from the lease cache, and those that went
+    /// to the master.
+    pub fn lease_cache_counts(&self) -> (u64, u64) {
+        self.ns.session.cache().counts()
+    }
+
     /// How many chunk writes were retried with a new write session (stale
     /// version or failed chain).
     pub fn write_retries(&self) -> u64 {
@@ -326,12 +340,25 @@ impl Client {
         limit: u32,
         plus: bool,
     ) -> Result<pb::ReaddirReply> {
-        self.ns.readdir_page(inode, after_name, limit, plus).await
+        self.ns
+            .readdir_page(inode, after_name, limit, plus, None)
+            .await
     }
 
     /// The whole directory `inode` (paging through it) and its parent inode.
     pub async fn readdir_all(&self, inode: u64, plus: bool) -> Result<(Vec<DirEntry>, u64)> {
-        self.ns.readdir_all(inode, plus).await
+        self.ns.readdir_all(inode, plus, None).await
+    }
+
+    /// [`Self::readdir_all`] on behalf of `caller` (whose read permission a
+    /// credential session's master checks).
+    pub async fn readdir_all_as(
+        &self,
+        inode: u64,
+        plus: bool,
+        caller: &Caller,
+    ) -> Result<(Vec<DirEntry>, u64)> {
+        self.ns.readdir_all(inode, plus, Some(caller)).await
     }
 
     /// Opens `inode` for I/O with open(2) `flags`. Fetches fresh attributes

@@ -80,6 +80,7 @@ mod tests {
             inode,
             kind: FileType::Regular as i32,
             attr: None,
+            leased: false,
         }
     }
 

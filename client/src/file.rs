@@ -141,6 +141,18 @@ struct InFlight {
     done: watch::Receiver<bool>,
 }
 
+impl InFlight {
+    /// True while the write's task has neither finished nor ended without
+    /// finishing.
+    fn running(&self) -> bool {
+        // Closed is read before the value: the task sets the value before it
+        // drops the sender, so a write that finished and ended in between is
+        // never taken for one that ended without finishing.
+        let closed = self.done.has_changed().is_err();
+        !*self.done.borrow() && !closed
+    }
+}
+
 struct WbState {
     buf: WriteBuffer,
     inflight: Vec<InFlight>,
@@ -150,6 +162,38 @@ struct WbState {
     known: KnownSize,
     /// Bumped on every write or truncate (invalidates readahead).
     generation: u64,
+}
+
+impl WbState {
+    /// Forgets the chunk writes that ended. A write whose task ended without
+    /// saying it finished (it panicked) left its data unwritten: that becomes
+    /// the file's error, reported by the next flush or fsync, instead of a
+    /// wait for a signal that never comes.
+    fn reap(&mut self, inode: u64) {
+        let mut lost = None;
+        self.inflight.retain(|f| {
+            // Closed before the value, as in `InFlight::running`.
+            let closed = f.done.has_changed().is_err();
+            if *f.done.borrow() {
+                return false;
+            }
+            if closed {
+                lost = Some(f.index);
+                return false;
+            }
+            true
+        });
+        if let Some(idx) = lost {
+            tracing::error!(
+                inode,
+                chunk = idx,
+                "a background write ended before its data reached the chunkservers"
+            );
+            self.error.get_or_insert(Error::io(format!(
+                "the background write of chunk {idx} of inode {inode} ended before its data reached the chunkservers"
+            )));
+        }
+    }
 }
 
 /// I/O state of one inode, shared by every handle this client has open on it.
@@ -174,9 +218,22 @@ pub(crate) struct FileState {
     unsynced: Mutex<HashMap<u64, Unsynced>>,
     locations: Mutex<HashMap<u64, (Instant, pb::ReadChunkReply)>>,
     write_slots: Arc<tokio::sync::Semaphore>,
+    /// The process that last opened or truncated the file: its chunk calls
+    /// carry it, for a credential session's permission check on the master.
+    caller: Mutex<Option<pb::Caller>>,
+    /// Written or truncated through this client while open: the master
+    /// changed its attributes without breaking this session's lease, so they
+    /// are asked of the master while the file is open, and each release drops
+    /// them from the lease cache.
+    changed: std::sync::atomic::AtomicBool,
 }
 
 impl FileState {
+    /// True once this client wrote or truncated the file through this state.
+    pub(crate) fn changed(&self) -> bool {
+        self.changed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn new(io: Arc<FileIo>, inode: u64, chunk_size: u64) -> Self {
         let slots = io.config().max_parallel_writes.max(1);
         Self {
@@ -194,9 +251,11 @@ impl FileState {
             sessions: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
             dropped: Mutex::new(HashMap::new()),
+            caller: Mutex::new(None),
             unsynced: Mutex::new(HashMap::new()),
             locations: Mutex::new(HashMap::new()),
             write_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            changed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -211,7 +270,7 @@ impl FileState {
     /// True while written data is buffered or on its way to the chunkservers.
     fn dirty(&self) -> bool {
         let wb = self.wb.lock();
-        !wb.buf.is_empty() || wb.inflight.iter().any(|f| !*f.done.borrow())
+        !wb.buf.is_empty() || wb.inflight.iter().any(InFlight::running)
     }
 
     /// Taken before asking the master for attributes; see [`FileState::observe`].
@@ -250,6 +309,8 @@ impl FileState {
 
     /// Buffers a write; sends full chunks in the background.
     async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<usize> {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.take_error()?;
         self.io.session().check_writable()?;
         let end = offset
@@ -295,7 +356,7 @@ impl FileState {
         let bytes: u64 = extents.iter().map(|(_, d)| d.len() as u64).sum();
         let start = extents.first().map(|e| e.0).unwrap_or(0);
         let end = extents.last().map(|(s, d)| s + d.len() as u64).unwrap_or(0);
-        wb.inflight.retain(|f| !*f.done.borrow());
+        wb.reap(self.inode);
         let waits: Vec<watch::Receiver<bool>> = wb
             .inflight
             .iter()
@@ -328,6 +389,11 @@ impl FileState {
         });
     }
 
+    /// Remembers `caller` as the process the file's chunk calls are for.
+    pub(crate) fn set_caller(&self, caller: &Caller) {
+        *self.caller.lock() = Some(caller.to_pb());
+    }
+
     /// Opens (or reuses) the write session of chunk `idx`.
     async fn session(&self, idx: u64) -> Result<WriteSession> {
         let _opening = self.opening.lock().await;
@@ -335,6 +401,7 @@ impl FileState {
             return Ok(s.clone());
         }
         let inode = self.inode;
+        let caller = self.caller.lock().clone();
         // Right after a master restart or promotion no chunkserver may be registered
         // yet: the master answers ENOSPC/EAGAIN until they are back, so wait a bounded
         // time. An EAGAIN still there at the end is an I/O error to the application
@@ -350,6 +417,7 @@ impl FileState {
                         session_id: sid,
                         inode,
                         chunk_index: idx,
+                        caller: caller.clone(),
                     };
                     async move { m.write_chunk(req).await }
                 })
@@ -686,7 +754,7 @@ impl FileState {
                 for idx in wb.buf.chunk_indices() {
                     self.spawn_chunk_write(&mut wb, idx);
                 }
-                wb.inflight.retain(|f| !*f.done.borrow());
+                wb.reap(self.inode);
                 wb.inflight.iter().map(|f| f.done.clone()).collect()
             };
             if waits.is_empty() {
@@ -835,6 +903,8 @@ impl FileState {
 
     /// Truncates or extends the file to `size`.
     pub(crate) async fn truncate(self: &Arc<Self>, size: u64, caller: &Caller) -> Result<Attr> {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if size > alces_proto::geometry::MAX_FILE_SIZE {
             return Err(Error::new(
                 libc::EFBIG,
@@ -843,6 +913,7 @@ impl FileState {
         }
         let _g = self.flush_lock.lock().await;
         self.flush_locked().await?;
+        self.set_caller(caller);
         let attr = self.io.ns.getattr(self.inode).await?;
         if attr.kind != pb::FileType::Regular as i32 {
             return Err(Error::new(
@@ -960,6 +1031,7 @@ impl FileState {
         }
         let inode = self.inode;
         let ticket = self.ticket();
+        let caller = self.caller.lock().clone();
         let r = self
             .io
             .session()
@@ -968,6 +1040,7 @@ impl FileState {
                     session_id: sid,
                     inode,
                     chunk_index: idx,
+                    caller: caller.clone(),
                 };
                 async move { m.read_chunk(req).await }
             })
@@ -1342,6 +1415,9 @@ impl FileHandle {
     pub async fn release(&self) -> Result<()> {
         let r = self.state.flush().await;
         let rel = self.state.io.release_inode(self.state.inode).await;
+        if self.state.changed() {
+            self.state.io.ns.changed(&[self.state.inode]);
+        }
         r.and(rel)
     }
 }
@@ -1394,6 +1470,43 @@ fn readahead_piece_len(start: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chunk write whose task ended without signalling (it panicked) is
+    /// not waited for again, and the file reports the lost data; finished
+    /// and running writes are told apart from it.
+    #[test]
+    fn a_write_task_that_ended_without_finishing_is_an_error_not_a_wait() {
+        let mut wb = WbState {
+            buf: WriteBuffer::new(1 << 20),
+            inflight: Vec::new(),
+            error: None,
+            known: KnownSize::default(),
+            generation: 0,
+        };
+        let (done_tx, done) = watch::channel(false);
+        done_tx.send(true).unwrap();
+        drop(done_tx);
+        let (running_tx, running) = watch::channel(false);
+        let (dead_tx, dead) = watch::channel(false);
+        drop(dead_tx);
+        for (index, rx) in [(0, done), (1, running), (2, dead)] {
+            wb.inflight.push(InFlight {
+                index,
+                start: 0,
+                end: 1,
+                done: rx,
+            });
+        }
+        assert!(wb.inflight[1].running());
+        assert!(!wb.inflight[0].running() && !wb.inflight[2].running());
+        wb.reap(42);
+        let left: Vec<u64> = wb.inflight.iter().map(|f| f.index).collect();
+        assert_eq!(left, vec![1], "only the running write is kept");
+        let e = wb.error.take().expect("the lost write is the file's error");
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.to_string().contains("chunk 2 of inode 42"), "{e}");
+        drop(running_tx);
+    }
 
     fn ext(off: u64, len: usize) -> (u64, Bytes) {
         (off, Bytes::from(vec![7u8; len]))

@@ -57,9 +57,11 @@ const RESENT_WINDOW_NS: i64 = 300_000_000_000;
 /// Settings of the FUSE filesystem.
 #[derive(Clone, Debug)]
 pub struct FsOptions {
-    /// How long the kernel may cache attributes.
+    /// How long the kernel may cache attributes (while the master offers no
+    /// metadata leases; with leases the kernel caches nothing and the
+    /// client's lease cache answers, see `client/ARCHITECTURE.md`, "Leases").
     pub attr_ttl: Duration,
-    /// How long the kernel may cache name lookups.
+    /// How long the kernel may cache name lookups (as `attr_ttl`).
     pub entry_ttl: Duration,
     /// Handle generation: 0 for a daemon that mounted, one more than the dead
     /// daemon's for a takeover. File handles carry it.
@@ -105,6 +107,9 @@ struct Shared {
     draining: std::sync::atomic::AtomicBool,
     /// Requests being served (counted by [`InFlight`]).
     in_flight: std::sync::atomic::AtomicUsize,
+    /// The kernel agreed to READDIRPLUS: directories are listed with their
+    /// entries' attributes (see [`Shared::snapshot`]).
+    readdirplus: std::sync::atomic::AtomicBool,
 }
 
 /// Counts a request as being served while alive.
@@ -295,8 +300,11 @@ fn kind_of(k: i32) -> fuser::FileType {
     }
 }
 
+/// The process a request is for, with its supplementary groups.
 fn caller(req: &Request) -> Caller {
-    Caller::new(req.uid(), req.gid(), req.pid())
+    let mut c = Caller::new(req.uid(), req.gid(), req.pid());
+    c.groups = crate::groups::of(c.pid, c.uid, c.gid);
+    c
 }
 
 fn set_time(t: TimeOrNow) -> SetTime {
@@ -623,13 +631,32 @@ impl Shared {
         })
     }
 
+    /// How long the kernel may keep a name: nothing while the lease cache
+    /// answers (the kernel learns of no break), else the mount's setting.
+    fn entry_ttl(&self) -> Duration {
+        if self.client.metadata_leases() {
+            Duration::ZERO
+        } else {
+            self.opts.entry_ttl
+        }
+    }
+
+    /// How long the kernel may keep attributes (as [`Shared::entry_ttl`]).
+    fn attr_ttl(&self) -> Duration {
+        if self.client.metadata_leases() {
+            Duration::ZERO
+        } else {
+            self.opts.attr_ttl
+        }
+    }
+
     fn reply_entry(&self, op: &str, r: Result<Attr, Error>, reply: ReplyEntry) {
         match r {
             Ok(a) => {
                 self.count(op, false);
                 self.note_xattrs(&a);
                 let a = self.client.with_local_size(a);
-                reply.entry(&self.opts.entry_ttl, &self.fattr(&a), Generation(0));
+                reply.entry(&self.entry_ttl(), &self.fattr(&a), Generation(0));
             }
             Err(e) => {
                 self.count(op, true);
@@ -661,7 +688,7 @@ impl Shared {
             Ok(a) => {
                 self.count(op, false);
                 self.note_xattrs(&a);
-                reply.attr(&self.opts.attr_ttl, &self.fattr(&a));
+                reply.attr(&self.attr_ttl(), &self.fattr(&a));
             }
             Err(e) => {
                 self.count(op, true);
@@ -694,9 +721,15 @@ impl Shared {
         }
     }
 
-    async fn snapshot(&self, ino: u64) -> Result<DirSnapshot, Error> {
-        // readdirplus is not negotiated with the kernel, so names are enough.
-        let (entries, parent) = self.client.readdir_all(ino, false).await?;
+    /// Lists directory `ino` for an open directory handle. Once the kernel
+    /// agreed to READDIRPLUS the listing carries every entry's attributes
+    /// (whether the kernel then asks READDIR or READDIRPLUS, which it decides
+    /// per call): they answer READDIRPLUS, and what the master leased fills
+    /// the lease cache, so the LOOKUP/GETATTR of each name that follows a
+    /// listing (`ls -l`, `find -type`, `du`) needs no master call.
+    async fn snapshot(&self, ino: u64, caller: &Caller) -> Result<DirSnapshot, Error> {
+        let plus = self.readdirplus.load(Ordering::Relaxed);
+        let (entries, parent) = self.client.readdir_all_as(ino, plus, caller).await?;
         let root = self.client.root();
         let parent = if ino == root || parent == 0 {
             root
@@ -732,6 +765,7 @@ impl AlcesFs {
                 lost_writes: Default::default(),
                 draining: Default::default(),
                 in_flight: Default::default(),
+                readdirplus: Default::default(),
             }),
             rt,
         }
@@ -856,6 +890,31 @@ impl AlcesFs {
     }
 }
 
+impl AlcesFs {
+    /// The listing of open directory handle `fh`; a handle of an earlier
+    /// daemon (after a takeover) has the directory listed again.
+    fn dir_snapshot(&self, req: &Request, ino: INodeNo, fh: Fh) -> Result<Arc<DirSnapshot>, Errno> {
+        if let Some(s) = self.shared.dirs.lock().get(&fh.0).cloned() {
+            return Ok(s);
+        }
+        let mut got = None;
+        let slot = &mut got;
+        let c = caller(req);
+        self.inline(|s| async move {
+            *slot = Some(s.snapshot(s.real(ino), &c).await);
+        });
+        match got {
+            Some(Ok(snap)) => {
+                let snap = Arc::new(snap);
+                self.shared.dirs.lock().insert(fh.0, snap.clone());
+                Ok(snap)
+            }
+            Some(Err(e)) => Err(errno(&e)),
+            None => Err(Errno::from_i32(libc::EIO)),
+        }
+    }
+}
+
 impl Filesystem for AlcesFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(max) = config.set_max_write(MAX_WRITE) {
@@ -890,6 +949,21 @@ impl Filesystem for AlcesFs {
                 tracing::debug!(?cap, "kernel lacks FUSE capability");
             }
         }
+        // Listings with attributes, the kernel choosing per call (AUTO): the
+        // first call of a listing, and later ones only while names of the
+        // directory are being looked up (see client/ARCHITECTURE.md,
+        // "Directory listings").
+        let plus = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS)
+            .is_ok();
+        if plus
+            && config
+                .add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO)
+                .is_err()
+        {
+            tracing::debug!("kernel lacks READDIRPLUS_AUTO: every listing call is READDIRPLUS");
+        }
+        self.shared.readdirplus.store(plus, Ordering::Relaxed);
         tracing::info!("FUSE session initialised");
         Ok(())
     }
@@ -1416,9 +1490,10 @@ impl Filesystem for AlcesFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let c = caller(req);
         self.inline(move |s| async move {
-            match s.snapshot(s.real(ino)).await {
+            match s.snapshot(s.real(ino), &c).await {
                 Ok(snap) => {
                     let fh = s.new_fh(0);
                     s.dirs.lock().insert(fh, Arc::new(snap));
@@ -1433,39 +1508,12 @@ impl Filesystem for AlcesFs {
         });
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: Fh,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let known = self.shared.dirs.lock().get(&fh.0).cloned();
-        let snap = match known {
-            Some(s) => s,
-            None => {
-                // A directory handle of an earlier daemon: list it again.
-                let mut got = None;
-                let slot = &mut got;
-                self.inline(|s| async move {
-                    *slot = Some(s.snapshot(s.real(ino)).await);
-                });
-                match got {
-                    Some(Ok(snap)) => {
-                        let snap = Arc::new(snap);
-                        self.shared.dirs.lock().insert(fh.0, snap.clone());
-                        snap
-                    }
-                    Some(Err(e)) => {
-                        reply.error(errno(&e));
-                        return;
-                    }
-                    None => {
-                        reply.error(Errno::from_i32(libc::EIO));
-                        return;
-                    }
-                }
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: Fh, offset: u64, mut reply: ReplyDirectory) {
+        let snap = match self.dir_snapshot(req, ino, fh) {
+            Ok(snap) => snap,
+            Err(e) => {
+                reply.error(e);
+                return;
             }
         };
         for (next, e) in snap.entries_from(offset) {
@@ -1483,42 +1531,74 @@ impl Filesystem for AlcesFs {
         reply.ok();
     }
 
+    /// Every entry (but "." and "..") the kernel takes from a READDIRPLUS
+    /// reply counts as a LOOKUP of it; this daemon keeps no per-inode lookup
+    /// count (inodes are the master's numbers and FORGET frees nothing), so
+    /// there is nothing to balance. Attributes come from the listing, and
+    /// are given the timeout of a LOOKUP answer.
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: Fh,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(snap) = self.shared.dirs.lock().get(&fh.0).cloned() else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
+        let snap = match self.dir_snapshot(req, ino, fh) {
+            Ok(snap) => snap,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
         };
-        self.spawn(move |s| async move {
-            let dir_attr = match s.client.getattr(s.real(ino)).await {
-                Ok(a) => a,
-                Err(e) => {
-                    reply.error(errno(&e));
-                    return;
-                }
-            };
+        self.inline(move |s| async move {
+            let dir = s.real(ino);
+            let mut dots: Option<Attr> = None;
             for (next, e) in snap.entries_from(offset) {
                 let attr = match (&e.attr, e.name.as_slice()) {
-                    (_, b"." | b"..") => dir_attr,
+                    // The kernel does not link "." and ".." (it skips
+                    // their attributes): the directory's when known (a
+                    // directory removed while open has none; only its
+                    // kind is sent then).
+                    (_, b"." | b"..") => {
+                        let a = match dots {
+                            Some(a) => a,
+                            None => {
+                                *dots.insert(s.client.getattr_local(dir).await.unwrap_or(Attr {
+                                    inode: dir,
+                                    kind: FileType::Directory as i32,
+                                    ..Default::default()
+                                }))
+                            }
+                        };
+                        Attr {
+                            inode: e.inode,
+                            ..a
+                        }
+                    }
                     (Some(a), _) => *a,
-                    (None, _) => match s.client.getattr(e.inode).await {
+                    // A listing without attributes (names only, as a
+                    // credential session without search permission gets):
+                    // one call per entry.
+                    (None, _) => match s.client.getattr_local(e.inode).await {
                         Ok(a) => a,
-                        Err(_) => continue,
+                        // Removed since the listing.
+                        Err(err) if err.errno() == libc::ENOENT => continue,
+                        Err(err) => {
+                            s.count("readdirplus", true);
+                            reply.error(errno(&err));
+                            return;
+                        }
                     },
                 };
+                s.note_xattrs(&attr);
                 let fa = s.fattr(&s.client.with_local_size(attr));
                 let ino = INodeNo(s.fuse_ino(e.inode));
                 if reply.add(
                     ino,
                     next,
                     OsStr::from_bytes(&e.name),
-                    &s.opts.entry_ttl,
+                    &s.entry_ttl(),
                     &fa,
                     Generation(0),
                 ) {
@@ -1740,7 +1820,7 @@ impl Filesystem for AlcesFs {
                     s.count("create", false);
                     s.note_xattrs(&attr);
                     reply.created(
-                        &s.opts.entry_ttl,
+                        &s.entry_ttl(),
                         &s.fattr(&attr),
                         Generation(0),
                         Fh(fh),

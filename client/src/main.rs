@@ -63,11 +63,18 @@ struct Args {
     #[arg(long, env = "ALCES_ALLOW_OTHER")]
     allow_other: bool,
 
-    /// Seconds the kernel may cache file attributes.
+    /// Cache no names and attributes under leases from the master (see
+    /// client/ARCHITECTURE.md, "Leases"): the kernel caches them for the
+    /// attribute and entry timeouts instead, which another mount's changes do
+    /// not shorten.
+    #[arg(long, env = "ALCES_NO_LEASES")]
+    no_leases: bool,
+
+    /// Seconds the kernel may cache file attributes (when leases are not used).
     #[arg(long, env = "ALCES_ATTR_TIMEOUT", default_value_t = 1.0, value_parser = parse_secs)]
     attr_timeout: f64,
 
-    /// Seconds the kernel may cache name lookups.
+    /// Seconds the kernel may cache name lookups (when leases are not used).
     #[arg(long, env = "ALCES_ENTRY_TIMEOUT", default_value_t = 1.0, value_parser = parse_secs)]
     entry_timeout: f64,
 
@@ -228,6 +235,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.read_only = args.read_only;
     config.client_name = format!("alces-mount {}", args.mountpoint.display());
     config.dir_attr_ttl = Duration::from_secs_f64(args.attr_timeout);
+    config.leases = !args.no_leases;
     // A takeover continues the dead daemon's session: its open files (an
     // unlinked one included), its file locks and its reply cache stay.
     let resume = handed

@@ -13,6 +13,7 @@ use alces_proto::pb;
 
 use crate::cache::BoundedCache;
 use crate::error::{Error, Result};
+use crate::leases::{Cached, Ticket};
 use crate::names::{validate_name, validate_symlink_target};
 use crate::session::Session;
 
@@ -21,6 +22,9 @@ pub use alces_proto::pb::{Attr, DirEntry, FileType, StatfsReply};
 /// Most directories whose attributes are kept after this client's own entry
 /// changes.
 const FRESH_DIRS: usize = 10_000;
+
+/// Entries asked for per `Readdir` page (the master's largest page).
+const READDIR_PAGE: u32 = 10_000;
 
 /// The identity of the process on whose behalf a call is made.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -168,9 +172,18 @@ impl Namespace {
         }
     }
 
-    /// Looks up `name` in directory `parent`.
+    /// Looks up `name` in directory `parent`: answered from the lease cache
+    /// when it holds the name (or knows it is missing), else by the master,
+    /// whose leased answer is cached.
     pub(crate) async fn lookup(&self, parent: u64, name: &[u8], caller: &Caller) -> Result<Attr> {
         let name = name_bytes(name)?;
+        let cache = self.session.cache();
+        match cache.lookup(parent, &name) {
+            Some(Cached::Found(a)) => return Ok(a),
+            Some(Cached::Missing) => return Err(missing(parent, &name)),
+            None => {}
+        }
+        let t = cache.ticket();
         let c = caller.to_pb();
         let r = self
             .session
@@ -181,17 +194,45 @@ impl Namespace {
                     parent,
                     name: name.clone(),
                     caller: Some(c.clone()),
+                    negative_reply: true,
                 };
                 async move { m.lookup(req).await }
             })
             .await?;
+        if r.leased {
+            cache.put_lookup(t, parent, &name, r.attr.as_ref());
+        } else if let Some(a) = &r.attr {
+            cache.note_unleased(t, a);
+        }
+        r.attr.ok_or_else(|| missing(parent, &name))
+    }
+
+    /// Attributes of `inode`, from the lease cache when it holds them, else
+    /// from the master (and cached when leased). Only for an inode this client
+    /// does not have open: its own writes change the attributes without a
+    /// break (see [`Namespace::getattr`]).
+    pub(crate) async fn getattr_cached(&self, inode: u64) -> Result<Attr> {
+        let cache = self.session.cache();
+        if let Some(a) = cache.getattr(inode) {
+            return Ok(a);
+        }
+        let t = cache.ticket();
+        let r = self.getattr_call(inode).await?;
+        if r.leased {
+            if let Some(a) = &r.attr {
+                cache.put_attr(t, a);
+            }
+        }
         attr_of(r)
     }
 
-    /// Attributes of `inode`.
+    /// Attributes of `inode`, from the master.
     pub(crate) async fn getattr(&self, inode: u64) -> Result<Attr> {
-        let r = self
-            .session
+        attr_of(self.getattr_call(inode).await?)
+    }
+
+    async fn getattr_call(&self, inode: u64) -> Result<pb::AttrReply> {
+        self.session
             .call("getattr", |mut m, sid| {
                 let req = pb::InodeRequest {
                     session_id: sid,
@@ -200,8 +241,34 @@ impl Namespace {
                 };
                 async move { m.get_attr(req).await }
             })
-            .await?;
-        attr_of(r)
+            .await
+    }
+
+    /// After this client's own change of `inodes` (their attributes) that did
+    /// not go through an entry call: drops them from the lease cache.
+    pub(crate) fn changed(&self, inodes: &[u64]) {
+        self.session.cache().invalidate(inodes);
+    }
+
+    /// After this client's own change of the entry `name` in `parent`,
+    /// answered by `r`: the lease cache follows (see
+    /// [`MetaCache::changed_entry`](crate::leases::MetaCache::changed_entry)).
+    fn entry_changed(&self, t: Ticket, parent: u64, name: &[u8], r: &pb::AttrReply, dir: bool) {
+        let (a, p) = (r.attr.as_ref(), r.parent.as_ref());
+        self.session
+            .cache()
+            .changed_entry(t, parent, name, a, p, r.leased, dir);
+    }
+
+    /// After a failed change: an error the master chose leaves no trace, but
+    /// one from the transport (EIO after retries) may hide a change that was
+    /// made, so the whole lease cache is dropped.
+    fn failed<T>(&self, r: &Result<T>) {
+        if let Err(e) = r {
+            if e.errno() == libc::EIO {
+                self.session.cache().invalidate(&[0]);
+            }
+        }
     }
 
     /// Remembers directory attributes the master returned with an entry change.
@@ -297,7 +364,11 @@ impl Namespace {
                     tracing::debug!(inode = req.inode, error = %e, "size change must wait; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                r => return attr_of(r?),
+                r => {
+                    // Its own change: no break comes for it.
+                    self.changed(&[req.inode]);
+                    return attr_of(r?);
+                }
             }
         }
     }
@@ -327,6 +398,7 @@ impl Namespace {
         self.session.check_writable()?;
         let c = caller.to_pb();
         let node = *node;
+        let t = self.session.cache().ticket();
         let r = self
             .session
             .call_once("mknod", |mut m, sid, tag| {
@@ -345,7 +417,10 @@ impl Namespace {
                 };
                 async move { m.mknod(req).await }
             })
-            .await?;
+            .await;
+        self.failed(&r);
+        let r = r?;
+        self.entry_changed(t, parent, &name, &r, false);
         self.note_dirs([r.parent]);
         Ok(r)
     }
@@ -362,6 +437,7 @@ impl Namespace {
         let name = name_bytes(name)?;
         self.session.check_writable()?;
         let c = caller.to_pb();
+        let t = self.session.cache().ticket();
         let r = self
             .session
             .call_once("mkdir", |mut m, sid, tag| {
@@ -376,7 +452,10 @@ impl Namespace {
                 };
                 async move { m.mkdir(req).await }
             })
-            .await?;
+            .await;
+        self.failed(&r);
+        let r = r?;
+        self.entry_changed(t, parent, &name, &r, true);
         self.note_dirs([r.parent]);
         attr_of(r)
     }
@@ -394,6 +473,7 @@ impl Namespace {
         self.session.check_writable()?;
         let c = caller.to_pb();
         let target = target.to_vec();
+        let t = self.session.cache().ticket();
         let r = self
             .session
             .call_once("symlink", |mut m, sid, tag| {
@@ -407,7 +487,10 @@ impl Namespace {
                 };
                 async move { m.symlink(req).await }
             })
-            .await?;
+            .await;
+        self.failed(&r);
+        let r = r?;
+        self.entry_changed(t, parent, &name, &r, false);
         self.note_dirs([r.parent]);
         attr_of(r)
     }
@@ -423,6 +506,7 @@ impl Namespace {
         let name = name_bytes(new_name)?;
         self.session.check_writable()?;
         let c = caller.to_pb();
+        let t = self.session.cache().ticket();
         let r = self
             .session
             .call_once("link", |mut m, sid, tag| {
@@ -436,7 +520,10 @@ impl Namespace {
                 };
                 async move { m.link(req).await }
             })
-            .await?;
+            .await;
+        self.failed(&r);
+        let r = r?;
+        self.entry_changed(t, new_parent, &name, &r, false);
         self.note_dirs([r.parent]);
         attr_of(r)
     }
@@ -467,6 +554,7 @@ impl Namespace {
             Removal::Unlink => "unlink",
             Removal::Rmdir => "rmdir",
         };
+        let t = self.session.cache().ticket();
         let r = self
             .session
             .call_once(what, |mut m, sid, tag| {
@@ -476,6 +564,7 @@ impl Namespace {
                     parent,
                     name: name.clone(),
                     caller: Some(c.clone()),
+                    negative_reply: false,
                 };
                 async move {
                     match how {
@@ -484,7 +573,11 @@ impl Namespace {
                     }
                 }
             })
-            .await?;
+            .await;
+        self.failed(&r);
+        let r = r?;
+        let cache = self.session.cache();
+        cache.changed_entry(t, parent, &name, None, r.parent.as_ref(), r.leased, false);
         self.note_dirs([r.parent]);
         Ok(())
     }
@@ -511,6 +604,7 @@ impl Namespace {
         }
         self.session.check_writable()?;
         let c = caller.to_pb();
+        let t = self.session.cache().ticket();
         let r = self
             .session
             .call_once("rename", |mut m, sid, tag| {
@@ -526,7 +620,21 @@ impl Namespace {
                 };
                 async move { m.rename(req).await }
             })
-            .await?;
+            .await;
+        self.failed(&r);
+        let r = r?;
+        // An exchange leaves both names taken: only dropped, never updated.
+        let leased = r.leased && flags & rename_flags::EXCHANGE == 0;
+        self.session.cache().renamed(
+            t,
+            parent,
+            &name,
+            new_parent,
+            &new_name,
+            r.parent.as_ref(),
+            r.new_parent.as_ref().or(r.parent.as_ref()),
+            leased,
+        );
         self.note_dirs([r.parent, r.new_parent]);
         Ok(())
     }
@@ -554,8 +662,10 @@ impl Namespace {
         after_name: &[u8],
         limit: u32,
         plus: bool,
+        caller: Option<&Caller>,
     ) -> Result<pb::ReaddirReply> {
         let after = after_name.to_vec();
+        let caller = caller.map(Caller::to_pb);
         self.session
             .call("readdir", |mut m, sid| {
                 let req = pb::ReaddirRequest {
@@ -564,6 +674,7 @@ impl Namespace {
                     after_name: after.clone(),
                     limit,
                     plus,
+                    caller: caller.clone(),
                 };
                 async move { m.readdir(req).await }
             })
@@ -571,22 +682,53 @@ impl Namespace {
     }
 
     /// The whole directory `inode` (paging through it) and its parent inode.
-    pub(crate) async fn readdir_all(&self, inode: u64, plus: bool) -> Result<(Vec<DirEntry>, u64)> {
+    /// With `plus`, each entry comes with its attributes, and what the master
+    /// leased goes to the lease cache (see
+    /// [`MetaCache::put_listing`](crate::leases::MetaCache::put_listing)): a
+    /// `stat` of every listed name then needs no master call.
+    pub(crate) async fn readdir_all(
+        &self,
+        inode: u64,
+        plus: bool,
+        caller: Option<&Caller>,
+    ) -> Result<(Vec<DirEntry>, u64)> {
+        let cache = self.session.cache();
+        // Taken before the first page: a break during any page voids it.
+        let t = cache.ticket();
         let mut out: Vec<DirEntry> = Vec::new();
         let mut parent = 0;
+        let mut every_page_leased = true;
         loop {
             let after = out.last().map(|e| e.name.clone()).unwrap_or_default();
-            let page = self.readdir_page(inode, &after, 10_000, plus).await?;
+            let mut page = self
+                .readdir_page(inode, &after, READDIR_PAGE, plus, caller)
+                .await?;
             parent = if page.parent != 0 {
                 page.parent
             } else {
                 parent
             };
+            every_page_leased &= page.leased;
+            if !page.leased {
+                // Entries are leased only under the directory's lease.
+                page.entries.iter_mut().for_each(|e| e.leased = false);
+            }
             let n = page.entries.len();
             out.extend(page.entries);
             if page.eof || n == 0 {
                 break;
             }
+        }
+        if plus {
+            let leased: Vec<(&[u8], &Attr)> = out
+                .iter()
+                .filter(|e| e.leased)
+                .filter_map(|e| e.attr.as_ref().map(|a| (e, a)))
+                .filter(|(e, a)| a.inode == e.inode && e.inode != 0)
+                .map(|(e, a)| (e.name.as_slice(), a))
+                .collect();
+            let complete = every_page_leased && leased.len() == out.len();
+            cache.put_listing(t, inode, &leased, complete);
         }
         Ok((out, parent))
     }
@@ -686,7 +828,8 @@ impl Namespace {
         let name = name.to_vec();
         let value = value.to_vec();
         let c = caller.to_pb();
-        self.session
+        let r = self
+            .session
             .call_once("setxattr", |mut m, sid, tag| {
                 let req = pb::SetXattrRequest {
                     tag: Some(tag),
@@ -699,8 +842,9 @@ impl Namespace {
                 };
                 async move { m.set_xattr(req).await }
             })
-            .await?;
-        Ok(())
+            .await;
+        self.changed(&[inode]);
+        r.map(|_| ())
     }
 
     /// Names of the extended attributes of `inode`.
@@ -725,7 +869,8 @@ impl Namespace {
         self.session.check_writable()?;
         let name = name.to_vec();
         let c = caller.to_pb();
-        self.session
+        let r = self
+            .session
             .call_once("removexattr", |mut m, sid, tag| {
                 let req = pb::XattrRequest {
                     tag: Some(tag),
@@ -736,8 +881,9 @@ impl Namespace {
                 };
                 async move { m.remove_xattr(req).await }
             })
-            .await?;
-        Ok(())
+            .await;
+        self.changed(&[inode]);
+        r.map(|_| ())
     }
 
     /// Resolves a path relative to this client's root ("/a/b", "a/b"; symlinks
@@ -803,4 +949,15 @@ impl Namespace {
         }
         Ok(attr)
     }
+}
+
+/// The error of a name that does not exist.
+fn missing(parent: u64, name: &[u8]) -> Error {
+    Error::new(
+        libc::ENOENT,
+        format!(
+            "no entry {:?} in directory {parent}",
+            String::from_utf8_lossy(name)
+        ),
+    )
 }

@@ -116,10 +116,21 @@ impl OpenFiles {
     /// Attributes of `inode` with the size as this client knows it: including
     /// data it wrote but did not flush yet and its own truncates.
     pub(crate) async fn getattr_local(&self, inode: u64) -> Result<Attr> {
-        if let Some(a) = self.ns().take_fresh_dir(inode) {
-            return Ok(a);
+        // With leases the lease cache answers instead, kept coherent by the
+        // master (the fresh-directory record is not).
+        let leases = self.io.session().cache().supported();
+        if !leases {
+            if let Some(a) = self.ns().take_fresh_dir(inode) {
+                return Ok(a);
+            }
         }
         let st = self.open_state(inode);
+        // The cache may answer unless this client wrote or truncated the
+        // file while it is open: such changes reach the master with no break
+        // for this session, and the size this client knows is combined below.
+        if leases && st.as_ref().is_none_or(|st| !st.changed()) {
+            return self.ns().getattr_cached(inode).await;
+        }
         let ticket = st.as_ref().map(|st| st.ticket());
         let mut a = self.ns().getattr(inode).await?;
         if let (Some(st), Some(t)) = (st, ticket) {
@@ -165,13 +176,16 @@ impl OpenFiles {
         if let (Some(st), Some(t)) = (st, ticket) {
             a.size = st.observe(t, a.size);
         }
+        self.ns().changed(&[inode]);
         Ok(a)
     }
 
     /// Truncates or extends `inode` to `size` bytes.
     pub(crate) async fn truncate(&self, inode: u64, size: u64, caller: &Caller) -> Result<Attr> {
         self.io.session().check_writable()?;
-        self.file_state(inode).truncate(size, caller).await
+        let r = self.file_state(inode).truncate(size, caller).await;
+        self.ns().changed(&[inode]);
+        r
     }
 
     /// Opens `inode` for I/O with open(2) `flags`. Fetches fresh attributes
@@ -262,6 +276,7 @@ impl OpenFiles {
         let inode = attr.inode;
         let acc = flags & libc::O_ACCMODE;
         self.io.count_open(inode);
+        st.set_caller(caller);
         if flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY && attr.size > 0 {
             match st.truncate(0, caller).await {
                 Ok(a) => attr = a,

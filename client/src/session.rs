@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use tonic::Status;
 
 use crate::error::{Error, Result};
+use crate::leases::MetaCache;
 
 /// How to reach and use a filesystem.
 #[derive(Clone, Debug)]
@@ -55,6 +56,9 @@ pub struct ClientConfig {
     /// instead of asking the master again. Use the mount's attribute timeout: it
     /// is the same staleness the kernel's attribute cache already allows.
     pub dir_attr_ttl: Duration,
+    /// Open a lease stream with the master and cache names and attributes
+    /// it leases (see [`crate::leases`]).
+    pub leases: bool,
 }
 
 impl ClientConfig {
@@ -74,6 +78,7 @@ impl ClientConfig {
             max_parallel_reads: 16,
             max_parallel_writes: 4,
             dir_attr_ttl: Duration::from_secs(1),
+            leases: true,
         }
     }
 }
@@ -153,6 +158,9 @@ struct SessionInner {
     /// The file locks this session holds, by (inode, lock owner), as the
     /// master last answered: re-asserted after every re-registration.
     held_locks: Mutex<HashMap<(u64, u64), Vec<pb::HeldLock>>>,
+    /// Names and attributes leased by the master (see [`crate::leases`]),
+    /// kept coherent by [`lease_loop`].
+    cache: Arc<MetaCache>,
 }
 
 /// The ids of this client's tagged mutations: handed out in increasing order,
@@ -291,6 +299,7 @@ impl Session {
                 reconnects: AtomicU64::new(0),
                 requests: Mutex::new(RequestIds::default()),
                 held_locks: Mutex::new(HashMap::new()),
+                cache: Arc::new(MetaCache::new()),
             }),
         })
     }
@@ -334,6 +343,9 @@ impl Session {
         }
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(renew_loop(weak));
+        if self.inner.config.leases {
+            tokio::spawn(lease_loop(Arc::downgrade(&self.inner)));
+        }
         Ok(inherited)
     }
 
@@ -801,6 +813,11 @@ impl Session {
             .map_err(|s| Error::new(libc::EIO, format!("closing session {sid}: {}", s.message())))
     }
 
+    /// The cache of leased names and attributes.
+    pub(crate) fn cache(&self) -> &MetaCache {
+        &self.inner.cache
+    }
+
     /// Stops lease renewal and closes the session with the master (errors are
     /// ignored: an unclosed session expires).
     pub(crate) async fn close(&self) {
@@ -810,6 +827,118 @@ impl Session {
             .master()
             .close_session(pb::SessionRef { session_id: sid })
             .await;
+    }
+}
+
+/// How often the lease stream renews the leases, as a part of their length.
+const RENEWALS_PER_LEASE: u32 = 4;
+
+/// Keeps the session's lease stream open (see [`crate::leases`]): opens it,
+/// renews the leases, applies the master's breaks and acknowledges them, and
+/// when the stream ends for any reason drops the whole cache before opening a
+/// new one. Ends when the session is closed or the master does not offer
+/// leases (an older master: nothing is ever cached then).
+async fn lease_loop(weak: Weak<SessionInner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let session = Session { inner };
+        let opened = Instant::now();
+        match lease_stream(&session).await {
+            Ok(()) => {}
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    "the master offers no metadata leases; names and attributes are not cached"
+                );
+                session.cache().reset();
+                return;
+            }
+            Err(s) => {
+                tracing::debug!(error = %s.message(), "lease stream ended");
+            }
+        }
+        session.cache().reset();
+        if opened.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        drop(session);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+    }
+}
+
+/// One lease stream, until it ends.
+async fn lease_stream(session: &Session) -> std::result::Result<(), Status> {
+    let cache = session.inner.cache.clone();
+    let sid = session.session_id();
+    let (up, rx) = tokio::sync::mpsc::channel::<pb::LeaseUp>(64);
+    let hello = pb::LeaseUp {
+        msg: Some(pb::lease_up::Msg::Hello(pb::SessionRef { session_id: sid })),
+    };
+    up.send(hello)
+        .await
+        .map_err(|_| Status::internal("lease stream closed"))?;
+    let sent = Instant::now();
+    let mut down = session
+        .master()
+        .leases(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let lease = match down.message().await?.and_then(|m| m.msg) {
+        Some(pb::lease_down::Msg::LeaseMs(ms)) if ms > 0 => Duration::from_millis(ms),
+        other => {
+            return Err(Status::internal(format!(
+                "the master opened the lease stream with {other:?} instead of the lease length"
+            )))
+        }
+    };
+    cache.stream_opened(sent + lease);
+    tracing::debug!(?lease, "lease stream open");
+    let mut renewals: HashMap<u64, Instant> = HashMap::new();
+    let mut next = 0u64;
+    let mut tick = tokio::time::interval(lease / RENEWALS_PER_LEASE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if session.inner.closed.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                next += 1;
+                renewals.insert(next, Instant::now());
+                // Renewals not answered within a lease are of no use any more.
+                renewals.retain(|_, t| t.elapsed() < lease);
+                let msg = pb::LeaseUp { msg: Some(pb::lease_up::Msg::Renew(next)) };
+                if up.send(msg).await.is_err() {
+                    return Ok(());
+                }
+            }
+            m = down.message() => {
+                let Some(m) = m? else { return Ok(()) };
+                match m.msg {
+                    Some(pb::lease_down::Msg::Renewed(n)) => {
+                        if let Some(t) = renewals.remove(&n) {
+                            cache.renewed(t, lease);
+                        }
+                    }
+                    Some(pb::lease_down::Msg::Break(b)) => {
+                        cache.invalidate(&b.inodes);
+                        let ack = pb::LeaseUp { msg: Some(pb::lease_up::Msg::Ack(b.seq)) };
+                        if up.send(ack).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    other => {
+                        return Err(Status::internal(format!(
+                            "unexpected message on the lease stream: {other:?}"
+                        )))
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -178,6 +178,27 @@ impl Client {
     pub async fn check_consistency(&self) -> Result<ConsistencyReport> {
         admin_call(self.admin()?.check_consistency(Empty {}).await)
     }
+
+    /// Issues a credential scoped to the directory `rule.path` (an absolute
+    /// filesystem path); its token is in the reply only. Cluster secret only.
+    pub async fn credential_issue(
+        &self,
+        rule: pb::CredentialRule,
+    ) -> Result<pb::IssueCredentialReply> {
+        let req = pb::IssueCredentialRequest { rule: Some(rule) };
+        admin_call(self.admin()?.issue_credential(req).await)
+    }
+
+    /// Every credential of the cluster, revoked ones included (never tokens).
+    pub async fn credential_list(&self) -> Result<Vec<pb::CredentialInfo>> {
+        admin_call(self.admin()?.list_credentials(Empty {}).await).map(|l| l.credentials)
+    }
+
+    /// Revokes credential `id` (revoking a revoked one is OK).
+    pub async fn credential_revoke(&self, id: u64) -> Result<pb::CredentialInfo> {
+        let req = pb::RevokeCredentialRequest { id };
+        admin_call(self.admin()?.revoke_credential(req).await)
+    }
 }
 
 fn admin_call<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Result<T> {

@@ -13,7 +13,7 @@ mod layers_check;
 fn layer(module: &str) -> u32 {
     match module {
         "cache" | "chain" | "writebuf" | "filesize" | "readahead" | "layout" | "dirsnap"
-        | "names" | "error" | "takeover" => 1,
+        | "names" | "error" | "takeover" | "leases" | "groups" => 1,
         "session" | "journal" => 2,
         "namespace" | "locks" => 3,
         "file" => 4,

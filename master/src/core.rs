@@ -99,6 +99,14 @@ pub struct Inner {
     pub tails: crate::runtime::tails::Tails,
     /// File locks and the requests waiting for one (never persisted).
     pub locks: crate::runtime::locks::LockTable,
+    /// Metadata leases of client sessions (never persisted).
+    pub leases: crate::runtime::leases::Leases,
+    /// The session whose request is being committed: its own leases are not
+    /// broken by its changes (the client updates its cache itself).
+    pub author: Option<u64>,
+    /// Lease breaks the changes committed under this lock hold must wait for
+    /// before they are acknowledged (taken by [`Core::mutate`]).
+    pub break_waits: Vec<crate::runtime::leases::BreakWait>,
 }
 
 /// Hands memory the allocator holds but no longer uses back to the system.
@@ -157,6 +165,8 @@ impl Core {
         settings: Settings,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
+        let mut state = state;
+        state.inodes.track_changes();
         let writer = Writer::start(
             &settings.data_dir,
             state.version + 1,
@@ -179,6 +189,9 @@ impl Core {
                 startup_orphans_done: false,
                 tails,
                 locks: Default::default(),
+                leases: Default::default(),
+                author: None,
+                break_waits: Vec::new(),
             }),
             writer: Mutex::new(Some(writer)),
             durable,
@@ -255,7 +268,20 @@ impl Core {
             op: Some(op),
             reply: None,
         };
-        let applied = apply(&mut inner.state, &rec)?;
+        let applied = match apply(&mut inner.state, &rec) {
+            Ok(a) => a,
+            Err(e) => {
+                inner.state.inodes.take_touched();
+                return Err(e);
+            }
+        };
+        let touched = inner.state.inodes.take_touched();
+        if inner.leases.any_held(&touched) {
+            let waits = inner
+                .leases
+                .break_leases(&touched, inner.author, Instant::now());
+            inner.break_waits.extend(waits);
+        }
         if let Some(r) = reply(inner) {
             // The master looked the request up in the cache under this lock
             // before deciding the op, so it is new; checked all the same, as
@@ -331,18 +357,52 @@ impl Core {
         &self,
         f: impl FnOnce(&Core, &mut Inner) -> FsResult<(Option<u64>, R)>,
     ) -> Result<R, Status> {
+        self.mutate_by(None, f).await
+    }
+
+    /// As [`Core::mutate`] for a change made by session `author` (None: by
+    /// nobody's request): other sessions' leases on what it changes are broken
+    /// and the answer waits until they acknowledged or expired.
+    async fn mutate_by<R>(
+        &self,
+        author: Option<u64>,
+        f: impl FnOnce(&Core, &mut Inner) -> FsResult<(Option<u64>, R)>,
+    ) -> Result<R, Status> {
         if self.hub.is_fenced() {
             return Err(Status::unavailable(
                 "this master is stepping down or was replaced by a newer one; retry against the current master",
             ));
         }
-        let (v, r) = {
+        let (res, waits) = {
             let mut g = self.inner.lock();
-            f(self, &mut g)?
+            // Breaks of changes committed outside `mutate` (maintenance) were
+            // sent; nobody waits for them.
+            g.break_waits.clear();
+            g.author = author;
+            let res = f(self, &mut g);
+            g.author = None;
+            (res, std::mem::take(&mut g.break_waits))
         };
-        if let Some(v) = v {
-            self.wait_durable(v).await?;
-        }
+        let breaks = async {
+            for w in waits {
+                w.wait().await;
+            }
+        };
+        let (v, r) = match res {
+            Ok(vr) => vr,
+            Err(e) => {
+                breaks.await;
+                return Err(e.into());
+            }
+        };
+        let durable = async {
+            match v {
+                Some(v) => self.wait_durable(v).await,
+                None => Ok(()),
+            }
+        };
+        let (d, ()) = tokio::join!(durable, breaks);
+        d?;
         Ok(r)
     }
 
@@ -353,7 +413,7 @@ impl Core {
         session: u64,
         f: impl FnOnce(&Core, &mut Inner) -> FsResult<(Option<u64>, R)>,
     ) -> Result<R, Status> {
-        self.mutate(|core, inner| {
+        self.mutate_by(Some(session), |core, inner| {
             core.check_writable(inner, session)?;
             f(core, inner)
         })
@@ -407,6 +467,13 @@ impl Core {
             self.metrics.reply_cache_hits.inc();
         }
         Ok(r)
+    }
+
+    /// Runs `f` under the lock, for a read that also changes what is only
+    /// known while running (lease grants); commits nothing.
+    pub fn locked<T>(&self, f: impl FnOnce(&mut Inner) -> FsResult<T>) -> Result<T, Status> {
+        let mut g = self.inner.lock();
+        f(&mut g).map_err(Status::from)
     }
 
     /// Runs the read-only `f` under the lock.

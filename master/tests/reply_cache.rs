@@ -36,6 +36,7 @@ fn entry(sid: u64, parent: u64, name: &str, t: Option<pb::RequestTag>) -> pb::En
         parent,
         name: name.as_bytes().to_vec(),
         caller: caller(),
+        negative_reply: false,
     }
 }
 

@@ -179,6 +179,7 @@ async fn namespace_entries_readdir_and_xattrs() {
             parent: dir.inode,
             name: b"file".to_vec(),
             caller: caller(),
+            negative_reply: false,
         })
         .await
         .unwrap()
@@ -366,7 +367,8 @@ async fn bad_input_gets_a_clear_errno() {
             c.read_chunk(pb::ChunkRequest {
                 session_id: sid,
                 inode: 1,
-                chunk_index: 0
+                chunk_index: 0,
+                caller: None,
             })
             .await
         ),
@@ -377,7 +379,8 @@ async fn bad_input_gets_a_clear_errno() {
             c.write_chunk(pb::ChunkRequest {
                 session_id: sid,
                 inode: file.inode,
-                chunk_index: u64::MAX
+                chunk_index: u64::MAX,
+                caller: None,
             })
             .await
         ),
@@ -417,7 +420,8 @@ async fn chunks_are_placed_versioned_and_replicated() {
             c.write_chunk(pb::ChunkRequest {
                 session_id: sid,
                 inode: file.inode,
-                chunk_index: 0
+                chunk_index: 0,
+                caller: None,
             })
             .await
         ),
@@ -458,6 +462,7 @@ async fn chunks_are_placed_versioned_and_replicated() {
             session_id: sid,
             inode: file.inode,
             chunk_index: 0,
+            caller: None,
         })
         .await
         .unwrap()
@@ -493,6 +498,7 @@ async fn chunks_are_placed_versioned_and_replicated() {
             session_id: sid,
             inode: file.inode,
             chunk_index: 0,
+            caller: None,
         })
         .await
         .unwrap()
@@ -533,6 +539,7 @@ async fn chunks_are_placed_versioned_and_replicated() {
             session_id: sid,
             inode: file.inode,
             chunk_index: 5,
+            caller: None,
         })
         .await
         .unwrap()
@@ -599,6 +606,7 @@ async fn chunks_are_placed_versioned_and_replicated() {
             session_id: sid,
             inode: file.inode,
             chunk_index: 0,
+            caller: None,
         })
         .await
         .unwrap()
@@ -756,6 +764,7 @@ async fn an_open_file_outlives_its_unlink() {
             session_id: sid,
             inode: file.inode,
             chunk_index: 0,
+            caller: None,
         })
         .await
         .unwrap()
@@ -799,6 +808,7 @@ async fn an_open_file_outlives_its_unlink() {
         parent: dir.inode,
         name: b"file".to_vec(),
         caller: None,
+        negative_reply: false,
     })
     .await
     .unwrap();
@@ -844,7 +854,8 @@ async fn an_open_file_outlives_its_unlink() {
                 session_id: sid,
                 parent: 1,
                 name: b"ln".to_vec(),
-                caller: None
+                caller: None,
+                negative_reply: false,
             })
             .await
         ),
@@ -949,8 +960,9 @@ async fn a_write_after_a_restart_waits_for_the_chunkservers_with_eagain() {
         session_id: sid,
         inode: file.inode,
         chunk_index: 0,
+        caller: None,
     };
-    let w = c.write_chunk(req).await.unwrap().into_inner();
+    let w = c.write_chunk(req.clone()).await.unwrap().into_inner();
     let chunk = w.chunk_id;
     heartbeat(&mut cm, 1, vec![info(chunk, 1)]).await;
     heartbeat(&mut cm, 2, vec![info(chunk, 1)]).await;
@@ -980,8 +992,9 @@ async fn a_write_after_a_restart_waits_for_the_chunkservers_with_eagain() {
         session_id: sid,
         inode: file.inode,
         chunk_index: 0,
+        caller: None,
     };
-    let e = c.write_chunk(req).await.unwrap_err();
+    let e = c.write_chunk(req.clone()).await.unwrap_err();
     assert_eq!(errno::of(&e), libc::EAGAIN, "{e:?}");
     assert!(e.message().contains("no valid copy"), "{e:?}");
     // Once a holder registers, the same request opens a session on it.
@@ -993,7 +1006,7 @@ async fn a_write_after_a_restart_waits_for_the_chunkservers_with_eagain() {
         vec![info(chunk, 1)],
     )
     .await;
-    let w = c.write_chunk(req).await.unwrap().into_inner();
+    let w = c.write_chunk(req.clone()).await.unwrap().into_inner();
     assert_eq!((w.chunk_id, w.old_version, w.version), (chunk, 1, 2));
     assert_eq!(
         w.chain.iter().map(|l| l.server_id).collect::<Vec<_>>(),
@@ -1015,8 +1028,9 @@ async fn a_write_waits_for_a_replication_in_flight() {
         session_id: sid,
         inode: file.inode,
         chunk_index: 0,
+        caller: None,
     };
-    let w = c.write_chunk(req).await.unwrap().into_inner();
+    let w = c.write_chunk(req.clone()).await.unwrap().into_inner();
     let chunk = w.chunk_id;
     heartbeat(&mut cm, 1, vec![info(chunk, 1)]).await;
     c.write_chunk_end(pb::WriteChunkEndRequest {
@@ -1045,7 +1059,7 @@ async fn a_write_waits_for_a_replication_in_flight() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A write now would make the copy stale before it lands: try again.
-    let e = c.write_chunk(req).await.unwrap_err();
+    let e = c.write_chunk(req.clone()).await.unwrap_err();
     assert_eq!(errno::of(&e), libc::EAGAIN, "{e:?}");
     assert!(
         e.message().contains("being copied to chunkserver 2"),
@@ -1053,7 +1067,7 @@ async fn a_write_waits_for_a_replication_in_flight() {
     );
     // The copy lands; the write goes ahead on both copies.
     heartbeat(&mut cm, 2, vec![info(chunk, 1)]).await;
-    let w = c.write_chunk(req).await.unwrap().into_inner();
+    let w = c.write_chunk(req.clone()).await.unwrap().into_inner();
     assert_eq!((w.chunk_id, w.old_version, w.version), (chunk, 1, 2));
     let mut chain: Vec<u64> = w.chain.iter().map(|l| l.server_id).collect();
     chain.sort_unstable();

@@ -107,6 +107,7 @@ async fn a_takeover_keeps_opens_locks_and_cached_replies() {
         name: b"f".to_vec(),
         caller: caller(),
         tag: tag(1),
+        negative_reply: false,
     })
     .await
     .unwrap();

@@ -9,7 +9,7 @@ use alces_proto::pb;
 use alces_proto::pb::changelog_record::Op;
 use tonic::Status;
 
-use crate::core::{Core, Inner};
+use crate::core::{now_ns, Core, Inner};
 use crate::runtime::chunkmap::Server;
 use crate::runtime::replication::chunkserver_quorum;
 use crate::state::error::FsError;
@@ -46,6 +46,7 @@ pub fn register(
         epoch: core.epoch,
         cluster_id: inner.state.cluster_id.clone(),
         heartbeat_ms: HEARTBEAT_MS,
+        revoked_credentials: crate::domain::credentials::recently_revoked(inner, now_ns()),
     })
 }
 
@@ -70,6 +71,7 @@ pub fn heartbeat(
             commands: Vec::new(),
             epoch: core.epoch,
             reregister: true,
+            revoked_credentials: Vec::new(),
         },
         Some((commands, adoptions)) => {
             core.adopt(inner, &adoptions);
@@ -77,6 +79,7 @@ pub fn heartbeat(
                 commands,
                 epoch: core.epoch,
                 reregister: false,
+                revoked_credentials: crate::domain::credentials::recently_revoked(inner, now_ns()),
             }
         }
     };

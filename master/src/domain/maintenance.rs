@@ -20,6 +20,7 @@ pub fn tick(core: &Core) -> bool {
     let (closed, released) = inner.sessions.expire(now, core.settings.session_timeout);
     for sid in &closed {
         let locks = inner.locks.release_session(*sid);
+        inner.leases.forget(*sid);
         tracing::info!(session = sid, locks, "session lease expired: closed");
         inner.tails.session_gone(&inner.state, *sid);
     }

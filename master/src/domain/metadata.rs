@@ -3,6 +3,8 @@
 //! attributes and statfs. Each mutation checks the session,
 //! decides one changelog op, commits it and answers once it is durable.
 
+use std::time::Instant;
+
 use alces_proto::pb::changelog_record::Op;
 use alces_proto::pb::{self, FileType, SetAttrField};
 use tonic::Status;
@@ -27,6 +29,7 @@ pub fn attr_reply(inner: &Inner, ino: u64) -> FsResult<pb::AttrReply> {
         attr: Some(inner.state.attr(ino)?),
         parent: None,
         first_chunk: None,
+        leased: false,
     })
 }
 
@@ -37,6 +40,7 @@ fn entry_change(inner: &Inner, parent: u64, new_parent: u64) -> pb::EntryChangeR
         new_parent: (new_parent != parent)
             .then(|| inner.state.attr(new_parent).ok())
             .flatten(),
+        leased: false,
     }
 }
 
@@ -49,17 +53,42 @@ fn owner(c: &Option<pb::Caller>) -> Owner {
         .unwrap_or_default()
 }
 
-/// `Lookup`: `name` in directory `parent`.
+/// `Lookup`: `name` in directory `parent`. The session is granted leases
+/// on the parent's entries and the found inode when its lease stream is open
+/// (see [`crate::runtime::leases`]); with `negative_reply`, a missing name is
+/// answered as a reply without attributes (leased on the parent).
 pub fn lookup(core: &Core, r: &pb::EntryRequest) -> Result<pb::AttrReply, Status> {
-    core.read(|i| {
-        let ino = i.state.lookup(r.parent, &r.name)?;
-        attr_reply(i, ino)
+    let now = Instant::now();
+    core.locked(|i| match i.state.lookup(r.parent, &r.name) {
+        Ok(ino) => {
+            let mut rep = attr_reply(i, ino)?;
+            rep.leased = i.leases.grant(r.session_id, &[r.parent, ino], now);
+            Ok(rep)
+        }
+        Err(e) if e.errno == libc::ENOENT && r.negative_reply && i.state.get(r.parent).is_ok() => {
+            Ok(pb::AttrReply {
+                leased: i.leases.grant(r.session_id, &[r.parent], now),
+                ..Default::default()
+            })
+        }
+        Err(e) => Err(e),
     })
 }
 
 /// `GetAttr`.
 pub fn get_attr(core: &Core, inode: u64) -> Result<pb::AttrReply, Status> {
     core.read(|i| attr_reply(i, inode))
+}
+
+/// `GetAttr` for session `sid`, granting it a lease on `inode` when its lease
+/// stream is open.
+pub fn get_attr_leased(core: &Core, sid: u64, inode: u64) -> Result<pb::AttrReply, Status> {
+    let now = Instant::now();
+    core.locked(|i| {
+        let mut rep = attr_reply(i, inode)?;
+        rep.leased = i.leases.grant(sid, &[inode], now);
+        Ok(rep)
+    })
 }
 
 /// `SetAttr`: growing a file first cuts bytes stored past its old end (see
@@ -183,6 +212,8 @@ pub async fn create(core: &Core, c: Create<'_>) -> Result<pb::AttrReply, Status>
             Ok(reply)
         })?;
         mark_open(inner, &reply);
+        let mut reply = reply;
+        reply.leased = inner.leases.grant(sid, &[parent, ino], Instant::now());
         Ok((Some(v), reply))
     })
     .await
@@ -312,6 +343,10 @@ pub async fn link(core: &Core, r: pb::LinkRequest) -> Result<pb::AttrReply, Stat
             reply.parent = inner.state.attr(r.new_parent).ok();
             Ok(reply)
         })?;
+        let mut reply = reply;
+        reply.leased = inner
+            .leases
+            .grant(r.session_id, &[r.new_parent, r.inode], Instant::now());
         Ok((Some(v), reply))
     })
     .await
@@ -345,9 +380,12 @@ pub async fn remove(
             keep_orphan,
             trash_secs,
         });
-        let (v, reply) = core.commit_replied(inner, op, tag, |inner| {
+        let (v, mut reply) = core.commit_replied(inner, op, tag, |inner| {
             Ok(entry_change(inner, r.parent, r.parent))
         })?;
+        reply.leased = inner
+            .leases
+            .grant(r.session_id, &[r.parent], Instant::now());
         Ok((Some(v), reply))
     })
     .await
@@ -390,9 +428,12 @@ pub async fn rename(core: &Core, r: pb::RenameRequest) -> Result<pb::EntryChange
             flags: r.flags,
             keep_orphan,
         });
-        let (v, reply) = core.commit_replied(inner, op, tag, |inner| {
+        let (v, mut reply) = core.commit_replied(inner, op, tag, |inner| {
             Ok(entry_change(inner, r.parent, r.new_parent))
         })?;
+        reply.leased = inner
+            .leases
+            .grant(r.session_id, &[r.parent, r.new_parent], Instant::now());
         Ok((Some(v), reply))
     })
     .await
@@ -408,12 +449,18 @@ pub fn readlink(core: &Core, inode: u64) -> Result<pb::ReadlinkReply, Status> {
 }
 
 /// `Readdir`: a page of entries after `after_name`, with attributes when asked.
+/// A `plus` page is leased like the Lookups it replaces: the session is
+/// granted a lease on the directory's entries (the reply's `leased`) and,
+/// while that holds, on each listed inode (the entry's `leased`), when its
+/// lease stream is open; an inode broken a moment ago is not leased (see
+/// [`crate::runtime::leases::HOT`]), the rest of the page still is.
 pub fn readdir(core: &Core, r: &pb::ReaddirRequest) -> Result<pb::ReaddirReply, Status> {
     let limit = match r.limit as usize {
         0 => READDIR_DEFAULT,
         n => n.min(READDIR_MAX),
     };
-    core.read(|i| {
+    let now = Instant::now();
+    core.locked(|i| {
         let (list, eof) = i.state.readdir(r.inode, &r.after_name, limit)?;
         let mut entries = Vec::with_capacity(list.len());
         for (name, ino) in list {
@@ -423,12 +470,21 @@ pub fn readdir(core: &Core, r: &pb::ReaddirRequest) -> Result<pb::ReaddirReply, 
                 inode: ino,
                 kind: child.kind as i32,
                 attr: r.plus.then(|| child.attr(ino)),
+                leased: false,
             });
+        }
+        let parent = i.state.get(r.inode)?.parent;
+        let leased = r.plus && i.leases.grant(r.session_id, &[r.inode], now);
+        if leased {
+            for e in &mut entries {
+                e.leased = i.leases.grant(r.session_id, &[e.inode], now);
+            }
         }
         Ok(pb::ReaddirReply {
             entries,
             eof,
-            parent: i.state.get(r.inode)?.parent,
+            parent,
+            leased,
         })
     })
 }

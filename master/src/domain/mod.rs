@@ -5,8 +5,10 @@
 //! request arrived.
 //!
 //! - [`credentials`]: issuing and revoking credentials; what a credential's calls may reach.
+//! - [`permissions`]: POSIX permission checks of a credential session's calls.
 //! - [`sessions`]: client sessions: registration, renewal, closing.
 //! - [`metadata`]: lookups, attributes, entries, xattrs, statfs.
+//! - [`leases`]: the lease stream of a client session (renewals, breaks, acknowledgements).
 //! - [`locks`]: file locks (flock, POSIX record locks): set, test, wait, release, re-assert.
 //! - [`io`]: open/release, read locations and write sessions (placement, quotas, copy-on-write, tails).
 //! - [`cow`]: copy-on-write of a chunk shared with a snapshot.
@@ -24,9 +26,11 @@ pub mod cow;
 pub mod credentials;
 pub mod goals;
 pub mod io;
+pub mod leases;
 pub mod locks;
 pub mod maintenance;
 pub mod metadata;
+pub mod permissions;
 pub mod replication;
 pub mod replies;
 pub mod sessions;

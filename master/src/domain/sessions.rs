@@ -145,6 +145,7 @@ pub fn register(
                 hostname: r.hostname.clone(),
                 renewed: Instant::now(),
                 open: Default::default(),
+                granted: Default::default(),
                 secret,
             },
         );
@@ -222,6 +223,7 @@ pub async fn close(core: &Core, sid: u64) -> Result<pb::Empty, Status> {
         inner.sessions.mark_ended(sid);
         inner.tails.session_gone(&inner.state, sid);
         inner.locks.release_session(sid);
+        inner.leases.forget(sid);
         Ok((core.purge_unused(inner, &freed), pb::Empty {}))
     })
     .await

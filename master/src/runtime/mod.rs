@@ -5,6 +5,7 @@
 //! (`state`) and nothing above it.
 //!
 //! - `sessions`: client sessions, leases and open files.
+//! - [`leases`]: metadata leases of client sessions and the breaks changes send.
 //! - `locks`: file locks (flock and POSIX record locks) and the requests waiting for one.
 //! - [`chunkmap`]: chunkservers, copies, placement and replication planning.
 //! - `tails`: chunks that may hold bytes past their file's end, and open write sessions.
@@ -12,6 +13,7 @@
 //! - `window`: the window's storage: recent records, encoded, in reused blocks.
 
 pub mod chunkmap;
+pub mod leases;
 pub mod locks;
 pub mod replication;
 pub(crate) mod sessions;

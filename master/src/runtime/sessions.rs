@@ -21,6 +21,10 @@ pub struct Session {
     pub renewed: Instant,
     /// Open count per inode.
     pub open: HashMap<u64, u32>,
+    /// Credential sessions: the accesses (4 read, 2 write) the permission
+    /// checks allowed at the opens of each inode still open, for its chunk
+    /// calls (`domain::permissions`). Not carried over a resume.
+    pub granted: HashMap<u64, u8>,
     /// What a resume must present: 16 random bytes given at registration.
     /// `None` for a session adopted after a restart from a client that
     /// presented none (an older client), which any resume may continue.
@@ -86,6 +90,16 @@ impl Sessions {
         }
     }
 
+    /// Adds `mask` to what session `sid` was granted on `ino`, when it holds
+    /// the inode open.
+    pub fn grant(&mut self, sid: u64, ino: u64, mask: u8) {
+        if let Some(s) = self.map.get_mut(&sid) {
+            if s.open.contains_key(&ino) {
+                *s.granted.entry(ino).or_insert(0) |= mask;
+            }
+        }
+    }
+
     /// Releases one open of `ino` in `sid`; true when no session holds it anymore.
     pub fn release(&mut self, sid: u64, ino: u64) -> bool {
         let Some(s) = self.map.get_mut(&sid) else {
@@ -95,6 +109,7 @@ impl Sessions {
             Some(n) if *n > 1 => *n -= 1,
             Some(_) => {
                 s.open.remove(&ino);
+                s.granted.remove(&ino);
             }
             None => return !self.is_open(ino),
         }

@@ -3,7 +3,8 @@
 //! [`crate::domain::io`] and [`crate::domain::locks`]. A call made with a
 //! credential is first admitted by [`crate::domain::credentials::admit`]
 //! (its session, and every inode it names inside the session's subtree) and
-//! its caller squashed as the credential says.
+//! its caller squashed as the credential says, then its permissions are
+//! checked by [`crate::domain::permissions`].
 
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ use tonic::{Request, Status};
 use super::{reply, Reply};
 use crate::core::Core;
 use crate::domain::credentials::{self, Export};
-use crate::domain::{io, locks, metadata, sessions};
+use crate::domain::permissions::{self, Call};
+use crate::domain::{io, leases, locks, metadata, sessions};
 
 /// The `Master` service over one [`Core`].
 #[derive(Clone)]
@@ -38,6 +40,25 @@ impl MasterService {
     ) -> Result<Option<Export>, Status> {
         credentials::admit(&self.core, Identity::of(req), sid, inodes)
     }
+
+    /// Admits a call (see [`Self::admit`]) and checks a credential
+    /// session's permission for it, as `caller` squashed.
+    fn checked<T>(
+        &self,
+        req: &Request<T>,
+        sid: u64,
+        inodes: &[u64],
+        caller: Option<&pb::Caller>,
+        call: Call<'_>,
+    ) -> Result<Option<Export>, Status> {
+        let e = self.admit(req, sid, inodes)?;
+        if e.is_some() {
+            let mut c = caller.cloned();
+            credentials::squash(&e, &mut c);
+            permissions::check(&self.core, sid, &e, c.as_ref(), call)?;
+        }
+        Ok(e)
+    }
 }
 
 /// Runs `$body` when the call is admitted, else answers the refusal.
@@ -53,8 +74,74 @@ macro_rules! admitted {
     };
 }
 
+/// The master's half of a session's lease stream.
+type LeaseStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LeaseDown, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Master for MasterService {
+    type LeasesStream = LeaseStream;
+
+    async fn leases(
+        &self,
+        req: Request<tonic::Streaming<pb::LeaseUp>>,
+    ) -> Reply<Self::LeasesStream> {
+        let who = Identity::of(&req);
+        let mut up = req.into_inner();
+        let first = match up.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                let e = Status::invalid_argument("the lease stream ended before its hello");
+                return reply(&self.core, "Leases", Err(e));
+            }
+            Err(e) => return reply(&self.core, "Leases", Err(e)),
+        };
+        let sid = match first.msg {
+            Some(pb::lease_up::Msg::Hello(r)) => r.session_id,
+            _ => {
+                let e = Status::invalid_argument(
+                    "a lease stream must begin with hello naming the session",
+                );
+                return reply(&self.core, "Leases", Err(e));
+            }
+        };
+        if let Err(e) = credentials::admit(&self.core, who, sid, &[]) {
+            return reply(&self.core, "Leases", Err(e));
+        }
+        let (stream, mut down) = match leases::open(&self.core, sid) {
+            Ok(r) => r,
+            Err(e) => return reply(&self.core, "Leases", Err(e)),
+        };
+        let core = self.core.clone();
+        let out = async_stream_of(move |tx| async move {
+            if tx.send(Ok(leases::hello())).await.is_err() {
+                leases::close(&core, sid, stream);
+                return;
+            }
+            loop {
+                tokio::select! {
+                    m = down.recv() => match m {
+                        Some(m) => if tx.send(Ok(m)).await.is_err() { break },
+                        None => break,
+                    },
+                    m = up.message() => match m {
+                        Ok(Some(m)) => match leases::handle(&core, sid, m) {
+                            Ok(Some(a)) => if tx.send(Ok(a)).await.is_err() { break },
+                            Ok(None) => {}
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                break;
+                            }
+                        },
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
+            leases::close(&core, sid, stream);
+        });
+        reply(&self.core, "Leases", Ok(out))
+    }
+
     async fn register_session(
         &self,
         req: Request<pb::RegisterSessionRequest>,
@@ -85,7 +172,13 @@ impl Master for MasterService {
         admitted!(
             self,
             "Lookup",
-            self.admit(&req, r.session_id, &[r.parent]),
+            self.checked(
+                &req,
+                r.session_id,
+                &[r.parent],
+                r.caller.as_ref(),
+                Call::Lookup { parent: r.parent }
+            ),
             |e: Option<Export>| {
                 match e {
                     // `..` at the root of an export stays there.
@@ -104,7 +197,7 @@ impl Master for MasterService {
             self,
             "GetAttr",
             self.admit(&req, r.session_id, &[r.inode]),
-            |_| metadata::get_attr(&self.core, r.inode)
+            |_| metadata::get_attr_leased(&self.core, r.session_id, r.inode)
         )
     }
 
@@ -119,8 +212,8 @@ impl Master for MasterService {
         };
         let mut r = req.into_inner();
         credentials::squash(&e, &mut r.caller);
-        if let Err(err) = credentials::check_set_attr(&self.core, &e, &r) {
-            return reply(&self.core, "SetAttr", Err(err.into()));
+        if let Err(err) = permissions::check_set_attr(&self.core, &e, &mut r) {
+            return reply(&self.core, "SetAttr", Err(err));
         }
         let res = metadata::set_attr(&self.core, r).await;
         reply(&self.core, "SetAttr", res)
@@ -137,7 +230,25 @@ impl Master for MasterService {
         };
         let mut r = req.into_inner();
         credentials::squash(&e, &mut r.caller);
+        let device = matches!(
+            pb::FileType::try_from(r.kind),
+            Ok(pb::FileType::CharDevice | pb::FileType::BlockDevice)
+        );
+        let call = Call::Create {
+            parent: r.parent,
+            name: &r.name,
+            device,
+            open: r.open && !r.exclusive,
+        };
+        if let Err(s) = permissions::check(&self.core, r.session_id, &e, r.caller.as_ref(), call) {
+            return reply(&self.core, "Mknod", Err(s));
+        }
+        let existed = e.is_some() && r.open && permissions::exists(&self.core, r.parent, &r.name);
+        let (sid, open, caller) = (r.session_id, r.open, r.caller.clone());
         let res = metadata::mknod(&self.core, r).await;
+        if let (true, Ok(Some(a))) = (open, res.as_ref().map(|a| a.attr.as_ref())) {
+            permissions::grant_created(&self.core, &e, sid, caller.as_ref(), a.inode, !existed);
+        }
         reply(&self.core, "Mknod", res)
     }
 
@@ -152,6 +263,15 @@ impl Master for MasterService {
         };
         let mut r = req.into_inner();
         credentials::squash(&e, &mut r.caller);
+        let call = Call::Create {
+            parent: r.parent,
+            name: &r.name,
+            device: false,
+            open: false,
+        };
+        if let Err(s) = permissions::check(&self.core, r.session_id, &e, r.caller.as_ref(), call) {
+            return reply(&self.core, "Mkdir", Err(s));
+        }
         let res = metadata::mkdir(&self.core, r).await;
         reply(&self.core, "Mkdir", res)
     }
@@ -167,6 +287,15 @@ impl Master for MasterService {
         };
         let mut r = req.into_inner();
         credentials::squash(&e, &mut r.caller);
+        let call = Call::Create {
+            parent: r.parent,
+            name: &r.name,
+            device: false,
+            open: false,
+        };
+        if let Err(s) = permissions::check(&self.core, r.session_id, &e, r.caller.as_ref(), call) {
+            return reply(&self.core, "Symlink", Err(s));
+        }
         let res = metadata::symlink(&self.core, r).await;
         reply(&self.core, "Symlink", res)
     }
@@ -176,7 +305,12 @@ impl Master for MasterService {
             let r = req.get_ref();
             [r.inode, r.new_parent]
         };
-        if let Err(s) = self.admit(&req, req.get_ref().session_id, &ins) {
+        let r = req.get_ref();
+        let call = Call::Link {
+            inode: r.inode,
+            new_parent: r.new_parent,
+        };
+        if let Err(s) = self.checked(&req, r.session_id, &ins, r.caller.as_ref(), call) {
             return reply(&self.core, "Link", Err(s));
         }
         let res = metadata::link(&self.core, req.into_inner()).await;
@@ -185,7 +319,11 @@ impl Master for MasterService {
 
     async fn unlink(&self, req: Request<pb::EntryRequest>) -> Reply<pb::EntryChangeReply> {
         let r = req.get_ref();
-        if let Err(e) = self.admit(&req, r.session_id, &[r.parent]) {
+        let call = Call::Remove {
+            parent: r.parent,
+            name: &r.name,
+        };
+        if let Err(e) = self.checked(&req, r.session_id, &[r.parent], r.caller.as_ref(), call) {
             return reply(&self.core, "Unlink", Err(e));
         }
         let res = metadata::remove(&self.core, req.into_inner(), false).await;
@@ -194,7 +332,11 @@ impl Master for MasterService {
 
     async fn rmdir(&self, req: Request<pb::EntryRequest>) -> Reply<pb::EntryChangeReply> {
         let r = req.get_ref();
-        if let Err(e) = self.admit(&req, r.session_id, &[r.parent]) {
+        let call = Call::Remove {
+            parent: r.parent,
+            name: &r.name,
+        };
+        if let Err(e) = self.checked(&req, r.session_id, &[r.parent], r.caller.as_ref(), call) {
             return reply(&self.core, "Rmdir", Err(e));
         }
         let res = metadata::remove(&self.core, req.into_inner(), true).await;
@@ -206,7 +348,14 @@ impl Master for MasterService {
             let r = req.get_ref();
             [r.parent, r.new_parent]
         };
-        if let Err(s) = self.admit(&req, req.get_ref().session_id, &ins) {
+        let r = req.get_ref();
+        let call = Call::Rename {
+            parent: r.parent,
+            name: &r.name,
+            new_parent: r.new_parent,
+            new_name: &r.new_name,
+        };
+        if let Err(s) = self.checked(&req, r.session_id, &ins, r.caller.as_ref(), call) {
             return reply(&self.core, "Rename", Err(s));
         }
         let res = metadata::rename(&self.core, req.into_inner()).await;
@@ -228,9 +377,35 @@ impl Master for MasterService {
         admitted!(
             self,
             "Readdir",
-            self.admit(&req, r.session_id, &[r.inode]),
+            self.checked(
+                &req,
+                r.session_id,
+                &[r.inode],
+                r.caller.as_ref(),
+                Call::Readdir { inode: r.inode }
+            ),
             |e: Option<Export>| {
-                let mut res = metadata::readdir(&self.core, r);
+                // Attributes of the entries need search permission on the
+                // directory too (as a Lookup of each would): without it a
+                // credential session gets the names only.
+                let names_only = r.plus
+                    && e.is_some()
+                    && self
+                        .checked(
+                            &req,
+                            r.session_id,
+                            &[r.inode],
+                            r.caller.as_ref(),
+                            Call::Lookup { parent: r.inode },
+                        )
+                        .is_err();
+                let mut res = if names_only {
+                    let mut names = r.clone();
+                    names.plus = false;
+                    metadata::readdir(&self.core, &names)
+                } else {
+                    metadata::readdir(&self.core, r)
+                };
                 // `..` of an export's root is the root itself.
                 if let (Some(e), Ok(reply)) = (e, res.as_mut()) {
                     if r.inode == e.root {
@@ -247,8 +422,24 @@ impl Master for MasterService {
         admitted!(
             self,
             "Open",
-            self.admit(&req, r.session_id, &[r.inode]),
-            |_| io::open(&self.core, r)
+            self.checked(
+                &req,
+                r.session_id,
+                &[r.inode],
+                r.caller.as_ref(),
+                Call::Open {
+                    inode: r.inode,
+                    flags: r.flags
+                }
+            ),
+            |e: Option<Export>| {
+                let res = io::open(&self.core, r);
+                if res.is_ok() {
+                    let mask = permissions::open_mask(r.flags);
+                    permissions::grant(&self.core, &e, r.session_id, r.inode, mask);
+                }
+                res
+            }
         )
     }
 
@@ -276,7 +467,17 @@ impl Master for MasterService {
         admitted!(
             self,
             "GetXattr",
-            self.admit(&req, r.session_id, &[r.inode]),
+            self.checked(
+                &req,
+                r.session_id,
+                &[r.inode],
+                r.caller.as_ref(),
+                Call::Xattr {
+                    inode: r.inode,
+                    name: &r.name,
+                    set: false
+                }
+            ),
             |_| metadata::get_xattr(&self.core, r)
         )
     }
@@ -286,7 +487,13 @@ impl Master for MasterService {
             let r = req.get_ref();
             [r.inode]
         };
-        if let Err(s) = self.admit(&req, req.get_ref().session_id, &ins) {
+        let r = req.get_ref();
+        let call = Call::Xattr {
+            inode: r.inode,
+            name: &r.name,
+            set: true,
+        };
+        if let Err(s) = self.checked(&req, r.session_id, &ins, r.caller.as_ref(), call) {
             return reply(&self.core, "SetXattr", Err(s));
         }
         let res = metadata::set_xattr(&self.core, req.into_inner()).await;
@@ -298,7 +505,13 @@ impl Master for MasterService {
         admitted!(
             self,
             "ListXattr",
-            self.admit(&req, r.session_id, &[r.inode]),
+            self.checked(
+                &req,
+                r.session_id,
+                &[r.inode],
+                r.caller.as_ref(),
+                Call::Reach { inode: r.inode }
+            ),
             |_| metadata::list_xattr(&self.core, r.inode)
         )
     }
@@ -308,7 +521,13 @@ impl Master for MasterService {
             let r = req.get_ref();
             [r.inode]
         };
-        if let Err(s) = self.admit(&req, req.get_ref().session_id, &ins) {
+        let r = req.get_ref();
+        let call = Call::Xattr {
+            inode: r.inode,
+            name: &r.name,
+            set: true,
+        };
+        if let Err(s) = self.checked(&req, r.session_id, &ins, r.caller.as_ref(), call) {
             return reply(&self.core, "RemoveXattr", Err(s));
         }
         let res = metadata::remove_xattr(&self.core, req.into_inner()).await;
@@ -320,7 +539,16 @@ impl Master for MasterService {
         admitted!(
             self,
             "ReadChunk",
-            self.admit(&req, r.session_id, &[r.inode]),
+            self.checked(
+                &req,
+                r.session_id,
+                &[r.inode],
+                r.caller.as_ref(),
+                Call::Chunk {
+                    inode: r.inode,
+                    write: false
+                }
+            ),
             |_| io::read_chunk(&self.core, r).map(|mut rep| {
                 rep.access = credentials::chunk_access(
                     &self.core,
@@ -341,7 +569,12 @@ impl Master for MasterService {
             let r = req.get_ref();
             [r.inode]
         };
-        if let Err(s) = self.admit(&req, req.get_ref().session_id, &ins) {
+        let r = req.get_ref();
+        let call = Call::Chunk {
+            inode: r.inode,
+            write: true,
+        };
+        if let Err(s) = self.checked(&req, r.session_id, &ins, r.caller.as_ref(), call) {
             return reply(&self.core, "WriteChunk", Err(s));
         }
         let who = Identity::of(&req);
@@ -423,4 +656,16 @@ impl Master for MasterService {
         let res = locks::reassert(&self.core, req.into_inner());
         reply(&self.core, "ReassertLocks", res)
     }
+}
+
+/// A stream fed by the task `f` spawns, through a small channel (the task
+/// ends when the client stops reading).
+fn async_stream_of<F, Fut>(f: F) -> LeaseStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::LeaseDown, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

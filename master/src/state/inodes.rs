@@ -48,6 +48,10 @@ pub struct InodeTable {
     pages: Vec<Option<Box<Page>>>,
     sparse: HashMap<u64, Inode>,
     len: usize,
+    /// Inodes changed since the last [`InodeTable::take_touched`], while
+    /// tracking is on (the master's table; a metalogger's replica does not
+    /// track). Not part of the metadata: ignored by equality and snapshots.
+    touched: Option<Vec<u64>>,
 }
 
 impl std::fmt::Debug for InodeTable {
@@ -87,8 +91,30 @@ impl InodeTable {
         }
     }
 
+    /// Starts noting which inodes change (see [`InodeTable::take_touched`]).
+    pub fn track_changes(&mut self) {
+        self.touched.get_or_insert_with(Vec::new);
+    }
+
+    /// The inodes changed (taken for changing, inserted or removed) since the
+    /// last call, when tracking is on; may name an inode more than once, or
+    /// one that was only looked at for changing.
+    pub fn take_touched(&mut self) -> Vec<u64> {
+        match &mut self.touched {
+            Some(t) => std::mem::take(t),
+            None => Vec::new(),
+        }
+    }
+
+    fn touch(&mut self, ino: u64) {
+        if let Some(t) = &mut self.touched {
+            t.push(ino);
+        }
+    }
+
     /// The inode `ino` for changing.
     pub fn get_mut(&mut self, ino: &u64) -> Option<&mut Inode> {
+        self.touch(*ino);
         let (p, s) = split(*ino);
         match self.pages.get_mut(p) {
             Some(Some(page)) => page.slots[s].as_mut(),
@@ -103,6 +129,7 @@ impl InodeTable {
 
     /// Stores `inode` as `ino`; returns the inode it replaces.
     pub fn insert(&mut self, ino: u64, inode: Inode) -> Option<Inode> {
+        self.touch(ino);
         if !self.dense(ino) {
             let old = self.sparse.insert(ino, inode);
             if old.is_none() {
@@ -125,6 +152,7 @@ impl InodeTable {
 
     /// Removes `ino`; frees its page when it was the page's last inode.
     pub fn remove(&mut self, ino: &u64) -> Option<Inode> {
+        self.touch(*ino);
         let (p, s) = split(*ino);
         let old = match self.pages.get_mut(p) {
             Some(slot @ Some(_)) => {

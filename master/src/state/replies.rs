@@ -262,6 +262,8 @@ impl Reply for pb::AttrReply {
             attr: self.attr,
             parent: self.parent,
             first_chunk: None,
+            // A lease is granted to the call that ran, never to a retry.
+            leased: false,
         })
     }
     fn from_outcome(o: &Outcome) -> Option<Self> {
@@ -274,7 +276,10 @@ impl Reply for pb::AttrReply {
 
 impl Reply for pb::EntryChangeReply {
     fn to_outcome(&self) -> Outcome {
-        Outcome::Entry(*self)
+        Outcome::Entry(pb::EntryChangeReply {
+            leased: false,
+            ..*self
+        })
     }
     fn from_outcome(o: &Outcome) -> Option<Self> {
         match o {
