@@ -182,6 +182,7 @@ async fn run(dir: &std::path::Path) {
                 parent: d,
                 name: name.as_bytes().to_vec(),
                 caller: caller(),
+                negative_reply: false,
             })
             .await
             .expect("unlink");
@@ -192,6 +193,7 @@ async fn run(dir: &std::path::Path) {
             parent: 1,
             name: format!("dir-{i:06}").into_bytes(),
             caller: caller(),
+            negative_reply: false,
         })
         .await
         .expect("rmdir");

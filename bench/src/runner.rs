@@ -221,6 +221,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     let mut results = Results::default();
     let mut systems: Vec<Box<dyn System>> = Vec::new();
+    phase("starting systems");
     for kind in kinds {
         if interrupted() {
             break;
@@ -240,6 +241,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     let pat = Pattern::new();
     let mut failed: BTreeSet<(SystemKind, &'static str)> = BTreeSet::new();
+    phase("running workloads");
     for &w in &workloads {
         let name = workload_name(w);
         let w_reps = if w == Workload::Rss { 1 } else { reps };
@@ -293,6 +295,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     if let Some(s) = args.fio_seconds {
         mode.push_str(&format!("; fio runs {s} s per figure"));
     }
+    phase("writing results");
     let doc = report::document(&machine, &results, &mode);
     println!("{doc}");
     if !args.quick && !interrupted() {
@@ -319,4 +322,19 @@ pub fn run(args: RunArgs) -> Result<i32> {
 pub fn cleanup(work_dir: &Path) {
     clean_leftovers(work_dir);
     eprintln!("alces-bench: cleaned {}", work_dir.display());
+}
+
+/// Environment variable naming a phase the run waits in until a signal
+/// arrives (tests interrupt a run in a phase however short it is).
+pub const HOLD_ENV: &str = "ALCES_BENCH_HOLD";
+
+/// Announces a phase of the run on stderr (`alces-bench: phase NAME`) and,
+/// when [`HOLD_ENV`] names it, waits there until SIGINT or SIGTERM.
+fn phase(name: &str) {
+    eprintln!("alces-bench: phase {name}");
+    if std::env::var(HOLD_ENV).is_ok_and(|h| h == name) {
+        while !interrupted() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

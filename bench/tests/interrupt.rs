@@ -1,8 +1,11 @@
-//! `alces-bench all` interrupted with SIGINT at several points of a run (its
-//! network namespace just made, an Alces cluster half started, the cluster
-//! mounted, a workload running) stops and unmounts everything it started: no
-//! process of the run, no mount under its work directory and no namespace is
-//! left. MooseFS is included when it is installed (the test says which).
+//! `alces-bench all` interrupted at several points of a run (its network
+//! namespace just made, an Alces cluster half started, the cluster mounted, a
+//! workload running, the results being written), with SIGINT, SIGTERM or two
+//! SIGINTs in a row, stops and unmounts everything it started: no process of
+//! the run, no mount under its work directory and no namespace is left.
+//! Phases too short to catch are held with `ALCES_BENCH_HOLD` (the run waits
+//! after printing the phase's marker until the signal). MooseFS is included
+//! when it is installed (the test says which).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -62,13 +65,35 @@ type Reached = Box<dyn Fn(&Path, &str) -> bool>;
 struct Point {
     name: &'static str,
     reached: Reached,
+    /// The signals sent, 200 ms apart.
+    signals: &'static [i32],
+    /// The phase the run is asked to wait in (`ALCES_BENCH_HOLD`).
+    hold: Option<&'static str>,
+}
+
+impl Point {
+    fn sigint(name: &'static str, reached: Reached) -> Self {
+        Point {
+            name,
+            reached,
+            signals: &[libc::SIGINT],
+            hold: None,
+        }
+    }
 }
 
 /// Starts the benchmark, interrupts it once `point` is reached and checks that
 /// nothing of the run is left.
 fn interrupt_at(point: &Point, systems: &[&str], tmp: &Path) {
-    let work = tmp.join(format!("work-{}", point.name.replace(' ', "-")));
-    let log = tmp.join(format!("{}.log", point.name.replace(' ', "-")));
+    // Letters and digits only: `alces local up` takes data directories as a
+    // comma-separated list.
+    let slug: String = point
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let work = tmp.join(format!("work-{slug}"));
+    let log = tmp.join(format!("{slug}.log"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_alces-bench"));
     cmd.args([
         "all",
@@ -85,6 +110,9 @@ fn interrupt_at(point: &Point, systems: &[&str], tmp: &Path) {
     .arg(tmp.join("results"));
     for s in systems {
         cmd.args(["--system", s]);
+    }
+    if let Some(h) = point.hold {
+        cmd.env("ALCES_BENCH_HOLD", h);
     }
     let err = std::fs::File::create(&log).expect("log file");
     let mut child = cmd
@@ -112,8 +140,14 @@ fn interrupt_at(point: &Point, systems: &[&str], tmp: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    for (i, &sig) in point.signals.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // SAFETY: kill(2) on our own child's pid (still a zombie at worst:
+        // it is not waited for until below).
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
     let deadline = Instant::now() + Duration::from_secs(240);
     let status = loop {
         if let Ok(Some(st)) = child.try_wait() {
@@ -122,7 +156,8 @@ fn interrupt_at(point: &Point, systems: &[&str], tmp: &Path) {
         if Instant::now() > deadline {
             let _ = child.kill();
             panic!(
-                "alces-bench did not exit within 240 s of SIGINT at '{}':\n{}",
+                "alces-bench did not exit within 240 s of {:?} at '{}':\n{}",
+                point.signals,
                 point.name,
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
@@ -149,26 +184,29 @@ fn interrupt_at(point: &Point, systems: &[&str], tmp: &Path) {
     }
     assert!(
         procs.is_empty(),
-        "processes left after SIGINT at '{}': {procs:#?}\n{text}",
+        "processes left after the signal at '{}': {procs:#?}\n{text}",
         point.name
     );
     assert!(
         mounts.is_empty(),
-        "mounts left after SIGINT at '{}': {mounts:?}\n{text}",
+        "mounts left after the signal at '{}': {mounts:?}\n{text}",
         point.name
     );
     assert!(
         !ns,
-        "network namespace {NETNS} left after SIGINT at '{}'\n{text}",
+        "network namespace {NETNS} left after the signal at '{}'\n{text}",
         point.name
     );
     assert!(
         !work.exists(),
-        "work directory {} left after SIGINT at '{}'",
+        "work directory {} left after the signal at '{}'",
         work.display(),
         point.name
     );
-    eprintln!("covered: SIGINT at '{}' left nothing behind", point.name);
+    eprintln!(
+        "covered: {:?} at '{}' left nothing behind",
+        point.signals, point.name
+    );
 }
 
 #[test]
@@ -189,29 +227,43 @@ fn an_interrupted_run_leaves_nothing_behind() {
     let moosefs = Path::new("/usr/sbin/mfsmaster").exists();
     let mut systems = vec!["alces"];
     let mut points = vec![
+        Point::sigint("namespace made", Box::new(|_, _| netns_exists())),
+        Point::sigint(
+            "alces master started",
+            Box::new(|work, _| running("alces-master", work)),
+        ),
         Point {
-            name: "namespace made",
-            reached: Box::new(|_, _| netns_exists()),
+            signals: &[libc::SIGINT, libc::SIGINT],
+            ..Point::sigint(
+                "alces mounted, Ctrl-C twice",
+                Box::new(|work, _| !mounts_under(work).is_empty()),
+            )
+        },
+        Point::sigint(
+            "workload running",
+            Box::new(|_, log| log.contains("alces-bench: seq rep 1/1")),
+        ),
+        Point {
+            signals: &[libc::SIGTERM],
+            ..Point::sigint(
+                "workload running, SIGTERM",
+                Box::new(|_, log| log.contains("alces-bench: seq rep 1/1")),
+            )
         },
         Point {
-            name: "alces master started",
-            reached: Box::new(|work, _| running("alces-master", work)),
-        },
-        Point {
-            name: "alces mounted",
-            reached: Box::new(|work, _| !mounts_under(work).is_empty()),
-        },
-        Point {
-            name: "workload running",
-            reached: Box::new(|_, log| log.contains("alces-bench: seq rep 1/1")),
+            hold: Some("writing results"),
+            ..Point::sigint(
+                "writing results",
+                Box::new(|_, log| log.contains("alces-bench: phase writing results")),
+            )
         },
     ];
     if moosefs {
         systems.push("moosefs");
-        points.push(Point {
-            name: "moosefs master started",
-            reached: Box::new(|work, _| running("mfsmaster", work)),
-        });
+        points.push(Point::sigint(
+            "moosefs master started",
+            Box::new(|work, _| running("mfsmaster", work)),
+        ));
         eprintln!("MooseFS is installed: interrupting runs of Alces and MooseFS");
     } else {
         eprintln!(
