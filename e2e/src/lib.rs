@@ -24,6 +24,7 @@ use alces_proto::net::AuthChannel;
 use alces_proto::pb;
 use anyhow::{bail, Context};
 
+pub mod csi_driver;
 pub mod figures;
 pub mod handover;
 pub mod master_netns;
@@ -63,6 +64,23 @@ pub fn retry<T, E>(timeout: Duration, mut f: impl FnMut() -> Result<T, E>) -> Re
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// The count of successful `rpc` calls in the master's metrics at `http`
+/// (`alces_master_rpc_total`).
+pub fn master_rpcs(http: &str, rpc: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).expect("master metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: master\r\nConnection: close\r\n\r\n")
+        .expect("send metrics request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read metrics");
+    let key = format!("alces_master_rpc_total{{rpc=\"{rpc}\",result=\"ok\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map_or(0, |v| {
+            v.trim().parse::<f64>().expect("counter value") as u64
+        })
 }
 
 /// The directory holding the workspace binaries (`alces`, `alces-master`, ...): the
@@ -121,6 +139,42 @@ pub fn force_unmount(path: &Path) {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// Lazily unmounts every mount point under `dir`, deepest first (what a
+/// failed CSI test left under its kubelet directory).
+pub fn unmount_under(dir: &Path) {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let k = dir.display().to_string();
+    let mut points: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&k))
+        .collect();
+    points.reverse();
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(&p).status();
+    }
+}
+
+/// SIGKILLs every live mount daemon that a CSI node plugin's state directory
+/// records (`<state>/volumes/*.json`, field `pid`): a failed test may leave a
+/// connection paused with the test's own threads waiting in it, and with the
+/// plugin gone, ending the daemons aborts it.
+pub fn kill_recorded_daemons(state: &Path) {
+    let Ok(dir) = std::fs::read_dir(state.join("volumes")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let pid = std::fs::read(e.path())
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pid"].as_i64());
+        if let Some(pid) = pid.filter(|&p| p > 0 && alive(p as i32)) {
+            // SAFETY: plain kill of a mount daemon a test's plugin started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
 }
 

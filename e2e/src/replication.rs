@@ -180,6 +180,13 @@ impl Cluster {
             ]
             .map(str::to_string),
         );
+        // With TLS (Options::tls), the harness's CA and certificate (which
+        // names this machine's loopback addresses), mutual like the others.
+        let tls = self.tls_flags();
+        if !tls.is_empty() {
+            args.extend(tls.iter().map(|a| a.to_string_lossy().into_owned()));
+            args.push("--tls-client-auth".into());
+        }
         let v = serde_json::json!({ "program": program, "args": args });
         std::fs::write(
             pdir.join("command.json"),

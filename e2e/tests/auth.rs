@@ -17,6 +17,7 @@ fn auth() {
 
     // CLI.
     let out = Command::new(bin("alces"))
+        .args(c.tls_flags())
         .args(["--master", &c.master, "--secret-file"])
         .arg(&wrong)
         .arg("status")
@@ -41,6 +42,7 @@ fn auth() {
     );
     // No secret at all.
     let out = Command::new(bin("alces"))
+        .args(c.tls_flags())
         .args(["--master", &c.master, "status"])
         .env_remove("ALCES_SECRET")
         .env_remove("ALCES_SECRET_FILE")
@@ -100,6 +102,9 @@ fn auth() {
         .arg(&data)
         .arg("--secret-file")
         .arg(&wrong)
+        // Under TLS (ALCES_E2E_TLS=1) it gets past the handshake with the
+        // harness's CA and certificate, so the secret is what is refused.
+        .args(c.tls_flags())
         .stdout(f.try_clone().unwrap())
         .stderr(f)
         .spawn()

@@ -10,8 +10,18 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use alces_client::{Caller, Client, ClientConfig, FileType, NewNode};
+use alces_e2e::master_rpcs;
 
 const MIB: u64 = 1 << 20;
+
+/// The library's settings for `cluster`: its master, secret and TLS (under
+/// `ALCES_E2E_TLS=1`, its CA and the harness's certificate).
+fn config(cluster: &alces_e2e::Cluster) -> ClientConfig {
+    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+    cfg.tls = cluster.tls.clone();
+    cfg
+}
+
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
         .wrapping_mul(6364136223846793005)
@@ -29,7 +39,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn library_write_read_truncate_across_chunks() {
     let cluster = common::start_library_cluster().await;
-    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+    let mut cfg = config(&cluster);
     cfg.client_name = "library test".into();
     cfg.reconnect_timeout = Duration::from_secs(20);
     let client = Client::connect(cfg).await.expect("connect");
@@ -322,7 +332,7 @@ async fn mount_create_write_rename_unlink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn session_survives_master_restart_and_times_out_when_down() {
     let cluster = common::start_library_cluster().await;
-    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+    let mut cfg = config(&cluster);
     cfg.reconnect_timeout = Duration::from_secs(30);
     let client = Client::connect(cfg).await.expect("connect");
     let caller = Caller::current();
@@ -373,7 +383,7 @@ async fn session_survives_master_restart_and_times_out_when_down() {
     client.close().await.expect("close");
 
     // With the master gone for good, calls fail with EIO after the bounded time.
-    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+    let mut cfg = config(&cluster);
     cfg.reconnect_timeout = Duration::from_secs(2);
     let short = Client::connect(cfg).await.expect("connect");
     common::kill_master(&cluster);
@@ -409,7 +419,7 @@ fn on_own_thread<T: Send + 'static>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn calls_on_a_threads_own_master_connection_fall_back_to_the_shared_one() {
     let cluster = common::start_library_cluster().await;
-    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+    let mut cfg = config(&cluster);
     cfg.reconnect_timeout = Duration::from_secs(30);
     let client = Client::connect(cfg).await.expect("connect");
     let root = client.root();
@@ -471,7 +481,7 @@ async fn calls_on_a_threads_own_master_connection_fall_back_to_the_shared_one() 
 async fn stale_write_session_is_reopened_and_read_only_is_enforced() {
     let cluster = common::start_library_cluster().await;
     let connect = |read_only: bool| {
-        let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+        let mut cfg = config(&cluster);
         cfg.read_only = read_only;
         cfg.write_flush_bytes = MIB;
         Client::connect(cfg)
@@ -562,12 +572,7 @@ async fn stale_write_session_is_reopened_and_read_only_is_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
     let cluster = common::start_library_cluster().await;
-    let client = Client::connect(ClientConfig::new(
-        cluster.master.clone(),
-        cluster.secret().into(),
-    ))
-    .await
-    .expect("connect");
+    let client = Client::connect(config(&cluster)).await.expect("connect");
     let caller = Caller::current();
     let attr = client
         .mknod(
@@ -594,7 +599,9 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
     h.release().await.expect("release");
 
     // Corrupt the copy the master lists first, in its data block area.
-    let auth = alces_proto::auth::ClientAuth::new(&cluster.secret()).expect("auth");
+    let auth = alces_proto::auth::ClientAuth::new(&cluster.secret())
+        .expect("auth")
+        .with_tls(&cluster.tls);
     let mut master = alces_proto::pb::master_client::MasterClient::new(
         alces_proto::net::channel(&cluster.master, &auth).expect("channel"),
     );
@@ -603,6 +610,7 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
             session_id: client.session_id(),
             inode: attr.inode,
             chunk_index: 0,
+            caller: None,
         })
         .await
         .expect("read chunk")
@@ -623,12 +631,9 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
     }
     std::fs::write(&file, &bytes).expect("corrupt chunk file");
 
-    let fresh = Client::connect(ClientConfig::new(
-        cluster.master.clone(),
-        cluster.secret().into(),
-    ))
-    .await
-    .expect("connect again");
+    let fresh = Client::connect(config(&cluster))
+        .await
+        .expect("connect again");
     let h = fresh
         .open(attr.inode, libc::O_RDONLY, &caller)
         .await
@@ -644,7 +649,7 @@ async fn read_falls_over_to_the_next_copy_on_a_checksum_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_io_matches_a_model() {
     let cluster = common::start_library_cluster().await;
-    let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+    let mut cfg = config(&cluster);
     cfg.write_flush_bytes = 256 * 1024;
     let client = Client::connect(cfg).await.expect("connect");
     let caller = Caller::current();
@@ -729,12 +734,7 @@ async fn random_io_matches_a_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_after_an_extending_write_see_the_new_size() {
     let cluster = common::start_library_cluster().await;
-    let client = Client::connect(ClientConfig::new(
-        cluster.master.clone(),
-        cluster.secret().into(),
-    ))
-    .await
-    .expect("connect");
+    let client = Client::connect(config(&cluster)).await.expect("connect");
     let caller = Caller::current();
     let attr = client
         .mknod(
@@ -812,12 +812,7 @@ async fn reads_after_an_extending_write_see_the_new_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bytes_past_the_end_read_as_zeros_when_the_file_grows() {
     let cluster = common::start_library_cluster().await;
-    let connect = || {
-        Client::connect(ClientConfig::new(
-            cluster.master.clone(),
-            cluster.secret().into(),
-        ))
-    };
+    let connect = || Client::connect(config(&cluster));
     let client = connect().await.expect("connect");
     let caller = Caller::current();
     let dir = client.mkdir_p("/q", 0o755).await.expect("mkdir");
@@ -892,12 +887,7 @@ async fn bytes_past_the_end_read_as_zeros_when_the_file_grows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gap_written_past_the_end_reads_as_zeros_over_refused_bytes() {
     let cluster = common::start_library_cluster().await;
-    let connect = || {
-        Client::connect(ClientConfig::new(
-            cluster.master.clone(),
-            cluster.secret().into(),
-        ))
-    };
+    let connect = || Client::connect(config(&cluster));
     let writer = connect().await.expect("connect");
     let other = connect().await.expect("connect");
     let caller = Caller::current();
@@ -1001,7 +991,7 @@ async fn a_gap_written_past_the_end_reads_as_zeros_over_refused_bytes() {
 async fn a_stale_sessions_length_is_still_recorded() {
     let cluster = common::start_library_cluster().await;
     let connect = || {
-        let mut cfg = ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+        let mut cfg = config(&cluster);
         cfg.write_flush_bytes = MIB;
         Client::connect(cfg)
     };
@@ -1067,28 +1057,13 @@ async fn a_stale_sessions_length_is_still_recorded() {
     );
 }
 
-/// Successful calls of `rpc` the master has answered, from its /metrics.
-fn master_rpcs(http: &str, rpc: &str) -> u64 {
-    let mut s = std::net::TcpStream::connect(http).expect("master metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: master\r\nConnection: close\r\n\r\n")
-        .expect("send metrics request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read metrics");
-    let key = format!("alces_master_rpc_total{{rpc=\"{rpc}\",result=\"ok\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(key.as_str()))
-        .map_or(0, |v| {
-            v.trim().parse::<f64>().expect("counter value") as u64
-        })
-}
-
 /// Opening a file for reading brings chunk 0's locations with the reply, so a
 /// client that has never seen the file reads a small one without asking the
 /// master for the chunk; an O_TRUNC open frees the chunk and keeps no location.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_file_is_read_without_asking_the_master_for_its_chunk() {
     let cluster = common::start_library_cluster().await;
-    let config = || ClientConfig::new(cluster.master.clone(), cluster.secret().into());
+    let config = || config(&cluster);
     let writer = Client::connect(config()).await.expect("connect writer");
     let caller = Caller::current();
     let attr = writer

@@ -75,9 +75,12 @@ fn known_failures() -> BTreeSet<String> {
         .collect()
 }
 
-fn pjdfstest(c: &Cluster, tool: &Path) -> Result<(), String> {
+/// Runs pjdfstest on a mount named `name` with `extra` flags.
+fn pjdfstest(c: &Cluster, tool: &Path, name: &str, extra: &[&str]) -> Result<(), String> {
     // pjdfstest switches to other users: they need --allow-other to use the mount.
-    let m = c.mount_extra("mnt-pjdfstest", &["--allow-other"]);
+    let mut flags = vec!["--allow-other"];
+    flags.extend_from_slice(extra);
+    let m = c.mount_extra(&format!("mnt-{name}"), &flags);
     let dir = m.path.join("pjdfstest");
     std::fs::create_dir(&dir).unwrap();
     {
@@ -85,14 +88,14 @@ fn pjdfstest(c: &Cluster, tool: &Path) -> Result<(), String> {
         std::fs::set_permissions(&m.path, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let conf = c.scratch("tools").join("pjdfstest.toml");
+    let conf = c.scratch("tools").join(format!("{name}.toml"));
     std::fs::write(
         &conf,
         "[features]\nposix_fallocate = {}\nrename_ctime = {}\nutime_now = {}\nutimensat = {}\n\n[settings]\nnaptime = 0.01\nallow_remount = false\n\n\
          [dummy_auth]\nentries = [\n  [\"nobody\", \"nogroup\"],\n  [\"daemon\", \"daemon\"],\n]\n",
     )
     .unwrap();
-    let log = c.scratch("tools").join("pjdfstest.log");
+    let log = c.scratch("tools").join(format!("{name}.log"));
     let st = run_logged(
         Command::new(tool)
             .arg("-c")
@@ -123,12 +126,12 @@ fn pjdfstest(c: &Cluster, tool: &Path) -> Result<(), String> {
         }
     }
     println!(
-        "pjdfstest: {passed} passed, {} failed, {skipped} skipped (exit {st}); log {}",
+        "{name}: {passed} passed, {} failed, {skipped} skipped (exit {st}); log {}",
         failed.len(),
         log.display()
     );
     for f in &failed {
-        println!("pjdfstest FAILED: {f}");
+        println!("{name} FAILED: {f}");
     }
     if passed == 0 {
         return Err(format!(
@@ -207,7 +210,26 @@ fn conformance() {
     }
     match &pjd {
         Some(t) => {
-            if let Err(e) = pjdfstest(&c, t) {
+            if let Err(e) = pjdfstest(&c, t, "pjdfstest", &[]) {
+                problems.push(e);
+            }
+            // The same on a mount of a squash-none credential, whose calls
+            // the master checks (POSIX permissions) as well as the kernel.
+            // A short mount name: the suite binds unix sockets at paths
+            // below it, which must fit in 108 bytes.
+            std::fs::create_dir(c.path("pjdcred")).unwrap();
+            let token = c.dir.join("pjdcred.token");
+            c.cli_json(&[
+                "credential",
+                "issue",
+                "--path",
+                "/pjdcred",
+                "--token-file",
+                token.to_str().unwrap(),
+            ])
+            .expect("alces credential issue");
+            let flags = ["--credential-file", token.to_str().unwrap()];
+            if let Err(e) = pjdfstest(&c, t, "pjdcred", &flags) {
                 problems.push(e);
             }
         }

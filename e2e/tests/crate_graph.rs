@@ -29,7 +29,8 @@ const ALLOWED: &[(&str, &[&str], &[&str])] = &[
     (
         "alces-operator",
         &["alces-proto", "alces-telemetry"],
-        &["alces-master"],
+        // proto again with its `certgen` feature: certificates for the TLS tests.
+        &["alces-master", "alces-proto"],
     ),
     (
         "alces-e2e",

@@ -104,6 +104,7 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
         parent: root,
         name,
         caller: caller.clone(),
+        negative_reply: false,
     };
 
     let e = m.lookup(lookup(vec![b'x'; 10 * 1024])).await.unwrap_err();
@@ -161,6 +162,7 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
             parent: 987_654_321,
             name: b"x".to_vec(),
             caller: caller.clone(),
+            negative_reply: false,
         })
         .await
         .unwrap_err();
@@ -189,6 +191,7 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
             after_name: vec![],
             limit: u32::MAX,
             plus: true,
+            caller: None,
         })
         .await
     {
@@ -200,7 +203,8 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
         .read_chunk(pb::ChunkRequest {
             session_id: sid,
             inode: u64::MAX,
-            chunk_index: 0
+            chunk_index: 0,
+            caller: None,
         })
         .await
         .is_err());
@@ -208,7 +212,8 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
         m.write_chunk(pb::ChunkRequest {
             session_id: sid,
             inode: root,
-            chunk_index: 0
+            chunk_index: 0,
+            caller: None,
         })
         .await
         .is_err(),
@@ -218,7 +223,8 @@ async fn garbage_at_the_master(c: &Cluster, t: &Target) {
         m.write_chunk(pb::ChunkRequest {
             session_id: sid,
             inode: info.attr.unwrap().inode,
-            chunk_index: u64::MAX
+            chunk_index: u64::MAX,
+            caller: None,
         })
         .await
         .is_err(),

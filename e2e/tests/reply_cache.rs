@@ -120,6 +120,7 @@ fn lost_replies_are_retried_exactly_once(how: Replace) {
     // Default client settings (the retry window and backoff a mount uses).
     let mut cfg = ClientConfig::new(proxy.addr(), Arc::from(c.secret()));
     cfg.client_name = "reply-cache-e2e".into();
+    cfg.tls = c.tls.clone();
     let client = Arc::new(rt.block_on(Client::connect(cfg)).expect("client"));
     let who = Caller::new(0, 0, 1);
 

@@ -866,6 +866,7 @@ fn a_copy_on_write_session_abandoned_before_any_write_loses_nothing() {
             session_id: s.session_id,
             inode,
             chunk_index: 0,
+            caller: None,
         })
         .await
         .expect("WriteChunk on a shared chunk")

@@ -55,3 +55,20 @@ pub fn restart_master(c: &Cluster) {
 pub fn kill_master(c: &Cluster) {
     tokio::task::block_in_place(|| c.kill9(Proc::Master));
 }
+
+/// Issues a credential named `name` with the CLI (`extra`: its rule's
+/// flags); returns its id and the file holding its token.
+pub fn issue_credential(c: &Cluster, name: &str, extra: &[&str]) -> (u64, std::path::PathBuf) {
+    let token = c.dir.join(format!("{name}.token"));
+    let mut args = vec![
+        "credential",
+        "issue",
+        "--name",
+        name,
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let v = c.cli_json(&args).expect("alces credential issue");
+    (v["id"].as_u64().expect("id"), token)
+}
