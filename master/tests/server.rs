@@ -1015,6 +1015,153 @@ async fn a_write_after_a_restart_waits_for_the_chunkservers_with_eagain() {
     m.stop().await.unwrap();
 }
 
+/// A new chunk whose creation was logged and made durable, but whose reply was
+/// lost when the master died, never reaches a chunkserver: after the restart
+/// the file still names it and no copy will ever be reported. A write session
+/// on it creates it again (same id, next version, created on a new chain)
+/// instead of waiting forever; a claim from a session before that is refused
+/// with EIO (its bytes could only be in a copy the master never saw).
+#[tokio::test]
+async fn a_new_chunk_whose_reply_was_lost_in_a_crash_is_created_again() {
+    let (tmp, m, mut c, sid, _dir, file) = with_a_file().await;
+    let mut cm = chunk_master(&m);
+    register_cs(&mut cm, 1, "a", 100 << 30, vec![]).await;
+    register_cs(&mut cm, 2, "b", 100 << 30, vec![]).await;
+    let req = pb::ChunkRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+        caller: None,
+    };
+    let w = c.write_chunk(req).await.unwrap().into_inner();
+    let chunk = w.chunk_id;
+    assert_eq!((w.old_version, w.version), (0, 1));
+    // The master dies before its reply reaches anyone: no chunkserver ever
+    // creates the chunk, no snapshot is written.
+    m.stop_without_snapshot().await;
+    let m = start(options(tmp.path())).await.unwrap();
+    let mut c = master(&m);
+    let sid = session(&mut c).await;
+    let mut cm = chunk_master(&m);
+    register_cs(&mut cm, 1, "a", 100 << 30, vec![]).await;
+    register_cs(&mut cm, 2, "b", 100 << 30, vec![]).await;
+    let req = pb::ChunkRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+        caller: None,
+    };
+    let w = c.write_chunk(req).await.unwrap().into_inner();
+    assert_eq!(
+        (w.chunk_id, w.old_version, w.version),
+        (chunk, 0, 2),
+        "the chunk is created again at the next version"
+    );
+    let mut chain: Vec<u64> = w.chain.iter().map(|l| l.server_id).collect();
+    chain.sort_unstable();
+    assert_eq!(chain, vec![1, 2]);
+    heartbeat(&mut cm, 1, vec![info(chunk, 2)]).await;
+    heartbeat(&mut cm, 2, vec![info(chunk, 2)]).await;
+    // A session that wrote into a version-1 copy the master never saw claims
+    // its bytes: the write is lost, and it is told so.
+    let stale = c
+        .write_chunk_end(pb::WriteChunkEndRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+            chunk_id: chunk,
+            version: 1,
+            file_size: 100,
+            modified: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(errno::of(&stale), libc::EIO, "{stale:?}");
+    assert!(stale.message().contains("the write is lost"), "{stale:?}");
+    // The session on version 2 records its length.
+    let end = c
+        .write_chunk_end(pb::WriteChunkEndRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+            chunk_id: chunk,
+            version: 2,
+            file_size: 100,
+            modified: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(end.attr.unwrap().size, 100);
+    // Replayed from the changelog, the chunk keeps version 2 and its copies.
+    m.stop_without_snapshot().await;
+    let m = start(options(tmp.path())).await.unwrap();
+    let mut cm = chunk_master(&m);
+    register_cs(&mut cm, 1, "a", 100 << 30, vec![info(chunk, 2)]).await;
+    let mut c = master(&m);
+    let sid = session(&mut c).await;
+    let r = c
+        .read_chunk(pb::ChunkRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+            caller: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.chunk_id, r.version, r.file_size), (chunk, 2, 100));
+    assert_eq!(r.locations.len(), 1);
+    m.stop().await.unwrap();
+}
+
+/// A chunk inside its file's size is never created again: its recorded bytes
+/// wait for a chunkserver that holds them (EAGAIN), they are not replaced by
+/// zeros.
+#[tokio::test]
+async fn a_chunk_inside_the_file_without_copies_is_not_created_again() {
+    let (tmp, m, mut c, sid, _dir, file) = with_a_file().await;
+    let mut cm = chunk_master(&m);
+    register_cs(&mut cm, 1, "a", 100 << 30, vec![]).await;
+    let req = pb::ChunkRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+        caller: None,
+    };
+    let w = c.write_chunk(req).await.unwrap().into_inner();
+    c.write_chunk_end(pb::WriteChunkEndRequest {
+        session_id: sid,
+        inode: file.inode,
+        chunk_index: 0,
+        chunk_id: w.chunk_id,
+        version: 1,
+        file_size: 100,
+        modified: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    m.stop_without_snapshot().await;
+    let m = start(options(tmp.path())).await.unwrap();
+    let mut c = master(&m);
+    let sid = session(&mut c).await;
+    register_cs(&mut chunk_master(&m), 1, "a", 100 << 30, vec![]).await;
+    let e = c
+        .write_chunk(pb::ChunkRequest {
+            session_id: sid,
+            inode: file.inode,
+            chunk_index: 0,
+            caller: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(errno::of(&e), libc::EAGAIN, "{e:?}");
+    m.stop().await.unwrap();
+}
+
 /// A file written again and again (each write session moves the chunk's
 /// version on) still gets its missing copy back: a new write session waits,
 /// with EAGAIN, while a copy of the chunk is being made, and then writes on

@@ -225,6 +225,12 @@ fn open_session(
             )
         })?;
     let holders: Vec<u64> = inner.chunks.holders(current, old);
+    if holders.is_empty() && afresh_allowed(inner, r, current, file_size) {
+        let chain = inner.chunks.place(goal, &[]);
+        if !chain.is_empty() {
+            return start_afresh(core, inner, r, current, old, &chain, file_size, now);
+        }
+    }
     if holders.is_empty() {
         // Right after this master started or was promoted no chunkserver may have
         // registered yet: EAGAIN, which clients retry for a bounded time (as the
@@ -275,6 +281,80 @@ fn open_session(
         version: old + 1,
         old_version: old,
         chain: chain_of(inner, &holders),
+        file_size,
+        ..Default::default()
+    };
+    Ok((Some(v), Opened::Session(reply)))
+}
+
+/// True when chunk `current` (slot `r.chunk_index` of the file, `file_size`
+/// long), of which no connected chunkserver holds a valid copy, may be created
+/// again, empty: its creation was logged (and so replayed after a restart) but
+/// the master may have died before its reply, so no client ever wrote it and no
+/// chunkserver will ever report it. Only when nothing can be lost:
+/// - it lies wholly past the file's end: no byte of it was ever recorded, so no
+///   reader saw one and no fsync promised one;
+/// - it is not shared with a snapshot;
+/// - no chunkserver reported a copy of it at any version (a copy at an older
+///   version goes through version adoption instead);
+/// - the master knows no write session, bytes past the end or cut on it.
+///
+/// A chunk whose bytes were recorded is never replaced by zeros: it waits for
+/// its chunkservers (EAGAIN), then fails with EIO.
+fn afresh_allowed(inner: &Inner, r: &pb::ChunkRequest, current: u64, file_size: u64) -> bool {
+    let past_end = r.chunk_index.saturating_mul(inner.state.chunk_size) >= file_size;
+    let shared = inner.state.chunks.get(&current).is_none_or(|c| c.refs > 1);
+    past_end
+        && !shared
+        && inner.chunks.copies(current).is_empty()
+        && !inner.chunks.is_writing(current)
+        && !inner.tails.knows(current)
+}
+
+/// Creates chunk `current` again (see [`afresh_allowed`]): same id, the next
+/// version, a newly placed `chain` that creates it (`old_version` 0). The start
+/// is remembered as a cut to length 0 ([`crate::runtime::tails::Tails::started_afresh`]),
+/// so a write session from before it that claims bytes in an old copy gets EIO
+/// instead of the file growing over zeros; such a copy, reported later, carries
+/// an older version and is deleted as stale.
+#[allow(clippy::too_many_arguments)]
+fn start_afresh(
+    core: &Core,
+    inner: &mut Inner,
+    r: &pb::ChunkRequest,
+    current: u64,
+    old: u64,
+    chain: &[u64],
+    file_size: u64,
+    now: Instant,
+) -> FsResult<(Option<u64>, Opened)> {
+    let version = old + 1;
+    tracing::warn!(
+        chunk = current,
+        inode = r.inode,
+        index = r.chunk_index,
+        version,
+        "a chunk past its file's end has no copy on any chunkserver (its creation was logged, its reply lost in a crash): creating it again, empty"
+    );
+    let v = core.commit(
+        inner,
+        Op::WriteChunk(pb::WriteChunkOp {
+            inode: r.inode,
+            chunk_index: r.chunk_index,
+            chunk_id: current,
+            version,
+            created: false,
+            copy_from_chunk_id: 0,
+        }),
+    )?;
+    inner.chunks.start_write(current, version, chain, now);
+    inner.tails.started_afresh(current, version);
+    inner.tails.opened(current, r.session_id, version);
+    let reply = pb::WriteChunkReply {
+        chunk_id: current,
+        version,
+        old_version: 0,
+        chain: chain_of(inner, chain),
         file_size,
         ..Default::default()
     };

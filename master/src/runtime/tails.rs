@@ -211,6 +211,25 @@ impl Tails {
         }
     }
 
+    /// True when the master knows anything of `chunk` here: a write session
+    /// open on it, bytes past its end, or a cut (running or done).
+    pub fn knows(&self, chunk: u64) -> bool {
+        self.writers.contains_key(&chunk)
+            || self.dirty.contains_key(&chunk)
+            || self.cutting.contains(&chunk)
+            || self.cuts.contains_key(&chunk)
+    }
+
+    /// The master created `chunk` again, empty, at `version` (its creation was
+    /// logged but no copy of it ever reached a chunkserver the master knows):
+    /// remembered as a cut to length 0, so a write session older than
+    /// `version` that claims bytes in it (a client not back yet that wrote into
+    /// a copy the master never saw) is told its write is lost.
+    pub fn started_afresh(&mut self, chunk: u64, version: u64) {
+        self.dirty.remove(&chunk);
+        self.cuts.insert(chunk, (version, 0));
+    }
+
     /// The master refused the length a write session on `chunk` asked for (its
     /// data ends at `end` in the chunk): its bytes past the file's end stay
     /// unrecorded.
