@@ -364,7 +364,18 @@ impl Client {
     /// Opens `inode` for I/O with open(2) `flags`. Fetches fresh attributes
     /// (close-to-open consistency) and marks the file open in the session.
     pub async fn open(&self, inode: u64, flags: i32, caller: &Caller) -> Result<FileHandle> {
-        self.files.open(inode, flags, caller).await
+        self.files.open(inode, flags, caller, false).await
+    }
+
+    /// Opens again `inode`, which this session already holds open (a handle
+    /// of a daemon this one took over, or the replay of its write journal),
+    /// with open(2) `flags`. The master allows it without a permission check
+    /// when it granted this session every access `flags` ask at an open the
+    /// session still holds, so a root-squashed mount can continue a user's
+    /// open of a file root may not open (or one chmodded since); otherwise it
+    /// checks it as [`Self::open`].
+    pub async fn reopen(&self, inode: u64, flags: i32, caller: &Caller) -> Result<FileHandle> {
+        self.files.open(inode, flags, caller, true).await
     }
 
     /// Space and inode counts of the filesystem.

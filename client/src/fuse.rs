@@ -521,8 +521,10 @@ impl Shared {
 
     /// The open file `fh` of `ino`. A handle this daemon does not know was
     /// opened by a daemon that served the connection before (a takeover): the
-    /// file is opened again with the access mode the handle carries (the kernel
-    /// checked the permissions when the application opened it).
+    /// file is reopened ([`Client::reopen`]) with the access mode the handle
+    /// carries (the kernel checked the permissions when the application
+    /// opened it, and the master granted that open's accesses to the session,
+    /// which a root-squashed mount needs as its root is not the file's user).
     async fn handle(&self, ino: INodeNo, fh: Fh) -> Result<Arc<FileHandle>, Error> {
         if let Some(h) = self.file(fh) {
             return Ok(h);
@@ -533,7 +535,11 @@ impl Shared {
             _ => libc::O_RDONLY,
         };
         let inode = self.real(ino);
-        let h = Arc::new(self.client.open(inode, acc, &Caller::new(0, 0, 0)).await?);
+        let h = Arc::new(
+            self.client
+                .reopen(inode, acc, &Caller::new(0, 0, 0))
+                .await?,
+        );
         tracing::info!(
             inode,
             fh = fh.0,

@@ -734,12 +734,15 @@ impl Namespace {
     }
 
     /// Opens `inode` in the session (the master counts it open) and returns
-    /// its fresh attributes and, for reading, chunk 0's locations.
+    /// its fresh attributes and, for reading, chunk 0's locations. `reopen`
+    /// asks the master to reopen a file the session already holds open with
+    /// the accesses it granted then (`OpenRequest.reopen`).
     pub(crate) async fn open(
         &self,
         inode: u64,
         flags: i32,
         caller: &Caller,
+        reopen: bool,
     ) -> Result<pb::AttrReply> {
         let c = caller.to_pb();
         self.session
@@ -749,6 +752,7 @@ impl Namespace {
                     inode,
                     flags: flags as u32,
                     caller: Some(c.clone()),
+                    reopen,
                 };
                 async move { m.open(req).await }
             })

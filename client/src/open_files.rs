@@ -190,14 +190,21 @@ impl OpenFiles {
 
     /// Opens `inode` for I/O with open(2) `flags`. Fetches fresh attributes
     /// (close-to-open consistency) and marks the file open in the session.
-    pub(crate) async fn open(&self, inode: u64, flags: i32, caller: &Caller) -> Result<FileHandle> {
+    /// `reopen`: see [`crate::namespace`]'s `open`.
+    pub(crate) async fn open(
+        &self,
+        inode: u64,
+        flags: i32,
+        caller: &Caller,
+        reopen: bool,
+    ) -> Result<FileHandle> {
         let acc = flags & libc::O_ACCMODE;
         if acc != libc::O_RDONLY {
             self.io.session().check_writable()?;
         }
         let st = self.file_state(inode);
         let ticket = st.ticket();
-        let mut r = self.ns().open(inode, flags, caller).await?;
+        let mut r = self.ns().open(inode, flags, caller, reopen).await?;
         let first = r.first_chunk.take();
         let h = self.opened(&st, ticket, attr_of(r)?, flags, caller).await?;
         // After `opened`, which drops the locations cached by earlier opens; an

@@ -1,8 +1,9 @@
 //! Replaying the journalled writes of a dead daemon (see [`crate::journal`])
 //! before its connection is served again, retrying what fails.
 //!
-//! Each file is replayed as a whole (open as root, every record written again
-//! in order, flushed, released), so a failed attempt is simply repeated: the
+//! Each file is replayed as a whole (reopened as root, [`Client::reopen`]:
+//! the master allows it for the write access it granted the session's open;
+//! every record written again in order, flushed, released), so a failed attempt is simply repeated: the
 //! same bytes go to the same offsets. Files that fail are tried again with a
 //! backoff doubling from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`], each wait
 //! logged with what it waits for, until the deadline; a file deleted meanwhile
@@ -174,7 +175,10 @@ async fn replay_file<'a>(
     records: impl Iterator<Item = &'a Record>,
 ) -> Result<FileOutcome, Error> {
     let root = Caller::new(0, 0, 0);
-    let h = match client.open(inode, libc::O_WRONLY, &root).await {
+    // A reopen: the dead daemon's open of the file is still the session's,
+    // with the write access the master granted it (root on a root-squashed
+    // mount could not open the user's file otherwise).
+    let h = match client.reopen(inode, libc::O_WRONLY, &root).await {
         Ok(h) => h,
         Err(e) if matches!(e.errno(), libc::ENOENT | libc::ESTALE) => return Ok(FileOutcome::Gone),
         Err(e) => return Err(Error::new(e.errno(), format!("opening: {e}"))),

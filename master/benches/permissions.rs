@@ -57,6 +57,7 @@ async fn open_us(c: &mut MasterClient<AuthChannel>, sid: u64, ino: u64, n: u32) 
             inode: ino,
             flags: libc::O_RDONLY as u32,
             caller: user(),
+            reopen: false,
         })
         .await
         .unwrap();

@@ -3,8 +3,10 @@
 //! between): every rule refused and allowed (search on every directory
 //! walked, w+x on parents, the sticky bit, open modes and the chunk grants
 //! they give, setattr, extended attributes, device nodes), root squash
-//! keeping root out of another user's 0600 file, and the cluster secret's
-//! sessions left to the kernel.
+//! keeping root out of another user's 0600 file, reopens allowed for the
+//! accesses granted to the session's own opens only (also after a takeover
+//! and a reconnect), locks needing an open with the access, and the cluster
+//! secret's sessions left to the kernel.
 
 mod common;
 
@@ -155,6 +157,15 @@ fn open(sid: u64, inode: u64, flags: i32, caller: Option<pb::Caller>) -> pb::Ope
         inode,
         flags: flags as u32,
         caller,
+        reopen: false,
+    }
+}
+
+/// A reopen (`OpenRequest.reopen`), as a daemon that took a session over sends.
+fn reopen(sid: u64, inode: u64, flags: i32, caller: Option<pb::Caller>) -> pb::OpenRequest {
+    pb::OpenRequest {
+        reopen: true,
+        ..open(sid, inode, flags, caller)
     }
 }
 
@@ -943,6 +954,294 @@ async fn cluster_secret_sessions_are_left_to_the_kernel() {
     allowed(
         c.lookup(entry(sid, t.priv_dir, "f", who(2000, &[]))).await,
         "lookup with the cluster secret",
+    );
+    m.stop().await.unwrap();
+}
+
+/// A session of a root-squash credential for /vol, with its secret (for a
+/// takeover of it).
+async fn squashed_session(m: &Running) -> (Client, u64, Vec<u8>) {
+    let token = admin(m)
+        .issue_credential(pb::IssueCredentialRequest {
+            rule: Some(pb::CredentialRule {
+                path: "/vol".into(),
+                squash: pb::Squash::Root as i32,
+                anon_uid: ANON,
+                anon_gid: ANON,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut c = MasterClient::new(
+        channel(&m.grpc_addr.to_string(), &ClientAuth::new(&token).unwrap()).unwrap(),
+    );
+    let r = c
+        .register_session(pb::RegisterSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    (c, r.session_id, r.session_secret)
+}
+
+/// Resumes session `sid` (a takeover, or a plain reconnect listing `opens`).
+async fn resume(c: &mut Client, sid: u64, secret: &[u8], takeover: bool, opens: Vec<u64>) {
+    c.register_session(pb::RegisterSessionRequest {
+        session_id: sid,
+        session_secret: secret.to_vec(),
+        takeover,
+        open_inodes: opens,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// A daemon taking over a root-squashed session reopens (as root, squashed
+/// to the anonymous ids) what uid 1000 opened in it: allowed without a
+/// check for the accesses the master granted at that open, even after the
+/// file was chmodded 000, after a takeover and after a reconnect.
+#[tokio::test]
+async fn a_reopen_of_a_granted_open_needs_no_permission() {
+    let (_tmp, m) = started().await;
+    let t = tree(&m).await;
+    register(&m, 1).await;
+    let (mut c, sid, secret) = squashed_session(&m).await;
+    allowed(
+        c.open(open(sid, t.secret, libc::O_RDWR, who(1000, &[])))
+            .await,
+        "open by the owner",
+    );
+    // A plain open by root of this mount is checked (and refused).
+    refused(
+        c.open(open(sid, t.secret, libc::O_WRONLY, who(0, &[])))
+            .await,
+        libc::EACCES,
+        "plain open by squashed root",
+    );
+    let mut admin_c = master(&m);
+    let admin_sid = session(&mut admin_c).await;
+    set(&mut admin_c, admin_sid, t.secret, 0, 1000, 1000).await;
+    refused(
+        c.open(open(sid, t.secret, libc::O_WRONLY, who(1000, &[])))
+            .await,
+        libc::EACCES,
+        "plain open by the owner after chmod 000",
+    );
+    for flags in [libc::O_WRONLY, libc::O_RDONLY, libc::O_RDWR] {
+        allowed(
+            c.open(reopen(sid, t.secret, flags, who(0, &[]))).await,
+            &format!("reopen {flags:o} by squashed root of a granted open after chmod 000"),
+        );
+    }
+    allowed(
+        c.write_chunk(chunk(sid, t.secret, who(0, &[]))).await,
+        "write chunk by squashed root through the granted open",
+    );
+    // The daemon dies; a new one takes the session over.
+    resume(&mut c, sid, &secret, true, Vec::new()).await;
+    allowed(
+        c.open(reopen(sid, t.secret, libc::O_WRONLY, who(0, &[])))
+            .await,
+        "reopen for writing after a takeover",
+    );
+    allowed(
+        c.open(reopen(sid, t.secret, libc::O_RDONLY, None)).await,
+        "reopen for reading without a caller after a takeover",
+    );
+    // A reconnect listing the file keeps its grant.
+    resume(&mut c, sid, &secret, false, vec![t.secret]).await;
+    allowed(
+        c.open(reopen(sid, t.secret, libc::O_RDWR, who(0, &[])))
+            .await,
+        "reopen after a reconnect listing the open",
+    );
+    m.stop().await.unwrap();
+}
+
+/// A reopen asking more than the session was granted, of a file the session
+/// never opened (even one it lists at a reconnect), or by another session
+/// of the same credential, is checked as any open: refused.
+#[tokio::test]
+async fn a_reopen_beyond_the_granted_access_is_refused() {
+    let (_tmp, m) = started().await;
+    let t = tree(&m).await;
+    register(&m, 1).await;
+    let (mut c, sid, secret) = squashed_session(&m).await;
+    allowed(
+        c.open(open(sid, t.secret, libc::O_RDONLY, who(1000, &[])))
+            .await,
+        "read open by the owner",
+    );
+    allowed(
+        c.open(reopen(sid, t.secret, libc::O_RDONLY, who(0, &[])))
+            .await,
+        "reopen for reading",
+    );
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        refused(
+            c.open(reopen(sid, t.secret, flags, who(0, &[]))).await,
+            libc::EACCES,
+            &format!("reopen {flags:o} of a file opened for reading only"),
+        );
+    }
+    // Never opened by this session.
+    refused(
+        c.open(reopen(sid, t.grp, libc::O_RDONLY, who(0, &[])))
+            .await,
+        libc::EACCES,
+        "reopen of a file the session never opened",
+    );
+    // Another session of the same root-squash credential: uid 1000 holding
+    // the file open in the first does not open it to root in the second.
+    let (mut other, other_sid, _) = squashed_session(&m).await;
+    refused(
+        other
+            .open(reopen(other_sid, t.secret, libc::O_RDONLY, who(0, &[])))
+            .await,
+        libc::EACCES,
+        "reopen by another session",
+    );
+    // A reconnect listing a file it never opened grants nothing.
+    resume(&mut c, sid, &secret, false, vec![t.secret, t.grp]).await;
+    refused(
+        c.open(reopen(sid, t.grp, libc::O_RDONLY, who(0, &[])))
+            .await,
+        libc::EACCES,
+        "reopen of a file only listed at a reconnect",
+    );
+    refused(
+        c.read_chunk(chunk(sid, t.grp, who(0, &[]))).await,
+        libc::EACCES,
+        "read chunk of a file only listed at a reconnect",
+    );
+    // The grant it had is kept, and no more.
+    allowed(
+        c.open(reopen(sid, t.secret, libc::O_RDONLY, who(0, &[])))
+            .await,
+        "reopen for reading after the reconnect",
+    );
+    refused(
+        c.open(reopen(sid, t.secret, libc::O_WRONLY, who(0, &[])))
+            .await,
+        libc::EACCES,
+        "reopen for writing after the reconnect",
+    );
+    m.stop().await.unwrap();
+}
+
+fn held(inode: u64, t: pb::LockType, start: u64, end: u64) -> pb::HeldLock {
+    pb::HeldLock {
+        inode,
+        owner: 7,
+        r#type: t as i32,
+        start,
+        end,
+        pid: 4242,
+        session_id: 0,
+    }
+}
+
+fn setlk(sid: u64, l: pb::HeldLock) -> pb::SetLockRequest {
+    pb::SetLockRequest {
+        session_id: sid,
+        lock: Some(l),
+        wait: false,
+    }
+}
+
+/// Locks of a credential session need the file open in the session (EBADF),
+/// a read lock the read access, a write lock the write access; a
+/// whole-file lock (a flock) any open; unlocks always pass; re-asserted
+/// locks that fail so are reported lost.
+#[tokio::test]
+async fn locks_need_an_open_with_the_access() {
+    use pb::LockType::{LockRead, LockUnlock, LockWrite};
+    let (_tmp, m) = started().await;
+    let t = tree(&m).await;
+    register(&m, 1).await;
+    let (mut c, sid, _) = squashed_session(&m).await;
+    refused(
+        c.set_lock(setlk(sid, held(t.secret, LockRead, 0, 9))).await,
+        libc::EBADF,
+        "read lock of a file not open",
+    );
+    refused(
+        c.set_lock(setlk(sid, held(t.secret, LockWrite, 0, u64::MAX)))
+            .await,
+        libc::EBADF,
+        "whole-file lock of a file not open",
+    );
+    refused(
+        c.get_lock(setlk(sid, held(t.secret, LockWrite, 0, 9)))
+            .await,
+        libc::EBADF,
+        "lock test on a file not open",
+    );
+    allowed(
+        c.set_lock(setlk(sid, held(t.secret, LockUnlock, 0, u64::MAX)))
+            .await,
+        "unlock of a file not open",
+    );
+    allowed(
+        c.release_locks(pb::ReleaseLocksRequest {
+            session_id: sid,
+            inode: t.secret,
+            owner: 7,
+        })
+        .await,
+        "release of the locks of a file not open",
+    );
+    allowed(
+        c.open(open(sid, t.secret, libc::O_RDONLY, who(1000, &[])))
+            .await,
+        "read open by the owner",
+    );
+    refused(
+        c.set_lock(setlk(sid, held(t.secret, LockWrite, 0, 9)))
+            .await,
+        libc::EBADF,
+        "write lock of a file opened for reading",
+    );
+    allowed(
+        c.set_lock(setlk(sid, held(t.secret, LockRead, 0, 9))).await,
+        "read lock of a file opened for reading",
+    );
+    allowed(
+        c.get_lock(setlk(sid, held(t.secret, LockWrite, 0, 9)))
+            .await,
+        "a write-lock test on a file opened for reading (as F_GETLK)",
+    );
+    allowed(
+        c.set_lock(setlk(sid, held(t.secret, LockWrite, 0, u64::MAX)))
+            .await,
+        "whole-file (flock) write lock of a file opened for reading",
+    );
+    allowed(
+        c.set_lock(setlk(sid, held(t.secret, LockUnlock, 0, u64::MAX)))
+            .await,
+        "unlock",
+    );
+    let lost = allowed(
+        c.reassert_locks(pb::ReassertLocksRequest {
+            session_id: sid,
+            locks: vec![
+                held(t.secret, LockRead, 0, 9),
+                held(t.secret, LockWrite, 20, 29),
+                held(t.grp, LockRead, 0, 9),
+            ],
+        })
+        .await,
+        "reassert",
+    )
+    .lost;
+    let lost: Vec<(u64, u64)> = lost.iter().map(|l| (l.inode, l.start)).collect();
+    assert_eq!(
+        lost,
+        vec![(t.secret, 20), (t.grp, 0)],
+        "a write lock on a read open and a lock of a file not open are lost"
     );
     m.stop().await.unwrap();
 }

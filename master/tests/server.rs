@@ -516,6 +516,7 @@ async fn chunks_are_placed_versioned_and_replicated() {
                 inode: file.inode,
                 flags: flags as u32,
                 caller: None,
+                reopen: false,
             })
             .await
             .unwrap()
@@ -693,7 +694,8 @@ async fn read_only_and_subdirectory_sessions() {
                 session_id: ro.session_id,
                 inode: file.inode,
                 flags: libc::O_RDWR as u32,
-                caller: None
+                caller: None,
+                reopen: false,
             })
             .await
         ),
@@ -704,6 +706,7 @@ async fn read_only_and_subdirectory_sessions() {
         inode: file.inode,
         flags: libc::O_RDONLY as u32,
         caller: None,
+        reopen: false,
     })
     .await
     .unwrap();
@@ -799,6 +802,7 @@ async fn an_open_file_outlives_its_unlink() {
         inode: file.inode,
         flags: 0,
         caller: None,
+        reopen: false,
     })
     .await
     .unwrap();

@@ -98,6 +98,7 @@ async fn a_takeover_keeps_opens_locks_and_cached_replies() {
         inode: f,
         flags: libc::O_RDWR as u32,
         caller: caller(),
+        reopen: false,
     })
     .await
     .unwrap();

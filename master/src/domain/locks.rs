@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tonic::Status;
 
 use crate::core::{Core, Inner};
+use crate::domain::permissions::{self, LockCall};
 use crate::runtime::locks::{Kind, Lock, Owner, Refusal};
 
 /// A lock request, checked.
@@ -79,12 +80,17 @@ fn want(session: u64, l: Option<&pb::HeldLock>, what: &str) -> Result<Want, Stat
     })
 }
 
-/// The session must be known and the inode exist.
-fn check(inner: &Inner, session: u64, ino: u64) -> Result<(), Status> {
+/// The session must be known and the inode exist; a credential session
+/// must hold the inode open with the access the lock needs
+/// ([`permissions::lock_in`]).
+fn check(inner: &Inner, session: u64, w: &Want, call: LockCall) -> Result<(), Status> {
     if !inner.sessions.map.contains_key(&session) {
         return Err(errno::session_unknown(session));
     }
-    inner.state.get(ino).map(|_| ()).map_err(|e| e.to_status())
+    inner.state.get(w.ino).map_err(|e| e.to_status())?;
+    let kind = w.kind.map(|k| k == Kind::Write);
+    permissions::lock_in(inner, session, w.ino, kind, (w.start, w.end), call)
+        .map_err(|e| e.to_status())
 }
 
 /// Every lock session `sid` holds, as a takeover resume lists them.
@@ -154,7 +160,7 @@ pub async fn set_lock(core: &Core, r: pb::SetLockRequest) -> Result<pb::SetLockR
     loop {
         let notify = {
             let mut g = core.inner.lock();
-            check(&g, r.session_id, w.ino)?;
+            check(&g, r.session_id, &w, LockCall::Set)?;
             match g.locks.set(w.ino, w.owner, w.kind, w.start, w.end, w.pid) {
                 Ok(()) => {
                     gauges(core, &g);
@@ -234,7 +240,7 @@ pub async fn get_lock(core: &Core, r: pb::SetLockRequest) -> Result<pb::GetLockR
     };
     grace(core).await;
     let g = core.inner.lock();
-    check(&g, r.session_id, w.ino)?;
+    check(&g, r.session_id, &w, LockCall::Test)?;
     let conflict = g
         .locks
         .conflict(w.ino, w.owner, kind, w.start, w.end)
@@ -260,7 +266,9 @@ pub fn release_locks(core: &Core, r: &pb::ReleaseLocksRequest) -> Result<pb::Emp
 }
 
 /// Re-asserts the locks a re-registered session holds; returns those that a
-/// conflicting lock of another session (or a removed inode) makes impossible.
+/// conflicting lock of another session, a removed inode or (for a credential
+/// session) a missing open or access ([`permissions::lock_in`]) makes
+/// impossible.
 pub fn reassert(
     core: &Core,
     r: pb::ReassertLocksRequest,
@@ -281,7 +289,11 @@ pub fn reassert(
                     end: w.end,
                     pid: w.pid,
                 };
-                g.state.get(w.ino).is_ok() && g.locks.reassert(w.ino, l).is_ok()
+                let may = check(&g, r.session_id, &w, LockCall::Reassert);
+                if let Err(e) = &may {
+                    tracing::warn!(session = r.session_id, inode = w.ino, error = %e.message(), "a re-asserted lock is refused");
+                }
+                may.is_ok() && g.locks.reassert(w.ino, l).is_ok()
             }
             None => false,
         };
@@ -291,7 +303,7 @@ pub fn reassert(
                 inode = w.ino,
                 start = w.start,
                 end = w.end,
-                "a re-asserted lock conflicts with another session's or its file is gone: lost"
+                "a re-asserted lock conflicts with another session's, its file is gone or the session may not hold it: lost"
             );
             lost.push(l);
         }

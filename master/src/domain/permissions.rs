@@ -19,7 +19,16 @@
 //! - `r` and/or `w` as the open flags ask (`O_TRUNC` needs `w`); the session
 //!   is then granted those accesses to the file's chunks, and a chunk call on
 //!   a file the session did not open so (a truncate by path, a resumed open)
-//!   needs the permission itself;
+//!   needs the permission itself. A *reopen* (`OpenRequest.reopen`: a daemon
+//!   that took the session over reopens a dead daemon's handle or replays its
+//!   write journal, as root, which the squash may map to the anonymous ids)
+//!   passes without a check only when the session holds the file open with
+//!   every access asked already granted here; the grants are recorded only
+//!   after opens this module allowed, never from a client's list of opens;
+//! - locks (`lock_in`): the session must hold the file open (else EBADF), a
+//!   read lock needs the read access granted, a write lock the write access
+//!   (EBADF, as `fcntl` on a descriptor not opened so), a whole-file lock
+//!   (a flock) any open; unlocks are never refused;
 //! - `r` to list a directory, read a `user.` extended attribute; `w` to set
 //!   or remove one; `trusted.` attributes and device nodes are for root;
 //! - chmod and explicit times by the owner only (`utimes(NULL)` also by a
@@ -151,8 +160,13 @@ pub enum Call<'a> {
         new_parent: u64,
         new_name: &'a [u8],
     },
-    /// Opens `inode` with open(2) `flags`.
-    Open { inode: u64, flags: u32 },
+    /// Opens `inode` with open(2) `flags`; `reopen` when the session asks to
+    /// reopen a file it holds open (see [`reopen_granted`]).
+    Open {
+        inode: u64,
+        flags: u32,
+        reopen: bool,
+    },
     /// Reads (`write` false) or writes a chunk of `inode`.
     Chunk { inode: u64, write: bool },
     /// Reads (`set` false) or sets/removes an extended attribute.
@@ -236,6 +250,85 @@ fn granted(inner: &Inner, sid: u64, inode: u64, mask: u32) -> bool {
         .get(&sid)
         .and_then(|s| s.granted.get(&inode))
         .is_some_and(|g| u32::from(*g) & mask == mask)
+}
+
+/// Whether a reopen by session `sid` of `inode` with `mask` needs no check:
+/// the session holds the inode open and this master granted it every access
+/// of `mask` at an open it checked. Holding the file open is not enough by
+/// itself: another process of the same squashed mount (root mapped to the
+/// anonymous ids) must not read a user's 0600 file because that user has it
+/// open.
+pub fn reopen_granted(inner: &Inner, sid: u64, inode: u64, mask: u32) -> bool {
+    inner
+        .sessions
+        .map
+        .get(&sid)
+        .is_some_and(|s| s.open.contains_key(&inode))
+        && granted(inner, sid, inode, mask)
+}
+
+/// The whole file, as a flock locks it (fuser passes no `FUSE_LK_FLOCK`).
+fn whole_file(start: u64, end: u64) -> bool {
+    start == 0 && end == u64::MAX
+}
+
+/// Which lock call [`lock_in`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockCall {
+    /// `SetLock`.
+    Set,
+    /// `GetLock`: a test needs the open only (as `F_GETLK`, which Linux
+    /// allows on a descriptor of any access mode).
+    Test,
+    /// `ReassertLocks`: as `Set`, except for an open this master recorded
+    /// no access of (the session was adopted after a master restart, from
+    /// the client's own list of opens), where the open alone is required.
+    Reassert,
+}
+
+/// Checks a lock call of session `sid` on `inode` when the session is a
+/// credential's (the cluster secret's are left to the kernel): `kind` is
+/// `Some(write)` for a read or write lock (or a test of one), None for an
+/// unlock, which is never refused. The session must hold the inode open
+/// (EBADF otherwise, as a lock call on a closed descriptor); a read lock
+/// needs the read access granted at an open, a write lock the write access
+/// (EBADF, as `fcntl(F_SETLK)` on a descriptor not opened so), a whole-file
+/// lock (flock's shape) any open.
+pub fn lock_in(
+    inner: &Inner,
+    sid: u64,
+    inode: u64,
+    kind: Option<bool>,
+    (start, end): (u64, u64),
+    call: LockCall,
+) -> FsResult<()> {
+    let Some(write) = kind else { return Ok(()) };
+    let Some(s) = inner.sessions.map.get(&sid) else {
+        return Ok(());
+    };
+    if s.credential.is_none() {
+        return Ok(());
+    }
+    if !s.open.contains_key(&inode) {
+        return Err(FsError::new(
+            libc::EBADF,
+            format!("session {sid} does not hold inode {inode} open, so may not lock it"),
+        ));
+    }
+    let unrecorded = call == LockCall::Reassert && !s.granted.contains_key(&inode);
+    if call == LockCall::Test || whole_file(start, end) || unrecorded {
+        return Ok(());
+    }
+    let (mask, what) = if write { (W, "write") } else { (R, "read") };
+    if granted(inner, sid, inode, mask) {
+        return Ok(());
+    }
+    Err(FsError::new(
+        libc::EBADF,
+        format!(
+            "session {sid} did not open inode {inode} for {what}ing, so may not {what}-lock bytes {start}..={end} of it"
+        ),
+    ))
 }
 
 /// Whether `parent` holds an entry `name` (before a create that may open it).
@@ -323,9 +416,16 @@ pub fn check_in(inner: &Inner, sid: u64, root: u64, who: &Who, call: Call<'_>) -
             }
             Ok(())
         }
-        Call::Open { inode, flags } => {
-            reach(st, root, inode, false, who)?;
+        Call::Open {
+            inode,
+            flags,
+            reopen,
+        } => {
             let mask = open_mask(flags);
+            if reopen && reopen_granted(inner, sid, inode, mask) {
+                return Ok(());
+            }
+            reach(st, root, inode, false, who)?;
             let what = match mask {
                 R => "open for reading",
                 W => "open for writing",

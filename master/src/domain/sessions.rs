@@ -44,10 +44,13 @@ fn resolve_subdir(inner: &Inner, top: u64, subdir: &str) -> FsResult<u64> {
 ///   registers anew). A session unknown to a master that started less than a
 ///   session timeout ago is adopted: it was live before a restart or failover.
 /// - A plain resume (a reconnect) replaces the session's open files and write
-///   sessions with those the client lists.
+///   sessions with those the client lists; the accesses this master granted
+///   at its opens stay for the inodes still listed (never granted from the
+///   list).
 /// - A takeover resume (`r.takeover`: another process continues the dead
-///   one's connection) keeps the open files and locks, ends the write sessions,
-///   and lists the open files and locks in the reply.
+///   one's connection) keeps the open files, their granted accesses and the
+///   locks, ends the write sessions, and lists the open files and locks in
+///   the reply.
 ///
 /// A session opened with a credential (`who`) is rooted at its directory
 /// (`subdir` is then below it), is read-only when the credential is, and only
@@ -134,6 +137,21 @@ pub fn register(
         held_locks = crate::domain::locks::held_by_session(inner, sid);
         Vec::new()
     } else {
+        // What this master granted the session at the opens it checked
+        // stays with the opens the client still lists (never made from the
+        // list itself: a client may list any inode of its subtree).
+        let mut granted = inner
+            .sessions
+            .map
+            .get(&sid)
+            .map(|s| s.granted.clone())
+            .unwrap_or_default();
+        let listed: std::collections::HashSet<u64> = if r.takeover {
+            Default::default()
+        } else {
+            r.open_inodes.iter().copied().collect()
+        };
+        granted.retain(|ino, _| listed.contains(ino));
         let resumed = inner.sessions.close(sid);
         inner.sessions.map.insert(
             sid,
@@ -145,7 +163,7 @@ pub fn register(
                 hostname: r.hostname.clone(),
                 renewed: Instant::now(),
                 open: Default::default(),
-                granted: Default::default(),
+                granted,
                 secret,
             },
         );

@@ -23,7 +23,10 @@ pub struct Session {
     pub open: HashMap<u64, u32>,
     /// Credential sessions: the accesses (4 read, 2 write) the permission
     /// checks allowed at the opens of each inode still open, for its chunk
-    /// calls (`domain::permissions`). Not carried over a resume.
+    /// calls, its reopens and its locks (`domain::permissions`). Kept by a
+    /// takeover, and by a reconnect for the inodes the client still lists;
+    /// never made from a client's list of opens; in memory only (a
+    /// restarted master has none).
     pub granted: HashMap<u64, u8>,
     /// What a resume must present: 16 random bytes given at registration.
     /// `None` for a session adopted after a restart from a client that

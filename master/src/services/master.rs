@@ -429,7 +429,8 @@ impl Master for MasterService {
                 r.caller.as_ref(),
                 Call::Open {
                     inode: r.inode,
-                    flags: r.flags
+                    flags: r.flags,
+                    reopen: r.reopen,
                 }
             ),
             |e: Option<Export>| {
