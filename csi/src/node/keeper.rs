@@ -155,7 +155,7 @@ pub fn recover_fds(pid: u32) -> io::Result<(OwnedFd, OwnedFd)> {
 /// session record, [`alces_client::takeover::KEEPER_NOTE`]) so that any later
 /// keeper holding the memfd can start a daemon: held in memory only, never on
 /// disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KeeperNote {
     /// Master address.
     pub master: String,
@@ -166,6 +166,21 @@ pub struct KeeperNote {
 }
 
 const NOTE_MAGIC: &str = "alces-keeper-note 1";
+
+/// Shows everything but the secret, so a note in a log or a panic message
+/// does not leak the cluster secret or a volume's credential.
+impl std::fmt::Debug for KeeperNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeeperNote")
+            .field("master", &self.master)
+            .field("subdir", &self.subdir)
+            .field(
+                "secret",
+                &format_args!("<{} bytes, redacted>", self.secret.len()),
+            )
+            .finish()
+    }
+}
 
 impl KeeperNote {
     /// Writes the note into the state memfd `state`.
@@ -528,6 +543,9 @@ mod tests {
         assert!(KeeperNote::read(&state).is_err());
         note.write(&state).unwrap();
         assert_eq!(KeeperNote::read(&state).unwrap(), note);
+        let shown = format!("{note:?}");
+        assert!(!shown.contains("s3cret"), "the secret is shown: {shown}");
+        assert!(shown.contains("/csi/volumes/v"), "{shown}");
         // This test process is no mount daemon of any path.
         assert!(!is_daemon_of(me, Path::new("/mnt")));
         assert!(!is_daemon_of(u32::MAX, Path::new("/mnt")));
