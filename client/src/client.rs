@@ -361,6 +361,16 @@ impl Client {
         self.ns.readdir_all(inode, plus, Some(caller)).await
     }
 
+    /// Directory `inode`'s whole listing with attributes, and its parent,
+    /// from this session's lease cache when it holds the directory whole
+    /// (made by this client or listed whole, unchanged since, every entry's
+    /// attributes cached); None otherwise. It checks no permission: a caller
+    /// answering for a user checks read access on the directory first (the
+    /// mount's kernel does, with `default_permissions`).
+    pub fn cached_listing(&self, inode: u64) -> Option<(Vec<DirEntry>, u64)> {
+        self.ns.cached_listing(inode)
+    }
+
     /// Opens `inode` for I/O with open(2) `flags`. Fetches fresh attributes
     /// (close-to-open consistency) and marks the file open in the session.
     pub async fn open(&self, inode: u64, flags: i32, caller: &Caller) -> Result<FileHandle> {

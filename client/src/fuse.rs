@@ -733,9 +733,16 @@ impl Shared {
     /// per call): they answer READDIRPLUS, and what the master leased fills
     /// the lease cache, so the LOOKUP/GETATTR of each name that follows a
     /// listing (`ls -l`, `find -type`, `du`) needs no master call.
+    ///
+    /// A directory the lease cache holds whole (made here, or listed whole,
+    /// and unchanged since) is listed from the cache without a master call;
+    /// the kernel has checked read permission on it (`default_permissions`).
     async fn snapshot(&self, ino: u64, caller: &Caller) -> Result<DirSnapshot, Error> {
         let plus = self.readdirplus.load(Ordering::Relaxed);
-        let (entries, parent) = self.client.readdir_all_as(ino, plus, caller).await?;
+        let (entries, parent) = match self.client.cached_listing(ino) {
+            Some(listed) => listed,
+            None => self.client.readdir_all_as(ino, plus, caller).await?,
+        };
         let root = self.client.root();
         let parent = if ino == root || parent == 0 {
             root

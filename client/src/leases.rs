@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use alces_proto::pb::Attr;
+use alces_proto::pb::{Attr, DirEntry};
 use parking_lot::Mutex;
 
 /// Most names (positive and negative) kept; past it, everything is dropped.
@@ -58,6 +58,9 @@ struct Dir {
     /// Every name of the directory is in `names` (it was made by this client,
     /// and nobody else changed it since): a name not there does not exist.
     complete: bool,
+    /// The directory's parent, when known (0: not known): what ".." of a
+    /// listing answered from here names.
+    parent: u64,
 }
 
 #[derive(Default)]
@@ -281,7 +284,9 @@ impl MetaCache {
             // A directory made here with a leased answer is empty: every
             // lookup in it can be answered until someone else changes it.
             if made_dir {
-                s.entries.entry(a.inode).or_default().complete = true;
+                let d = s.entries.entry(a.inode).or_default();
+                d.complete = true;
+                d.parent = parent;
             }
         }
         if let Some(p) = parent_attr {
@@ -464,6 +469,7 @@ impl MetaCache {
         &self,
         t: Ticket,
         dir: u64,
+        parent: u64,
         entries: &[(&[u8], &Attr)],
         complete: bool,
     ) -> usize {
@@ -487,9 +493,62 @@ impl MetaCache {
             stored += 1;
         }
         if complete && stored == entries.len() {
-            s.entries.entry(dir).or_default().complete = true;
+            let d = s.entries.entry(dir).or_default();
+            d.complete = true;
+            d.parent = parent;
         }
         stored
+    }
+
+    /// The whole listing of directory `dir` from the cache, with every
+    /// entry's attributes, and its parent, when the leases are current, the
+    /// directory is complete here (made by this client or listed whole under
+    /// a lease, and nobody changed it since: the master breaks the lease
+    /// before acknowledging a change by anyone else), its parent is known and
+    /// every entry's attributes are cached. Entries come in the master's
+    /// order (by name, bytewise), "." and ".." left out. None: ask the master.
+    pub fn listing(&self, dir: u64) -> Option<(Vec<DirEntry>, u64)> {
+        let mut s = self.state.lock();
+        if !s.current(Instant::now()) {
+            return None;
+        }
+        let listed = match s.entries.get(&dir) {
+            Some(d) if d.complete && d.parent != 0 => {
+                let mut out = Vec::with_capacity(d.names.len());
+                let mut whole = true;
+                for (name, child) in &d.names {
+                    let Some(ino) = child else { continue };
+                    if is_dot(name) {
+                        continue;
+                    }
+                    let Some(a) = s.attrs.get(ino) else {
+                        whole = false;
+                        break;
+                    };
+                    out.push(DirEntry {
+                        name: name.to_vec(),
+                        inode: *ino,
+                        kind: a.kind,
+                        attr: Some(*a),
+                        leased: true,
+                    });
+                }
+                whole.then_some((out, d.parent))
+            }
+            _ => None,
+        };
+        match listed {
+            Some((mut out, parent)) => {
+                s.hits += 1;
+                drop(s);
+                out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                Some((out, parent))
+            }
+            None => {
+                s.misses += 1;
+                None
+            }
+        }
     }
 
     /// Answers from the cache and misses so far.
@@ -622,6 +681,63 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_directory_is_listed_from_the_cache_until_anything_in_it_is_unknown() {
+        let c = live();
+        let t = c.ticket();
+        c.changed_entry(t, 1, b"d", Some(&attr(5, 0)), Some(&attr(1, 0)), true, true);
+        assert_eq!(
+            c.listing(5),
+            Some((vec![], 1)),
+            "made here: empty, parent known"
+        );
+        for (name, ino) in [(&b"zz"[..], 7), (b"a", 6), (b"m", 8)] {
+            let t = c.ticket();
+            c.changed_entry(
+                t,
+                5,
+                name,
+                Some(&attr(ino, 0)),
+                Some(&attr(5, 0)),
+                true,
+                false,
+            );
+        }
+        let t = c.ticket();
+        c.changed_entry(t, 5, b"m", None, Some(&attr(5, 0)), true, false);
+        let (listed, parent) = c.listing(5).expect("complete");
+        assert_eq!(parent, 1);
+        let names: Vec<(&[u8], u64)> = listed.iter().map(|e| (&e.name[..], e.inode)).collect();
+        assert_eq!(
+            names,
+            vec![(&b"a"[..], 6), (b"zz", 7)],
+            "by name, the removed one gone"
+        );
+        assert!(listed
+            .iter()
+            .all(|e| e.attr.is_some_and(|a| a.inode == e.inode)));
+        // An entry whose attributes are not cached: ask the master.
+        c.invalidate(&[7]);
+        assert_eq!(c.listing(5), None);
+        assert!(c.put_attr(c.ticket(), &attr(7, 3)));
+        assert_eq!(c.listing(5).map(|(l, _)| l.len()), Some(2));
+        // Another session changed the directory: its lease was broken.
+        c.invalidate(&[5]);
+        assert_eq!(c.listing(5), None);
+        // A listing leased whole is answered too; one with no parent is not.
+        let (a, b) = (attr(6, 0), attr(7, 0));
+        assert_eq!(
+            c.put_listing(c.ticket(), 5, 1, &[(b"a", &a), (b"b", &b)], true),
+            2
+        );
+        assert_eq!(c.listing(5).map(|(l, p)| (l.len(), p)), Some((2, 1)));
+        assert_eq!(c.put_listing(c.ticket(), 9, 0, &[(b"a", &a)], true), 1);
+        assert_eq!(c.listing(9), None);
+        // Leases lapsed: nothing.
+        c.reset();
+        assert_eq!(c.listing(5), None);
+    }
+
+    #[test]
     fn a_directory_made_here_answers_every_name_until_broken() {
         let c = live();
         let t = c.ticket();
@@ -657,7 +773,7 @@ mod tests {
         let c = live();
         let (a, b) = (attr(2, 5), attr(3, 7));
         let t = c.ticket();
-        assert_eq!(c.put_listing(t, 1, &[(b"a", &a), (b"b", &b)], true), 2);
+        assert_eq!(c.put_listing(t, 1, 1, &[(b"a", &a), (b"b", &b)], true), 2);
         assert_eq!(c.lookup(1, b"a"), Some(Cached::Found(a)));
         assert_eq!(c.getattr(3), Some(b));
         assert_eq!(c.lookup(1, b"c"), Some(Cached::Missing), "complete");
@@ -670,7 +786,7 @@ mod tests {
         // An incomplete listing (an entry was not leased) answers only
         // what it has.
         let t = c.ticket();
-        assert_eq!(c.put_listing(t, 1, &[(b"a", &a)], false), 1);
+        assert_eq!(c.put_listing(t, 1, 1, &[(b"a", &a)], false), 1);
         assert_eq!(c.lookup(1, b"a"), Some(Cached::Found(a)));
         assert_eq!(c.lookup(1, b"c"), None);
     }
@@ -682,14 +798,14 @@ mod tests {
         // The directory changed during the listing: nothing of it.
         let t = c.ticket();
         c.invalidate(&[1]);
-        assert_eq!(c.put_listing(t, 1, &[(b"a", &a), (b"b", &b)], true), 0);
+        assert_eq!(c.put_listing(t, 1, 1, &[(b"a", &a), (b"b", &b)], true), 0);
         assert_eq!(c.lookup(1, b"a"), None);
         assert_eq!(c.getattr(2), None);
         // One entry changed during the listing: all but that one, and the
         // directory is not complete.
         let t = c.ticket();
         c.invalidate(&[3]);
-        assert_eq!(c.put_listing(t, 1, &[(b"a", &a), (b"b", &b)], true), 1);
+        assert_eq!(c.put_listing(t, 1, 1, &[(b"a", &a), (b"b", &b)], true), 1);
         assert_eq!(c.lookup(1, b"a"), Some(Cached::Found(a)));
         assert_eq!(c.lookup(1, b"b"), None);
         assert_eq!(c.getattr(3), None);
@@ -697,11 +813,14 @@ mod tests {
         // Everything dropped during the listing, or no current leases.
         let t = c.ticket();
         c.invalidate(&[0]);
-        assert_eq!(c.put_listing(t, 1, &[(b"a", &a)], true), 0);
+        assert_eq!(c.put_listing(t, 1, 1, &[(b"a", &a)], true), 0);
         let idle = MetaCache::new();
-        assert_eq!(idle.put_listing(idle.ticket(), 1, &[(b"a", &a)], true), 0);
+        assert_eq!(
+            idle.put_listing(idle.ticket(), 1, 1, &[(b"a", &a)], true),
+            0
+        );
         // Dot names are never stored.
-        assert_eq!(c.put_listing(c.ticket(), 1, &[(b"..", &a)], true), 0);
+        assert_eq!(c.put_listing(c.ticket(), 1, 1, &[(b"..", &a)], true), 0);
         assert_eq!(c.lookup(1, b".."), None);
     }
 
@@ -713,10 +832,10 @@ mod tests {
             .collect();
         let attrs: Vec<Attr> = (0..=MAX_NAMES as u64).map(|i| attr(i + 10, 0)).collect();
         let all: Vec<(&[u8], &Attr)> = names.iter().map(|n| n.as_slice()).zip(&attrs).collect();
-        assert_eq!(c.put_listing(c.ticket(), 1, &all, true), 0, "too large");
+        assert_eq!(c.put_listing(c.ticket(), 1, 1, &all, true), 0, "too large");
         let most = &all[..MAX_NAMES - 1];
-        assert_eq!(c.put_listing(c.ticket(), 1, most, true), MAX_NAMES - 1);
-        assert_eq!(c.put_listing(c.ticket(), 2, &all[..2], true), 2);
+        assert_eq!(c.put_listing(c.ticket(), 1, 1, most, true), MAX_NAMES - 1);
+        assert_eq!(c.put_listing(c.ticket(), 2, 1, &all[..2], true), 2);
         assert_eq!(c.lookup(2, b"1"), Some(Cached::Found(attrs[1])));
         assert_eq!(c.lookup(1, b"5"), None, "room was made");
     }

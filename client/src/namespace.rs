@@ -686,6 +686,14 @@ impl Namespace {
     /// leased goes to the lease cache (see
     /// [`MetaCache::put_listing`](crate::leases::MetaCache::put_listing)): a
     /// `stat` of every listed name then needs no master call.
+    /// Directory `inode`'s whole listing (with attributes) and its parent from
+    /// the lease cache, when the cache knows it whole (see
+    /// [`MetaCache::listing`](crate::leases::MetaCache::listing)); None: list
+    /// it with the master.
+    pub(crate) fn cached_listing(&self, inode: u64) -> Option<(Vec<DirEntry>, u64)> {
+        self.session.cache().listing(inode)
+    }
+
     pub(crate) async fn readdir_all(
         &self,
         inode: u64,
@@ -728,7 +736,7 @@ impl Namespace {
                 .map(|(e, a)| (e.name.as_slice(), a))
                 .collect();
             let complete = every_page_leased && leased.len() == out.len();
-            cache.put_listing(t, inode, &leased, complete);
+            cache.put_listing(t, inode, parent, &leased, complete);
         }
         Ok((out, parent))
     }
